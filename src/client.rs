@@ -1,0 +1,320 @@
+//! The prober: asks an agent for its status over protocol v1 (what `lbagent-probe` uses).
+
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
+use std::time::{Duration, Instant};
+
+use crate::state::{Reason, State};
+use crate::wire::{self, Reply};
+
+/// Default length of a PROBE: room for the longest STATUS (45 + 255 bytes) and an
+/// authentication trailer, so that the answer is never cut.
+pub const DEFAULT_PROBE_LEN: usize =
+    wire::STATUS_HEADER_LEN + wire::MAX_MESSAGE_LEN + wire::AUTH_TRAILER_LEN;
+
+/// Default time to wait for an answer.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// What to ask and how long to wait.
+#[derive(Clone, Debug)]
+pub struct ProbeOptions {
+    /// The service to ask about; empty for the whole server.
+    pub service: String,
+    /// How long to wait for the answer.
+    pub timeout: Duration,
+    /// Length of the PROBE datagram (48..=512): the answer is never longer.
+    pub probe_len: usize,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> ProbeOptions {
+        ProbeOptions {
+            service: String::new(),
+            timeout: DEFAULT_TIMEOUT,
+            probe_len: DEFAULT_PROBE_LEN,
+        }
+    }
+}
+
+/// An agent's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// The state (`State::Unknown` also for a value this version does not know).
+    pub state: State,
+    /// Why, when the code is one this version knows.
+    pub reason: Option<Reason>,
+    /// The raw reason code.
+    pub reason_code: u8,
+    /// Percent of the weight configured on the director.
+    pub weight_pct: u8,
+    /// Work in progress.
+    pub in_use: u32,
+    /// Capacity (0 = unknown).
+    pub capacity: u32,
+    /// Increases on every change of state, reason or weight.
+    pub generation: u32,
+    /// Milliseconds since the state last changed.
+    pub since_ms: u32,
+    /// Random at each agent start.
+    pub instance_id: u64,
+    /// The host's reason text.
+    pub message: String,
+    /// Round-trip time of this probe.
+    pub rtt: Duration,
+}
+
+impl Answer {
+    /// True when the server should receive new connections: up, with a weight above zero.
+    pub fn is_serving(&self) -> bool {
+        self.state == State::Up && self.weight_pct > 0
+    }
+}
+
+/// Why a probe got no valid answer.
+#[derive(Debug)]
+pub enum ProbeError {
+    /// The target is not `HOST[:PORT]` or the name does not resolve.
+    BadTarget(String),
+    /// No answer within the timeout.
+    Timeout(Duration),
+    /// ICMP port unreachable: nothing listens on that UDP port.
+    Refused,
+    /// The answer is not protocol v1: something else listens there.
+    NotAnAgent(&'static str),
+    /// The agent speaks another protocol version.
+    VersionMismatch {
+        /// Highest version the agent speaks.
+        agent_version: u8,
+    },
+    /// The agent requires authenticated probes.
+    AuthRequired,
+    /// A local socket error.
+    Io(io::Error),
+}
+
+impl ProbeError {
+    /// A one-word name for scripts (`--json`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProbeError::BadTarget(_) => "bad-target",
+            ProbeError::Timeout(_) => "timeout",
+            ProbeError::Refused => "refused",
+            ProbeError::NotAnAgent(_) => "not-an-agent",
+            ProbeError::VersionMismatch { .. } => "version-mismatch",
+            ProbeError::AuthRequired => "auth-required",
+            ProbeError::Io(_) => "io",
+        }
+    }
+}
+
+impl fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProbeError::BadTarget(why) => write!(f, "bad target: {why}"),
+            ProbeError::Timeout(t) => write!(
+                f,
+                "timeout: no answer within {} ms (agent not running, port filtered, or source not allowed)",
+                t.as_millis()
+            ),
+            ProbeError::Refused => {
+                f.write_str("refused: ICMP port unreachable (nothing listens on that UDP port)")
+            }
+            ProbeError::NotAnAgent(what) => write!(f, "not an lbagent: {what}"),
+            ProbeError::VersionMismatch { agent_version } => write!(
+                f,
+                "version mismatch: the agent speaks protocol version {agent_version}, this prober {}",
+                wire::VERSION
+            ),
+            ProbeError::AuthRequired => {
+                f.write_str("authentication required: the agent only answers authenticated probes")
+            }
+            ProbeError::Io(e) => write!(f, "socket error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ProbeError {}
+
+/// Parses `HOST[:PORT]`, `[IPv6]:PORT` or a bare IPv6 address; names are resolved (the first
+/// address wins).
+pub fn resolve_target(target: &str, default_port: u16) -> Result<SocketAddr, ProbeError> {
+    if let Ok(addr) = target.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if let Ok(ip) = target.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, default_port));
+    }
+    let (host, port) = match target.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => {
+            let port = p.parse::<u16>().map_err(|_| {
+                ProbeError::BadTarget(format!("\"{target}\": port \"{p}\" is not 0..=65535"))
+            })?;
+            (h, port)
+        }
+        _ => (target, default_port),
+    };
+    if host.is_empty() {
+        return Err(ProbeError::BadTarget(format!("\"{target}\": no host")));
+    }
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| ProbeError::BadTarget(format!("\"{host}\" does not resolve: {e}")))?
+        .next()
+        .ok_or_else(|| ProbeError::BadTarget(format!("\"{host}\" has no address")))
+}
+
+fn random_nonce() -> u64 {
+    let mut b = [0u8; 8];
+    // On failure the nonce is still unpredictable enough for matching answers (not security).
+    if getrandom::fill(&mut b).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        return t.as_nanos() as u64 ^ u64::from(std::process::id());
+    }
+    u64::from_ne_bytes(b)
+}
+
+/// Sends one PROBE to `target` and waits for its STATUS. The socket is connected, like
+/// keepalived's, so an ICMP port unreachable is reported as `Refused` and only answers from
+/// the probed address count; answers with another nonce are ignored.
+pub fn probe(target: SocketAddr, options: &ProbeOptions) -> Result<Answer, ProbeError> {
+    let local: SocketAddr = match target {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = UdpSocket::bind(local).map_err(ProbeError::Io)?;
+    socket.connect(target).map_err(ProbeError::Io)?;
+    let nonce = random_nonce();
+    let mut request = [0u8; wire::PROBE_MAX_LEN];
+    let len = wire::encode_probe(
+        nonce,
+        options.service.as_bytes(),
+        options.probe_len,
+        &mut request,
+    );
+    let started = Instant::now();
+    let deadline = started + options.timeout;
+    socket.send(&request[..len]).map_err(io_error)?;
+    let mut buf = [0u8; 2048];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ProbeError::Timeout(options.timeout));
+        }
+        socket
+            .set_read_timeout(Some(left))
+            .map_err(ProbeError::Io)?;
+        let n = match socket.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(ProbeError::Timeout(options.timeout));
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_error(e)),
+        };
+        let rtt = started.elapsed();
+        if let Some(answer) = read_answer(&buf[..n], nonce, rtt)? {
+            return Ok(answer);
+        }
+    }
+}
+
+fn io_error(e: io::Error) -> ProbeError {
+    if e.kind() == io::ErrorKind::ConnectionRefused {
+        ProbeError::Refused
+    } else {
+        ProbeError::Io(e)
+    }
+}
+
+/// Interprets a datagram received in answer to the probe with `nonce`; `Ok(None)` for a stale
+/// answer to another probe (keep waiting).
+pub fn read_answer(
+    datagram: &[u8],
+    nonce: u64,
+    rtt: Duration,
+) -> Result<Option<Answer>, ProbeError> {
+    match wire::decode_reply(datagram) {
+        Ok(Reply::Status(s)) => {
+            if s.nonce != nonce {
+                return Ok(None);
+            }
+            Ok(Some(Answer {
+                state: State::from_u8(s.state).unwrap_or(State::Unknown),
+                reason: Reason::from_u8(s.reason),
+                reason_code: s.reason,
+                weight_pct: s.weight_pct.min(100) as u8,
+                in_use: s.in_use,
+                capacity: s.capacity,
+                generation: s.generation,
+                since_ms: s.since_ms,
+                instance_id: s.instance_id,
+                message: String::from_utf8_lossy(s.message).into_owned(),
+                rtt,
+            }))
+        }
+        Ok(Reply::Error {
+            nonce: n,
+            version,
+            code,
+        }) => {
+            if n != nonce {
+                return Ok(None);
+            }
+            match code {
+                wire::ERROR_AUTH_REQUIRED => Err(ProbeError::AuthRequired),
+                _ => Err(ProbeError::VersionMismatch {
+                    agent_version: version,
+                }),
+            }
+        }
+        Err(wire::DecodeError::NotProtocol) => Err(ProbeError::NotAnAgent(
+            "the answer is not lbagent protocol (another UDP service on that port?)",
+        )),
+        Err(wire::DecodeError::UnexpectedType(wire::TYPE_PROBE)) => Err(ProbeError::NotAnAgent(
+            "the probe came back unchanged (a UDP echo service?)",
+        )),
+        Err(_) => Err(ProbeError::NotAnAgent("a malformed lbagent answer")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        assert_eq!(
+            resolve_target("127.0.0.1:5", 1).unwrap(),
+            "127.0.0.1:5".parse().unwrap()
+        );
+        assert_eq!(
+            resolve_target("127.0.0.1", 4950).unwrap(),
+            "127.0.0.1:4950".parse().unwrap()
+        );
+        assert_eq!(
+            resolve_target("::1", 4950).unwrap(),
+            "[::1]:4950".parse().unwrap()
+        );
+        assert_eq!(
+            resolve_target("[::1]:7", 4950).unwrap(),
+            "[::1]:7".parse().unwrap()
+        );
+        assert_eq!(resolve_target("localhost:9", 1).unwrap().port(), 9);
+        assert!(matches!(
+            resolve_target("host:99999", 1),
+            Err(ProbeError::BadTarget(_))
+        ));
+        assert!(matches!(
+            resolve_target(":80", 1),
+            Err(ProbeError::BadTarget(_))
+        ));
+    }
+}

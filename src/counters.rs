@@ -1,0 +1,97 @@
+//! What happened to every datagram the agent received: one counter per outcome.
+//!
+//! The monitor thread is the only writer; the host reads them through the API (never over the
+//! network). Every received datagram ends in exactly one outcome, so
+//! `received == sum of every other counter` (a fault of the monitor loop itself, which is not
+//! tied to a datagram, would add one to `faults` only).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A counter. Exported to C as `lbagent_counter` (`LBAGENT_COUNTER_*`); never renumber.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Counter {
+    /// Datagrams received.
+    Received = 0,
+    /// Answered with a protocol STATUS.
+    AnsweredStatus = 1,
+    /// Answered with a text line.
+    AnsweredText = 2,
+    /// Answered with a protocol ERROR (unsupported version).
+    AnsweredError = 3,
+    /// Dropped: the source address is not in `allow`.
+    DroppedNotAllowed = 4,
+    /// Dropped: the source port is 0 or a well-known reflector port (7, 19, 53, 123, ...).
+    DroppedSourcePort = 5,
+    /// Dropped: sent to a multicast or broadcast address.
+    DroppedNotUnicast = 6,
+    /// Dropped: starts with `LBAP` but is malformed, or is empty.
+    DroppedMalformed = 7,
+    /// Dropped: a text request while `text=off`.
+    DroppedTextOff = 8,
+    /// Dropped: looks like an agent's own answer (never answer answers: no loops).
+    DroppedLooksLikeReply = 9,
+    /// An answer could not be sent (the send failed).
+    SendFailed = 10,
+    /// Internal panics caught by the agent (the datagram being handled is dropped).
+    Faults = 11,
+}
+
+impl Counter {
+    /// Every counter, in numeric order.
+    pub const ALL: [Counter; 12] = [
+        Counter::Received,
+        Counter::AnsweredStatus,
+        Counter::AnsweredText,
+        Counter::AnsweredError,
+        Counter::DroppedNotAllowed,
+        Counter::DroppedSourcePort,
+        Counter::DroppedNotUnicast,
+        Counter::DroppedMalformed,
+        Counter::DroppedTextOff,
+        Counter::DroppedLooksLikeReply,
+        Counter::SendFailed,
+        Counter::Faults,
+    ];
+
+    /// The counter with this ABI value, if any.
+    pub fn from_i32(value: i32) -> Option<Counter> {
+        usize::try_from(value)
+            .ok()
+            .and_then(|i| Counter::ALL.get(i).copied())
+    }
+
+    /// Lower-case name with underscores.
+    pub fn name(self) -> &'static str {
+        match self {
+            Counter::Received => "received",
+            Counter::AnsweredStatus => "answered_status",
+            Counter::AnsweredText => "answered_text",
+            Counter::AnsweredError => "answered_error",
+            Counter::DroppedNotAllowed => "dropped_not_allowed",
+            Counter::DroppedSourcePort => "dropped_source_port",
+            Counter::DroppedNotUnicast => "dropped_not_unicast",
+            Counter::DroppedMalformed => "dropped_malformed",
+            Counter::DroppedTextOff => "dropped_text_off",
+            Counter::DroppedLooksLikeReply => "dropped_looks_like_reply",
+            Counter::SendFailed => "send_failed",
+            Counter::Faults => "faults",
+        }
+    }
+}
+
+/// The agent's counters.
+#[derive(Default)]
+pub(crate) struct Counters {
+    values: [AtomicU64; Counter::ALL.len()],
+}
+
+impl Counters {
+    pub(crate) fn add(&self, counter: Counter) {
+        self.values[counter as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self, counter: Counter) -> u64 {
+        self.values[counter as usize].load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,40 @@
+//! lbagent: an embeddable health agent for servers behind a load balancer.
+//!
+//! The host starts an [`Agent`], reports its state, weight and load, and heart-beats from its
+//! main loop; a background monitor thread answers the director's probes over UDP (protocol v1
+//! and a text line that keepalived, HAProxy and ldirectord understand), and reports the server
+//! down by itself when the heartbeats stop.
+//!
+//! Layout: the core is plain safe Rust —
+//! [`config`] (the `key=value` configuration), [`state`] (states and reasons),
+//! [`status`] (the lock-free status board), [`wire`] (protocol v1 encode/decode),
+//! [`text`] (the text line), `responder` (one datagram in, one answer out),
+//! `monitor` (the thread and its sockets), [`agent`] (the host-facing handle) and
+//! [`client`] (the prober). The C ABI lives in `ffi`, one file per C object.
+
+#![warn(missing_docs)]
+
+pub mod agent;
+pub mod allow;
+pub mod client;
+mod clock;
+pub mod config;
+pub mod counters;
+pub mod error;
+mod ffi;
+mod monitor;
+mod responder;
+pub mod state;
+pub mod status;
+pub mod text;
+pub mod wire;
+
+pub use agent::Agent;
+pub use config::{Config, ConfigError, DEFAULT_PORT};
+pub use counters::Counter;
+pub use error::Error;
+pub use state::{Reason, State};
+pub use status::Status;
+
+/// The library version (also `lbagent_version()` and the header's `LBAGENT_VERSION`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,265 @@
+//! The monitor thread: waits for datagrams on the listen sockets and answers each one from the
+//! status board. It never calls or waits on host code, allocates nothing per datagram, and
+//! sleeps in `epoll_wait` with no timeout: no probes, no wake-ups. `stop` wakes it through a
+//! `mio::Waker`.
+//!
+//! Socket I/O goes through `quinn-udp`, which receives in batches (`recvmmsg`) together with the
+//! address each datagram was sent to (`IP_PKTINFO` / `IPV6_RECVPKTINFO`) and sends the answer
+//! from that same address. keepalived `connect()`s its checker socket and ignores answers from
+//! any other address, so this matters on hosts bound to a wildcard address.
+
+use std::io::{self, IoSliceMut};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crossbeam_channel::Sender;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::allow::AllowList;
+use crate::clock;
+use crate::counters::{Counter, Counters};
+use crate::error::Error;
+use crate::responder::{Outcome, Responder};
+use crate::status::Board;
+use crate::wire;
+
+/// State shared by the host-facing handle and the monitor thread.
+pub(crate) struct Shared {
+    pub board: Board,
+    pub counters: Counters,
+    pub instance_id: u64,
+    pub allow: AllowList,
+    pub text: bool,
+    /// Test hook: the next datagram handled panics (see `Agent::inject_fault`).
+    pub inject_fault: AtomicBool,
+}
+
+/// One bound UDP socket.
+pub(crate) struct Listener {
+    socket: UdpSocket,
+    state: UdpSocketState,
+}
+
+impl Listener {
+    /// Binds `addr` (IPv6 sockets are IPv6-only, so `0.0.0.0:P` and `[::]:P` can coexist).
+    pub(crate) fn bind(addr: SocketAddr) -> Result<Listener, Error> {
+        let bind_error = |source| Error::Bind { addr, source };
+        // socket2 creates it close-on-exec.
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+            .map_err(bind_error)?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true).map_err(bind_error)?;
+        }
+        socket.bind(&addr.into()).map_err(bind_error)?;
+        let socket: UdpSocket = socket.into();
+        // Sets non-blocking mode and asks for each datagram's destination address.
+        let state = UdpSocketState::new((&socket).into()).map_err(bind_error)?;
+        Ok(Listener { socket, state })
+    }
+
+    /// The address actually bound (the port is chosen by the system for port 0).
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+}
+
+/// Datagrams read per system call, and the receive buffer for each.
+const BATCH: usize = quinn_udp::BATCH_SIZE;
+const BUFFER: usize = 1500;
+const WAKER: Token = Token(usize::MAX);
+/// Consecutive panics of the loop itself after which the thread gives up (the status then
+/// keeps answering "agent fault" through the API; the sockets are closed).
+const MAX_LOOP_FAULTS: u32 = 8;
+
+pub(crate) struct Monitor {
+    shared: Arc<Shared>,
+    poll: Poll,
+    listeners: Vec<Listener>,
+    buffers: Vec<[u8; BUFFER]>,
+    metas: Vec<RecvMeta>,
+    reply: [u8; wire::PROBE_MAX_LEN],
+}
+
+impl Monitor {
+    /// Registers the sockets with a new poller; returns the monitor and the waker that `stop`
+    /// uses.
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        listeners: Vec<Listener>,
+    ) -> Result<(Monitor, Arc<Waker>), Error> {
+        let io_error = |what| move |source| Error::Io { what, source };
+        let poll = Poll::new().map_err(io_error("create the poller"))?;
+        let waker = Waker::new(poll.registry(), WAKER).map_err(io_error("create the waker"))?;
+        for (i, listener) in listeners.iter().enumerate() {
+            poll.registry()
+                .register(
+                    &mut SourceFd(&listener.socket.as_raw_fd()),
+                    Token(i),
+                    Interest::READABLE,
+                )
+                .map_err(io_error("register a socket with the poller"))?;
+        }
+        let monitor = Monitor {
+            shared,
+            poll,
+            listeners,
+            buffers: vec![[0u8; BUFFER]; BATCH],
+            metas: vec![RecvMeta::default(); BATCH],
+            reply: [0u8; wire::PROBE_MAX_LEN],
+        };
+        Ok((monitor, Arc::new(waker)))
+    }
+
+    /// The thread's body: serves until `stop`, then closes the sockets and reports on `done`.
+    pub(crate) fn run(mut self, done: Sender<()>) {
+        let mut loop_faults = 0;
+        loop {
+            match catch_unwind(AssertUnwindSafe(|| self.serve_until_stopped())) {
+                Ok(Ok(())) => break,
+                Ok(Err(())) => {
+                    // The poller failed (it never does in practice): report it, do not spin.
+                    self.shared.counters.add(Counter::Faults);
+                    self.shared.board.record_fault(clock::now_ms());
+                    break;
+                }
+                Err(_) => {
+                    self.shared.counters.add(Counter::Faults);
+                    self.shared.board.record_fault(clock::now_ms());
+                    loop_faults += 1;
+                    if loop_faults >= MAX_LOOP_FAULTS || self.shared.board.is_stopping() {
+                        break;
+                    }
+                }
+            }
+        }
+        // Close the sockets before telling `stop` that we are done.
+        drop(self.listeners);
+        drop(self.poll);
+        let _ = done.send(());
+    }
+
+    fn serve_until_stopped(&mut self) -> Result<(), ()> {
+        let mut events = Events::with_capacity(self.listeners.len() + 1);
+        loop {
+            if let Err(e) = self.poll.poll(&mut events, None) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(());
+            }
+            for event in events.iter() {
+                if event.token() == WAKER {
+                    continue;
+                }
+                self.drain(event.token().0);
+            }
+            if self.shared.board.is_stopping() {
+                // Answer what is already queued (with STOPPING), then leave.
+                for i in 0..self.listeners.len() {
+                    self.drain(i);
+                }
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reads and answers datagrams on one socket until it has none left.
+    fn drain(&mut self, index: usize) {
+        let Some(listener) = self.listeners.get(index) else {
+            return;
+        };
+        loop {
+            let mut slices: [IoSliceMut<'_>; BATCH] = {
+                let mut buffers = self.buffers.iter_mut();
+                std::array::from_fn(|_| match buffers.next() {
+                    Some(b) => IoSliceMut::new(&mut b[..]),
+                    None => IoSliceMut::new(&mut []),
+                })
+            };
+            let count =
+                match listener
+                    .state
+                    .recv((&listener.socket).into(), &mut slices, &mut self.metas)
+                {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    // WouldBlock: all read. Anything else: give up until the next readiness event.
+                    Err(_) => return,
+                };
+            for (meta, buffer) in self.metas.iter().zip(self.buffers.iter()).take(count) {
+                let received = &buffer[..meta.len.min(BUFFER)];
+                // With UDP GRO one buffer can hold several datagrams of `stride` bytes.
+                let stride = if meta.stride == 0 {
+                    received.len().max(1)
+                } else {
+                    meta.stride
+                };
+                for datagram in received.chunks(stride) {
+                    answer(&self.shared, listener, meta, datagram, &mut self.reply);
+                }
+                if received.is_empty() {
+                    answer(&self.shared, listener, meta, &[], &mut self.reply);
+                }
+            }
+        }
+    }
+}
+
+/// Handles one datagram: decide (panics caught and counted), send, count.
+fn answer(
+    shared: &Shared,
+    listener: &Listener,
+    meta: &RecvMeta,
+    datagram: &[u8],
+    reply: &mut [u8; wire::PROBE_MAX_LEN],
+) {
+    let counters = &shared.counters;
+    counters.add(Counter::Received);
+    let now = clock::now_ms();
+    let decided = catch_unwind(AssertUnwindSafe(|| {
+        if shared.inject_fault.swap(false, Ordering::AcqRel) {
+            panic!("lbagent: injected fault (test hook)");
+        }
+        let responder = Responder {
+            board: &shared.board,
+            allow: &shared.allow,
+            text: shared.text,
+            instance_id: shared.instance_id,
+        };
+        responder.respond(meta.addr, meta.dst_ip, datagram, reply, now)
+    }));
+    let outcome = match decided {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            // The datagram that hit the fault is dropped (and counted as a fault); later ones
+            // are answered "agent fault".
+            shared.board.record_fault(now);
+            Outcome::Drop(Counter::Faults)
+        }
+    };
+    match outcome {
+        Outcome::Drop(counter) => counters.add(counter),
+        Outcome::Reply(len, counter) => {
+            let transmit = Transmit {
+                destination: meta.addr,
+                ecn: None,
+                contents: &reply[..len.min(datagram.len())],
+                segment_size: None,
+                src_ip: meta.dst_ip,
+            };
+            match listener
+                .state
+                .try_send((&listener.socket).into(), &transmit)
+            {
+                Ok(()) => counters.add(counter),
+                Err(_) => counters.add(Counter::SendFailed),
+            }
+        }
+    }
+}
