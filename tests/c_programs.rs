@@ -1,0 +1,271 @@
+//! The C side: examples and contract tests compiled with warnings as errors (C11 and C++11,
+//! pedantic), linked dynamically and statically, run plainly and under valgrind, and driven
+//! with real UDP probes and TCP traffic.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::*;
+use lbagent::client::{self, ProbeOptions};
+use lbagent::{Reason, State};
+
+const C_FLAGS: &[&str] = &["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-g"];
+const CXX_FLAGS: &[&str] = &[
+    "-std=c++11",
+    "-Wall",
+    "-Wextra",
+    "-Werror",
+    "-pedantic",
+    "-g",
+];
+
+fn out_dir() -> PathBuf {
+    let dir = target_dir().join("c-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A directory holding the shared library under its link name and its soname, as an
+/// installation would (the executable records the soname, liblbagent.so.0).
+fn lib_dir() -> PathBuf {
+    let dir = out_dir().join("lib");
+    std::fs::create_dir_all(&dir).unwrap();
+    let lib = target_dir().join("liblbagent.so");
+    let soname = format!("liblbagent.so.{}", env!("CARGO_PKG_VERSION_MAJOR"));
+    for name in ["liblbagent.so", soname.as_str()] {
+        let link = dir.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&lib, &link).unwrap();
+    }
+    dir
+}
+
+enum Link {
+    Dynamic,
+    Static,
+}
+
+/// Compiles one C or C++ source against include/lbagent.h and the library just built.
+fn build(source: &str, link: Link) -> PathBuf {
+    let src = repo().join(source);
+    let cxx = source.ends_with(".cpp");
+    let stem = Path::new(source).file_stem().unwrap().to_str().unwrap();
+    let exe = out_dir().join(match link {
+        Link::Dynamic => stem.to_string(),
+        Link::Static => format!("{stem}-static"),
+    });
+    let mut cmd = Command::new(if cxx { "g++" } else { "gcc" });
+    cmd.args(if cxx { CXX_FLAGS } else { C_FLAGS })
+        .arg("-I")
+        .arg(repo().join("include"))
+        .arg(&src)
+        .arg("-o")
+        .arg(&exe);
+    let lib_dir = lib_dir();
+    match link {
+        Link::Dynamic => {
+            cmd.arg(format!("-L{}", lib_dir.display()))
+                .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
+                .arg("-llbagent");
+        }
+        Link::Static => {
+            cmd.arg(target_dir().join("liblbagent.a"))
+                .args(["-lpthread", "-ldl", "-lm"]);
+        }
+    }
+    run_ok(&mut cmd);
+    exe
+}
+
+fn valgrind(exe: &Path) -> Command {
+    let mut cmd = Command::new("valgrind");
+    cmd.args([
+        "--quiet",
+        "--error-exitcode=99",
+        "--leak-check=full",
+        "--errors-for-leak-kinds=definite,indirect",
+        "--show-leak-kinds=definite,indirect",
+    ])
+    .arg(exe);
+    cmd
+}
+
+/// Builds every program once for the whole test binary.
+fn programs() -> &'static [PathBuf; 4] {
+    static BUILT: OnceLock<[PathBuf; 4]> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        [
+            build("tests/c/api_contract.c", Link::Dynamic),
+            build("tests/c/api_contract.c", Link::Static),
+            build("c-examples/demo_server.c", Link::Dynamic),
+            build("tests/c/header.cpp", Link::Dynamic),
+        ]
+    })
+}
+
+#[test]
+fn api_contract_from_c_dynamic_static_and_under_valgrind() {
+    let [dynamic, static_exe, _, _] = programs();
+    for exe in [dynamic, static_exe] {
+        let out = run_ok(&mut Command::new(exe));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(", 0 failed"), "{text}");
+    }
+    let out = run_ok(&mut valgrind(dynamic));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(", 0 failed"));
+}
+
+#[test]
+fn header_compiles_and_works_as_cpp() {
+    let exe = &programs()[3];
+    let out = run_ok(&mut Command::new(exe));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("header.cpp: ok"));
+}
+
+/// A running demo_server with its two ports.
+struct Demo {
+    child: Child,
+    agent: SocketAddr,
+    tcp: TcpStream,
+}
+
+impl Demo {
+    fn start(under_valgrind: bool, watchdog_ms: u32) -> Demo {
+        let exe = &programs()[2];
+        let mut cmd = if under_valgrind {
+            valgrind(exe)
+        } else {
+            Command::new(exe)
+        };
+        cmd.arg("0")
+            .env(
+                "LBAGENT_CONFIG",
+                format!("listen=127.0.0.1:0 watchdog_ms={watchdog_ms}"),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut port_after = |prefix: &str| -> u16 {
+            let line = lines.next().unwrap().unwrap();
+            let rest = line
+                .split(prefix)
+                .nth(1)
+                .unwrap_or_else(|| panic!("{line}"));
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        let agent_port = port_after("UDP port ");
+        let tcp_port = port_after("127.0.0.1:");
+        // Keep reading stdout in the background so the server never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        let tcp = TcpStream::connect(("127.0.0.1", tcp_port)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        Demo {
+            child,
+            agent: SocketAddr::from(([127, 0, 0, 1], agent_port)),
+            tcp,
+        }
+    }
+
+    fn request(&mut self, line: &str) -> String {
+        self.tcp.write_all(format!("{line}\n").as_bytes()).unwrap();
+        let mut got = Vec::new();
+        let mut byte = [0u8; 1];
+        while self.tcp.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+            got.push(byte[0]);
+        }
+        String::from_utf8(got).unwrap()
+    }
+
+    fn status(&self) -> client::Answer {
+        let options = ProbeOptions {
+            timeout: Duration::from_secs(3),
+            ..ProbeOptions::default()
+        };
+        client::probe(self.agent, &options).expect("an answer from the demo's agent")
+    }
+
+    fn wait_for(&self, state: State) -> client::Answer {
+        let mut last = None;
+        let ok = eventually(Duration::from_secs(20), || {
+            let a = self.status();
+            let hit = a.state == state;
+            last = Some(a);
+            hit
+        });
+        let last = last.unwrap();
+        assert!(ok, "waited for {state}, last answer {last:?}");
+        last
+    }
+}
+
+fn demo_walkthrough(under_valgrind: bool) {
+    let mut demo = Demo::start(under_valgrind, 700);
+    let first = demo.status();
+    assert!(
+        matches!(first.state, State::Starting | State::Up),
+        "{first:?}"
+    );
+    let up = demo.wait_for(State::Up);
+    assert_eq!(up.message, "ready");
+    assert_eq!(demo.request("INCR"), "1");
+    assert_eq!(demo.request("PING"), "PONG");
+    assert_eq!(demo.status().in_use, 1);
+    assert_eq!(demo.request("ADMIN drain deploy"), "OK");
+    assert_eq!(demo.status().state, State::Drain);
+    assert_eq!(demo.request("ADMIN up"), "OK");
+    assert_eq!(demo.request("ADMIN weight 50"), "OK");
+    assert_eq!(demo.status().weight_pct, 50);
+    // A hang: the event loop stops heart-beating and the watchdog reports it.
+    assert_eq!(demo.request("ADMIN hang 3000"), "hanging");
+    let hung = demo.wait_for(State::Down);
+    assert_eq!(hung.reason, Some(Reason::WatchdogExpired));
+    // Recovery: the loop runs again and the host's state is back.
+    let mut rest = [0u8; 10];
+    demo.tcp.read_exact(&mut rest).unwrap();
+    assert_eq!(&rest, b"recovered\n");
+    let back = demo.wait_for(State::Up);
+    assert_eq!(back.reason, Some(Reason::Host));
+    // SIGTERM drains (from the signal handler), then the server stops by itself.
+    let pid = demo.child.id() as i32;
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let draining = demo.wait_for(State::Drain);
+    assert!(!draining.is_serving());
+    let status = demo.child.wait().unwrap();
+    assert!(status.success(), "demo_server exited with {status}");
+}
+
+#[test]
+fn demo_server_walkthrough() {
+    demo_walkthrough(false);
+}
+
+#[test]
+fn demo_server_walkthrough_under_valgrind() {
+    demo_walkthrough(true);
+}
