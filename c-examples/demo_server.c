@@ -192,6 +192,7 @@ int main(int argc, char **argv) {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN); /* a client that left must not kill the server */
 
     for (i = 0; i < MAX_CLIENTS; i++) {
         clients[i].fd = -1;

@@ -41,7 +41,11 @@ fn exit_code_follows_the_state() {
     }
     agent.set_state("", State::Up, None).unwrap();
     agent.set_weight("", 0).unwrap();
-    assert_eq!(code(&probe(&[&target])), 1, "up at weight 0 takes no new connections");
+    assert_eq!(
+        code(&probe(&[&target])),
+        1,
+        "up at weight 0 takes no new connections"
+    );
     agent.set_weight("", 100).unwrap();
     assert_eq!(code(&probe(&[&target, "--service", "game"])), 0);
     let out = probe(&[&target, "--service", "nope"]);
@@ -65,14 +69,22 @@ fn json_output() {
 
 #[test]
 fn failures_exit_2_with_one_clear_line() {
-    let free = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let free = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let out = probe(&[&free.to_string(), "--timeout", "500"]);
     assert_eq!(code(&out), 2);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refused") && err.lines().count() == 1, "{err}");
 
     let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let out = probe(&[&silent.local_addr().unwrap().to_string(), "--timeout", "200", "--json"]);
+    let out = probe(&[
+        &silent.local_addr().unwrap().to_string(),
+        "--timeout",
+        "200",
+        "--json",
+    ]);
     assert_eq!(code(&out), 2);
     assert!(String::from_utf8_lossy(&out.stderr).contains("timeout: no answer within 200 ms"));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -85,7 +97,10 @@ fn usage_errors_exit_64() {
     assert_eq!(code(&probe(&["127.0.0.1", "--bogus"])), 64);
     assert_eq!(code(&probe(&["127.0.0.1", "--timeout", "0"])), 64);
     assert_eq!(code(&probe(&["127.0.0.1:99999"])), 64);
-    assert_eq!(code(&probe(&["127.0.0.1", "--service", &"x".repeat(65)])), 64);
+    assert_eq!(
+        code(&probe(&["127.0.0.1", "--service", &"x".repeat(65)])),
+        64
+    );
     let help = probe(&["--help"]);
     assert_eq!(code(&help), 0);
     assert!(String::from_utf8_lossy(&help.stdout).contains("Exit status"));

@@ -36,7 +36,9 @@ fn vectors() -> HashMap<String, Vec<u8>> {
 }
 
 fn v(name: &str) -> Vec<u8> {
-    vectors().remove(name).unwrap_or_else(|| panic!("no vector {name} in docs/PROTOCOL.md"))
+    vectors()
+        .remove(name)
+        .unwrap_or_else(|| panic!("no vector {name} in docs/PROTOCOL.md"))
 }
 
 fn encode_probe(nonce: u64, service: &[u8], len: usize) -> Vec<u8> {
@@ -146,7 +148,11 @@ fn malformed_vectors_are_rejected_and_get_no_answer() {
     for name in names {
         let bytes = v(name);
         assert!(wire::decode_request(&bytes).is_err(), "{name}");
-        assert_eq!(common::exchange(addr, &bytes, Duration::from_millis(200)), None, "{name}");
+        assert_eq!(
+            common::exchange(addr, &bytes, Duration::from_millis(200)),
+            None,
+            "{name}"
+        );
     }
     assert!(common::eventually(Duration::from_secs(2), || {
         agent.counter(lbagent::Counter::DroppedMalformed) == names.len() as u64
@@ -182,7 +188,13 @@ fn text_vectors() {
 #[test]
 fn documented_keepalived_payload_names_the_service() {
     let doc = std::fs::read_to_string(common::repo().join("docs/PROTOCOL.md")).unwrap();
-    let hex = doc.split("`payload ").nth(1).unwrap().split('`').next().unwrap();
+    let hex = doc
+        .split("`payload ")
+        .nth(1)
+        .unwrap()
+        .split('`')
+        .next()
+        .unwrap();
     let payload: Vec<u8> = (0..hex.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
