@@ -142,6 +142,22 @@ enum lbagent_counter
    * Internal panics caught by the agent (the datagram being handled is dropped).
    */
   LBAGENT_COUNTER_FAULTS = 11,
+  /**
+   * Dropped: its source sent more than `rate_per_source` probes per second.
+   */
+  LBAGENT_COUNTER_DROPPED_RATE_LIMITED = 12,
+  /**
+   * Dropped: all sources together sent more than `rate_global` probes per second.
+   */
+  LBAGENT_COUNTER_DROPPED_GLOBAL_LIMIT = 13,
+  /**
+   * Dropped: an authenticated probe with an unknown key id or a wrong MAC.
+   */
+  LBAGENT_COUNTER_DROPPED_AUTH_FAILED = 14,
+  /**
+   * Dropped: an authenticated probe whose timestamp is outside `auth_window_ms`.
+   */
+  LBAGENT_COUNTER_DROPPED_AUTH_STALE = 15,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

@@ -35,11 +35,19 @@ pub enum Counter {
     SendFailed = 10,
     /// Internal panics caught by the agent (the datagram being handled is dropped).
     Faults = 11,
+    /// Dropped: its source sent more than `rate_per_source` probes per second.
+    DroppedRateLimited = 12,
+    /// Dropped: all sources together sent more than `rate_global` probes per second.
+    DroppedGlobalLimit = 13,
+    /// Dropped: an authenticated probe with an unknown key id or a wrong MAC.
+    DroppedAuthFailed = 14,
+    /// Dropped: an authenticated probe whose timestamp is outside `auth_window_ms`.
+    DroppedAuthStale = 15,
 }
 
 impl Counter {
     /// Every counter, in numeric order.
-    pub const ALL: [Counter; 12] = [
+    pub const ALL: [Counter; 16] = [
         Counter::Received,
         Counter::AnsweredStatus,
         Counter::AnsweredText,
@@ -52,6 +60,10 @@ impl Counter {
         Counter::DroppedLooksLikeReply,
         Counter::SendFailed,
         Counter::Faults,
+        Counter::DroppedRateLimited,
+        Counter::DroppedGlobalLimit,
+        Counter::DroppedAuthFailed,
+        Counter::DroppedAuthStale,
     ];
 
     /// The counter with this ABI value, if any.
@@ -76,7 +88,16 @@ impl Counter {
             Counter::DroppedLooksLikeReply => "dropped_looks_like_reply",
             Counter::SendFailed => "send_failed",
             Counter::Faults => "faults",
+            Counter::DroppedRateLimited => "dropped_rate_limited",
+            Counter::DroppedGlobalLimit => "dropped_global_limit",
+            Counter::DroppedAuthFailed => "dropped_auth_failed",
+            Counter::DroppedAuthStale => "dropped_auth_stale",
         }
+    }
+
+    /// True for the counters of dropped datagrams.
+    pub fn is_drop(self) -> bool {
+        self.name().starts_with("dropped_")
     }
 }
 
