@@ -96,7 +96,7 @@ impl Agent {
             e
         };
         let limiter = RateLimiter::new(config.rate_per_source, config.rate_global);
-        let (monitor, waker) = match Monitor::new(shared.clone(), listeners, limiter) {
+        let (monitor, waker) = match Monitor::new(shared.clone(), listeners, limiter, config.log_drops_ms) {
             Ok(m) => m,
             Err(e) => return Err(fail(&shared, log_thread, e)),
         };

@@ -37,6 +37,7 @@ pub const KEYS: &[&str] = &[
     "rate_per_source",
     "rate_global",
     "log",
+    "log_drops_ms",
 ];
 
 /// Whether protocol v1 probes must be authenticated (only with `key_file`).
@@ -79,6 +80,9 @@ pub struct Config {
     pub rate_global: u32,
     /// Where the agent logs (`log=none|stderr|syslog`, default none).
     pub log: LogTarget,
+    /// At most one summary of dropped datagrams per this many milliseconds
+    /// (`log_drops_ms=`, default 10000).
+    pub log_drops_ms: u32,
 }
 
 impl Default for Config {
@@ -96,6 +100,7 @@ impl Default for Config {
             rate_per_source: 100,
             rate_global: 10_000,
             log: LogTarget::None,
+            log_drops_ms: 10_000,
         }
     }
 }
@@ -215,6 +220,7 @@ impl Config {
             "rate_global" => {
                 self.rate_global = parse_number(key, value, 0, "probes per second (0 = no limit)")?
             }
+            "log_drops_ms" => self.log_drops_ms = parse_number(key, value, 1, "milliseconds")?,
             "log" => {
                 self.log = match value {
                     "none" => LogTarget::None,

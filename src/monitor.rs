@@ -77,8 +77,6 @@ const WAKER: Token = Token(usize::MAX);
 /// Consecutive panics of the loop itself after which the thread gives up (the status then
 /// keeps answering "agent fault" through the API; the sockets are closed).
 const MAX_LOOP_FAULTS: u32 = 8;
-/// Drops are summarised in the log at most this often.
-const DROP_REPORT_MS: u64 = 10_000;
 
 pub(crate) struct Monitor {
     shared: Arc<Shared>,
@@ -93,9 +91,10 @@ pub(crate) struct Monitor {
 struct Handler {
     limiter: RateLimiter,
     reply: [u8; wire::PROBE_MAX_LEN],
-    /// Counter values at the last drop report, and when it was.
+    /// Counter values at the last drop report, when it was, and how often to report.
     reported: [u64; Counter::ALL.len()],
     reported_at: u64,
+    report_every_ms: u64,
 }
 
 impl Monitor {
@@ -105,6 +104,7 @@ impl Monitor {
         shared: Arc<Shared>,
         listeners: Vec<Listener>,
         limiter: RateLimiter,
+        report_drops_every_ms: u32,
     ) -> Result<(Monitor, Arc<Waker>), Error> {
         let io_error = |what| move |source| Error::Io { what, source };
         let poll = Poll::new().map_err(io_error("create the poller"))?;
@@ -129,6 +129,7 @@ impl Monitor {
                 reply: [0u8; wire::PROBE_MAX_LEN],
                 reported: [0; Counter::ALL.len()],
                 reported_at: clock::now_ms(),
+                report_every_ms: u64::from(report_drops_every_ms),
             },
         };
         Ok((monitor, Arc::new(waker)))
@@ -287,9 +288,9 @@ impl Handler {
         }
     }
 
-    /// Logs, at most every `DROP_REPORT_MS`, how many datagrams were dropped and why.
+    /// Logs, at most every `log_drops_ms`, how many datagrams were dropped and why.
     fn report_drops(&mut self, shared: &Shared, now: u64) {
-        if now.saturating_sub(self.reported_at) < DROP_REPORT_MS {
+        if now.saturating_sub(self.reported_at) < self.report_every_ms {
             return;
         }
         let seconds = now.saturating_sub(self.reported_at) / 1000;
