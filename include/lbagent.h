@@ -439,8 +439,9 @@ enum lbagent_result lbagent_stop(struct lbagent *agent, uint32_t timeout_ms);
 
 /**
  * Stops the agent if needed (waiting up to 5 s for its thread) and frees the handle. NULL is
- * a no-op; a handle already freed is ignored when detected. The handle must not be used
- * again, nor concurrently with this call.
+ * a no-op. Freeing a handle twice is detected and ignored (the last error says so). The
+ * handle must not be used again (only `lbagent_free` and `lbagent_stop` detect a freed
+ * handle safely; other calls on it are undefined), nor concurrently with this call.
  */
 void lbagent_free(struct lbagent *agent);
 
