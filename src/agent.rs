@@ -96,10 +96,11 @@ impl Agent {
             e
         };
         let limiter = RateLimiter::new(config.rate_per_source, config.rate_global);
-        let (monitor, waker) = match Monitor::new(shared.clone(), listeners, limiter, config.log_drops_ms) {
-            Ok(m) => m,
-            Err(e) => return Err(fail(&shared, log_thread, e)),
-        };
+        let (monitor, waker) =
+            match Monitor::new(shared.clone(), listeners, limiter, config.log_drops_ms) {
+                Ok(m) => m,
+                Err(e) => return Err(fail(&shared, log_thread, e)),
+            };
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         let thread = match std::thread::Builder::new()
             .name("lbagent-monitor".into())

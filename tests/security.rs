@@ -83,7 +83,10 @@ fn authenticated_probe_gets_a_sealed_answer() {
 #[test]
 fn bad_macs_unknown_keys_and_stale_probes_are_dropped_and_counted() {
     let keys = key_file("two", &format!("7 {SECRET_1}\n"));
-    let (agent, addr) = agent(&format!("key_file={} auth=optional auth_window_ms=30000", keys.display()));
+    let (agent, addr) = agent(&format!(
+        "key_file={} auth=optional auth_window_ms=30000",
+        keys.display()
+    ));
     let now = auth::unix_ms();
     let good = key(7, SECRET_1);
     let wrong_secret = key(7, SECRET_2);
@@ -92,17 +95,27 @@ fn bad_macs_unknown_keys_and_stale_probes_are_dropped_and_counted() {
     let mut tampered = probe(1, b"", 100, Some((&good, now)));
     tampered[20] ^= 0x40;
     for (what, request) in [
-        ("wrong secret", probe(1, b"", 100, Some((&wrong_secret, now)))),
-        ("unknown key id", probe(1, b"", 100, Some((&unknown_id, now)))),
+        (
+            "wrong secret",
+            probe(1, b"", 100, Some((&wrong_secret, now))),
+        ),
+        (
+            "unknown key id",
+            probe(1, b"", 100, Some((&unknown_id, now))),
+        ),
         ("tampered", tampered),
     ] {
         assert_eq!(exchange(addr, &request, quiet), None, "{what}");
     }
     for ts in [now - 31_000, now + 31_000] {
-        assert_eq!(exchange(addr, &probe(1, b"", 100, Some((&good, ts))), quiet), None);
+        assert_eq!(
+            exchange(addr, &probe(1, b"", 100, Some((&good, ts))), quiet),
+            None
+        );
     }
     assert!(eventually(Duration::from_secs(2), || {
-        agent.counter(Counter::DroppedAuthFailed) == 3 && agent.counter(Counter::DroppedAuthStale) == 2
+        agent.counter(Counter::DroppedAuthFailed) == 3
+            && agent.counter(Counter::DroppedAuthStale) == 2
     }));
     // Within the window either way: answered.
     for ts in [auth::unix_ms() - 28_000, auth::unix_ms() + 28_000] {
@@ -121,23 +134,45 @@ fn auth_required_answers_unauthenticated_probes_with_error_2_only() {
     assert_eq!(reply.len(), wire::ERROR_LEN);
     assert_eq!(
         wire::decode_reply(&reply).unwrap(),
-        Reply::Error { version: 1, nonce: 42, code: wire::ERROR_AUTH_REQUIRED }
+        Reply::Error {
+            version: 1,
+            nonce: 42,
+            code: wire::ERROR_AUTH_REQUIRED
+        }
     );
     // Text lines carry no MAC: off unless explicitly enabled.
-    assert_eq!(exchange(addr, KEEPALIVED_PAYLOAD, Duration::from_millis(200)), None);
-    assert!(eventually(Duration::from_secs(1), || agent.counter(Counter::DroppedTextOff) == 1));
+    assert_eq!(
+        exchange(addr, KEEPALIVED_PAYLOAD, Duration::from_millis(200)),
+        None
+    );
+    assert!(eventually(Duration::from_secs(1), || agent
+        .counter(Counter::DroppedTextOff)
+        == 1));
     // Rotation: both keys of the file are accepted.
     for (id, secret) in [(1, SECRET_1), (2, SECRET_2)] {
         let k = key(id, secret);
-        let reply = ask(addr, &probe(id.into(), b"", 200, Some((&k, auth::unix_ms()))));
+        let reply = ask(
+            addr,
+            &probe(id.into(), b"", 200, Some((&k, auth::unix_ms()))),
+        );
         let set = KeySet::parse(&format!("{id} {secret}")).unwrap();
         assert_eq!(auth::open(&reply, |i| set.get(i)).unwrap().key_id, id);
         assert_eq!(status_of(&reply).nonce, u64::from(id));
     }
     // An authenticated probe too short for a sealed STATUS is dropped, never cut below 45.
     let k = key(1, SECRET_1);
-    assert_eq!(exchange(addr, &probe(9, b"", 60, Some((&k, auth::unix_ms()))), Duration::from_millis(200)), None);
-    let (_text_agent, text_addr) = common::agent(&format!("key_file={} text=on initial_state=up", keys.display()));
+    assert_eq!(
+        exchange(
+            addr,
+            &probe(9, b"", 60, Some((&k, auth::unix_ms()))),
+            Duration::from_millis(200)
+        ),
+        None
+    );
+    let (_text_agent, text_addr) = common::agent(&format!(
+        "key_file={} text=on initial_state=up",
+        keys.display()
+    ));
     assert!(ask_text(text_addr, "keepalived check - keepalived ch").starts_with("up"));
 }
 
@@ -145,7 +180,9 @@ fn auth_required_answers_unauthenticated_probes_with_error_2_only() {
 fn per_source_rate_limit_spares_other_sources() {
     let (agent, addr) = agent("initial_state=up rate_per_source=5 rate_global=0");
     let flood = connected(addr);
-    flood.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    flood
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     for _ in 0..50 {
         flood.send(KEEPALIVED_PAYLOAD).unwrap();
     }
@@ -159,7 +196,9 @@ fn per_source_rate_limit_spares_other_sources() {
     assert!(agent.counter(Counter::DroppedRateLimited) >= 43);
     // Another source address is answered at once.
     let other = UdpSocket::bind("127.0.0.2:0").unwrap();
-    other.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    other
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
     other.send_to(KEEPALIVED_PAYLOAD, addr).unwrap();
     assert!(other.recv(&mut buf).is_ok());
 }
@@ -170,7 +209,8 @@ fn global_rate_limit() {
     let mut answered = 0;
     for i in 0..12u8 {
         let s = UdpSocket::bind(format!("127.0.0.{}:0", 10 + i)).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
         s.send_to(KEEPALIVED_PAYLOAD, addr).unwrap();
         let mut buf = [0u8; 64];
         answered += usize::from(s.recv(&mut buf).is_ok());
@@ -188,11 +228,17 @@ fn reflector_source_ports_are_dropped() {
         // address (we are root in the tests).
         let from: SocketAddr = format!("127.0.0.77:{port}").parse().unwrap();
         let s = UdpSocket::bind(from).unwrap_or_else(|e| panic!("bind {from}: {e}"));
-        s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
         s.send_to(KEEPALIVED_PAYLOAD, addr).unwrap();
         let mut buf = [0u8; 64];
-        assert!(s.recv(&mut buf).is_err(), "answered a datagram from port {port}");
+        assert!(
+            s.recv(&mut buf).is_err(),
+            "answered a datagram from port {port}"
+        );
         sent += 1;
     }
-    assert!(eventually(Duration::from_secs(1), || agent.counter(Counter::DroppedSourcePort) == sent));
+    assert!(eventually(Duration::from_secs(1), || agent
+        .counter(Counter::DroppedSourcePort)
+        == sent));
 }
