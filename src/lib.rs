@@ -23,6 +23,8 @@ pub mod config;
 pub mod counters;
 pub mod error;
 mod ffi;
+#[doc(hidden)]
+pub mod fuzzing;
 mod limit;
 pub mod log;
 mod monitor;
