@@ -534,10 +534,7 @@ impl Agent {
             drop(self.inherit()?);
             return Err(Error::WrongProcess);
         }
-        let owner = self.shared.board.owner_pid() == me;
-        if owner {
-            self.shared.board.begin_stopping(clock::now_ms());
-        }
+        let owner = self.shared.board.begin_stopping(clock::now_ms());
         self.shared.quit.store(true, Ordering::Release);
         if let Some(m) = control.monitor.take() {
             m.wake.wake();

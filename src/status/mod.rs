@@ -86,12 +86,13 @@ struct Header {
     /// Watchdog transitions observed so far; odd while expired.
     watchdog_flips: AtomicU64,
     watchdog_changed_at: AtomicU64,
-    stopping: AtomicU64,
+    /// The process whose monitor answers for this board (it alone may stop it), shifted left
+    /// by one, with bit 0 set once it stopped. One word, so that a parent's stop and a
+    /// child's take-over after a fork cannot interleave badly.
+    ownership: AtomicU64,
     stopping_at: AtomicU64,
     faults: AtomicU64,
     fault_at: AtomicU64,
-    /// The process whose monitor answers for this board (it alone may stop it).
-    owner_pid: AtomicU64,
     /// Changes of the workers' census observed so far, the last census, and when it changed.
     worker_flips: AtomicU64,
     worker_key: AtomicU64,
@@ -148,8 +149,8 @@ impl Board {
         let h = board.header();
         h.heartbeat_at.store(now, Ordering::Relaxed);
         h.watchdog_changed_at.store(now, Ordering::Relaxed);
-        h.owner_pid
-            .store(u64::from(crate::process::pid()), Ordering::Release);
+        h.ownership
+            .store(u64::from(crate::process::pid()) << 1, Ordering::Release);
         Ok(board)
     }
 
@@ -209,27 +210,32 @@ impl Board {
         self.header().heartbeat_at.store(now, Ordering::Release);
     }
 
-    pub(crate) fn begin_stopping(&self, now: u64) {
+    /// Marks the board stopped, if the calling process owns it; returns whether it does.
+    pub(crate) fn begin_stopping(&self, now: u64) -> bool {
         let h = self.header();
-        if h.stopping.swap(1, Ordering::AcqRel) == 0 {
-            h.stopping_at.store(now, Ordering::Release);
+        let mine = u64::from(crate::process::pid()) << 1;
+        match h
+            .ownership
+            .compare_exchange(mine, mine | 1, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => {
+                h.stopping_at.store(now, Ordering::Release);
+                true
+            }
+            Err(current) => current == mine | 1,
         }
     }
 
     pub(crate) fn is_stopping(&self) -> bool {
-        self.header().stopping.load(Ordering::Acquire) != 0
+        self.header().ownership.load(Ordering::Acquire) & 1 == 1
     }
 
-    /// The process that answers for this board.
-    pub(crate) fn owner_pid(&self) -> u32 {
-        self.header().owner_pid.load(Ordering::Acquire) as u32
-    }
-
-    /// Makes the calling process the one that answers for this board (after a fork).
+    /// Makes the calling process the one that answers for this board (after a fork), not
+    /// stopped: a parent that stops as it leaves does not stop the child that took over.
     pub(crate) fn take_ownership(&self) {
         self.header()
-            .owner_pid
-            .store(u64::from(crate::process::pid()), Ordering::Release);
+            .ownership
+            .swap(u64::from(crate::process::pid()) << 1, Ordering::AcqRel);
     }
 
     /// Records a caught internal panic: from now on the agent answers DOWN, "agent fault".
