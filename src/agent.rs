@@ -16,6 +16,7 @@ use crate::error::Error;
 use crate::monitor::{Listener, Monitor, Shared};
 use crate::state::{Reason, State};
 use crate::status::{Board, Status, Target, Text};
+use crate::streams::{Kind, StreamListener};
 
 /// How long dropping an agent waits for its thread before leaving it to finish on its own.
 const DROP_WAIT: Duration = Duration::from_secs(5);
@@ -29,6 +30,8 @@ pub struct Agent {
     shared: Arc<Shared>,
     control: Mutex<Control>,
     local_addrs: Vec<SocketAddr>,
+    tcp_agent_addrs: Vec<SocketAddr>,
+    http_addrs: Vec<SocketAddr>,
 }
 
 /// What `stop` needs; only host threads touch it, never the monitor thread.
@@ -61,6 +64,29 @@ impl Agent {
                 what: "read a bound address",
                 source,
             })?;
+        let stream_listeners = config
+            .tcp_agent
+            .iter()
+            .map(|addr| StreamListener::bind(Kind::Agent, *addr))
+            .chain(
+                config
+                    .http
+                    .iter()
+                    .map(|addr| StreamListener::bind(Kind::Http, *addr)),
+            )
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut tcp_agent_addrs = Vec::new();
+        let mut http_addrs = Vec::new();
+        for listener in &stream_listeners {
+            let addr = listener.local_addr().map_err(|source| Error::Io {
+                what: "read a bound address",
+                source,
+            })?;
+            match listener.kind() {
+                Kind::Agent => tcp_agent_addrs.push(addr),
+                Kind::Http => http_addrs.push(addr),
+            }
+        }
         let mut id = [0u8; 8];
         getrandom::fill(&mut id).map_err(|e| Error::Io {
             what: "get a random instance id",
@@ -79,7 +105,12 @@ impl Agent {
             text: config.text,
             inject_fault: AtomicBool::new(false),
         });
-        let (monitor, waker) = Monitor::new(shared.clone(), listeners)?;
+        let (monitor, waker) = Monitor::new(
+            shared.clone(),
+            listeners,
+            stream_listeners,
+            !config.services.is_empty(),
+        )?;
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         let thread = std::thread::Builder::new()
             .name("lbagent-monitor".into())
@@ -96,6 +127,8 @@ impl Agent {
                 thread: Some(thread),
             }),
             local_addrs,
+            tcp_agent_addrs,
+            http_addrs,
         })
     }
 
@@ -197,6 +230,16 @@ impl Agent {
     /// The bound addresses, in `listen=` order (with the actual port when 0 was asked).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local_addrs
+    }
+
+    /// The bound `tcp_agent=` addresses (HAProxy agent-check), in config order.
+    pub fn tcp_agent_addrs(&self) -> &[SocketAddr] {
+        &self.tcp_agent_addrs
+    }
+
+    /// The bound `http=` addresses (HTTP health endpoint), in config order.
+    pub fn http_addrs(&self) -> &[SocketAddr] {
+        &self.http_addrs
     }
 
     /// The current value of a counter.

@@ -1,9 +1,14 @@
-//! What happened to every datagram the agent received: one counter per outcome.
+//! What happened to every datagram and every TCP connection the agent received: one counter
+//! per outcome.
 //!
 //! The monitor thread is the only writer; the host reads them through the API (never over the
 //! network). Every received datagram ends in exactly one outcome, so
-//! `received == sum of every other counter` (a fault of the monitor loop itself, which is not
-//! tied to a datagram, would add one to `faults` only).
+//! `received == sum of the counters answered_status ..= faults` (a fault of the monitor loop
+//! itself, which is not tied to a datagram, would add one to `faults` only).
+//!
+//! Every accepted TCP connection (`tcp_agent=`, `http=`) ends in exactly one outcome too:
+//! `conn_accepted == sum of the counters answered_agent ..= conn_failed` once no connection
+//! is open. A panic while handling a connection counts under `conn_failed` and `faults`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -35,11 +40,28 @@ pub enum Counter {
     SendFailed = 10,
     /// Internal panics caught by the agent (the datagram being handled is dropped).
     Faults = 11,
+    /// TCP connections accepted on `tcp_agent` and `http` addresses.
+    ConnAccepted = 12,
+    /// Answered with the agent-check line over TCP (`tcp_agent`).
+    AnsweredAgent = 13,
+    /// Answered an HTTP request (`http`): 200, 503, 404 or 405.
+    AnsweredHttp = 14,
+    /// An HTTP request that was malformed (answered 400) or too large (431).
+    HttpBadRequest = 15,
+    /// Closed at once: the connection limit of its listener kind was reached.
+    ConnDroppedLimit = 16,
+    /// Closed at once: the source address is not in `allow`.
+    ConnDroppedNotAllowed = 17,
+    /// Closed without an answer: the request did not arrive in time.
+    ConnTimedOut = 18,
+    /// Closed without a whole answer: the peer closed or reset first, or a read or write
+    /// failed (also counts a caught panic while handling the connection).
+    ConnFailed = 19,
 }
 
 impl Counter {
     /// Every counter, in numeric order.
-    pub const ALL: [Counter; 12] = [
+    pub const ALL: [Counter; 20] = [
         Counter::Received,
         Counter::AnsweredStatus,
         Counter::AnsweredText,
@@ -52,6 +74,41 @@ impl Counter {
         Counter::DroppedLooksLikeReply,
         Counter::SendFailed,
         Counter::Faults,
+        Counter::ConnAccepted,
+        Counter::AnsweredAgent,
+        Counter::AnsweredHttp,
+        Counter::HttpBadRequest,
+        Counter::ConnDroppedLimit,
+        Counter::ConnDroppedNotAllowed,
+        Counter::ConnTimedOut,
+        Counter::ConnFailed,
+    ];
+
+    /// The outcomes of datagrams: each received datagram adds one to exactly one of them.
+    pub const DATAGRAM_OUTCOMES: [Counter; 11] = [
+        Counter::AnsweredStatus,
+        Counter::AnsweredText,
+        Counter::AnsweredError,
+        Counter::DroppedNotAllowed,
+        Counter::DroppedSourcePort,
+        Counter::DroppedNotUnicast,
+        Counter::DroppedMalformed,
+        Counter::DroppedTextOff,
+        Counter::DroppedLooksLikeReply,
+        Counter::SendFailed,
+        Counter::Faults,
+    ];
+
+    /// The outcomes of TCP connections: each accepted connection adds one to exactly one of
+    /// them when it is closed.
+    pub const CONNECTION_OUTCOMES: [Counter; 7] = [
+        Counter::AnsweredAgent,
+        Counter::AnsweredHttp,
+        Counter::HttpBadRequest,
+        Counter::ConnDroppedLimit,
+        Counter::ConnDroppedNotAllowed,
+        Counter::ConnTimedOut,
+        Counter::ConnFailed,
     ];
 
     /// The counter with this ABI value, if any.
@@ -76,6 +133,14 @@ impl Counter {
             Counter::DroppedLooksLikeReply => "dropped_looks_like_reply",
             Counter::SendFailed => "send_failed",
             Counter::Faults => "faults",
+            Counter::ConnAccepted => "conn_accepted",
+            Counter::AnsweredAgent => "answered_agent",
+            Counter::AnsweredHttp => "answered_http",
+            Counter::HttpBadRequest => "http_bad_request",
+            Counter::ConnDroppedLimit => "conn_dropped_limit",
+            Counter::ConnDroppedNotAllowed => "conn_dropped_not_allowed",
+            Counter::ConnTimedOut => "conn_timed_out",
+            Counter::ConnFailed => "conn_failed",
         }
     }
 }

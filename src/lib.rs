@@ -22,10 +22,12 @@ pub mod config;
 pub mod counters;
 pub mod error;
 mod ffi;
+mod http;
 mod monitor;
 mod responder;
 pub mod state;
 pub mod status;
+pub mod streams;
 pub mod text;
 pub mod wire;
 

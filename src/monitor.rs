@@ -1,7 +1,8 @@
 //! The monitor thread: waits for datagrams on the listen sockets and answers each one from the
 //! status board. It never calls or waits on host code, allocates nothing per datagram, and
 //! sleeps in `epoll_wait` with no timeout: no probes, no wake-ups. `stop` wakes it through a
-//! `mio::Waker`.
+//! `mio::Waker`. The same loop serves the TCP agent-check and HTTP connections
+//! (`streams.rs`), which set a timer only while a connection is open.
 //!
 //! Socket I/O goes through `quinn-udp`, which receives in batches (`recvmmsg`) together with the
 //! address each datagram was sent to (`IP_PKTINFO` / `IPV6_RECVPKTINFO`) and sends the answer
@@ -27,6 +28,7 @@ use crate::counters::{Counter, Counters};
 use crate::error::Error;
 use crate::responder::{Outcome, Responder};
 use crate::status::Board;
+use crate::streams::{LISTENER_TOKENS, StreamListener, Streams};
 use crate::wire;
 
 /// State shared by the host-facing handle and the monitor thread.
@@ -73,6 +75,8 @@ impl Listener {
 const BATCH: usize = quinn_udp::BATCH_SIZE;
 const BUFFER: usize = 1500;
 const WAKER: Token = Token(usize::MAX);
+/// Readiness events handled per loop turn.
+const EVENTS: usize = 256;
 /// Consecutive panics of the loop itself after which the thread gives up (the status then
 /// keeps answering "agent fault" through the API; the sockets are closed).
 const MAX_LOOP_FAULTS: u32 = 8;
@@ -81,6 +85,7 @@ pub(crate) struct Monitor {
     shared: Arc<Shared>,
     poll: Poll,
     listeners: Vec<Listener>,
+    streams: Streams,
     buffers: Vec<[u8; BUFFER]>,
     metas: Vec<RecvMeta>,
     reply: [u8; wire::PROBE_MAX_LEN],
@@ -88,10 +93,12 @@ pub(crate) struct Monitor {
 
 impl Monitor {
     /// Registers the sockets with a new poller; returns the monitor and the waker that `stop`
-    /// uses.
+    /// uses. `wait_for_agent_send`: see `Streams::new`.
     pub(crate) fn new(
         shared: Arc<Shared>,
         listeners: Vec<Listener>,
+        stream_listeners: Vec<StreamListener>,
+        wait_for_agent_send: bool,
     ) -> Result<(Monitor, Arc<Waker>), Error> {
         let io_error = |what| move |source| Error::Io { what, source };
         let poll = Poll::new().map_err(io_error("create the poller"))?;
@@ -105,10 +112,15 @@ impl Monitor {
                 )
                 .map_err(io_error("register a socket with the poller"))?;
         }
+        let mut streams = Streams::new(stream_listeners, wait_for_agent_send);
+        streams
+            .register(poll.registry())
+            .map_err(io_error("register a socket with the poller"))?;
         let monitor = Monitor {
             shared,
             poll,
             listeners,
+            streams,
             buffers: vec![[0u8; BUFFER]; BATCH],
             metas: vec![RecvMeta::default(); BATCH],
             reply: [0u8; wire::PROBE_MAX_LEN],
@@ -139,26 +151,35 @@ impl Monitor {
             }
         }
         // Close the sockets before telling `stop` that we are done.
+        self.streams.close_all(&self.shared);
+        drop(self.streams);
         drop(self.listeners);
         drop(self.poll);
         let _ = done.send(());
     }
 
     fn serve_until_stopped(&mut self) -> Result<(), ()> {
-        let mut events = Events::with_capacity(self.listeners.len() + 1);
+        let mut events = Events::with_capacity(EVENTS);
         loop {
-            if let Err(e) = self.poll.poll(&mut events, None) {
+            // No timeout (no wake-ups) unless a TCP connection is open.
+            let timeout = self.streams.timeout(std::time::Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 return Err(());
             }
             for event in events.iter() {
-                if event.token() == WAKER {
-                    continue;
+                match event.token() {
+                    WAKER => {}
+                    Token(t) if t < LISTENER_TOKENS => self.drain(t),
+                    token => self
+                        .streams
+                        .ready(token, &self.shared, self.poll.registry()),
                 }
-                self.drain(event.token().0);
             }
+            self.streams
+                .after_events(&self.shared, self.poll.registry());
             if self.shared.board.is_stopping() {
                 // Answer what is already queued (with STOPPING), then leave.
                 for i in 0..self.listeners.len() {
