@@ -132,3 +132,20 @@ pub fn http_get(to: SocketAddr, path: &str) -> HttpAnswer {
         &format!("GET {path} HTTP/1.1\r\nHost: {to}\r\nUser-Agent: test\r\nAccept: */*\r\n\r\n"),
     )
 }
+
+/// The body of the fenced block that opens with "```LANG NAME" in a document of the repository.
+pub fn doc_block(doc: &str, lang: &str, name: &str) -> String {
+    let text = std::fs::read_to_string(repo().join(doc)).unwrap();
+    let opening = format!("```{lang} {name}");
+    let mut lines = text.lines();
+    lines
+        .by_ref()
+        .find(|l| l.trim_end() == opening)
+        .unwrap_or_else(|| panic!("no block {opening} in {doc}"));
+    let mut body = String::new();
+    for line in lines.take_while(|l| !l.starts_with("```")) {
+        body.push_str(line);
+        body.push('\n');
+    }
+    body
+}
