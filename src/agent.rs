@@ -279,8 +279,9 @@ impl Agent {
         self.shared.board.is_stopping()
     }
 
-    /// Test hook: makes the monitor thread panic while handling the next datagram, to show
-    /// that a fault inside the agent is caught and reported, never reaching the host.
+    /// Test hook: makes the monitor thread panic while handling the next datagram or TCP
+    /// connection, to show that a fault inside the agent is caught and reported, never
+    /// reaching the host.
     #[doc(hidden)]
     pub fn inject_fault(&self) {
         self.shared

@@ -227,9 +227,9 @@ fn write(out: &mut [u8; MAX_RESPONSE], head: Head, body: &[u8], counter: Counter
             w.write_all(body)
         }
     });
-    // The buffer is sized for the longest answer; a short write would be a bug, and sending a
-    // cut answer is better than none.
-    let _ = written;
+    // The buffer is sized for the longest answer (`longest_answer_fits`); should that ever be
+    // wrong, a cut answer is sent rather than none.
+    debug_assert!(written.is_ok(), "the answer does not fit in MAX_RESPONSE");
     let len = usize::try_from(w.position()).unwrap_or(0);
     Answer::Reply { len, counter }
 }

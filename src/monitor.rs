@@ -38,7 +38,7 @@ pub(crate) struct Shared {
     pub instance_id: u64,
     pub allow: AllowList,
     pub text: bool,
-    /// Test hook: the next datagram handled panics (see `Agent::inject_fault`).
+    /// Test hook: the next datagram or connection handled panics (see `Agent::inject_fault`).
     pub inject_fault: AtomicBool,
 }
 

@@ -21,6 +21,7 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
@@ -146,6 +147,8 @@ struct Connection {
     received: usize,
     /// The peer shut its side down while we were reading.
     peer_closed: bool,
+    /// Agent-check: answer with what was read so far, without waiting for more.
+    answer_now: bool,
 }
 
 struct Slot {
@@ -303,8 +306,7 @@ impl Streams {
         }
         let now = Instant::now();
         let wait = match kind {
-            Kind::Agent if self.wait_for_agent_send => AGENT_SEND_WAIT,
-            Kind::Agent => Duration::ZERO,
+            Kind::Agent => AGENT_SEND_WAIT,
             Kind::Http => REQUEST_TIMEOUT,
         };
         self.slots[index].connection = Some(Connection {
@@ -314,12 +316,10 @@ impl Streams {
             deadline: now + wait,
             received: 0,
             peer_closed: false,
+            // Without services there is nothing an `agent-send` line could ask: answer now.
+            answer_now: kind == Kind::Agent && !self.wait_for_agent_send,
         });
         self.open[kind.index()] += 1;
-        if kind == Kind::Agent && !self.wait_for_agent_send {
-            // Nothing to wait for: answer now.
-            self.answer_agent(index, shared, now);
-        }
         self.progress_guarded(index, shared, now);
     }
 
@@ -347,6 +347,9 @@ impl Streams {
             };
             match conn.phase {
                 Phase::Reading => {
+                    if shared.inject_fault.swap(false, Ordering::AcqRel) {
+                        panic!("lbagent: injected fault (test hook)");
+                    }
                     let limit = match conn.kind {
                         Kind::Agent => AGENT_REQUEST,
                         Kind::Http => BUFFER,
@@ -367,7 +370,7 @@ impl Streams {
                             let line_ended = slot.buf[..conn.received]
                                 .iter()
                                 .any(|b| b"\r\n\0".contains(b));
-                            if !(line_ended || full || peer_closed) {
+                            if !(line_ended || full || peer_closed || conn.answer_now) {
                                 return Next::Wait;
                             }
                             self.answer_agent(index, shared, now);
@@ -435,7 +438,8 @@ impl Streams {
         }
     }
 
-    /// Builds the agent-check line for the request read so far and starts writing it.
+    /// Builds the agent-check line for the request read so far and starts writing it (called
+    /// only from `progress`, under its panic guard).
     fn answer_agent(&mut self, index: usize, shared: &Shared, now: Instant) {
         let Some(slot) = self.slots.get(index) else {
             return;
@@ -476,13 +480,13 @@ impl Streams {
     }
 
     fn expire(&mut self, index: usize, shared: &Shared, now: Instant) {
-        let Some(conn) = self.slots[index].connection.as_ref() else {
+        let Some(conn) = self.slots[index].connection.as_mut() else {
             return;
         };
         match (&conn.phase, conn.kind) {
             // No `agent-send` line in time: answer about the whole server.
             (Phase::Reading, Kind::Agent) => {
-                self.answer_agent(index, shared, now);
+                conn.answer_now = true;
                 self.progress_guarded(index, shared, now);
             }
             (Phase::Reading, Kind::Http) | (Phase::Writing { .. }, _) => {
@@ -510,13 +514,11 @@ impl Streams {
     pub(crate) fn close_all(&mut self, shared: &Shared) {
         let now = Instant::now();
         for index in 0..self.slots.len() {
-            let waiting_agent = self.slots[index]
-                .connection
-                .as_ref()
-                .is_some_and(|c| c.kind == Kind::Agent && matches!(c.phase, Phase::Reading));
-            if waiting_agent {
-                self.answer_agent(index, shared, now);
-                self.progress_guarded(index, shared, now);
+            if let Some(conn) = self.slots[index].connection.as_mut() {
+                if conn.kind == Kind::Agent && matches!(conn.phase, Phase::Reading) {
+                    conn.answer_now = true;
+                    self.progress_guarded(index, shared, now);
+                }
             }
             let unanswered = self.slots[index]
                 .connection

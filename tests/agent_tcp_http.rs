@@ -247,6 +247,54 @@ fn connection_limits_are_per_kind_and_never_delay_udp() {
 }
 
 #[test]
+fn a_connection_flood_does_not_stop_udp_answers() {
+    let (agent, udp, tcp, http) = tcp_agent("initial_state=up");
+    let flood = std::thread::spawn(move || {
+        // Bounded: 400 connections to each port, closed at once by the client.
+        for _ in 0..400 {
+            for addr in [tcp, http] {
+                if let Ok(s) = TcpStream::connect(addr) {
+                    drop(s);
+                }
+            }
+        }
+    });
+    let mut answered = 0;
+    while !flood.is_finished() || answered < 50 {
+        assert!(ask_text(udp, &" ".repeat(64)).starts_with("up ready"));
+        answered += 1;
+    }
+    flood.join().unwrap();
+    assert_eq!(tcp_exchange(tcp, b""), "up ready 100%\n");
+    assert_eq!(http_get(http, "/health").code, 200);
+    assert!(eventually(Duration::from_secs(5), || {
+        agent.counter(Counter::ConnAccepted) == 802
+    }));
+    assert!(outcomes_add_up(&agent));
+}
+
+#[test]
+fn a_panic_while_handling_a_connection_is_caught_and_reported() {
+    let (agent, udp, tcp, http) = tcp_agent("initial_state=up");
+    agent.inject_fault();
+    // The connection being handled is closed without an answer...
+    let mut s = TcpStream::connect(http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let _ = s.write_all(b"GET /health HTTP/1.1\r\n\r\n");
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    assert!(answer.is_empty(), "{answer:?}");
+    assert!(eventually(Duration::from_secs(2), || {
+        agent.counter(Counter::Faults) == 1 && agent.counter(Counter::ConnFailed) == 1
+    }));
+    // ... and from then on every answer says the agent cannot vouch for the server.
+    assert_eq!(tcp_exchange(tcp, b""), "fail ready 100% #agent fault\n");
+    assert_eq!(http_get(http, "/health").code, 503);
+    assert!(ask_text(udp, &" ".repeat(64)).starts_with("fail ready"));
+    assert!(outcomes_add_up(&agent));
+}
+
+#[test]
 fn allow_list_applies_to_tcp_and_http() {
     let (agent, _, tcp, http) = tcp_agent("initial_state=up allow=10.0.0.0/8");
     for addr in [tcp, http] {

@@ -1,5 +1,6 @@
 //! The promises "host calls do not allocate" and "no allocation per probe or connection in
-//! steady state", checked with a counting global allocator. Its own test binary: nothing else runs here.
+//! steady state", checked with a counting global allocator. Its own test binary: nothing else
+//! runs here.
 
 mod common;
 
