@@ -1,6 +1,7 @@
 # lbagent: build, demo, tests. `make demo` and `make test` work on a fresh Debian machine
 # with only the Rust toolchain; the tests install the Debian packages they need.
 
+SHELL    := /bin/bash
 CARGO    ?= cargo
 CC       ?= gcc
 CFLAGS   ?= -std=c11 -Wall -Wextra -Werror -pedantic -O2 -g
@@ -14,7 +15,7 @@ BUILD    := build
 TEST_TOOLS := gcc:gcc g++:g++ valgrind:valgrind nm:binutils readelf:binutils pkg-config:pkg-config \
               haproxy:haproxy curl:curl
 
-.PHONY: all build examples demo test header install tools clean
+.PHONY: all build examples demo test fuzz header install tools clean
 
 all: build
 
@@ -35,10 +36,34 @@ $(BUILD)/bin/%: c-examples/%.c include/lbagent.h $(RELEASE)/liblbagent.so
 demo: tools build
 	scripts/demo.sh
 
-## test: every test (unit, loopback UDP, protocol vectors, header, symbols, C under valgrind).
+## test: every test (unit, loopback UDP, protocol vectors, header, symbols, C under valgrind,
+## amplification, soak), then the fuzzers for a bounded time.
 test: tools
 	$(CARGO) build --all-targets
 	$(CARGO) test --all-targets -- --test-threads=2
+	$(MAKE) --no-print-directory fuzz
+
+# libFuzzer targets (fuzz/), built with cargo-fuzz's instrumentation flags on the stable
+# toolchain (no cargo-fuzz install, no nightly features), each run for FUZZ_SECONDS.
+FUZZ_SECONDS ?= 30
+FUZZ_TARGET  := $(shell rustc -vV | sed -n 's/^host: //p')
+FUZZ_FLAGS   := -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
+	-Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
+	-Cllvm-args=-sanitizer-coverage-trace-compares -Cllvm-args=-sanitizer-coverage-stack-depth \
+	--cfg fuzzing -Cdebug-assertions
+
+## fuzz: run every fuzz target for FUZZ_SECONDS (default 30) from the committed seeds.
+fuzz:
+	cd fuzz && RUSTFLAGS="$(FUZZ_FLAGS)" $(CARGO) build --release --target $(FUZZ_TARGET) --bins
+	@for t in datagram config; do \
+		mkdir -p fuzz/target/corpus/$$t fuzz/target/artifacts && \
+		echo "fuzz: $$t for $(FUZZ_SECONDS) s" && \
+		fuzz/target/$(FUZZ_TARGET)/release/$$t fuzz/target/corpus/$$t fuzz/seeds/$$t \
+			-max_total_time=$(FUZZ_SECONDS) -max_len=700 -print_final_stats=1 \
+			-artifact_prefix=fuzz/target/artifacts/ 2>&1 \
+			| grep -E '^(stat::number_of_executed_units|stat::new_units_added|==|SUMMARY|INFO: Running)' ; \
+		test $${PIPESTATUS[0]} -eq 0 || exit 1; \
+	done
 
 ## install: PREFIX=/usr/local: libraries with soname links, headers, pkg-config file, probe.
 install: build
@@ -46,7 +71,7 @@ install: build
 
 ## header: regenerate include/lbagent.h from the Rust source (commit the result).
 header:
-	LBAGENT_BLESS=1 $(CARGO) test --test header
+	LBAGENT_BLESS=1 $(CARGO) test --test header committed_header_is_up_to_date
 
 tools:
 	@scripts/ensure-tools.sh $(TEST_TOOLS)

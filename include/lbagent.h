@@ -143,38 +143,54 @@ enum lbagent_counter
    */
   LBAGENT_COUNTER_FAULTS = 11,
   /**
+   * Dropped: its source sent more than `rate_per_source` probes per second.
+   */
+  LBAGENT_COUNTER_DROPPED_RATE_LIMITED = 12,
+  /**
+   * Dropped: all sources together sent more than `rate_global` probes per second.
+   */
+  LBAGENT_COUNTER_DROPPED_GLOBAL_LIMIT = 13,
+  /**
+   * Dropped: an authenticated probe with an unknown key id or a wrong MAC.
+   */
+  LBAGENT_COUNTER_DROPPED_AUTH_FAILED = 14,
+  /**
+   * Dropped: an authenticated probe whose timestamp is outside `auth_window_ms`.
+   */
+  LBAGENT_COUNTER_DROPPED_AUTH_STALE = 15,
+  /**
    * TCP connections accepted on `tcp_agent` and `http` addresses.
    */
-  LBAGENT_COUNTER_CONN_ACCEPTED = 12,
+  LBAGENT_COUNTER_CONN_ACCEPTED = 16,
   /**
    * Answered with the agent-check line over TCP (`tcp_agent`).
    */
-  LBAGENT_COUNTER_ANSWERED_AGENT = 13,
+  LBAGENT_COUNTER_ANSWERED_AGENT = 17,
   /**
    * Answered an HTTP request (`http`): 200, 503, 404 or 405.
    */
-  LBAGENT_COUNTER_ANSWERED_HTTP = 14,
+  LBAGENT_COUNTER_ANSWERED_HTTP = 18,
   /**
    * An HTTP request that was malformed (answered 400) or too large (431).
    */
-  LBAGENT_COUNTER_HTTP_BAD_REQUEST = 15,
+  LBAGENT_COUNTER_HTTP_BAD_REQUEST = 19,
   /**
    * Closed at once: the connection limit of its listener kind was reached.
    */
-  LBAGENT_COUNTER_CONN_DROPPED_LIMIT = 16,
+  LBAGENT_COUNTER_CONN_DROPPED_LIMIT = 20,
   /**
    * Closed at once: the source address is not in `allow`.
    */
-  LBAGENT_COUNTER_CONN_DROPPED_NOT_ALLOWED = 17,
+  LBAGENT_COUNTER_CONN_DROPPED_NOT_ALLOWED = 21,
   /**
    * Closed without an answer: the request did not arrive in time.
    */
-  LBAGENT_COUNTER_CONN_TIMED_OUT = 18,
+  LBAGENT_COUNTER_CONN_TIMED_OUT = 22,
   /**
    * Closed without a whole answer: the peer closed or reset first, or a read or write
    * failed (also counts a caught panic while handling the connection).
    */
-  LBAGENT_COUNTER_CONN_FAILED = 19,
+  LBAGENT_COUNTER_CONN_FAILED = 23,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -470,8 +486,9 @@ enum lbagent_result lbagent_stop(struct lbagent *agent, uint32_t timeout_ms);
 
 /**
  * Stops the agent if needed (waiting up to 5 s for its thread) and frees the handle. NULL is
- * a no-op; a handle already freed is ignored when detected. The handle must not be used
- * again, nor concurrently with this call.
+ * a no-op. Freeing a handle twice is detected and ignored (the last error says so). The
+ * handle must not be used again (only `lbagent_free` and `lbagent_stop` detect a freed
+ * handle safely; other calls on it are undefined), nor concurrently with this call.
  */
 void lbagent_free(struct lbagent *agent);
 

@@ -13,7 +13,10 @@ use crate::clock;
 use crate::config::Config;
 use crate::counters::{Counter, Counters};
 use crate::error::Error;
+use crate::limit::RateLimiter;
+use crate::log::{Level, Logger, log_line};
 use crate::monitor::{Listener, Monitor, Shared};
+use crate::responder::Policy;
 use crate::state::{Reason, State};
 use crate::status::{Board, Status, Target, Text};
 use crate::streams::{Kind, StreamListener};
@@ -39,6 +42,7 @@ struct Control {
     waker: Arc<Waker>,
     done: Receiver<()>,
     thread: Option<std::thread::JoinHandle<()>>,
+    log_thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Agent {
@@ -92,6 +96,10 @@ impl Agent {
             what: "get a random instance id",
             source: std::io::Error::other(e.to_string()),
         })?;
+        let (logger, log_thread) = Logger::new(config.log).map_err(|source| Error::Io {
+            what: "start the logger thread",
+            source,
+        })?;
         let shared = Arc::new(Shared {
             board: Board::new(
                 config.initial_state,
@@ -101,30 +109,74 @@ impl Agent {
             ),
             counters: Counters::default(),
             instance_id: u64::from_ne_bytes(id),
-            allow: config.allow.clone(),
-            text: config.text,
+            policy: Policy::from_config(config),
+            logger,
             inject_fault: AtomicBool::new(false),
         });
-        let (monitor, waker) = Monitor::new(
+        // From here on, a failure must also stop the logger thread.
+        let fail = |shared: &Shared, log_thread: Option<std::thread::JoinHandle<()>>, e: Error| {
+            shared.logger.close();
+            if let Some(t) = log_thread {
+                let _ = t.join();
+            }
+            e
+        };
+        let limiter = RateLimiter::new(config.rate_per_source, config.rate_global);
+        let (monitor, waker) = match Monitor::new(
             shared.clone(),
             listeners,
             stream_listeners,
             !config.services.is_empty(),
-        )?;
+            limiter,
+            config.log_drops_ms,
+        ) {
+            Ok(m) => m,
+            Err(e) => return Err(fail(&shared, log_thread, e)),
+        };
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-        let thread = std::thread::Builder::new()
+        let thread = match std::thread::Builder::new()
             .name("lbagent-monitor".into())
             .spawn(move || monitor.run(done_tx))
-            .map_err(|source| Error::Io {
-                what: "start the monitor thread",
-                source,
-            })?;
+        {
+            Ok(t) => t,
+            Err(source) => {
+                let e = Error::Io {
+                    what: "start the monitor thread",
+                    source,
+                };
+                return Err(fail(&shared, log_thread, e));
+            }
+        };
+        log_line!(
+            shared.logger,
+            Level::Info,
+            "started {}: UDP {}, TCP agent-check {}, HTTP {}, watchdog {}, text {}, {}",
+            crate::VERSION,
+            Addrs(&local_addrs),
+            Addrs(&tcp_agent_addrs),
+            Addrs(&http_addrs),
+            if config.watchdog_ms > 0 {
+                format!("{} ms", config.watchdog_ms)
+            } else {
+                "off".into()
+            },
+            if config.text { "on" } else { "off" },
+            match (&config.keys, config.auth_required()) {
+                (None, _) => "no authentication".to_string(),
+                (Some(k), required) => format!(
+                    "authentication {} (key ids {})",
+                    if required { "required" } else { "optional" },
+                    k.ids().map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+                ),
+            }
+        );
         Ok(Agent {
             shared,
             control: Mutex::new(Control {
                 waker,
                 done: done_rx,
                 thread: Some(thread),
+                log_thread,
             }),
             local_addrs,
             tcp_agent_addrs,
@@ -271,6 +323,11 @@ impl Agent {
         }
         // The thread has sent its last message: joining returns at once.
         let _ = thread.join();
+        log_line!(self.shared.logger, Level::Info, "stopped");
+        self.shared.logger.close();
+        if let Some(t) = control.log_thread.take() {
+            let _ = t.join();
+        }
         Ok(())
     }
 
@@ -295,5 +352,23 @@ impl Drop for Agent {
         // If the thread does not finish in time it is left to finish on its own: it only
         // holds its own reference to the shared state, so nothing dangles.
         let _ = self.stop(Some(DROP_WAIT));
+    }
+}
+
+/// Formats a list of addresses as "a, b".
+struct Addrs<'a>(&'a [SocketAddr]);
+
+impl std::fmt::Display for Addrs<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("off");
+        }
+        for (i, a) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{a}")?;
+        }
+        Ok(())
     }
 }

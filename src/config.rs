@@ -7,6 +7,8 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use crate::allow::{AllowList, Cidr};
+use crate::auth::KeySet;
+use crate::log::LogTarget;
 use crate::state::State;
 
 /// The agent's UDP port when `listen` is not given (also `lbagent-probe`'s default).
@@ -29,9 +31,25 @@ pub const KEYS: &[&str] = &[
     "initial_state",
     "allow",
     "text",
+    "key_file",
+    "auth",
+    "auth_window_ms",
+    "rate_per_source",
+    "rate_global",
+    "log",
+    "log_drops_ms",
     "tcp_agent",
     "http",
 ];
+
+/// Whether protocol v1 probes must be authenticated (only with `key_file`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Authenticated probes get sealed answers; unauthenticated ones get plain answers.
+    Optional,
+    /// Unauthenticated probes get ERROR 2 and nothing else; text mode is off unless `text=on`.
+    Required,
+}
 
 /// A parsed configuration. `Config::default()` is what an empty string gives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,8 +64,27 @@ pub struct Config {
     pub initial_state: State,
     /// Prober source networks that get answers (`allow=`); empty admits everyone.
     pub allow: AllowList,
-    /// Whether datagrams that are not protocol v1 get a text line (`text=on|off`).
+    /// Whether datagrams that are not protocol v1 get a text line (`text=on|off`). On by
+    /// default, except with `auth=required`, where it must be turned on explicitly.
     pub text: bool,
+    /// Keys for authenticated probes (`key_file=PATH`).
+    pub keys: Option<KeySet>,
+    /// With keys: whether probes must be authenticated (`auth=optional|required`, default
+    /// required).
+    pub auth: AuthMode,
+    /// How far a probe's timestamp may be from the agent's clock, either way
+    /// (`auth_window_ms=`, default 30000).
+    pub auth_window_ms: u32,
+    /// Probes per second answered for one source address; 0 = no limit
+    /// (`rate_per_source=`, default 100).
+    pub rate_per_source: u32,
+    /// Probes per second answered in all; 0 = no limit (`rate_global=`, default 10000).
+    pub rate_global: u32,
+    /// Where the agent logs (`log=none|stderr|syslog`, default none).
+    pub log: LogTarget,
+    /// At most one summary of dropped datagrams per this many milliseconds
+    /// (`log_drops_ms=`, default 10000).
+    pub log_drops_ms: u32,
     /// TCP addresses that answer HAProxy's agent-check (`tcp_agent=`); empty: off.
     pub tcp_agent: Vec<SocketAddr>,
     /// TCP addresses that answer HTTP health checks (`http=`); empty: off.
@@ -63,6 +100,13 @@ impl Default for Config {
             initial_state: State::Starting,
             allow: AllowList::default(),
             text: true,
+            keys: None,
+            auth: AuthMode::Required,
+            auth_window_ms: 30_000,
+            rate_per_source: 100,
+            rate_global: 10_000,
+            log: LogTarget::None,
+            log_drops_ms: 10_000,
             tcp_agent: Vec::new(),
             http: Vec::new(),
         }
@@ -99,18 +143,37 @@ impl Config {
     /// Parses a configuration string. Keys not given keep their defaults.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let mut config = Config::default();
-        let mut seen: Vec<&str> = Vec::new();
+        let mut seen: Vec<(&str, &str)> = Vec::new();
         for (key, value) in words(text)? {
-            if seen.contains(&key) {
+            if seen.iter().any(|(k, _)| *k == key) {
                 return Err(ConfigError::new(format!(
                     "config: duplicate key \"{key}\" (second value \"{value}\")"
                 )));
             }
-            seen.push(key);
+            seen.push((key, value));
             config.apply(key, value)?;
+        }
+        let given = |key: &str| seen.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+        if let Some(auth) = given("auth") {
+            if config.keys.is_none() {
+                return Err(ConfigError::bad_value(
+                    "auth",
+                    auth,
+                    "authentication needs key_file=PATH",
+                ));
+            }
+        }
+        // Text lines cannot carry a MAC: with auth=required they are off unless asked for.
+        if config.keys.is_some() && config.auth == AuthMode::Required && given("text").is_none() {
+            config.text = false;
         }
         config.check_tcp_addresses()?;
         Ok(config)
+    }
+
+    /// True when unauthenticated probes get only ERROR 2.
+    pub fn auth_required(&self) -> bool {
+        self.keys.is_some() && self.auth == AuthMode::Required
     }
 
     fn apply(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
@@ -140,6 +203,47 @@ impl Config {
             }
             "allow" => self.allow = parse_allow(key, value)?,
             "text" => self.text = parse_switch(key, value)?,
+            "key_file" => {
+                let keys = KeySet::load(std::path::Path::new(value))
+                    .map_err(|why| ConfigError::bad_value(key, value, why))?;
+                self.keys = Some(keys);
+            }
+            "auth" => {
+                self.auth = match value {
+                    "optional" => AuthMode::Optional,
+                    "required" => AuthMode::Required,
+                    _ => {
+                        return Err(ConfigError::bad_value(
+                            key,
+                            value,
+                            "expected optional or required",
+                        ));
+                    }
+                }
+            }
+            "auth_window_ms" => self.auth_window_ms = parse_number(key, value, 1, "milliseconds")?,
+            "rate_per_source" => {
+                self.rate_per_source =
+                    parse_number(key, value, 0, "probes per second (0 = no limit)")?
+            }
+            "rate_global" => {
+                self.rate_global = parse_number(key, value, 0, "probes per second (0 = no limit)")?
+            }
+            "log_drops_ms" => self.log_drops_ms = parse_number(key, value, 1, "milliseconds")?,
+            "log" => {
+                self.log = match value {
+                    "none" => LogTarget::None,
+                    "stderr" => LogTarget::Stderr,
+                    "syslog" => LogTarget::Syslog,
+                    _ => {
+                        return Err(ConfigError::bad_value(
+                            key,
+                            value,
+                            "expected none, stderr or syslog",
+                        ));
+                    }
+                }
+            }
             "tcp_agent" => self.tcp_agent = parse_tcp(key, value)?,
             "http" => self.http = parse_tcp(key, value)?,
             _ => {
@@ -289,6 +393,17 @@ fn parse_allow(key: &str, value: &str) -> Result<AllowList, ConfigError> {
     Ok(AllowList::new(networks))
 }
 
+fn parse_number(key: &str, value: &str, min: u32, unit: &str) -> Result<u32, ConfigError> {
+    match value.parse::<u32>() {
+        Ok(n) if n >= min => Ok(n),
+        _ => Err(ConfigError::bad_value(
+            key,
+            value,
+            format_args!("expected {unit}, {min}..=4294967295"),
+        )),
+    }
+}
+
 fn parse_switch(key: &str, value: &str) -> Result<bool, ConfigError> {
     match value.to_ascii_lowercase().as_str() {
         "on" | "yes" | "true" | "1" => Ok(true),
@@ -400,5 +515,42 @@ mod tests {
         assert!(Config::parse("http=127.0.0.1:0 tcp_agent=127.0.0.1:0").is_ok());
         let e = err("watchdog_ms=-1");
         assert!(e.contains("\"-1\""), "{e}");
+        let e = err("auth=required");
+        assert!(e.contains("\"auth\"") && e.contains("key_file"), "{e}");
+        let e = err("key_file=/nonexistent/keys");
+        assert!(
+            e.contains("\"key_file\"") && e.contains("/nonexistent/keys"),
+            "{e}"
+        );
+        let e = err("rate_global=lots");
+        assert!(
+            e.contains("\"rate_global\"") && e.contains("\"lots\""),
+            "{e}"
+        );
+        let e = err("auth_window_ms=0");
+        assert!(e.contains("\"auth_window_ms\""), "{e}");
+        let e = err("log=loud");
+        assert!(e.contains("\"log\"") && e.contains("stderr"), "{e}");
+    }
+
+    #[test]
+    fn key_file_and_auth() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("lbagent-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("keys");
+        std::fs::write(&path, "1 000102030405060708090a0b0c0d0e0f\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = err(&format!("key_file={}", path.display()));
+        assert!(e.contains("chmod 600") && e.contains("644"), "{e}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = Config::parse(&format!("key_file={}", path.display())).unwrap();
+        assert!(c.auth_required());
+        assert!(!c.text, "text lines carry no MAC: off unless asked for");
+        let c = Config::parse(&format!("key_file={} text=on", path.display())).unwrap();
+        assert!(c.text);
+        let c = Config::parse(&format!("key_file={} auth=optional", path.display())).unwrap();
+        assert!(!c.auth_required() && c.text);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

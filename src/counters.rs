@@ -3,12 +3,12 @@
 //!
 //! The monitor thread is the only writer; the host reads them through the API (never over the
 //! network). Every received datagram ends in exactly one outcome, so
-//! `received == sum of the counters answered_status ..= faults` (a fault of the monitor loop
-//! itself, which is not tied to a datagram, would add one to `faults` only).
+//! `received == sum of Counter::DATAGRAM_OUTCOMES` (a fault of the monitor loop itself, which
+//! is not tied to a datagram, would add one to `faults` only).
 //!
 //! Every accepted TCP connection (`tcp_agent=`, `http=`) ends in exactly one outcome too:
-//! `conn_accepted == sum of the counters answered_agent ..= conn_failed` once no connection
-//! is open. A panic while handling a connection counts under `conn_failed` and `faults`.
+//! `conn_accepted == sum of Counter::CONNECTION_OUTCOMES` once no connection is open. A panic
+//! while handling a connection counts under `conn_failed` and `faults`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -40,28 +40,36 @@ pub enum Counter {
     SendFailed = 10,
     /// Internal panics caught by the agent (the datagram being handled is dropped).
     Faults = 11,
+    /// Dropped: its source sent more than `rate_per_source` probes per second.
+    DroppedRateLimited = 12,
+    /// Dropped: all sources together sent more than `rate_global` probes per second.
+    DroppedGlobalLimit = 13,
+    /// Dropped: an authenticated probe with an unknown key id or a wrong MAC.
+    DroppedAuthFailed = 14,
+    /// Dropped: an authenticated probe whose timestamp is outside `auth_window_ms`.
+    DroppedAuthStale = 15,
     /// TCP connections accepted on `tcp_agent` and `http` addresses.
-    ConnAccepted = 12,
+    ConnAccepted = 16,
     /// Answered with the agent-check line over TCP (`tcp_agent`).
-    AnsweredAgent = 13,
+    AnsweredAgent = 17,
     /// Answered an HTTP request (`http`): 200, 503, 404 or 405.
-    AnsweredHttp = 14,
+    AnsweredHttp = 18,
     /// An HTTP request that was malformed (answered 400) or too large (431).
-    HttpBadRequest = 15,
+    HttpBadRequest = 19,
     /// Closed at once: the connection limit of its listener kind was reached.
-    ConnDroppedLimit = 16,
+    ConnDroppedLimit = 20,
     /// Closed at once: the source address is not in `allow`.
-    ConnDroppedNotAllowed = 17,
+    ConnDroppedNotAllowed = 21,
     /// Closed without an answer: the request did not arrive in time.
-    ConnTimedOut = 18,
+    ConnTimedOut = 22,
     /// Closed without a whole answer: the peer closed or reset first, or a read or write
     /// failed (also counts a caught panic while handling the connection).
-    ConnFailed = 19,
+    ConnFailed = 23,
 }
 
 impl Counter {
     /// Every counter, in numeric order.
-    pub const ALL: [Counter; 20] = [
+    pub const ALL: [Counter; 24] = [
         Counter::Received,
         Counter::AnsweredStatus,
         Counter::AnsweredText,
@@ -74,6 +82,10 @@ impl Counter {
         Counter::DroppedLooksLikeReply,
         Counter::SendFailed,
         Counter::Faults,
+        Counter::DroppedRateLimited,
+        Counter::DroppedGlobalLimit,
+        Counter::DroppedAuthFailed,
+        Counter::DroppedAuthStale,
         Counter::ConnAccepted,
         Counter::AnsweredAgent,
         Counter::AnsweredHttp,
@@ -85,7 +97,7 @@ impl Counter {
     ];
 
     /// The outcomes of datagrams: each received datagram adds one to exactly one of them.
-    pub const DATAGRAM_OUTCOMES: [Counter; 11] = [
+    pub const DATAGRAM_OUTCOMES: [Counter; 15] = [
         Counter::AnsweredStatus,
         Counter::AnsweredText,
         Counter::AnsweredError,
@@ -97,6 +109,10 @@ impl Counter {
         Counter::DroppedLooksLikeReply,
         Counter::SendFailed,
         Counter::Faults,
+        Counter::DroppedRateLimited,
+        Counter::DroppedGlobalLimit,
+        Counter::DroppedAuthFailed,
+        Counter::DroppedAuthStale,
     ];
 
     /// The outcomes of TCP connections: each accepted connection adds one to exactly one of
@@ -133,6 +149,10 @@ impl Counter {
             Counter::DroppedLooksLikeReply => "dropped_looks_like_reply",
             Counter::SendFailed => "send_failed",
             Counter::Faults => "faults",
+            Counter::DroppedRateLimited => "dropped_rate_limited",
+            Counter::DroppedGlobalLimit => "dropped_global_limit",
+            Counter::DroppedAuthFailed => "dropped_auth_failed",
+            Counter::DroppedAuthStale => "dropped_auth_stale",
             Counter::ConnAccepted => "conn_accepted",
             Counter::AnsweredAgent => "answered_agent",
             Counter::AnsweredHttp => "answered_http",
@@ -142,6 +162,11 @@ impl Counter {
             Counter::ConnTimedOut => "conn_timed_out",
             Counter::ConnFailed => "conn_failed",
         }
+    }
+
+    /// True for the counters of dropped datagrams (not the `conn_*` counters of TCP).
+    pub fn is_drop(self) -> bool {
+        self.name().starts_with("dropped_")
     }
 }
 

@@ -139,7 +139,7 @@ fn wants_json(headers: &[httparse::Header<'_>]) -> bool {
 fn write_json(status: &Status, service: &str, instance_id: u64, out: &mut [u8]) -> Option<usize> {
     let mut w = Cursor::new(out);
     w.write_all(b"{\"service\":").ok()?;
-    serde_json::to_writer(&mut w, service).ok()?;
+    write_json_string(&mut w, service).ok()?;
     write!(
         w,
         ",\"serving\":{},\"state\":\"{}\",\"reason\":\"{}\",\"reason_code\":{},\
@@ -157,9 +157,26 @@ fn write_json(status: &Status, service: &str, instance_id: u64, out: &mut [u8]) 
         instance_id,
     )
     .ok()?;
-    serde_json::to_writer(&mut w, status.message.as_str()).ok()?;
+    write_json_string(&mut w, status.message.as_str()).ok()?;
     w.write_all(b"}\n").ok()?;
     usize::try_from(w.position()).ok()
+}
+
+/// Writes `s` as a JSON string (RFC 8259: quote, backslash and control characters escaped).
+fn write_json_string(w: &mut impl Write, s: &str) -> std::io::Result<()> {
+    w.write_all(b"\"")?;
+    for c in s.chars() {
+        match c {
+            '"' => w.write_all(b"\\\"")?,
+            '\\' => w.write_all(b"\\\\")?,
+            '\n' => w.write_all(b"\\n")?,
+            '\r' => w.write_all(b"\\r")?,
+            '\t' => w.write_all(b"\\t")?,
+            c if (c as u32) < 0x20 => write!(w, "\\u{:04x}", c as u32)?,
+            c => w.write_all(c.encode_utf8(&mut [0; 4]).as_bytes())?,
+        }
+    }
+    w.write_all(b"\"")
 }
 
 /// The parts of a response head that vary.
@@ -375,6 +392,28 @@ mod tests {
         assert!(out[..len].starts_with(b"HTTP/1.1 431 "));
         let many = format!("GET /health HTTP/1.1\r\n{}\r\n", "A: b\r\n".repeat(33));
         assert_eq!(code(&ask(&b, &many).1), 431);
+    }
+
+    #[test]
+    fn json_strings_are_escaped_like_serde_json() {
+        for s in [
+            "",
+            "plain",
+            "q\"uote",
+            "back\\slash",
+            "tab\tnl\n\u{1}",
+            "été \u{1F600}",
+            "\u{7f}",
+        ] {
+            let mut out = Vec::new();
+            write_json_string(&mut out, s).unwrap();
+            let parsed: String = serde_json::from_slice(&out).unwrap();
+            assert_eq!(parsed, s);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                serde_json::to_string(s).unwrap()
+            );
+        }
     }
 
     #[test]

@@ -16,13 +16,18 @@
 
 pub mod agent;
 pub mod allow;
+pub mod auth;
 pub mod client;
 mod clock;
 pub mod config;
 pub mod counters;
 pub mod error;
 mod ffi;
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
+mod limit;
+pub mod log;
 mod monitor;
 mod responder;
 pub mod state;
@@ -32,7 +37,7 @@ pub mod text;
 pub mod wire;
 
 pub use agent::Agent;
-pub use config::{Config, ConfigError, DEFAULT_PORT};
+pub use config::{AuthMode, Config, ConfigError, DEFAULT_PORT};
 pub use counters::Counter;
 pub use error::Error;
 pub use state::{Reason, State};

@@ -22,11 +22,12 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::allow::AllowList;
 use crate::clock;
 use crate::counters::{Counter, Counters};
 use crate::error::Error;
-use crate::responder::{Outcome, Responder};
+use crate::limit::RateLimiter;
+use crate::log::{Level, Logger, log_line};
+use crate::responder::{Outcome, Policy, Responder};
 use crate::status::Board;
 use crate::streams::{LISTENER_TOKENS, StreamListener, Streams};
 use crate::wire;
@@ -36,8 +37,8 @@ pub(crate) struct Shared {
     pub board: Board,
     pub counters: Counters,
     pub instance_id: u64,
-    pub allow: AllowList,
-    pub text: bool,
+    pub policy: Policy,
+    pub logger: Logger,
     /// Test hook: the next datagram or connection handled panics (see `Agent::inject_fault`).
     pub inject_fault: AtomicBool,
 }
@@ -88,7 +89,17 @@ pub(crate) struct Monitor {
     streams: Streams,
     buffers: Vec<[u8; BUFFER]>,
     metas: Vec<RecvMeta>,
+    handler: Handler,
+}
+
+/// Per-datagram state owned by the monitor thread.
+struct Handler {
+    limiter: RateLimiter,
     reply: [u8; wire::PROBE_MAX_LEN],
+    /// Counter values at the last drop report, when it was, and how often to report.
+    reported: [u64; Counter::ALL.len()],
+    reported_at: u64,
+    report_every_ms: u64,
 }
 
 impl Monitor {
@@ -99,6 +110,8 @@ impl Monitor {
         listeners: Vec<Listener>,
         stream_listeners: Vec<StreamListener>,
         wait_for_agent_send: bool,
+        limiter: RateLimiter,
+        report_drops_every_ms: u32,
     ) -> Result<(Monitor, Arc<Waker>), Error> {
         let io_error = |what| move |source| Error::Io { what, source };
         let poll = Poll::new().map_err(io_error("create the poller"))?;
@@ -123,7 +136,13 @@ impl Monitor {
             streams,
             buffers: vec![[0u8; BUFFER]; BATCH],
             metas: vec![RecvMeta::default(); BATCH],
-            reply: [0u8; wire::PROBE_MAX_LEN],
+            handler: Handler {
+                limiter,
+                reply: [0u8; wire::PROBE_MAX_LEN],
+                reported: [0; Counter::ALL.len()],
+                reported_at: clock::now_ms(),
+                report_every_ms: u64::from(report_drops_every_ms),
+            },
         };
         Ok((monitor, Arc::new(waker)))
     }
@@ -222,65 +241,109 @@ impl Monitor {
                     meta.stride
                 };
                 for datagram in received.chunks(stride) {
-                    answer(&self.shared, listener, meta, datagram, &mut self.reply);
+                    self.handler.answer(&self.shared, listener, meta, datagram);
                 }
                 if received.is_empty() {
-                    answer(&self.shared, listener, meta, &[], &mut self.reply);
+                    self.handler.answer(&self.shared, listener, meta, &[]);
                 }
             }
         }
     }
 }
 
-/// Handles one datagram: decide (panics caught and counted), send, count.
-fn answer(
-    shared: &Shared,
-    listener: &Listener,
-    meta: &RecvMeta,
-    datagram: &[u8],
-    reply: &mut [u8; wire::PROBE_MAX_LEN],
-) {
-    let counters = &shared.counters;
-    counters.add(Counter::Received);
-    let now = clock::now_ms();
-    let decided = catch_unwind(AssertUnwindSafe(|| {
-        if shared.inject_fault.swap(false, Ordering::AcqRel) {
-            panic!("lbagent: injected fault (test hook)");
-        }
-        let responder = Responder {
-            board: &shared.board,
-            allow: &shared.allow,
-            text: shared.text,
-            instance_id: shared.instance_id,
-        };
-        responder.respond(meta.addr, meta.dst_ip, datagram, reply, now)
-    }));
-    let outcome = match decided {
-        Ok(outcome) => outcome,
-        Err(_) => {
-            // The datagram that hit the fault is dropped (and counted as a fault); later ones
-            // are answered "agent fault".
-            shared.board.record_fault(now);
-            Outcome::Drop(Counter::Faults)
-        }
-    };
-    match outcome {
-        Outcome::Drop(counter) => counters.add(counter),
-        Outcome::Reply(len, counter) => {
-            let transmit = Transmit {
-                destination: meta.addr,
-                ecn: None,
-                contents: &reply[..len.min(datagram.len())],
-                segment_size: None,
-                src_ip: meta.dst_ip,
+impl Handler {
+    /// Handles one datagram: decide (panics caught and counted), send, count.
+    fn answer(&mut self, shared: &Shared, listener: &Listener, meta: &RecvMeta, datagram: &[u8]) {
+        let counters = &shared.counters;
+        counters.add(Counter::Received);
+        let now = clock::now_ms();
+        let limiter = &mut self.limiter;
+        let reply = &mut self.reply;
+        let decided = catch_unwind(AssertUnwindSafe(|| {
+            if shared.inject_fault.swap(false, Ordering::AcqRel) {
+                panic!("lbagent: injected fault (test hook)");
+            }
+            let responder = Responder {
+                board: &shared.board,
+                policy: &shared.policy,
+                instance_id: shared.instance_id,
             };
-            match listener
-                .state
-                .try_send((&listener.socket).into(), &transmit)
-            {
-                Ok(()) => counters.add(counter),
-                Err(_) => counters.add(Counter::SendFailed),
+            responder.respond(limiter, meta.addr, meta.dst_ip, datagram, reply, now)
+        }));
+        let outcome = match decided {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                // The datagram that hit the fault is dropped (and counted as a fault); later
+                // ones are answered "agent fault".
+                shared.board.record_fault(now);
+                log_line!(
+                    shared.logger,
+                    Level::Error,
+                    "internal fault (panic caught) while answering {}; answering DOWN (agent fault) from now on",
+                    meta.addr
+                );
+                Outcome::Drop(Counter::Faults)
+            }
+        };
+        match outcome {
+            Outcome::Drop(counter) => {
+                counters.add(counter);
+                self.report_drops(shared, now);
+            }
+            Outcome::Reply(len, counter) => {
+                let transmit = Transmit {
+                    destination: meta.addr,
+                    ecn: None,
+                    contents: &self.reply[..len.min(datagram.len())],
+                    segment_size: None,
+                    src_ip: meta.dst_ip,
+                };
+                match listener
+                    .state
+                    .try_send((&listener.socket).into(), &transmit)
+                {
+                    Ok(()) => counters.add(counter),
+                    Err(_) => counters.add(Counter::SendFailed),
+                }
             }
         }
+    }
+
+    /// Logs, at most every `log_drops_ms`, how many datagrams were dropped and why.
+    fn report_drops(&mut self, shared: &Shared, now: u64) {
+        if now.saturating_sub(self.reported_at) < self.report_every_ms {
+            return;
+        }
+        let seconds = now.saturating_sub(self.reported_at) / 1000;
+        self.reported_at = now;
+        let mut parts = [("", 0u64); Counter::ALL.len()];
+        let mut total = 0;
+        for (i, counter) in Counter::ALL.iter().enumerate() {
+            let value = shared.counters.get(*counter);
+            let delta = value - self.reported[i];
+            self.reported[i] = value;
+            if counter.is_drop() && delta > 0 {
+                parts[i] = (counter.name(), delta);
+                total += delta;
+            }
+        }
+        if total == 0 {
+            return;
+        }
+        struct Parts<'a>(&'a [(&'a str, u64)]);
+        impl std::fmt::Display for Parts<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                for (name, n) in self.0.iter().filter(|(_, n)| *n > 0) {
+                    write!(f, " {name}={n}")?;
+                }
+                Ok(())
+            }
+        }
+        log_line!(
+            shared.logger,
+            Level::Warn,
+            "dropped {total} datagrams in the last {seconds} s:{}",
+            Parts(&parts)
+        );
     }
 }

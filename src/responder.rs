@@ -1,16 +1,20 @@
 //! Decides the answer to one datagram: pure logic over the status board, no I/O.
 //!
 //! Order of checks: who is asking (allow-list, source port, unicast destination) before any
-//! other work; then protocol v1 or text. Every datagram ends in exactly one counted outcome,
-//! and an answer is never longer than the datagram that caused it.
+//! other work; then the rate limits; then protocol v1 (with authentication) or text. Every
+//! datagram ends in exactly one counted outcome, and an answer is never longer than the
+//! datagram that caused it.
 
 use std::net::{IpAddr, SocketAddr};
 
 use crate::allow::AllowList;
+use crate::auth::{self, KeySet};
+use crate::config::Config;
 use crate::counters::Counter;
+use crate::limit::{Limited, RateLimiter};
 use crate::status::{Board, Status};
 use crate::text;
-use crate::wire::{self, DecodeError, Request, StatusFields};
+use crate::wire::{self, DecodeError, FLAG_AUTH, Request, StatusFields};
 
 /// Source ports of well-known UDP services that reflect traffic (echo, chargen, DNS, NTP,
 /// SNMP, CLDAP, SSDP, memcached); a request "from" them is a spoofed reflection attempt.
@@ -25,26 +29,48 @@ pub(crate) enum Outcome {
     Drop(Counter),
 }
 
+/// Who gets answers and how: the parts of the configuration the responder applies.
+pub(crate) struct Policy {
+    pub allow: AllowList,
+    pub text: bool,
+    pub keys: Option<KeySet>,
+    pub auth_required: bool,
+    pub auth_window_ms: u64,
+}
+
+impl Policy {
+    pub(crate) fn from_config(config: &Config) -> Policy {
+        Policy {
+            allow: config.allow.clone(),
+            text: config.text,
+            keys: config.keys.clone(),
+            auth_required: config.auth_required(),
+            auth_window_ms: u64::from(config.auth_window_ms),
+        }
+    }
+}
+
 /// The parts of the agent the responder reads.
 pub(crate) struct Responder<'a> {
     pub board: &'a Board,
-    pub allow: &'a AllowList,
-    pub text: bool,
+    pub policy: &'a Policy,
     pub instance_id: u64,
 }
 
 impl Responder<'_> {
     /// The answer to `request` from `source`, sent to local address `destination`, written to
-    /// `out` (512 bytes or more).
+    /// `out` (512 bytes or more). `limiter` is charged for datagrams that pass the source
+    /// checks.
     pub(crate) fn respond(
         &self,
+        limiter: &mut RateLimiter,
         source: SocketAddr,
         destination: Option<IpAddr>,
         request: &[u8],
         out: &mut [u8],
         now: u64,
     ) -> Outcome {
-        if !self.allow.admits(source.ip()) {
+        if !self.policy.allow.admits(source.ip()) {
             return Outcome::Drop(Counter::DroppedNotAllowed);
         }
         if source.port() == 0 || REFLECTOR_PORTS.contains(&source.port()) {
@@ -53,10 +79,15 @@ impl Responder<'_> {
         if destination.is_some_and(|d| !is_unicast(d)) {
             return Outcome::Drop(Counter::DroppedNotUnicast);
         }
+        match limiter.check(source.ip(), now) {
+            Ok(()) => {}
+            Err(Limited::Source) => return Outcome::Drop(Counter::DroppedRateLimited),
+            Err(Limited::Global) => return Outcome::Drop(Counter::DroppedGlobalLimit),
+        }
         if request.starts_with(&wire::MAGIC) {
             return self.respond_v1(request, out, now);
         }
-        if !self.text {
+        if !self.policy.text {
             return Outcome::Drop(Counter::DroppedTextOff);
         }
         self.respond_text(request, out, now)
@@ -65,11 +96,42 @@ impl Responder<'_> {
     fn respond_v1(&self, request: &[u8], out: &mut [u8], now: u64) -> Outcome {
         match wire::decode_request(request) {
             Ok(Request::Probe(probe)) => {
+                // Authenticated probe: check it, and seal the answer with the same key.
+                let key = match (&self.policy.keys, probe.flags & FLAG_AUTH != 0) {
+                    (Some(keys), true) => match auth::open(request, |id| keys.get(id)) {
+                        Ok(v) => {
+                            if !auth::fresh(
+                                v.timestamp_ms,
+                                auth::unix_ms(),
+                                self.policy.auth_window_ms,
+                            ) {
+                                return Outcome::Drop(Counter::DroppedAuthStale);
+                            }
+                            keys.get(v.key_id)
+                        }
+                        Err(_) => return Outcome::Drop(Counter::DroppedAuthFailed),
+                    },
+                    _ => None,
+                };
+                if key.is_none() && self.policy.auth_required {
+                    return Outcome::Reply(
+                        wire::encode_error(probe.nonce, wire::ERROR_AUTH_REQUIRED, out),
+                        Counter::AnsweredError,
+                    );
+                }
                 let status = self.board.status(self.board.target(probe.service), now);
                 let fields = status_fields(&status, probe.nonce, self.instance_id);
-                match wire::encode_status(&fields, probe.len, out) {
-                    Some(len) => Outcome::Reply(len, Counter::AnsweredStatus),
-                    None => Outcome::Drop(Counter::DroppedMalformed),
+                let room = match key {
+                    Some(_) => auth::room_for_sealed(probe.len),
+                    None => probe.len,
+                };
+                match (wire::encode_status(&fields, room, out), key) {
+                    (Some(len), Some(key)) => Outcome::Reply(
+                        auth::seal(key, out, len, auth::unix_ms()),
+                        Counter::AnsweredStatus,
+                    ),
+                    (Some(len), None) => Outcome::Reply(len, Counter::AnsweredStatus),
+                    (None, _) => Outcome::Drop(Counter::DroppedMalformed),
                 }
             }
             Ok(Request::UnsupportedVersion { nonce, .. }) => Outcome::Reply(

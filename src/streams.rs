@@ -32,6 +32,7 @@ use crate::clock;
 use crate::counters::Counter;
 use crate::error::Error;
 use crate::http;
+use crate::log::{Level, log_line};
 use crate::monitor::Shared;
 use crate::text;
 
@@ -278,7 +279,7 @@ impl Streams {
         shared: &Shared,
         registry: &Registry,
     ) {
-        if !shared.allow.admits(peer.ip()) {
+        if !shared.policy.allow.admits(peer.ip()) {
             shared.counters.add(Counter::ConnDroppedNotAllowed);
             return;
         }
@@ -330,6 +331,12 @@ impl Streams {
         let next = result.unwrap_or_else(|_| {
             shared.counters.add(Counter::Faults);
             shared.board.record_fault(clock::now_ms());
+            log_line!(
+                shared.logger,
+                Level::Error,
+                "internal fault (panic caught) while serving a TCP connection; answering DOWN \
+                 (agent fault) from now on"
+            );
             Next::Close(Some(Counter::ConnFailed))
         });
         if let Next::Close(counter) = next {

@@ -186,7 +186,7 @@ fn watchdog_expires_and_the_next_heartbeat_recovers() {
 
 #[test]
 fn status_is_never_longer_than_its_probe() {
-    let (agent, addr) = agent("services=svc initial_state=up");
+    let (agent, addr) = agent("services=svc initial_state=up rate_per_source=0");
     agent
         .set_state("", State::Up, Some(&"é".repeat(127)))
         .unwrap();

@@ -269,3 +269,73 @@ fn demo_server_walkthrough() {
 fn demo_server_walkthrough_under_valgrind() {
     demo_walkthrough(true);
 }
+
+#[test]
+fn log_to_stderr_reports_lifecycle_and_drops_at_a_bounded_rate() {
+    let exe = &programs()[2];
+    let mut child = Command::new(exe)
+        .arg("0")
+        .env(
+            "LBAGENT_CONFIG",
+            "listen=127.0.0.1:0 log=stderr log_drops_ms=300",
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let port: u16 = stdout
+        .lines()
+        .next()
+        .unwrap()
+        .unwrap()
+        .split("UDP port ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let agent = SocketAddr::from(([127, 0, 0, 1], port));
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    // Malformed datagrams, in two waves more than log_drops_ms apart.
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for wave in 0..2 {
+        for _ in 0..25 {
+            s.send_to(b"LBAP-garbage", agent).unwrap();
+        }
+        if wave == 0 {
+            std::thread::sleep(Duration::from_millis(400));
+        }
+    }
+    let mut seen = Vec::new();
+    let found_drops = eventually(Duration::from_secs(5), || {
+        seen.extend(lines_rx.try_iter());
+        seen.iter().any(|l| l.contains("dropped_malformed="))
+    });
+    assert!(found_drops, "no drop summary in {seen:?}");
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with("lbagent[") && l.contains("info: started")),
+        "{seen:?}"
+    );
+    // Fifty drops, one or two summary lines: the log is bounded.
+    let summaries = seen
+        .iter()
+        .filter(|l| l.contains("dropped_malformed="))
+        .count();
+    assert!(summaries <= 2, "{seen:?}");
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert!(child.wait().unwrap().success());
+    std::thread::sleep(Duration::from_millis(100));
+    seen.extend(lines_rx.try_iter());
+    assert!(seen.iter().any(|l| l.contains("info: stopped")), "{seen:?}");
+}

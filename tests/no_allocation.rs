@@ -46,7 +46,10 @@ fn nothing_allocates_in_steady_state() {
 }
 
 fn host_calls_and_probe_answers_do_not_allocate() {
-    let agent = Agent::start("listen=127.0.0.1:0 services=game watchdog_ms=60000").unwrap();
+    let agent = Agent::start(
+        "listen=127.0.0.1:0 services=game watchdog_ms=60000 rate_per_source=0 rate_global=0",
+    )
+    .unwrap();
     let addr = agent.local_addrs()[0];
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     socket.connect(addr).unwrap();

@@ -18,12 +18,30 @@ use lbagent_result::*;
 const LIVE: u64 = 0x4c42_4147_454e_5421;
 const FREED: u64 = 0x4445_4144_4445_4144;
 
+/// Every live handle. `lbagent_free` and `lbagent_stop` consult it before touching a handle,
+/// so a second free (or a stop after free) is detected without reading freed memory.
+static LIVE_HANDLES: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+
+fn registered(handle: *const lbagent) -> bool {
+    LIVE_HANDLES
+        .lock()
+        .map(|live| live.contains(&(handle as usize)))
+        .unwrap_or(false)
+}
+
 /// Longest reason text read from C: the message keeps 255 bytes; reading a little more lets a
 /// character cut at byte 255 be repaired, and a 1 MB reason costs no more than a short one.
 const REASON_READ_LIMIT: usize = 1024;
 
 /// A running agent, created by `lbagent_start` and released by `lbagent_free`. Opaque.
 pub struct lbagent {
+    _private: [u8; 0],
+}
+
+/// What an `lbagent *` points to. repr(C) keeps `magic` first, so a foreign pointer is judged
+/// by its first 8 bytes only.
+#[repr(C)]
+struct Handle {
     magic: AtomicU64,
     agent: Agent,
 }
@@ -57,9 +75,10 @@ fn live_agent<'a>(handle: *const lbagent) -> Result<&'a Agent, lbagent_result> {
     if handle.is_null() {
         return Err(LBAGENT_ERR_NULL_ARGUMENT);
     }
-    // SAFETY: non-NULL handles come from `lbagent_start`; after `lbagent_free` the magic check
-    // catches most misuse (what C cannot be stopped from doing is documented as undefined).
-    let h = unsafe { &*handle };
+    // SAFETY: non-NULL handles come from `lbagent_start` (a `Handle`); after `lbagent_free` the
+    // magic check catches most misuse (what C cannot be stopped from doing is documented as
+    // undefined).
+    let h = unsafe { &*handle.cast::<Handle>() };
     if h.magic.load(Ordering::Acquire) != LIVE {
         return Err(LBAGENT_ERR_BAD_HANDLE);
     }
@@ -121,12 +140,16 @@ pub extern "C" fn lbagent_start(config: *const c_char, out: *mut *mut lbagent) -
         };
         match Agent::start(&text) {
             Ok(agent) => {
-                let handle = Box::new(lbagent {
+                let handle = Box::into_raw(Box::new(Handle {
                     magic: AtomicU64::new(LIVE),
                     agent,
-                });
+                }))
+                .cast::<lbagent>();
+                if let Ok(mut live) = LIVE_HANDLES.lock() {
+                    live.push(handle as usize);
+                }
                 // SAFETY: `out` is non-NULL and points to writable storage for a pointer.
-                unsafe { *out = Box::into_raw(handle) };
+                unsafe { *out = handle };
                 LBAGENT_OK
             }
             Err(e) => fail(&e),
@@ -392,6 +415,10 @@ fn write_port(addrs: &[std::net::SocketAddr], index: usize, out: *mut u16) -> lb
 #[unsafe(no_mangle)]
 pub extern "C" fn lbagent_stop(agent: *mut lbagent, timeout_ms: u32) -> lbagent_result {
     ffi_boundary!(LBAGENT_ERR_PANIC, {
+        if !agent.is_null() && !registered(agent) {
+            set_last_error("lbagent_stop: not a live handle (already freed?)");
+            return LBAGENT_ERR_BAD_HANDLE;
+        }
         let agent = match live_agent(agent) {
             Ok(a) => a,
             Err(r) => {
@@ -408,16 +435,26 @@ pub extern "C" fn lbagent_stop(agent: *mut lbagent, timeout_ms: u32) -> lbagent_
 }
 
 /// Stops the agent if needed (waiting up to 5 s for its thread) and frees the handle. NULL is
-/// a no-op; a handle already freed is ignored when detected. The handle must not be used
-/// again, nor concurrently with this call.
+/// a no-op. Freeing a handle twice is detected and ignored (the last error says so). The
+/// handle must not be used again (only `lbagent_free` and `lbagent_stop` detect a freed
+/// handle safely; other calls on it are undefined), nor concurrently with this call.
 #[unsafe(no_mangle)]
 pub extern "C" fn lbagent_free(agent: *mut lbagent) {
     ffi_boundary!((), {
-        if live_agent(agent).is_err() {
+        if agent.is_null() {
+            return;
+        }
+        let removed = LIVE_HANDLES.lock().is_ok_and(|mut live| {
+            let before = live.len();
+            live.retain(|h| *h != agent as usize);
+            live.len() < before
+        });
+        if !removed {
+            set_last_error("lbagent_free: not a live handle (already freed?)");
             return;
         }
         // SAFETY: a live handle from `lbagent_start`, owned by the caller, who gives it back.
-        let handle = unsafe { Box::from_raw(agent) };
+        let handle = unsafe { Box::from_raw(agent.cast::<Handle>()) };
         handle.magic.store(FREED, Ordering::Release);
         drop(handle);
     })

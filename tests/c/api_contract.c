@@ -202,6 +202,24 @@ static void lifecycle(void) {
     CHECK(lbagent_get_status(a, NULL, &st) == LBAGENT_OK);
     CHECK(st.state == LBAGENT_STATE_STOPPING && st.reason == LBAGENT_REASON_AGENT_STOPPING);
     lbagent_free(a);
+
+    /* A second free, and a stop after free, are detected without touching freed memory. */
+    lbagent_free(a);
+    CHECK(last_error_contains("already freed"));
+    CHECK(lbagent_stop(a, 0) == LBAGENT_ERR_BAD_HANDLE);
+}
+
+static void foreign_pointers(void) {
+    /* A pointer that never came from lbagent_start. */
+    long not_an_agent[8] = {0};
+    lbagent *bogus = (lbagent *)(void *)not_an_agent;
+    lbagent_status st;
+    lbagent_free(bogus);
+    CHECK(lbagent_stop(bogus, 0) == LBAGENT_ERR_BAD_HANDLE);
+    CHECK(lbagent_heartbeat(bogus) == LBAGENT_ERR_BAD_HANDLE);
+    CHECK(lbagent_set_state(bogus, NULL, LBAGENT_STATE_UP, NULL) == LBAGENT_ERR_BAD_HANDLE);
+    CHECK(lbagent_get_status(bogus, NULL, &st) == LBAGENT_ERR_BAD_HANDLE);
+    CHECK(not_an_agent[0] == 0);
 }
 
 static void static_strings(void) {
@@ -230,6 +248,7 @@ int main(void) {
     bind_error();
     tcp_ports();
     lifecycle();
+    foreign_pointers();
     static_strings();
     printf("api_contract: %d checks, %d failed\n", checks, failures);
     return failures == 0 ? 0 : 1;

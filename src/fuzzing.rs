@@ -1,0 +1,107 @@
+//! Entry points for the fuzz targets in `fuzz/` (hidden from the documentation): the agent's
+//! whole decision on one datagram, with its promises checked.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+use crate::auth::KeySet;
+use crate::config::Config;
+use crate::limit::RateLimiter;
+use crate::responder::{Outcome, Policy, Responder};
+use crate::state::{Reason, State};
+use crate::status::{Board, Target, Text};
+
+const SECRET: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+struct Fixture {
+    board: Board,
+    policy: Policy,
+}
+
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let board = Board::new(State::Up, &["game".into(), "chat".into()], 0, 0);
+        let long = Text::from_reason("é".repeat(200).as_bytes());
+        board.set_state(Target::Server, State::Up, Reason::Host, Some(&long), 0);
+        let mut config = Config::default();
+        config.keys = KeySet::parse(&format!("1 {SECRET}")).ok();
+        config.auth = crate::config::AuthMode::Optional;
+        Fixture {
+            board,
+            policy: Policy::from_config(&config),
+        }
+    })
+}
+
+/// Answers `datagram` as the agent would and checks the promises: at most one answer, never
+/// longer than the request. Returns the answer's length.
+pub fn answer_datagram(datagram: &[u8]) -> Option<usize> {
+    let f = fixture();
+    let responder = Responder {
+        board: &f.board,
+        policy: &f.policy,
+        instance_id: 7,
+    };
+    let mut limiter = RateLimiter::new(0, 0);
+    let mut out = [0u8; crate::wire::PROBE_MAX_LEN];
+    let source: SocketAddr = ([127, 0, 0, 1], 40000).into();
+    match responder.respond(
+        &mut limiter,
+        source,
+        Some(source.ip()),
+        datagram,
+        &mut out,
+        1000,
+    ) {
+        Outcome::Reply(len, _) => {
+            assert!(
+                len <= datagram.len(),
+                "{len}-byte answer to {} bytes",
+                datagram.len()
+            );
+            Some(len)
+        }
+        Outcome::Drop(_) => None,
+    }
+}
+
+/// Answers `request` (received so far; `full`: no more can come) as the HTTP endpoint would and
+/// checks the promises: a complete HTTP/1.1 answer that fits its buffer, whose body is as long
+/// as its Content-Length says (or empty, for HEAD). Returns the status code, or None while the
+/// request is incomplete.
+pub fn answer_http(request: &[u8], full: bool) -> Option<u16> {
+    let f = fixture();
+    let mut out = [0u8; crate::http::MAX_RESPONSE];
+    match crate::http::respond(&f.board, 7, request, full, 1000, &mut out) {
+        crate::http::Answer::Incomplete => {
+            assert!(
+                !full,
+                "an incomplete request that cannot grow must be answered"
+            );
+            None
+        }
+        crate::http::Answer::Reply { len, .. } => {
+            let answer = &out[..len];
+            let mut headers = [httparse::EMPTY_HEADER; 16];
+            let mut parsed = httparse::Response::new(&mut headers);
+            let head_len = match parsed.parse(answer) {
+                Ok(httparse::Status::Complete(n)) => n,
+                other => panic!("not a complete HTTP answer ({other:?}): {answer:?}"),
+            };
+            assert_eq!(parsed.version, Some(1));
+            let content_length: usize = parsed
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
+                .expect("a Content-Length");
+            let body = len - head_len;
+            assert!(
+                body == content_length || body == 0,
+                "Content-Length {content_length}, body {body}"
+            );
+            parsed.code
+        }
+    }
+}
