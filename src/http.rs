@@ -257,8 +257,20 @@ mod tests {
     use crate::state::Reason;
     use crate::status::{Target, Text};
 
+    fn board_with(service: &str) -> Board {
+        let config = crate::status::BoardConfig {
+            initial: State::Up,
+            services: &[service.to_string()],
+            watchdog_ms: 0,
+            workers: 0,
+            worker_timeout_ms: 1000,
+            worker_policy: crate::status::WorkerPolicy::Any,
+        };
+        Board::new(&config, 1000).unwrap()
+    }
+
     fn board() -> Board {
-        Board::new(State::Up, &["game".to_string()], 0, 1000)
+        board_with("game")
     }
 
     fn ask(board: &Board, request: &str) -> (Answer, String) {
@@ -418,7 +430,7 @@ mod tests {
 
     #[test]
     fn longest_answer_fits() {
-        let b = Board::new(State::Up, &["g".repeat(64)], 0, 1000);
+        let b = board_with(&"g".repeat(64));
         let worst = "\"".repeat(255);
         b.set_state(
             Target::Service(0),

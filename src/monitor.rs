@@ -1,8 +1,10 @@
 //! The monitor thread: waits for datagrams on the listen sockets and answers each one from the
 //! status board. It never calls or waits on host code, allocates nothing per datagram, and
 //! sleeps in `epoll_wait` with no timeout: no probes, no wake-ups. `stop` wakes it through a
-//! `mio::Waker`. The same loop serves the TCP agent-check and HTTP connections
-//! (`streams.rs`), which set a timer only while a connection is open.
+//! datagram socket pair (not `mio::Waker`, so that a forked child can close both ends; not a
+//! pipe, whose write could raise SIGPIPE in the host once the thread has gone). The same loop
+//! serves the TCP agent-check and HTTP connections (`streams.rs`), which set a timer only while
+//! a connection is open.
 //!
 //! Socket I/O goes through `quinn-udp`, which receives in batches (`recvmmsg`) together with the
 //! address each datagram was sent to (`IP_PKTINFO` / `IPV6_RECVPKTINFO`) and sends the answer
@@ -11,14 +13,15 @@
 
 use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_channel::Sender;
+use mio::net::UnixDatagram;
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Interest, Poll, Token};
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -29,7 +32,7 @@ use crate::limit::RateLimiter;
 use crate::log::{Level, Logger, log_line};
 use crate::responder::{Outcome, Policy, Responder};
 use crate::status::Board;
-use crate::streams::{LISTENER_TOKENS, StreamListener, Streams};
+use crate::streams::{ConnectionFds, LISTENER_TOKENS, StreamListener, Streams};
 use crate::wire;
 
 /// State shared by the host-facing handle and the monitor thread.
@@ -39,6 +42,9 @@ pub(crate) struct Shared {
     pub instance_id: u64,
     pub policy: Policy,
     pub logger: Logger,
+    /// Tells this process's monitor thread to finish (memory of this process only: `stop` in
+    /// a parent does not reach a child that took the agent over).
+    pub quit: AtomicBool,
     /// Test hook: the next datagram or connection handled panics (see `Agent::inject_fault`).
     pub inject_fault: AtomicBool,
 }
@@ -70,6 +76,27 @@ impl Listener {
     pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
         self.socket.local_addr()
     }
+
+    /// The socket's descriptor (to close a forked worker's inherited copy).
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
+/// How the host side wakes a monitor thread, and the descriptors that thread owns (which a
+/// forked child must close, since the thread does not exist there).
+pub(crate) struct Wake {
+    sender: UnixDatagram,
+    pub thread_fds: [RawFd; 2],
+    /// The TCP connections the thread has open (they come and go).
+    pub connection_fds: Arc<ConnectionFds>,
+}
+
+impl Wake {
+    /// Wakes the thread (it then checks `quit` and `stopping`). Never raises SIGPIPE.
+    pub(crate) fn wake(&self) {
+        let _ = self.sender.send(&[1]);
+    }
 }
 
 /// Datagrams read per system call, and the receive buffer for each.
@@ -85,7 +112,8 @@ const MAX_LOOP_FAULTS: u32 = 8;
 pub(crate) struct Monitor {
     shared: Arc<Shared>,
     poll: Poll,
-    listeners: Vec<Listener>,
+    wake: UnixDatagram,
+    listeners: Arc<[Listener]>,
     streams: Streams,
     buffers: Vec<[u8; BUFFER]>,
     metas: Vec<RecvMeta>,
@@ -103,19 +131,23 @@ struct Handler {
 }
 
 impl Monitor {
-    /// Registers the sockets with a new poller; returns the monitor and the waker that `stop`
-    /// uses. `wait_for_agent_send`: see `Streams::new`.
+    /// Registers the sockets with a new poller; returns the monitor and how to wake it.
+    /// `wait_for_agent_send`: see `Streams::new`.
     pub(crate) fn new(
         shared: Arc<Shared>,
-        listeners: Vec<Listener>,
-        stream_listeners: Vec<StreamListener>,
+        listeners: Arc<[Listener]>,
+        stream_listeners: Arc<[StreamListener]>,
         wait_for_agent_send: bool,
         limiter: RateLimiter,
         report_drops_every_ms: u32,
-    ) -> Result<(Monitor, Arc<Waker>), Error> {
+    ) -> Result<(Monitor, Wake), Error> {
         let io_error = |what| move |source| Error::Io { what, source };
         let poll = Poll::new().map_err(io_error("create the poller"))?;
-        let waker = Waker::new(poll.registry(), WAKER).map_err(io_error("create the waker"))?;
+        let (sender, mut receiver) =
+            UnixDatagram::pair().map_err(io_error("create the wake-up socket pair"))?;
+        poll.registry()
+            .register(&mut receiver, WAKER, Interest::READABLE)
+            .map_err(io_error("register the wake-up socket"))?;
         for (i, listener) in listeners.iter().enumerate() {
             poll.registry()
                 .register(
@@ -125,13 +157,19 @@ impl Monitor {
                 )
                 .map_err(io_error("register a socket with the poller"))?;
         }
-        let mut streams = Streams::new(stream_listeners, wait_for_agent_send);
+        let streams = Streams::new(stream_listeners, wait_for_agent_send);
         streams
             .register(poll.registry())
             .map_err(io_error("register a socket with the poller"))?;
+        let wake = Wake {
+            sender,
+            thread_fds: [poll.as_raw_fd(), receiver.as_raw_fd()],
+            connection_fds: streams.connection_fds(),
+        };
         let monitor = Monitor {
             shared,
             poll,
+            wake: receiver,
             listeners,
             streams,
             buffers: vec![[0u8; BUFFER]; BATCH],
@@ -144,7 +182,7 @@ impl Monitor {
                 report_every_ms: u64::from(report_drops_every_ms),
             },
         };
-        Ok((monitor, Arc::new(waker)))
+        Ok((monitor, wake))
     }
 
     /// The thread's body: serves until `stop`, then closes the sockets and reports on `done`.
@@ -169,11 +207,13 @@ impl Monitor {
                 }
             }
         }
-        // Close the sockets before telling `stop` that we are done.
+        // Let go of the sockets before telling `stop` that we are done (`stop` drops the last
+        // reference, which closes them). Open TCP connections are closed here.
         self.streams.close_all(&self.shared);
         drop(self.streams);
         drop(self.listeners);
         drop(self.poll);
+        drop(self.wake);
         let _ = done.send(());
     }
 
@@ -190,7 +230,10 @@ impl Monitor {
             }
             for event in events.iter() {
                 match event.token() {
-                    WAKER => {}
+                    WAKER => {
+                        let mut sink = [0u8; 16];
+                        while self.wake.recv(&mut sink).is_ok() {}
+                    }
                     Token(t) if t < LISTENER_TOKENS => self.drain(t),
                     token => self
                         .streams
@@ -199,7 +242,7 @@ impl Monitor {
             }
             self.streams
                 .after_events(&self.shared, self.poll.registry());
-            if self.shared.board.is_stopping() {
+            if self.shared.quit.load(Ordering::Acquire) || self.shared.board.is_stopping() {
                 // Answer what is already queued (with STOPPING), then leave.
                 for i in 0..self.listeners.len() {
                     self.drain(i);

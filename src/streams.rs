@@ -17,14 +17,22 @@
 //! Closing: after the answer the agent shuts its side down and reads (discarding) until the
 //! peer closes or [`LINGER`] passes. Closing a socket that still has unread input sends a
 //! reset, which can destroy the answer before the peer reads it.
+//!
+//! Fork: the listeners are shared with the host-facing handle (like the UDP sockets), so a
+//! child that takes the agent over serves them, and a forked worker closes its copies. The
+//! descriptors of open connections are published in [`ConnectionFds`] so that a forked child,
+//! where the thread that owns them does not exist, can close its copies too.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
+use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -125,6 +133,38 @@ impl StreamListener {
     pub(crate) fn kind(&self) -> Kind {
         self.kind
     }
+
+    /// The socket's descriptor (to close a forked worker's inherited copy).
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        self.listener.as_raw_fd()
+    }
+}
+
+/// The descriptors of the open connections, one per connection slot (-1: none). The monitor
+/// thread records a descriptor once accepted and forgets it before closing it, so a forked
+/// child that reads the table finds only descriptors that were open when it was forked (a
+/// connection accepted or closed at that very moment may be missed: a leaked copy, never a
+/// wrong close).
+pub(crate) struct ConnectionFds([AtomicI32; 2 * MAX_CONNECTIONS]);
+
+impl ConnectionFds {
+    fn new() -> ConnectionFds {
+        ConnectionFds(std::array::from_fn(|_| AtomicI32::new(-1)))
+    }
+
+    fn set(&self, slot: usize, fd: RawFd) {
+        if let Some(s) = self.0.get(slot) {
+            s.store(fd, Ordering::SeqCst);
+        }
+    }
+
+    /// The descriptors recorded now.
+    pub(crate) fn open(&self) -> impl Iterator<Item = RawFd> + '_ {
+        self.0
+            .iter()
+            .map(|s| s.load(Ordering::SeqCst))
+            .filter(|fd| *fd >= 0)
+    }
 }
 
 enum Phase {
@@ -167,7 +207,7 @@ enum Next {
 
 /// The TCP listeners and their open connections.
 pub(crate) struct Streams {
-    listeners: Vec<StreamListener>,
+    listeners: Arc<[StreamListener]>,
     /// Listeners whose last batch did not empty the accept queue.
     pending_accept: Vec<bool>,
     slots: Vec<Slot>,
@@ -176,10 +216,11 @@ pub(crate) struct Streams {
     scratch: Box<[u8; http::MAX_RESPONSE]>,
     /// Whether an `agent-send` line is worth waiting for (`services=` is not empty).
     wait_for_agent_send: bool,
+    fds: Arc<ConnectionFds>,
 }
 
 impl Streams {
-    pub(crate) fn new(listeners: Vec<StreamListener>, wait_for_agent_send: bool) -> Streams {
+    pub(crate) fn new(listeners: Arc<[StreamListener]>, wait_for_agent_send: bool) -> Streams {
         Streams {
             pending_accept: vec![false; listeners.len()],
             listeners,
@@ -187,19 +228,25 @@ impl Streams {
             open: [0; 2],
             scratch: Box::new([0; http::MAX_RESPONSE]),
             wait_for_agent_send,
+            fds: Arc::new(ConnectionFds::new()),
         }
     }
 
     /// Registers the listeners with the poller.
-    pub(crate) fn register(&mut self, registry: &Registry) -> io::Result<()> {
-        for (i, l) in self.listeners.iter_mut().enumerate() {
+    pub(crate) fn register(&self, registry: &Registry) -> io::Result<()> {
+        for (i, l) in self.listeners.iter().enumerate() {
             registry.register(
-                &mut l.listener,
+                &mut SourceFd(&l.raw_fd()),
                 Token(LISTENER_TOKENS + i),
                 Interest::READABLE,
             )?;
         }
         Ok(())
+    }
+
+    /// The table of open connection descriptors (for a forked child).
+    pub(crate) fn connection_fds(&self) -> Arc<ConnectionFds> {
+        self.fds.clone()
     }
 
     /// How long the loop may sleep: for ever while nothing is open or pending.
@@ -297,11 +344,13 @@ impl Streams {
                 self.slots.len() - 1
             }
         };
+        self.fds.set(index, stream.as_raw_fd());
         let token = Token(CONNECTION_TOKENS + index);
         if registry
             .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
             .is_err()
         {
+            self.fds.set(index, -1);
             shared.counters.add(Counter::ConnFailed);
             return;
         }
@@ -507,7 +556,9 @@ impl Streams {
         let Some(slot) = self.slots.get_mut(index) else {
             return;
         };
-        // Dropping the stream closes it, which also removes it from the poller.
+        // Dropping the stream closes it, which also removes it from the poller. Its descriptor
+        // leaves the table first.
+        self.fds.set(index, -1);
         if let Some(conn) = slot.connection.take() {
             self.open[conn.kind.index()] -= 1;
             if let Some(counter) = counter {
@@ -534,7 +585,6 @@ impl Streams {
             let counter = unanswered.then_some(Counter::ConnFailed);
             self.close(index, counter, shared);
         }
-        self.listeners.clear();
     }
 }
 

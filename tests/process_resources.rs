@@ -51,6 +51,7 @@ fn process_resources() {
     failed_start_leaves_nothing_behind();
     stop_releases_the_thread_and_sockets();
     idle_monitor_thread_does_not_wake_up();
+    forked_worker_closes_its_copies_of_the_tcp_sockets();
 }
 
 fn failed_start_leaves_nothing_behind() {
@@ -155,4 +156,47 @@ fn idle_monitor_thread_does_not_wake_up() {
         before,
         "the monitor thread kept waking after its last connection closed"
     );
+}
+
+/// A prefork worker must not keep the agent's TCP ports open: once the master stops, HAProxy's
+/// agent-check and HTTP checkers must be refused, not left hanging in a backlog nobody reads.
+fn forked_worker_closes_its_copies_of_the_tcp_sockets() {
+    let (agent, _) = agent("initial_state=up tcp_agent=127.0.0.1:0 http=127.0.0.1:0");
+    let (tcp, http) = (agent.tcp_agent_addrs()[0], agent.http_addrs()[0]);
+    // An HTTP connection open at the fork: the worker inherits it too.
+    let mut open = TcpStream::connect(http).unwrap();
+    assert!(eventually(Duration::from_secs(2), || {
+        agent.counter(lbagent::Counter::ConnAccepted) == 1
+    }));
+    // SAFETY: the child only calls after_fork_worker, sleeps and _exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let code = match agent.after_fork_worker() {
+            Ok(()) => 0,
+            Err(_) => 1,
+        };
+        // Alive until the parent's checks below are done (they take under 1.5 s).
+        std::thread::sleep(Duration::from_secs(2));
+        // SAFETY: ends the child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    // Let the worker close its copies, then stop the master.
+    std::thread::sleep(Duration::from_millis(500));
+    agent.stop(Some(Duration::from_secs(5))).unwrap();
+    for addr in [tcp, http] {
+        let e = TcpStream::connect(addr).expect_err("the port is closed");
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{addr}");
+    }
+    // The connection open at the fork was closed by the master and not kept by the worker.
+    open.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    match open.read(&mut [0u8; 16]) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the connection is still open somewhere: {other:?}"),
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
 }
