@@ -12,7 +12,8 @@ RELEASE  := target/release
 BUILD    := build
 
 # Tools the tests need: command:debian-package.
-TEST_TOOLS := gcc:gcc g++:g++ valgrind:valgrind nm:binutils readelf:binutils pkg-config:pkg-config
+TEST_TOOLS := gcc:gcc g++:g++ valgrind:valgrind nm:binutils readelf:binutils pkg-config:pkg-config \
+              haproxy:haproxy curl:curl
 
 .PHONY: all build examples demo test fuzz header install tools clean
 

@@ -175,6 +175,39 @@ enum lbagent_counter
    * Dropped: an authenticated probe whose timestamp is outside `auth_window_ms`.
    */
   LBAGENT_COUNTER_DROPPED_AUTH_STALE = 15,
+  /**
+   * TCP connections accepted on `tcp_agent` and `http` addresses.
+   */
+  LBAGENT_COUNTER_CONN_ACCEPTED = 16,
+  /**
+   * Answered with the agent-check line over TCP (`tcp_agent`).
+   */
+  LBAGENT_COUNTER_ANSWERED_AGENT = 17,
+  /**
+   * Answered an HTTP request (`http`): 200, 503, 404 or 405.
+   */
+  LBAGENT_COUNTER_ANSWERED_HTTP = 18,
+  /**
+   * An HTTP request that was malformed (answered 400) or too large (431).
+   */
+  LBAGENT_COUNTER_HTTP_BAD_REQUEST = 19,
+  /**
+   * Closed at once: the connection limit of its listener kind was reached.
+   */
+  LBAGENT_COUNTER_CONN_DROPPED_LIMIT = 20,
+  /**
+   * Closed at once: the source address is not in `allow`.
+   */
+  LBAGENT_COUNTER_CONN_DROPPED_NOT_ALLOWED = 21,
+  /**
+   * Closed without an answer: the request did not arrive in time.
+   */
+  LBAGENT_COUNTER_CONN_TIMED_OUT = 22,
+  /**
+   * Closed without a whole answer: the peer closed or reset first, or a read or write
+   * failed (also counts a caught panic while handling the connection).
+   */
+  LBAGENT_COUNTER_CONN_FAILED = 23,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -493,6 +526,20 @@ enum lbagent_result lbagent_get_counter(const struct lbagent *agent, int counter
  * or `LBAGENT_ERR_NULL_ARGUMENT` / `LBAGENT_ERR_BAD_HANDLE`. Thread-safe.
  */
 enum lbagent_result lbagent_local_port(const struct lbagent *agent, uintptr_t index, uint16_t *out);
+
+/**
+ * Writes the TCP port actually bound for the `index`-th `tcp_agent=` address (HAProxy
+ * agent-check) to `*out`. Same contract as `lbagent_local_port`.
+ */
+enum lbagent_result lbagent_tcp_agent_port(const struct lbagent *agent,
+                                           uintptr_t index,
+                                           uint16_t *out);
+
+/**
+ * Writes the TCP port actually bound for the `index`-th `http=` address (HTTP health
+ * endpoint) to `*out`. Same contract as `lbagent_local_port`.
+ */
+enum lbagent_result lbagent_http_port(const struct lbagent *agent, uintptr_t index, uint16_t *out);
 
 /**
  * Stops the agent: from this call on every answer says STOPPING; the monitor thread answers

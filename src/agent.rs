@@ -21,6 +21,7 @@ use crate::responder::Policy;
 use crate::state::{Reason, State};
 use crate::status::checks::AddError;
 use crate::status::{Board, BoardConfig, Status, Target, Text};
+use crate::streams::{Kind, StreamListener};
 
 /// How long dropping an agent waits for its threads before leaving them to finish alone.
 const DROP_WAIT: Duration = Duration::from_secs(5);
@@ -38,8 +39,12 @@ pub struct Agent {
     shared: Arc<Shared>,
     control: Mutex<Control>,
     local_addrs: Vec<SocketAddr>,
+    tcp_agent_addrs: Vec<SocketAddr>,
+    http_addrs: Vec<SocketAddr>,
     rate: (u32, u32),
     log_drops_ms: u32,
+    /// Whether the TCP agent-check waits for an `agent-send` line (`services=` is set).
+    wait_for_agent_send: bool,
 }
 
 /// What only host threads touch (never the monitor thread).
@@ -48,6 +53,8 @@ struct Control {
     pid: u32,
     /// The sockets; the last reference closes them.
     listeners: Option<Arc<[Listener]>>,
+    /// The TCP listeners (`tcp_agent=`, `http=`), likewise.
+    stream_listeners: Option<Arc<[StreamListener]>>,
     monitor: Option<MonitorThread>,
     log_thread: Option<std::thread::JoinHandle<()>>,
     checks: Vec<Runner>,
@@ -81,6 +88,26 @@ impl Agent {
             .collect::<Result<Vec<_>, _>>()
             .map_err(io("read a bound address"))?;
         let listeners: Arc<[Listener]> = listeners.into();
+        let stream_listeners = config
+            .tcp_agent
+            .iter()
+            .map(|addr| StreamListener::bind(Kind::Agent, *addr))
+            .chain(
+                config
+                    .http
+                    .iter()
+                    .map(|addr| StreamListener::bind(Kind::Http, *addr)),
+            )
+            .collect::<Result<Vec<_>, _>>()?;
+        let (mut tcp_agent_addrs, mut http_addrs) = (Vec::new(), Vec::new());
+        for listener in &stream_listeners {
+            let addr = listener.local_addr().map_err(io("read a bound address"))?;
+            match listener.kind() {
+                Kind::Agent => tcp_agent_addrs.push(addr),
+                Kind::Http => http_addrs.push(addr),
+            }
+        }
+        let stream_listeners: Arc<[StreamListener]> = stream_listeners.into();
         let mut id = [0u8; 8];
         getrandom::fill(&mut id).map_err(|e| Error::Io {
             what: "get a random instance id",
@@ -114,13 +141,17 @@ impl Agent {
             control: Mutex::new(Control {
                 pid: process::pid(),
                 listeners: Some(listeners),
+                stream_listeners: Some(stream_listeners),
                 monitor: None,
                 log_thread,
                 checks: Vec::new(),
             }),
             local_addrs,
+            tcp_agent_addrs,
+            http_addrs,
             rate: (config.rate_per_source, config.rate_global),
             log_drops_ms: config.log_drops_ms,
+            wait_for_agent_send: !config.services.is_empty(),
         };
         {
             let mut control = agent.control.lock();
@@ -131,15 +162,18 @@ impl Agent {
                     let _ = t.join();
                 }
                 control.listeners = None;
+                control.stream_listeners = None;
                 return Err(e);
             }
         }
         log_line!(
             agent.shared.logger,
             Level::Info,
-            "started {}: UDP {}, watchdog {}, text {}, {}",
+            "started {}: UDP {}, TCP agent-check {}, HTTP {}, watchdog {}, text {}, {}",
             crate::VERSION,
             Addrs(&agent.local_addrs),
+            Addrs(&agent.tcp_agent_addrs),
+            Addrs(&agent.http_addrs),
             if config.watchdog_ms > 0 {
                 format!("{} ms", config.watchdog_ms)
             } else {
@@ -161,9 +195,16 @@ impl Agent {
     /// Starts a monitor thread over the sockets in `control`.
     fn start_monitor(&self, control: &mut Control) -> Result<(), Error> {
         let listeners = control.listeners.clone().ok_or(Error::Stopped)?;
+        let stream_listeners = control.stream_listeners.clone().ok_or(Error::Stopped)?;
         let limiter = RateLimiter::new(self.rate.0, self.rate.1);
-        let (monitor, wake) =
-            Monitor::new(self.shared.clone(), listeners, limiter, self.log_drops_ms)?;
+        let (monitor, wake) = Monitor::new(
+            self.shared.clone(),
+            listeners,
+            stream_listeners,
+            self.wait_for_agent_send,
+            limiter,
+            self.log_drops_ms,
+        )?;
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         let thread = std::thread::Builder::new()
             .name("lbagent-monitor".into())
@@ -278,6 +319,16 @@ impl Agent {
     /// The bound addresses, in `listen=` order (with the actual port when 0 was asked).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local_addrs
+    }
+
+    /// The bound `tcp_agent=` addresses (HAProxy agent-check), in config order.
+    pub fn tcp_agent_addrs(&self) -> &[SocketAddr] {
+        &self.tcp_agent_addrs
+    }
+
+    /// The bound `http=` addresses (HTTP health endpoint), in config order.
+    pub fn http_addrs(&self) -> &[SocketAddr] {
+        &self.http_addrs
     }
 
     /// The current value of a counter.
@@ -481,6 +532,13 @@ impl Agent {
             }
             std::mem::forget(listeners);
         }
+        if let Some(listeners) = control.stream_listeners.take() {
+            for l in listeners.iter() {
+                // SAFETY: as above.
+                unsafe { libc::close(l.raw_fd()) };
+            }
+            std::mem::forget(listeners);
+        }
         Ok(())
     }
 
@@ -500,6 +558,11 @@ impl Agent {
             for fd in m.wake.thread_fds {
                 // SAFETY: the poller and pipe descriptors of a thread that does not exist in
                 // this process; nothing else here owns them.
+                unsafe { libc::close(fd) };
+            }
+            for fd in m.wake.connection_fds.open() {
+                // SAFETY: TCP connections that thread had open when this process was forked
+                // (see `ConnectionFds`): only it owned them, and it does not exist here.
                 unsafe { libc::close(fd) };
             }
             std::mem::forget(m.thread);
@@ -557,6 +620,7 @@ impl Agent {
         }
         // The last reference to the sockets: closes them.
         control.listeners = None;
+        control.stream_listeners = None;
         for runner in control.checks.drain(..) {
             // Only the owner takes checks off the shared board.
             if owner {
@@ -582,8 +646,9 @@ impl Agent {
         self.shared.board.is_stopping()
     }
 
-    /// Test hook: makes the monitor thread panic while handling the next datagram, to show
-    /// that a fault inside the agent is caught and reported, never reaching the host.
+    /// Test hook: makes the monitor thread panic while handling the next datagram or TCP
+    /// connection, to show that a fault inside the agent is caught and reported, never
+    /// reaching the host.
     #[doc(hidden)]
     pub fn inject_fault(&self) {
         self.shared.inject_fault.store(true, Ordering::Release);
@@ -603,6 +668,9 @@ struct Addrs<'a>(&'a [SocketAddr]);
 
 impl std::fmt::Display for Addrs<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("off");
+        }
         for (i, a) in self.0.iter().enumerate() {
             if i > 0 {
                 f.write_str(", ")?;

@@ -42,6 +42,8 @@ pub const KEYS: &[&str] = &[
     "workers",
     "worker_timeout_ms",
     "worker_policy",
+    "tcp_agent",
+    "http",
 ];
 
 /// Most worker watchdog slots.
@@ -97,6 +99,10 @@ pub struct Config {
     pub worker_timeout_ms: u32,
     /// What stalled workers do (`worker_policy=any|proportional`, default any).
     pub worker_policy: WorkerPolicy,
+    /// TCP addresses that answer HAProxy's agent-check (`tcp_agent=`); empty: off.
+    pub tcp_agent: Vec<SocketAddr>,
+    /// TCP addresses that answer HTTP health checks (`http=`); empty: off.
+    pub http: Vec<SocketAddr>,
 }
 
 impl Default for Config {
@@ -118,6 +124,8 @@ impl Default for Config {
             workers: 0,
             worker_timeout_ms: 5_000,
             worker_policy: WorkerPolicy::Any,
+            tcp_agent: Vec::new(),
+            http: Vec::new(),
         }
     }
 }
@@ -176,6 +184,7 @@ impl Config {
         if config.keys.is_some() && config.auth == AuthMode::Required && given("text").is_none() {
             config.text = false;
         }
+        config.check_tcp_addresses()?;
         Ok(config)
     }
 
@@ -278,11 +287,29 @@ impl Config {
                     }
                 }
             }
+            "tcp_agent" => self.tcp_agent = parse_tcp(key, value)?,
+            "http" => self.http = parse_tcp(key, value)?,
             _ => {
                 return Err(ConfigError::new(format!(
                     "config: unknown key \"{key}\" (value \"{value}\"); known keys: {}",
                     KEYS.join(", ")
                 )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// `tcp_agent` and `http` are both TCP: the same address cannot serve both.
+    fn check_tcp_addresses(&self) -> Result<(), ConfigError> {
+        for addr in &self.http {
+            if addr.port() != 0 && self.tcp_agent.contains(addr) {
+                return Err(ConfigError::bad_value(
+                    "http",
+                    &addr.to_string(),
+                    "already used by tcp_agent (both are TCP: give them different ports)",
+                ));
             }
         }
         Ok(())
@@ -318,13 +345,33 @@ fn list(value: &str) -> impl Iterator<Item = &str> {
 }
 
 fn parse_listen(key: &str, value: &str) -> Result<Vec<SocketAddr>, ConfigError> {
+    parse_addresses(key, value, "0.0.0.0:4950 or [::]:4950")
+}
+
+/// `tcp_agent=` and `http=`: like `listen=`, but empty (the default) turns the listener off.
+fn parse_tcp(key: &str, value: &str) -> Result<Vec<SocketAddr>, ConfigError> {
+    if value.is_empty() {
+        return Ok(Vec::new());
+    }
+    parse_addresses(
+        key,
+        value,
+        if key == "http" {
+            "0.0.0.0:8080 or [::]:8080"
+        } else {
+            "0.0.0.0:4951 or [::]:4951"
+        },
+    )
+}
+
+fn parse_addresses(key: &str, value: &str, example: &str) -> Result<Vec<SocketAddr>, ConfigError> {
     let mut addrs: Vec<SocketAddr> = Vec::new();
     for item in list(value) {
         let addr: SocketAddr = item.parse().map_err(|_| {
             ConfigError::bad_value(
                 key,
                 item,
-                "expected IPv4 ADDR:PORT or [IPv6]:PORT, for example 0.0.0.0:4950 or [::]:4950",
+                format_args!("expected IPv4 ADDR:PORT or [IPv6]:PORT, for example {example}"),
             )
         })?;
         if addrs.contains(&addr) {
@@ -431,9 +478,17 @@ mod tests {
         let c = Config::parse(
             "listen=127.0.0.1:4950,[::1]:4951; services=game,chat\n\
              watchdog_ms=3000 initial_state=UP   # a comment=ignored\n\
-             allow=10.0.0.0/8,::1 text=off",
+             allow=10.0.0.0/8,::1 text=off tcp_agent=0.0.0.0:4951,[::]:4951 http=127.0.0.1:8080",
         )
         .unwrap();
+        assert_eq!(
+            c.tcp_agent,
+            vec![
+                "0.0.0.0:4951".parse().unwrap(),
+                "[::]:4951".parse().unwrap()
+            ]
+        );
+        assert_eq!(c.http, vec!["127.0.0.1:8080".parse().unwrap()]);
         assert_eq!(
             c.listen,
             vec![
@@ -488,6 +543,19 @@ mod tests {
         assert!(e.contains("\"text\"") && e.contains("\"maybe\""), "{e}");
         let e = err("=x");
         assert!(e.contains("expected key=value"), "{e}");
+        let e = err("tcp_agent=*:4951");
+        assert!(
+            e.contains("\"tcp_agent\"") && e.contains("\"*:4951\"") && e.contains("4951"),
+            "{e}"
+        );
+        let e = err("http=127.0.0.1:80,127.0.0.1:80");
+        assert!(e.contains("\"http\"") && e.contains("listed twice"), "{e}");
+        let e = err("http=[::1]:8080 tcp_agent=[::1]:8080");
+        assert!(
+            e.contains("\"http\"") && e.contains("\"[::1]:8080\"") && e.contains("tcp_agent"),
+            "{e}"
+        );
+        assert!(Config::parse("http=127.0.0.1:0 tcp_agent=127.0.0.1:0").is_ok());
         let e = err("watchdog_ms=-1");
         assert!(e.contains("\"-1\""), "{e}");
         let e = err("auth=required");

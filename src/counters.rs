@@ -1,9 +1,14 @@
-//! What happened to every datagram the agent received: one counter per outcome.
+//! What happened to every datagram and every TCP connection the agent received: one counter
+//! per outcome.
 //!
 //! The monitor thread is the only writer; the host reads them through the API (never over the
 //! network). Every received datagram ends in exactly one outcome, so
-//! `received == sum of every other counter` (a fault of the monitor loop itself, which is not
-//! tied to a datagram, would add one to `faults` only).
+//! `received == sum of Counter::DATAGRAM_OUTCOMES` (a fault of the monitor loop itself, which
+//! is not tied to a datagram, would add one to `faults` only).
+//!
+//! Every accepted TCP connection (`tcp_agent=`, `http=`) ends in exactly one outcome too:
+//! `conn_accepted == sum of Counter::CONNECTION_OUTCOMES` once no connection is open. A panic
+//! while handling a connection counts under `conn_failed` and `faults`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -45,11 +50,28 @@ pub enum Counter {
     DroppedAuthFailed = 14,
     /// Dropped: an authenticated probe whose timestamp is outside `auth_window_ms`.
     DroppedAuthStale = 15,
+    /// TCP connections accepted on `tcp_agent` and `http` addresses.
+    ConnAccepted = 16,
+    /// Answered with the agent-check line over TCP (`tcp_agent`).
+    AnsweredAgent = 17,
+    /// Answered an HTTP request (`http`): 200, 503, 404 or 405.
+    AnsweredHttp = 18,
+    /// An HTTP request that was malformed (answered 400) or too large (431).
+    HttpBadRequest = 19,
+    /// Closed at once: the connection limit of its listener kind was reached.
+    ConnDroppedLimit = 20,
+    /// Closed at once: the source address is not in `allow`.
+    ConnDroppedNotAllowed = 21,
+    /// Closed without an answer: the request did not arrive in time.
+    ConnTimedOut = 22,
+    /// Closed without a whole answer: the peer closed or reset first, or a read or write
+    /// failed (also counts a caught panic while handling the connection).
+    ConnFailed = 23,
 }
 
 impl Counter {
     /// Every counter, in numeric order.
-    pub const ALL: [Counter; 16] = [
+    pub const ALL: [Counter; 24] = [
         Counter::Received,
         Counter::AnsweredStatus,
         Counter::AnsweredText,
@@ -66,6 +88,45 @@ impl Counter {
         Counter::DroppedGlobalLimit,
         Counter::DroppedAuthFailed,
         Counter::DroppedAuthStale,
+        Counter::ConnAccepted,
+        Counter::AnsweredAgent,
+        Counter::AnsweredHttp,
+        Counter::HttpBadRequest,
+        Counter::ConnDroppedLimit,
+        Counter::ConnDroppedNotAllowed,
+        Counter::ConnTimedOut,
+        Counter::ConnFailed,
+    ];
+
+    /// The outcomes of datagrams: each received datagram adds one to exactly one of them.
+    pub const DATAGRAM_OUTCOMES: [Counter; 15] = [
+        Counter::AnsweredStatus,
+        Counter::AnsweredText,
+        Counter::AnsweredError,
+        Counter::DroppedNotAllowed,
+        Counter::DroppedSourcePort,
+        Counter::DroppedNotUnicast,
+        Counter::DroppedMalformed,
+        Counter::DroppedTextOff,
+        Counter::DroppedLooksLikeReply,
+        Counter::SendFailed,
+        Counter::Faults,
+        Counter::DroppedRateLimited,
+        Counter::DroppedGlobalLimit,
+        Counter::DroppedAuthFailed,
+        Counter::DroppedAuthStale,
+    ];
+
+    /// The outcomes of TCP connections: each accepted connection adds one to exactly one of
+    /// them when it is closed.
+    pub const CONNECTION_OUTCOMES: [Counter; 7] = [
+        Counter::AnsweredAgent,
+        Counter::AnsweredHttp,
+        Counter::HttpBadRequest,
+        Counter::ConnDroppedLimit,
+        Counter::ConnDroppedNotAllowed,
+        Counter::ConnTimedOut,
+        Counter::ConnFailed,
     ];
 
     /// The counter with this ABI value, if any.
@@ -94,10 +155,18 @@ impl Counter {
             Counter::DroppedGlobalLimit => "dropped_global_limit",
             Counter::DroppedAuthFailed => "dropped_auth_failed",
             Counter::DroppedAuthStale => "dropped_auth_stale",
+            Counter::ConnAccepted => "conn_accepted",
+            Counter::AnsweredAgent => "answered_agent",
+            Counter::AnsweredHttp => "answered_http",
+            Counter::HttpBadRequest => "http_bad_request",
+            Counter::ConnDroppedLimit => "conn_dropped_limit",
+            Counter::ConnDroppedNotAllowed => "conn_dropped_not_allowed",
+            Counter::ConnTimedOut => "conn_timed_out",
+            Counter::ConnFailed => "conn_failed",
         }
     }
 
-    /// True for the counters of dropped datagrams.
+    /// True for the counters of dropped datagrams (not the `conn_*` counters of TCP).
     pub fn is_drop(self) -> bool {
         self.name().starts_with("dropped_")
     }

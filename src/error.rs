@@ -18,6 +18,15 @@ pub enum Error {
         /// What the system said.
         source: io::Error,
     },
+    /// A `tcp_agent` or `http` address could not be bound.
+    BindTcp {
+        /// The config key (`tcp_agent` or `http`).
+        key: &'static str,
+        /// The address from the config.
+        addr: SocketAddr,
+        /// What the system said.
+        source: io::Error,
+    },
     /// Another system call failed while starting (socket options, poller, thread).
     Io {
         /// What was being done.
@@ -55,6 +64,9 @@ impl fmt::Display for Error {
         match self {
             Error::Config(e) => write!(f, "{e}"),
             Error::Bind { addr, source } => write!(f, "cannot bind UDP {addr}: {source}"),
+            Error::BindTcp { key, addr, source } => {
+                write!(f, "cannot bind TCP {addr} ({key}=): {source}")
+            }
             Error::Io { what, source } => write!(f, "cannot {what}: {source}"),
             Error::InvalidState => {
                 f.write_str("invalid state: use starting, up, drain, maint, down or stopping")
@@ -83,7 +95,9 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Config(e) => Some(e),
-            Error::Bind { source, .. } | Error::Io { source, .. } => Some(source),
+            Error::Bind { source, .. }
+            | Error::BindTcp { source, .. }
+            | Error::Io { source, .. } => Some(source),
             _ => None,
         }
     }

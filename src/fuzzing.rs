@@ -77,3 +77,43 @@ pub fn answer_datagram(datagram: &[u8]) -> Option<usize> {
         Outcome::Drop(_) => None,
     }
 }
+
+/// Answers `request` (received so far; `full`: no more can come) as the HTTP endpoint would and
+/// checks the promises: a complete HTTP/1.1 answer that fits its buffer, whose body is as long
+/// as its Content-Length says (or empty, for HEAD). Returns the status code, or None while the
+/// request is incomplete.
+pub fn answer_http(request: &[u8], full: bool) -> Option<u16> {
+    let f = fixture();
+    let mut out = [0u8; crate::http::MAX_RESPONSE];
+    match crate::http::respond(&f.board, 7, request, full, 1000, &mut out) {
+        crate::http::Answer::Incomplete => {
+            assert!(
+                !full,
+                "an incomplete request that cannot grow must be answered"
+            );
+            None
+        }
+        crate::http::Answer::Reply { len, .. } => {
+            let answer = &out[..len];
+            let mut headers = [httparse::EMPTY_HEADER; 16];
+            let mut parsed = httparse::Response::new(&mut headers);
+            let head_len = match parsed.parse(answer) {
+                Ok(httparse::Status::Complete(n)) => n,
+                other => panic!("not a complete HTTP answer ({other:?}): {answer:?}"),
+            };
+            assert_eq!(parsed.version, Some(1));
+            let content_length: usize = parsed
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
+                .expect("a Content-Length");
+            let body = len - head_len;
+            assert!(
+                body == content_length || body == 0,
+                "Content-Length {content_length}, body {body}"
+            );
+            parsed.code
+        }
+    }
+}

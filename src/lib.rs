@@ -26,6 +26,7 @@ pub mod error;
 mod ffi;
 #[doc(hidden)]
 pub mod fuzzing;
+mod http;
 mod limit;
 pub mod log;
 mod monitor;
@@ -34,6 +35,7 @@ mod responder;
 mod shm;
 pub mod state;
 pub mod status;
+pub mod streams;
 pub mod text;
 pub mod wire;
 

@@ -2,7 +2,9 @@
 //! status board. It never calls or waits on host code, allocates nothing per datagram, and
 //! sleeps in `epoll_wait` with no timeout: no probes, no wake-ups. `stop` wakes it through a
 //! datagram socket pair (not `mio::Waker`, so that a forked child can close both ends; not a
-//! pipe, whose write could raise SIGPIPE in the host once the thread has gone).
+//! pipe, whose write could raise SIGPIPE in the host once the thread has gone). The same loop
+//! serves the TCP agent-check and HTTP connections (`streams.rs`), which set a timer only while
+//! a connection is open.
 //!
 //! Socket I/O goes through `quinn-udp`, which receives in batches (`recvmmsg`) together with the
 //! address each datagram was sent to (`IP_PKTINFO` / `IPV6_RECVPKTINFO`) and sends the answer
@@ -30,6 +32,7 @@ use crate::limit::RateLimiter;
 use crate::log::{Level, Logger, log_line};
 use crate::responder::{Outcome, Policy, Responder};
 use crate::status::Board;
+use crate::streams::{ConnectionFds, LISTENER_TOKENS, StreamListener, Streams};
 use crate::wire;
 
 /// State shared by the host-facing handle and the monitor thread.
@@ -42,7 +45,7 @@ pub(crate) struct Shared {
     /// Tells this process's monitor thread to finish (memory of this process only: `stop` in
     /// a parent does not reach a child that took the agent over).
     pub quit: AtomicBool,
-    /// Test hook: the next datagram handled panics (see `Agent::inject_fault`).
+    /// Test hook: the next datagram or connection handled panics (see `Agent::inject_fault`).
     pub inject_fault: AtomicBool,
 }
 
@@ -85,6 +88,8 @@ impl Listener {
 pub(crate) struct Wake {
     sender: UnixDatagram,
     pub thread_fds: [RawFd; 2],
+    /// The TCP connections the thread has open (they come and go).
+    pub connection_fds: Arc<ConnectionFds>,
 }
 
 impl Wake {
@@ -98,6 +103,8 @@ impl Wake {
 const BATCH: usize = quinn_udp::BATCH_SIZE;
 const BUFFER: usize = 1500;
 const WAKER: Token = Token(usize::MAX);
+/// Readiness events handled per loop turn.
+const EVENTS: usize = 256;
 /// Consecutive panics of the loop itself after which the thread gives up (the status then
 /// keeps answering "agent fault" through the API; the sockets are closed).
 const MAX_LOOP_FAULTS: u32 = 8;
@@ -107,6 +114,7 @@ pub(crate) struct Monitor {
     poll: Poll,
     wake: UnixDatagram,
     listeners: Arc<[Listener]>,
+    streams: Streams,
     buffers: Vec<[u8; BUFFER]>,
     metas: Vec<RecvMeta>,
     handler: Handler,
@@ -124,9 +132,12 @@ struct Handler {
 
 impl Monitor {
     /// Registers the sockets with a new poller; returns the monitor and how to wake it.
+    /// `wait_for_agent_send`: see `Streams::new`.
     pub(crate) fn new(
         shared: Arc<Shared>,
         listeners: Arc<[Listener]>,
+        stream_listeners: Arc<[StreamListener]>,
+        wait_for_agent_send: bool,
         limiter: RateLimiter,
         report_drops_every_ms: u32,
     ) -> Result<(Monitor, Wake), Error> {
@@ -146,15 +157,21 @@ impl Monitor {
                 )
                 .map_err(io_error("register a socket with the poller"))?;
         }
+        let streams = Streams::new(stream_listeners, wait_for_agent_send);
+        streams
+            .register(poll.registry())
+            .map_err(io_error("register a socket with the poller"))?;
         let wake = Wake {
             sender,
             thread_fds: [poll.as_raw_fd(), receiver.as_raw_fd()],
+            connection_fds: streams.connection_fds(),
         };
         let monitor = Monitor {
             shared,
             poll,
             wake: receiver,
             listeners,
+            streams,
             buffers: vec![[0u8; BUFFER]; BATCH],
             metas: vec![RecvMeta::default(); BATCH],
             handler: Handler {
@@ -191,7 +208,9 @@ impl Monitor {
             }
         }
         // Let go of the sockets before telling `stop` that we are done (`stop` drops the last
-        // reference, which closes them).
+        // reference, which closes them). Open TCP connections are closed here.
+        self.streams.close_all(&self.shared);
+        drop(self.streams);
         drop(self.listeners);
         drop(self.poll);
         drop(self.wake);
@@ -199,22 +218,30 @@ impl Monitor {
     }
 
     fn serve_until_stopped(&mut self) -> Result<(), ()> {
-        let mut events = Events::with_capacity(self.listeners.len() + 1);
+        let mut events = Events::with_capacity(EVENTS);
         loop {
-            if let Err(e) = self.poll.poll(&mut events, None) {
+            // No timeout (no wake-ups) unless a TCP connection is open.
+            let timeout = self.streams.timeout(std::time::Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 return Err(());
             }
             for event in events.iter() {
-                if event.token() == WAKER {
-                    let mut sink = [0u8; 16];
-                    while self.wake.recv(&mut sink).is_ok() {}
-                    continue;
+                match event.token() {
+                    WAKER => {
+                        let mut sink = [0u8; 16];
+                        while self.wake.recv(&mut sink).is_ok() {}
+                    }
+                    Token(t) if t < LISTENER_TOKENS => self.drain(t),
+                    token => self
+                        .streams
+                        .ready(token, &self.shared, self.poll.registry()),
                 }
-                self.drain(event.token().0);
             }
+            self.streams
+                .after_events(&self.shared, self.poll.registry());
             if self.shared.quit.load(Ordering::Acquire) || self.shared.board.is_stopping() {
                 // Answer what is already queued (with STOPPING), then leave.
                 for i in 0..self.listeners.len() {

@@ -1,10 +1,12 @@
-//! The promises "host calls do not allocate" and "no allocation per probe in steady state",
-//! checked with a counting global allocator. Its own test binary: nothing else runs here.
+//! The promises "host calls do not allocate" and "no allocation per probe or connection in
+//! steady state", checked with a counting global allocator. Its own test binary: nothing else
+//! runs here.
 
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::net::UdpSocket;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -35,7 +37,14 @@ fn allocations() -> u64 {
     ALLOCATIONS.load(Ordering::Relaxed)
 }
 
+/// One test: the allocation count is global to the process, so the checks must not run in
+/// parallel.
 #[test]
+fn nothing_allocates_in_steady_state() {
+    host_calls_and_probe_answers_do_not_allocate();
+    tcp_agent_and_http_answers_do_not_allocate();
+}
+
 fn host_calls_and_probe_answers_do_not_allocate() {
     let agent = Agent::start(
         "listen=127.0.0.1:0 services=game watchdog_ms=60000 rate_per_source=0 rate_global=0",
@@ -80,5 +89,42 @@ fn host_calls_and_probe_answers_do_not_allocate() {
         exchange(common::KEEPALIVED_PAYLOAD);
     }
     assert_eq!(allocations() - before, 0, "answering probes allocated");
+    drop(agent);
+}
+
+/// One TCP exchange with a fixed buffer (the client side allocates nothing either).
+fn tcp_exchange(to: SocketAddr, request: &[u8], answer: &mut [u8; 2048]) -> usize {
+    let mut s = TcpStream::connect(to).unwrap();
+    s.write_all(request).unwrap();
+    let mut n = 0;
+    loop {
+        match s.read(&mut answer[n..]).unwrap() {
+            0 => return n,
+            k => n += k,
+        }
+    }
+}
+
+fn tcp_agent_and_http_answers_do_not_allocate() {
+    let agent = Agent::start(
+        "listen=127.0.0.1:0 tcp_agent=127.0.0.1:0 http=127.0.0.1:0 services=game initial_state=up",
+    )
+    .unwrap();
+    let (tcp, http) = (agent.tcp_agent_addrs()[0], agent.http_addrs()[0]);
+    let get = b"GET /health/game HTTP/1.1\r\nHost: x\r\nAccept: application/json\r\n\r\n";
+    let mut answer = [0u8; 2048];
+    // Warm up: connection slots and their buffers are allocated on first use, then reused.
+    for _ in 0..10 {
+        tcp_exchange(tcp, b"service=game\n", &mut answer);
+        tcp_exchange(http, get, &mut answer);
+    }
+    let before = allocations();
+    for _ in 0..200 {
+        let n = tcp_exchange(tcp, b"service=game\n", &mut answer);
+        assert_eq!(&answer[..n], b"up ready 100%\n");
+        let n = tcp_exchange(http, get, &mut answer);
+        assert!(answer[..n].starts_with(b"HTTP/1.1 200 OK\r\n"));
+    }
+    assert_eq!(allocations() - before, 0, "TCP and HTTP answers allocated");
     drop(agent);
 }

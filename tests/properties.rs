@@ -108,6 +108,24 @@ proptest! {
     }
 
     #[test]
+    fn http_answers_are_well_formed(
+        method in "(GET|HEAD|POST|get|[A-Z]{1,8})",
+        path in "/(health(/(game|chat|nope|[!-~]{0,70}))?|[!-~]{0,20})",
+        accept in "(application/json|text/plain|\\*/\\*|application/json;q=0|[ -~]{0,30})",
+        extra in proptest::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let request = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\n\r\n");
+        let code = lbagent::fuzzing::answer_http(request.as_bytes(), false);
+        prop_assert!(code.is_some(), "a complete request is answered: {request:?}");
+        // Whatever follows a complete head changes nothing; arbitrary bytes never panic.
+        let mut longer = request.into_bytes();
+        longer.extend_from_slice(&extra);
+        prop_assert_eq!(lbagent::fuzzing::answer_http(&longer, true), code);
+        let _ = lbagent::fuzzing::answer_http(&extra, false);
+        let _ = lbagent::fuzzing::answer_http(&extra, true);
+    }
+
+    #[test]
     fn config_parser_never_panics(text in ".{0,200}") {
         let _ = lbagent::Config::parse(&text);
     }

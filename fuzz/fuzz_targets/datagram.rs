@@ -1,11 +1,13 @@
 //! Any datagram: the agent's decision (at most one answer, never longer than the request),
-//! and every decoder, never panic.
+//! and every decoder, never panic. The same bytes as an HTTP request: a well-formed answer.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let _ = lbagent::fuzzing::answer_datagram(data);
+    let _ = lbagent::fuzzing::answer_http(data, false);
+    let _ = lbagent::fuzzing::answer_http(data, true);
     let _ = lbagent::wire::decode_request(data);
     let _ = lbagent::wire::decode_reply(data);
     let _ = lbagent::text::parse_request(data);

@@ -351,16 +351,54 @@ pub extern "C" fn lbagent_local_port(
             Ok(a) => a,
             Err(r) => return r,
         };
-        let Some(addr) = agent.local_addrs().get(index) else {
-            return LBAGENT_ERR_INVALID_ARGUMENT;
-        };
-        if out.is_null() {
-            return LBAGENT_ERR_NULL_ARGUMENT;
-        }
-        // SAFETY: `out` is non-NULL and points to a writable uint16_t.
-        unsafe { *out = addr.port() };
-        LBAGENT_OK
+        write_port(agent.local_addrs(), index, out)
     })
+}
+
+/// Writes the TCP port actually bound for the `index`-th `tcp_agent=` address (HAProxy
+/// agent-check) to `*out`. Same contract as `lbagent_local_port`.
+#[unsafe(no_mangle)]
+pub extern "C" fn lbagent_tcp_agent_port(
+    agent: *const lbagent,
+    index: usize,
+    out: *mut u16,
+) -> lbagent_result {
+    ffi_boundary!(LBAGENT_ERR_PANIC, {
+        let agent = match live_agent(agent) {
+            Ok(a) => a,
+            Err(r) => return r,
+        };
+        write_port(agent.tcp_agent_addrs(), index, out)
+    })
+}
+
+/// Writes the TCP port actually bound for the `index`-th `http=` address (HTTP health
+/// endpoint) to `*out`. Same contract as `lbagent_local_port`.
+#[unsafe(no_mangle)]
+pub extern "C" fn lbagent_http_port(
+    agent: *const lbagent,
+    index: usize,
+    out: *mut u16,
+) -> lbagent_result {
+    ffi_boundary!(LBAGENT_ERR_PANIC, {
+        let agent = match live_agent(agent) {
+            Ok(a) => a,
+            Err(r) => return r,
+        };
+        write_port(agent.http_addrs(), index, out)
+    })
+}
+
+fn write_port(addrs: &[std::net::SocketAddr], index: usize, out: *mut u16) -> lbagent_result {
+    let Some(addr) = addrs.get(index) else {
+        return LBAGENT_ERR_INVALID_ARGUMENT;
+    };
+    if out.is_null() {
+        return LBAGENT_ERR_NULL_ARGUMENT;
+    }
+    // SAFETY: `out` is non-NULL and points to a writable uint16_t, per the contract.
+    unsafe { *out = addr.port() };
+    LBAGENT_OK
 }
 
 /// Stops the agent: from this call on every answer says STOPPING; the monitor thread answers

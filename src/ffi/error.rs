@@ -93,7 +93,7 @@ impl From<&Error> for lbagent_result {
     fn from(e: &Error) -> lbagent_result {
         match e {
             Error::Config(_) => LBAGENT_ERR_CONFIG,
-            Error::Bind { .. } => LBAGENT_ERR_BIND,
+            Error::Bind { .. } | Error::BindTcp { .. } => LBAGENT_ERR_BIND,
             Error::Io { .. } => LBAGENT_ERR_SYSTEM,
             Error::InvalidState | Error::InvalidWeight | Error::InvalidCheck => {
                 LBAGENT_ERR_INVALID_ARGUMENT

@@ -70,6 +70,8 @@ static void null_arguments(void) {
     CHECK(lbagent_get_status(NULL, NULL, &st) == LBAGENT_ERR_NULL_ARGUMENT);
     CHECK(lbagent_get_counter(NULL, 0, &v) == LBAGENT_ERR_NULL_ARGUMENT);
     CHECK(lbagent_local_port(NULL, 0, &port) == LBAGENT_ERR_NULL_ARGUMENT);
+    CHECK(lbagent_tcp_agent_port(NULL, 0, &port) == LBAGENT_ERR_NULL_ARGUMENT);
+    CHECK(lbagent_http_port(NULL, 0, &port) == LBAGENT_ERR_NULL_ARGUMENT);
     CHECK(lbagent_stop(NULL, 0) == LBAGENT_ERR_NULL_ARGUMENT);
     lbagent_free(NULL); /* a no-op */
     CHECK(lbagent_last_error(NULL, 0) > 0);
@@ -99,6 +101,29 @@ static void bind_error(void) {
     CHECK(lbagent_start(config, &b) == LBAGENT_ERR_BIND);
     CHECK(b == NULL);
     CHECK(last_error_contains(config + 7) && last_error_contains("in use"));
+    lbagent_free(a);
+}
+
+static void tcp_ports(void) {
+    lbagent *a = NULL, *b = NULL;
+    uint16_t agent_port = 0, http_port = 0, port = 0;
+    char config[96];
+    CHECK(lbagent_start("listen=127.0.0.1:0 tcp_agent=127.0.0.1:0 http=127.0.0.1:0", &a) ==
+          LBAGENT_OK);
+    CHECK(lbagent_tcp_agent_port(a, 0, &agent_port) == LBAGENT_OK && agent_port != 0);
+    CHECK(lbagent_http_port(a, 0, &http_port) == LBAGENT_OK && http_port != 0);
+    CHECK(agent_port != http_port);
+    CHECK(lbagent_tcp_agent_port(a, 1, &port) == LBAGENT_ERR_INVALID_ARGUMENT && port == 0);
+    CHECK(lbagent_http_port(a, 0, NULL) == LBAGENT_ERR_NULL_ARGUMENT);
+    /* The HTTP port is taken: the error names the key and the address. */
+    snprintf(config, sizeof config, "listen=127.0.0.1:0 http=127.0.0.1:%u", http_port);
+    CHECK(lbagent_start(config, &b) == LBAGENT_ERR_BIND);
+    CHECK(b == NULL);
+    CHECK(last_error_contains("http=") && last_error_contains(config + 24));
+    /* No tcp_agent configured: no port. */
+    CHECK(lbagent_start("listen=127.0.0.1:0", &b) == LBAGENT_OK);
+    CHECK(lbagent_tcp_agent_port(b, 0, &port) == LBAGENT_ERR_INVALID_ARGUMENT);
+    lbagent_free(b);
     lbagent_free(a);
 }
 
@@ -221,6 +246,7 @@ int main(void) {
     null_arguments();
     config_errors();
     bind_error();
+    tcp_ports();
     lifecycle();
     foreign_pointers();
     static_strings();

@@ -83,3 +83,71 @@ pub fn target_dir() -> PathBuf {
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
+
+/// Connects over TCP, sends `request` (may be empty), and reads until the agent closes.
+pub fn tcp_exchange(to: SocketAddr, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    if !request.is_empty() {
+        s.write_all(request).unwrap();
+    }
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer)
+        .expect("the agent answers and closes");
+    String::from_utf8(answer).expect("an ASCII answer")
+}
+
+/// An HTTP answer split into its parts.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    pub code: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl HttpAnswer {
+    /// The value of a header (case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// Sends a raw HTTP request and reads the whole answer (the agent always closes).
+pub fn http_exchange(to: SocketAddr, request: &str) -> HttpAnswer {
+    let raw = tcp_exchange(to, request.as_bytes());
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a complete HTTP head");
+    HttpAnswer {
+        code: head[9..12].parse().expect("a status code"),
+        head: head.to_string(),
+        body: body.to_string(),
+    }
+}
+
+/// `GET path` with the headers a health checker sends.
+pub fn http_get(to: SocketAddr, path: &str) -> HttpAnswer {
+    http_exchange(
+        to,
+        &format!("GET {path} HTTP/1.1\r\nHost: {to}\r\nUser-Agent: test\r\nAccept: */*\r\n\r\n"),
+    )
+}
+
+/// The body of the fenced block that opens with "```LANG NAME" in a document of the repository.
+pub fn doc_block(doc: &str, lang: &str, name: &str) -> String {
+    let text = std::fs::read_to_string(repo().join(doc)).unwrap();
+    let opening = format!("```{lang} {name}");
+    let mut lines = text.lines();
+    lines
+        .by_ref()
+        .find(|l| l.trim_end() == opening)
+        .unwrap_or_else(|| panic!("no block {opening} in {doc}"));
+    let mut body = String::new();
+    for line in lines.take_while(|l| !l.starts_with("```")) {
+        body.push_str(line);
+        body.push('\n');
+    }
+    body
+}

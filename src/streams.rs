@@ -1,0 +1,599 @@
+//! The TCP side of the monitor thread: HAProxy's agent-check (`tcp_agent=`) and the HTTP
+//! health endpoint (`http=`), served by the same loop and from the same status board as the UDP
+//! answers, on non-blocking sockets. Nothing here waits: every step reads, writes or accepts
+//! until the socket would block, then returns to the loop.
+//!
+//! Bounds, so that no client can hold the thread or its memory:
+//! - at most [`MAX_CONNECTIONS`] open connections per kind; more are accepted and closed at
+//!   once (`conn_dropped_limit`), so a flood of HTTP clients cannot starve HAProxy's agent;
+//! - a deadline per connection ([`AGENT_SEND_WAIT`], [`REQUEST_TIMEOUT`], [`WRITE_TIMEOUT`],
+//!   [`LINGER`]); reads go into a fixed buffer;
+//! - accepting is done in batches of [`ACCEPT_BATCH`], then the UDP sockets get their turn.
+//!
+//! While no connection is open the loop sleeps without a timeout (no periodic wake-ups); only
+//! open connections set a timer. Connection slots and their buffers are allocated the first
+//! time they are needed and then reused: no allocation per connection in steady state.
+//!
+//! Closing: after the answer the agent shuts its side down and reads (discarding) until the
+//! peer closes or [`LINGER`] passes. Closing a socket that still has unread input sends a
+//! reset, which can destroy the answer before the peer reads it.
+//!
+//! Fork: the listeners are shared with the host-facing handle (like the UDP sockets), so a
+//! child that takes the agent over serves them, and a forked worker closes its copies. The
+//! descriptors of open connections are published in [`ConnectionFds`] so that a forked child,
+//! where the thread that owns them does not exist, can close its copies too.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::clock;
+use crate::counters::Counter;
+use crate::error::Error;
+use crate::http;
+use crate::log::{Level, log_line};
+use crate::monitor::Shared;
+use crate::text;
+
+/// Most open connections per kind (agent-check, HTTP).
+pub const MAX_CONNECTIONS: usize = 64;
+/// How long the agent waits for HAProxy's `agent-send` line before answering about the whole
+/// server. Only when `services=` names a service: otherwise there is nothing to ask about and
+/// the answer is written as soon as the connection is accepted.
+pub const AGENT_SEND_WAIT: Duration = Duration::from_millis(100);
+/// How long an HTTP client has to send its request head.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the answer may take to be written.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the agent reads after its answer, waiting for the peer to close.
+pub const LINGER: Duration = Duration::from_secs(1);
+/// Connections accepted per listener before the loop serves other sockets.
+const ACCEPT_BATCH: usize = 16;
+/// Bytes discarded per readiness event while lingering; a peer that sends more is reset.
+const LINGER_DISCARD: usize = 4 * BUFFER;
+/// A connection's buffer: the request, then the part of the answer not yet written.
+const BUFFER: usize = http::MAX_REQUEST;
+/// Longest `agent-send` line read.
+const AGENT_REQUEST: usize = 512;
+
+/// Tokens: UDP sockets use `0..MAX_LISTEN`, the waker `usize::MAX`.
+pub(crate) const LISTENER_TOKENS: usize = 1 << 20;
+pub(crate) const CONNECTION_TOKENS: usize = 1 << 21;
+
+/// What a TCP listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// HAProxy agent-check: one text line, then close.
+    Agent,
+    /// HTTP health checks.
+    Http,
+}
+
+impl Kind {
+    fn index(self) -> usize {
+        match self {
+            Kind::Agent => 0,
+            Kind::Http => 1,
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Kind::Agent => "tcp_agent",
+            Kind::Http => "http",
+        }
+    }
+}
+
+/// One bound TCP listener.
+pub(crate) struct StreamListener {
+    listener: TcpListener,
+    kind: Kind,
+}
+
+impl StreamListener {
+    /// Binds and listens on `addr` (IPv6 sockets are IPv6-only, like the UDP ones).
+    pub(crate) fn bind(kind: Kind, addr: SocketAddr) -> Result<StreamListener, Error> {
+        let bind_error = |source| Error::BindTcp {
+            key: kind.key(),
+            addr,
+            source,
+        };
+        // socket2 creates it close-on-exec.
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .map_err(bind_error)?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true).map_err(bind_error)?;
+        }
+        // The agent closes first, leaving TIME_WAIT sockets: a restarted agent must still bind.
+        socket.set_reuse_address(true).map_err(bind_error)?;
+        socket.bind(&addr.into()).map_err(bind_error)?;
+        socket.listen(128).map_err(bind_error)?;
+        socket.set_nonblocking(true).map_err(bind_error)?;
+        Ok(StreamListener {
+            listener: TcpListener::from_std(socket.into()),
+            kind,
+        })
+    }
+
+    /// The address actually bound.
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub(crate) fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The socket's descriptor (to close a forked worker's inherited copy).
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        self.listener.as_raw_fd()
+    }
+}
+
+/// The descriptors of the open connections, one per connection slot (-1: none). The monitor
+/// thread records a descriptor once accepted and forgets it before closing it, so a forked
+/// child that reads the table finds only descriptors that were open when it was forked (a
+/// connection accepted or closed at that very moment may be missed: a leaked copy, never a
+/// wrong close).
+pub(crate) struct ConnectionFds([AtomicI32; 2 * MAX_CONNECTIONS]);
+
+impl ConnectionFds {
+    fn new() -> ConnectionFds {
+        ConnectionFds(std::array::from_fn(|_| AtomicI32::new(-1)))
+    }
+
+    fn set(&self, slot: usize, fd: RawFd) {
+        if let Some(s) = self.0.get(slot) {
+            s.store(fd, Ordering::SeqCst);
+        }
+    }
+
+    /// The descriptors recorded now.
+    pub(crate) fn open(&self) -> impl Iterator<Item = RawFd> + '_ {
+        self.0
+            .iter()
+            .map(|s| s.load(Ordering::SeqCst))
+            .filter(|fd| *fd >= 0)
+    }
+}
+
+enum Phase {
+    /// Reading the request: an optional `agent-send` line, or an HTTP request head.
+    Reading,
+    /// Writing the answer: `buf[sent..len]` is left; `counter` counts it once all is sent.
+    Writing {
+        sent: usize,
+        len: usize,
+        counter: Counter,
+    },
+    /// The answer is sent and our side shut down: reading until the peer closes.
+    Lingering,
+}
+
+struct Connection {
+    stream: TcpStream,
+    kind: Kind,
+    phase: Phase,
+    deadline: Instant,
+    received: usize,
+    /// The peer shut its side down while we were reading.
+    peer_closed: bool,
+    /// Agent-check: answer with what was read so far, without waiting for more.
+    answer_now: bool,
+}
+
+struct Slot {
+    connection: Option<Connection>,
+    buf: Box<[u8; BUFFER]>,
+}
+
+/// What `progress` decided for a connection.
+enum Next {
+    /// Wait for the next readiness event or the deadline.
+    Wait,
+    /// Close it, counting this outcome (None: already counted).
+    Close(Option<Counter>),
+}
+
+/// The TCP listeners and their open connections.
+pub(crate) struct Streams {
+    listeners: Arc<[StreamListener]>,
+    /// Listeners whose last batch did not empty the accept queue.
+    pending_accept: Vec<bool>,
+    slots: Vec<Slot>,
+    open: [usize; 2],
+    /// Answers are built here, then copied into the connection's buffer.
+    scratch: Box<[u8; http::MAX_RESPONSE]>,
+    /// Whether an `agent-send` line is worth waiting for (`services=` is not empty).
+    wait_for_agent_send: bool,
+    fds: Arc<ConnectionFds>,
+}
+
+impl Streams {
+    pub(crate) fn new(listeners: Arc<[StreamListener]>, wait_for_agent_send: bool) -> Streams {
+        Streams {
+            pending_accept: vec![false; listeners.len()],
+            listeners,
+            slots: Vec::new(),
+            open: [0; 2],
+            scratch: Box::new([0; http::MAX_RESPONSE]),
+            wait_for_agent_send,
+            fds: Arc::new(ConnectionFds::new()),
+        }
+    }
+
+    /// Registers the listeners with the poller.
+    pub(crate) fn register(&self, registry: &Registry) -> io::Result<()> {
+        for (i, l) in self.listeners.iter().enumerate() {
+            registry.register(
+                &mut SourceFd(&l.raw_fd()),
+                Token(LISTENER_TOKENS + i),
+                Interest::READABLE,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The table of open connection descriptors (for a forked child).
+    pub(crate) fn connection_fds(&self) -> Arc<ConnectionFds> {
+        self.fds.clone()
+    }
+
+    /// How long the loop may sleep: for ever while nothing is open or pending.
+    pub(crate) fn timeout(&self, now: Instant) -> Option<Duration> {
+        if self.pending_accept.iter().any(|p| *p) {
+            return Some(Duration::ZERO);
+        }
+        self.slots
+            .iter()
+            .filter_map(|s| s.connection.as_ref())
+            .map(|c| c.deadline)
+            .min()
+            .map(|d| d.saturating_duration_since(now))
+    }
+
+    /// Handles a readiness event for one of our tokens.
+    pub(crate) fn ready(&mut self, token: Token, shared: &Shared, registry: &Registry) {
+        let t = token.0;
+        if (LISTENER_TOKENS..CONNECTION_TOKENS).contains(&t) {
+            self.accept(t - LISTENER_TOKENS, shared, registry);
+        } else if t >= CONNECTION_TOKENS {
+            self.progress_guarded(t - CONNECTION_TOKENS, shared, Instant::now());
+        }
+    }
+
+    /// After the events of one loop turn: continues unfinished accept batches and closes
+    /// connections whose deadline passed.
+    pub(crate) fn after_events(&mut self, shared: &Shared, registry: &Registry) {
+        for i in 0..self.pending_accept.len() {
+            if self.pending_accept[i] {
+                self.accept(i, shared, registry);
+            }
+        }
+        if self.open == [0, 0] {
+            return;
+        }
+        let now = Instant::now();
+        for index in 0..self.slots.len() {
+            let expired = self.slots[index]
+                .connection
+                .as_ref()
+                .is_some_and(|c| c.deadline <= now);
+            if expired {
+                self.expire(index, shared, now);
+            }
+        }
+    }
+
+    fn accept(&mut self, index: usize, shared: &Shared, registry: &Registry) {
+        let Some(kind) = self.listeners.get(index).map(|l| l.kind) else {
+            return;
+        };
+        for _ in 0..ACCEPT_BATCH {
+            match self.listeners[index].listener.accept() {
+                Ok((stream, peer)) => {
+                    shared.counters.add(Counter::ConnAccepted);
+                    self.admit(stream, peer, kind, shared, registry);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
+                // WouldBlock: the queue is empty. Anything else (out of descriptors): wait for
+                // the next connection rather than spin.
+                Err(_) => {
+                    self.pending_accept[index] = false;
+                    return;
+                }
+            }
+        }
+        self.pending_accept[index] = true;
+    }
+
+    fn admit(
+        &mut self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        kind: Kind,
+        shared: &Shared,
+        registry: &Registry,
+    ) {
+        if !shared.policy.allow.admits(peer.ip()) {
+            shared.counters.add(Counter::ConnDroppedNotAllowed);
+            return;
+        }
+        if self.open[kind.index()] >= MAX_CONNECTIONS {
+            shared.counters.add(Counter::ConnDroppedLimit);
+            return;
+        }
+        let index = match self.slots.iter().position(|s| s.connection.is_none()) {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot {
+                    connection: None,
+                    buf: Box::new([0; BUFFER]),
+                });
+                self.slots.len() - 1
+            }
+        };
+        self.fds.set(index, stream.as_raw_fd());
+        let token = Token(CONNECTION_TOKENS + index);
+        if registry
+            .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+            .is_err()
+        {
+            self.fds.set(index, -1);
+            shared.counters.add(Counter::ConnFailed);
+            return;
+        }
+        let now = Instant::now();
+        let wait = match kind {
+            Kind::Agent => AGENT_SEND_WAIT,
+            Kind::Http => REQUEST_TIMEOUT,
+        };
+        self.slots[index].connection = Some(Connection {
+            stream,
+            kind,
+            phase: Phase::Reading,
+            deadline: now + wait,
+            received: 0,
+            peer_closed: false,
+            // Without services there is nothing an `agent-send` line could ask: answer now.
+            answer_now: kind == Kind::Agent && !self.wait_for_agent_send,
+        });
+        self.open[kind.index()] += 1;
+        self.progress_guarded(index, shared, now);
+    }
+
+    /// Moves a connection on as far as its socket allows; a panic closes only this connection
+    /// and is reported like one while answering a datagram.
+    fn progress_guarded(&mut self, index: usize, shared: &Shared, now: Instant) {
+        let result = catch_unwind(AssertUnwindSafe(|| self.progress(index, shared, now)));
+        let next = result.unwrap_or_else(|_| {
+            shared.counters.add(Counter::Faults);
+            shared.board.record_fault(clock::now_ms());
+            log_line!(
+                shared.logger,
+                Level::Error,
+                "internal fault (panic caught) while serving a TCP connection; answering DOWN \
+                 (agent fault) from now on"
+            );
+            Next::Close(Some(Counter::ConnFailed))
+        });
+        if let Next::Close(counter) = next {
+            self.close(index, counter, shared);
+        }
+    }
+
+    fn progress(&mut self, index: usize, shared: &Shared, now: Instant) -> Next {
+        loop {
+            let Some(slot) = self.slots.get_mut(index) else {
+                return Next::Wait;
+            };
+            let Some(conn) = slot.connection.as_mut() else {
+                return Next::Wait;
+            };
+            match conn.phase {
+                Phase::Reading => {
+                    if shared.inject_fault.swap(false, Ordering::AcqRel) {
+                        panic!("lbagent: injected fault (test hook)");
+                    }
+                    let limit = match conn.kind {
+                        Kind::Agent => AGENT_REQUEST,
+                        Kind::Http => BUFFER,
+                    };
+                    // Edge-triggered: read until the socket is empty (or the buffer full).
+                    while conn.received < limit && !conn.peer_closed {
+                        match read_some(&mut conn.stream, &mut slot.buf[conn.received..limit]) {
+                            Ok(0) => conn.peer_closed = true,
+                            Ok(n) => conn.received += n,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                            Err(_) => return Next::Close(Some(Counter::ConnFailed)),
+                        }
+                    }
+                    let full = conn.received == limit;
+                    let (kind, peer_closed) = (conn.kind, conn.peer_closed);
+                    match kind {
+                        Kind::Agent => {
+                            let line_ended = slot.buf[..conn.received]
+                                .iter()
+                                .any(|b| b"\r\n\0".contains(b));
+                            if !(line_ended || full || peer_closed || conn.answer_now) {
+                                return Next::Wait;
+                            }
+                            self.answer_agent(index, shared, now);
+                        }
+                        Kind::Http => {
+                            let answer = http::respond(
+                                &shared.board,
+                                shared.instance_id,
+                                &slot.buf[..conn.received],
+                                full,
+                                clock::now_ms(),
+                                &mut self.scratch,
+                            );
+                            match answer {
+                                http::Answer::Incomplete if peer_closed => {
+                                    return Next::Close(Some(Counter::ConnFailed));
+                                }
+                                http::Answer::Incomplete => return Next::Wait,
+                                http::Answer::Reply { len, counter } => {
+                                    self.start_writing(index, len, counter, now);
+                                }
+                            }
+                        }
+                    }
+                }
+                Phase::Writing { sent, len, counter } => {
+                    match conn.stream.write(&slot.buf[sent..len]) {
+                        Ok(0) => return Next::Close(Some(Counter::ConnFailed)),
+                        Ok(n) if sent + n < len => {
+                            conn.phase = Phase::Writing {
+                                sent: sent + n,
+                                len,
+                                counter,
+                            }
+                        }
+                        Ok(_) => {
+                            shared.counters.add(counter);
+                            if conn.peer_closed || conn.stream.shutdown(Shutdown::Write).is_err() {
+                                return Next::Close(None);
+                            }
+                            conn.phase = Phase::Lingering;
+                            conn.deadline = now + LINGER;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Next::Wait,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => return Next::Close(Some(Counter::ConnFailed)),
+                    }
+                }
+                Phase::Lingering => {
+                    let mut discarded = 0;
+                    while discarded < LINGER_DISCARD {
+                        match read_some(&mut conn.stream, &mut slot.buf[..]) {
+                            Ok(0) => return Next::Close(None),
+                            Ok(n) => discarded += n,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                return Next::Wait;
+                            }
+                            Err(_) => return Next::Close(None),
+                        }
+                    }
+                    // A peer that keeps sending after the answer gets reset.
+                    return Next::Close(None);
+                }
+            }
+        }
+    }
+
+    /// Builds the agent-check line for the request read so far and starts writing it (called
+    /// only from `progress`, under its panic guard).
+    fn answer_agent(&mut self, index: usize, shared: &Shared, now: Instant) {
+        let Some(slot) = self.slots.get(index) else {
+            return;
+        };
+        let Some(conn) = slot.connection.as_ref() else {
+            return;
+        };
+        let service = match text::parse_request(&slot.buf[..conn.received]) {
+            text::Request::Service(name) => name,
+            // No line, or any other line: the whole server. (Over TCP nobody can make two
+            // agents answer each other, so a line that looks like an answer is no threat.)
+            text::Request::Empty | text::Request::Server | text::Request::LooksLikeReply => &[],
+        };
+        let board = &shared.board;
+        let status = board.status(board.target(service), clock::now_ms());
+        // TCP has no request-length limit: the whole line, ending in "\n" (HAProxy ignores a
+        // line without an end).
+        let len = text::write_reply(&status, text::MAX_LINE, &mut self.scratch[..]);
+        self.start_writing(index, len, Counter::AnsweredAgent, now);
+    }
+
+    /// Copies `scratch[..len]` into the connection's buffer and switches it to writing.
+    fn start_writing(&mut self, index: usize, len: usize, counter: Counter, now: Instant) {
+        let Some(slot) = self.slots.get_mut(index) else {
+            return;
+        };
+        let Some(conn) = slot.connection.as_mut() else {
+            return;
+        };
+        let len = len.min(BUFFER).min(self.scratch.len());
+        slot.buf[..len].copy_from_slice(&self.scratch[..len]);
+        conn.phase = Phase::Writing {
+            sent: 0,
+            len,
+            counter,
+        };
+        conn.deadline = now + WRITE_TIMEOUT;
+    }
+
+    fn expire(&mut self, index: usize, shared: &Shared, now: Instant) {
+        let Some(conn) = self.slots[index].connection.as_mut() else {
+            return;
+        };
+        match (&conn.phase, conn.kind) {
+            // No `agent-send` line in time: answer about the whole server.
+            (Phase::Reading, Kind::Agent) => {
+                conn.answer_now = true;
+                self.progress_guarded(index, shared, now);
+            }
+            (Phase::Reading, Kind::Http) | (Phase::Writing { .. }, _) => {
+                self.close(index, Some(Counter::ConnTimedOut), shared);
+            }
+            (Phase::Lingering, _) => self.close(index, None, shared),
+        }
+    }
+
+    fn close(&mut self, index: usize, counter: Option<Counter>, shared: &Shared) {
+        let Some(slot) = self.slots.get_mut(index) else {
+            return;
+        };
+        // Dropping the stream closes it, which also removes it from the poller. Its descriptor
+        // leaves the table first.
+        self.fds.set(index, -1);
+        if let Some(conn) = slot.connection.take() {
+            self.open[conn.kind.index()] -= 1;
+            if let Some(counter) = counter {
+                shared.counters.add(counter);
+            }
+        }
+    }
+
+    /// At stop: agent connections still waiting get one try at the answer (which now says
+    /// STOPPING), then every connection and listener is closed.
+    pub(crate) fn close_all(&mut self, shared: &Shared) {
+        let now = Instant::now();
+        for index in 0..self.slots.len() {
+            if let Some(conn) = self.slots[index].connection.as_mut() {
+                if conn.kind == Kind::Agent && matches!(conn.phase, Phase::Reading) {
+                    conn.answer_now = true;
+                    self.progress_guarded(index, shared, now);
+                }
+            }
+            let unanswered = self.slots[index]
+                .connection
+                .as_ref()
+                .is_some_and(|c| !matches!(c.phase, Phase::Lingering));
+            let counter = unanswered.then_some(Counter::ConnFailed);
+            self.close(index, counter, shared);
+        }
+    }
+}
+
+/// One read, retrying on EINTR.
+fn read_some(stream: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match stream.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
