@@ -4,9 +4,10 @@
 #
 # Two real servers embed lbagent (c-examples/demo_server.c), each with its agent on its own
 # loopback address; keepalived (the host's binary) checks them and drives the kernel's IPVS
-# table for the virtual service 127.0.0.1:9000. For each checker (a file in checkers/), the
-# servers are walked through the transitions of run_steps, and after each one the IPVS table
-# (`ipvsadm -Ln`) must show every server as expected within LVS_BOUND seconds.
+# table for the virtual service 127.0.0.1:9000. For each checker (a file in checkers/ saying
+# how keepalived checks a real server: UDP_CHECK, MISC_CHECK, ...), the servers are walked
+# through the transitions of run_steps, and after each one the IPVS table (`ipvsadm -Ln`)
+# must show every server as expected within LVS_BOUND seconds.
 #
 #   server A  127.0.0.2  real_server with inhibit_on_failure: out of service = weight 0
 #   server B  127.0.0.3  real_server without it:              out of service = removed
@@ -15,6 +16,11 @@
 #   LVS-RESULT CHECKER STEP SERVER EXPECTED SECONDS pass|fail
 # SECONDS is the measured detection time: from the change on the server to the table showing
 # it. Other lines (LVS-INFO, keepalived's and the servers' logs) are for debugging.
+#
+# Environment (from run.sh, through init): LVS_REPO (the repository), LVS_DEMO_SERVER,
+# LVS_BIN (cargo's target/debug: lbagent-probe and any other binary of the crate),
+# LVS_CHECKERS (names of files in checkers/, default all), LVS_BOUND (seconds allowed per
+# transition), LVS_HANG_MS (length of the simulated hang).
 #
 # A checker file defines how keepalived checks the servers. All functions are optional:
 #   checker_block NAME          the health check inside real_server NAME (default: README's)
@@ -62,7 +68,7 @@ start_server() {
 wait_serving() {
     local name=$1 deadline=$((SECONDS + LVS_BOUND))
     while [ $SECONDS -lt $deadline ]; do
-        "$LVS_PROBE" "${RS_ADDR[$name]}:$AGENT_PORT" --timeout 500 >/dev/null 2>&1 && return 0
+        "$LVS_BIN/lbagent-probe" "${RS_ADDR[$name]}:$AGENT_PORT" --timeout 500 >/dev/null 2>&1 && return 0
         sleep 0.2
     done
     info "server $name did not report UP within $LVS_BOUND s"
@@ -128,9 +134,9 @@ ipvs_table() { ipvsadm -Ln -t "$VIP:$VPORT" 2>/dev/null; }
 
 # How the table shows server NAME: weight=N, absent, or no-service.
 observed() {
-    local name=$1 table=$2 arrow address forward weight rest
+    local name=$1 table=$2 arrow address weight rest
     [[ $table == *"$VIP:$VPORT"* ]] || { echo no-service; return; }
-    while read -r arrow address forward weight rest; do
+    while read -r arrow address _ weight rest; do
         if [ "$arrow" = "->" ] && [ "$address" = "${RS_ADDR[$name]}:$VPORT" ]; then
             echo "weight=$weight"
             return

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # The keepalived configuration of the LVS test, made from README.md's keepalived example so
 # that the snippet operators copy is the one tested. Sourced by guest.sh, which defines
 # VIP, VPORT, SERVERS, RS_ADDR and RS_INHIBIT.
@@ -28,30 +29,30 @@ brace_balance() {
 }
 
 keepalived_conf() {
-    local line code part=head depth=0 name
-    local -a head=() real_server=() tail=()
+    local line code part=before depth=0 name
+    local -a before=() real_server=() after=()
     while IFS= read -r line; do
         code=${line%%#*}
-        if [ $part = head ] && [[ $code =~ ^[[:space:]]*real_server[[:space:]] ]]; then
+        if [ $part = before ] && [[ $code =~ ^[[:space:]]*real_server[[:space:]] ]]; then
             part=real_server
         fi
         case $part in
-            head) head+=("$line") ;;
+            before) before+=("$line") ;;
             real_server)
                 real_server+=("$line")
                 depth=$((depth + $(brace_balance "$code")))
-                [ $depth -eq 0 ] && part=tail
+                [ $depth -eq 0 ] && part=after
                 ;;
-            tail) tail+=("$line") ;;
+            after) after+=("$line") ;;
         esac
     done < <(readme_keepalived_example)
-    if [ ${#real_server[@]} -eq 0 ] || [ ${#tail[@]} -eq 0 ]; then
+    if [ ${#real_server[@]} -eq 0 ] || [ ${#after[@]} -eq 0 ]; then
         echo "keepalived_conf: no virtual_server with a real_server block in README.md" >&2
         return 1
     fi
 
     if declare -F checker_globals >/dev/null; then checker_globals; fi
-    for line in "${head[@]}"; do
+    for line in "${before[@]}"; do
         if [[ $line =~ ^([[:space:]]*virtual_server)[[:space:]] ]]; then
             line="${BASH_REMATCH[1]} $VIP $VPORT {"
         fi
@@ -60,7 +61,7 @@ keepalived_conf() {
     for name in "${SERVERS[@]}"; do
         real_server_block "$name" "${real_server[@]}"
     done
-    printf '%s\n' "${tail[@]}"
+    printf '%s\n' "${after[@]}"
 }
 
 # real_server_block NAME LINES...: the README's real_server block, adapted for server NAME.
@@ -69,7 +70,7 @@ real_server_block() {
     shift
     for line; do
         code=${line%%#*}
-        if [ $skip_depth -gt 0 ]; then # inside the check block being replaced
+        if [ "$skip_depth" -gt 0 ]; then # inside the check block being replaced
             skip_depth=$((skip_depth + $(brace_balance "$code")))
             continue
         fi

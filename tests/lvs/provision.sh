@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck shell=bash
 # Provisioning for the LVS test VM (tests/lvs/run.sh sources this file).
 #
 # 1. Debian packages, installed when missing: qemu (the VM, software emulation), a static
@@ -32,8 +33,9 @@ provision_packages() {
     fi
     echo "lvs-test: installing ${missing[*]}"
     apt_update_once
+    # Lock timeout: another worktree's test may be installing at the same moment.
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        "${missing[@]}" >/dev/null
+        -o DPkg::Lock::Timeout=300 "${missing[@]}" >/dev/null
 }
 
 # `apt-get update` at most once per boot of this machine (shared with scripts/ensure-tools.sh).
@@ -62,11 +64,11 @@ provision_kernel() {
     pkg=$(kernel_package) || true
     if [ -z "$pkg" ]; then
         # No package index (offline): use whatever kernel was unpacked before, if any.
-        pkg=$(basename "$(ls -d "$cache"/linux-image-* 2>/dev/null | tail -n1)")
-        [ "$pkg" != . ] && [ -n "$pkg" ] || {
+        pkg=$(cd "$cache" 2>/dev/null && ls -d linux-image-* 2>/dev/null | tail -n1)
+        if [ -z "$pkg" ]; then
             echo "lvs-test: cannot resolve linux-image-amd64 (apt-get update failed?)" >&2
             return 1
-        }
+        fi
     fi
     KERNEL_DIR=$cache/$pkg
     # .complete records what was unpacked: a changed module list unpacks again.
@@ -79,9 +81,10 @@ provision_kernel() {
 unpack_kernel() {
     local pkg=$1 dest=$2 work deb image dir patterns=()
     echo "lvs-test: fetching $pkg (kernel with IPVS modules for the VM)"
-    rm -rf "$dest" && mkdir -p "$dest"
+    rm -rf "${dest:?}" && mkdir -p "$dest"
     work=$(mktemp -d "$dest/.fetch.XXXXXX")
-    (cd "$work" && apt-get download -qq "$pkg" 2>&1 | grep -v 'unsandboxed' >&2 || true)
+    # As root, apt warns that the download is not sandboxed: expected here.
+    (cd "$work" && apt-get download -qq "$pkg" 2>&1 | { grep -v 'unsandboxed' >&2 || true; })
     deb=$(ls "$work"/*.deb 2>/dev/null | head -n1)
     [ -n "$deb" ] || { echo "lvs-test: apt-get download $pkg failed" >&2; return 1; }
 
@@ -93,7 +96,7 @@ unpack_kernel() {
             "${patterns[@]}"
     image=$(ls "$dest"/boot/vmlinuz-*)
     extract_vmlinux "$image" "$dest/vmlinux" || return 1
-    rm -rf "$work" "$dest/boot"
+    rm -rf "$work" "${dest:?}/boot"
     # modules.dep is written by the package's postinst, not shipped: make it for this subset.
     busybox depmod -b "$dest" "$(basename "$(ls -d "$dest"/lib/modules/*)")"
     echo "${KERNEL_MODULE_DIRS[*]}" >"$dest/.complete"
