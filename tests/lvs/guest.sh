@@ -75,6 +75,19 @@ wait_serving() {
     return 1
 }
 
+# wait_exit PID SECONDS: waits for a child to exit by itself; kills it after SECONDS.
+wait_exit() {
+    local pid=$1 deadline=$((SECONDS + $2))
+    while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -KILL "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+        return 1
+    fi
+    wait "$pid" 2>/dev/null
+    return 0
+}
+
 stop_server() {
     local name=$1 pid=${RS_PID[$1]:-}
     [ -n "$pid" ] || return 0
@@ -119,11 +132,15 @@ wait_hang_over() {
     return 0
 }
 
-# A new process, hence a new agent instance: the old one exits (it drained on SIGTERM).
+# A new process, hence a new agent instance. The old one drained on SIGTERM and must exit
+# by itself.
 restart_all() {
     local name
     for name in "${SERVERS[@]}"; do
-        wait "${RS_PID[$name]}"
+        if ! wait_exit "${RS_PID[$name]}" "$LVS_BOUND"; then
+            info "server $name did not exit within $LVS_BOUND s of SIGTERM"
+            return 1
+        fi
         start_server "$name"
     done
 }
@@ -246,7 +263,11 @@ run_checker() {
     local conf=/run/lvs/$checker.conf keepalived_pid status=0 name
     unset -f checker_block checker_globals checker_start checker_stop checker_ipvs_weight
     # shellcheck source=/dev/null
-    . "$lvs/checkers/$checker.sh" || return 1
+    if ! . "$lvs/checkers/$checker.sh"; then
+        result config - - - fail
+        info "checkers/$checker.sh cannot be read"
+        return 1
+    fi
 
     if ! keepalived_conf >"$conf"; then
         result config - - - fail
@@ -270,7 +291,7 @@ run_checker() {
         keepalived_pid=$!
         run_steps || status=1
         kill -TERM $keepalived_pid
-        wait $keepalived_pid
+        wait_exit $keepalived_pid 10 || info "keepalived did not stop on SIGTERM"
     else
         result startup - - - fail
     fi

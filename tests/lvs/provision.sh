@@ -74,6 +74,9 @@ provision_kernel() {
     # .complete records what was unpacked: a changed module list unpacks again.
     if [ "$(cat "$KERNEL_DIR/.complete" 2>/dev/null)" != "${KERNEL_MODULE_DIRS[*]}" ]; then
         unpack_kernel "$pkg" "$KERNEL_DIR" || return 1
+        # A kernel that linux-image-amd64 no longer points to is not needed any more.
+        find "$cache" -mindepth 1 -maxdepth 1 -name 'linux-image-*' ! -name "$pkg" \
+            -exec rm -rf {} +
     fi
     KERNEL_VERSION=$(basename "$(ls -d "$KERNEL_DIR"/lib/modules/*)")
 }

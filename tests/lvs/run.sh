@@ -122,12 +122,13 @@ timeout --kill-after=10 "$time_limit" qemu-system-x86_64 \
 vm=$!
 
 # Progress while the VM runs: the result lines (or everything with LVS_VERBOSE=1).
-tail -n +1 -s 0.3 -F --pid="$vm" "$console" 2>/dev/null | tr -d '\r' |
+tail -n +1 -s 0.3 -F --pid="$vm" "$console" 2>/dev/null |
     awk -v verbose="${LVS_VERBOSE:-0}" '
+        { sub(/\r$/, "") }
         verbose == 1 { print; fflush(); next }
         $1 == "LVS-RESULT" { printf "  %-10s %-15s %-2s %-11s %7s  %s\n", $2, $3, $4, $5, $6 == "-" ? "-" : $6 " s", $7
                               fflush() }
-        $1 == "LVS-ABORT" || $1 == "LVS-ERROR" { print "  " $0; fflush() }' &
+        $1 == "LVS-ABORT" { print "  " $0; fflush() }' &
 
 vm_status=0
 wait "$vm" || vm_status=$?
