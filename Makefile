@@ -15,7 +15,7 @@ BUILD    := build
 TEST_TOOLS := gcc:gcc g++:g++ valgrind:valgrind nm:binutils readelf:binutils pkg-config:pkg-config \
               haproxy:haproxy curl:curl
 
-.PHONY: all build examples demo test fuzz header install tools clean
+.PHONY: all build examples demo test lvs-test fuzz header install tools clean
 
 all: build
 
@@ -37,11 +37,12 @@ demo: tools build
 	scripts/demo.sh
 
 ## test: every test (unit, loopback UDP, protocol vectors, header, symbols, C under valgrind,
-## amplification, soak), then the fuzzers for a bounded time.
+## amplification, soak), the fuzzers for a bounded time, then the LVS director test.
 test: tools
 	$(CARGO) build --all-targets
 	$(CARGO) test --all-targets -- --test-threads=2
 	$(MAKE) --no-print-directory fuzz
+	$(MAKE) --no-print-directory lvs-test
 
 # libFuzzer targets (fuzz/), built with cargo-fuzz's instrumentation flags on the stable
 # toolchain (no cargo-fuzz install, no nightly features), each run for FUZZ_SECONDS.
@@ -64,6 +65,12 @@ fuzz:
 			| grep -E '^(stat::number_of_executed_units|stat::new_units_added|==|SUMMARY|INFO: Running)' ; \
 		test $${PIPESTATUS[0]} -eq 0 || exit 1; \
 	done
+
+## lvs-test: real keepalived driving the kernel's IPVS table in a VM (under 2 min; installs
+## qemu, keepalived, ipvsadm, busybox-static and fetches a Debian kernel on first use).
+lvs-test: tools
+	$(CARGO) build
+	tests/lvs/run.sh
 
 ## install: PREFIX=/usr/local: libraries with soname links, headers, pkg-config file, probe.
 install: build

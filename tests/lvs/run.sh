@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# make lvs-test: lbagent against a real LVS director, keepalived driving the kernel's IPVS
+# table, in a small VM (this machine's kernel has no IPVS).
+#
+#   host (this script)                          guest (qemu, TCG, no network device)
+#   provision packages and a Debian kernel      init: modules, host root over virtio-9p (ro)
+#   build demo_server and an initramfs    ──►   guest.sh: demo servers, keepalived, ipvsadm
+#   read the serial console, judge        ◄──   LVS-RESULT lines on the console, power off
+#
+# Everything in the guest runs on its own loopback; the console and qemu's exit are its only
+# way out. A hard time limit (timeout, which kills qemu's whole process group) bounds the run;
+# every process started here is ended and waited for on exit, failure or interrupt.
+#
+# Environment: LVS_TIME_LIMIT (seconds, default 300), LVS_CHECKERS (default: every file in
+# tests/lvs/checkers/), LVS_BOUND (seconds allowed per transition, default 30),
+# LVS_HANG_MS (how long the event loop hangs in the watchdog step, default 12000),
+# LVS_VERBOSE=1 (print the whole console, not only the results).
+# Needs the debug build of the crate (`cargo build`); `make lvs-test` does that first.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+repo=$PWD
+here=$repo/tests/lvs
+lvs_dir=$repo/build/lvs
+target_dir=$(realpath "${CARGO_TARGET_DIR:-target}")/debug
+time_limit=${LVS_TIME_LIMIT:-300}
+started=$SECONDS
+
+# Modules loaded by the guest's init: the 9p transport for the host root, IPVS and the
+# schedulers keepalived may ask for. crc32c_generic is a soft dependency of libcrc32c (which
+# ip_vs needs) that modules.dep does not list.
+GUEST_MODULES="virtio_pci 9pnet_virtio 9p crc32c_generic ip_vs ip_vs_wrr ip_vs_rr"
+
+say() { echo "lvs-test: $*"; }
+die() {
+    echo "lvs-test: $*" >&2
+    exit 1
+}
+
+case $repo in *[[:space:]]*) die "the repository path must not contain spaces: $repo" ;; esac
+
+# shellcheck source=provision.sh
+. "$here/provision.sh"
+provision_packages
+provision_kernel "$lvs_dir/kernel"
+mkdir -p "$lvs_dir"
+
+# The real server under test: the C demo server, linked statically with the library just
+# built, so that the guest needs nothing but the host's libc.
+for file in "$target_dir/liblbagent.a" "$target_dir/lbagent-probe"; do
+    [ -e "$file" ] || die "$file is missing: run cargo build first (make lvs-test does)"
+done
+gcc -std=c11 -Wall -Wextra -Werror -pedantic -O1 -g -Iinclude c-examples/demo_server.c \
+    "$target_dir/liblbagent.a" -lpthread -ldl -lm -o "$lvs_dir/demo_server"
+
+# Prints the modules.dep entries (module: dependencies) of the given modules and of every
+# module they depend on (depmod writes each module's full closure on its line).
+module_closure() {
+    local dep=$KERNEL_DIR/lib/modules/$KERNEL_VERSION/modules.dep
+    local wanted
+    wanted=$(awk -v want="$*" '
+        BEGIN { split(want, names, " "); for (i in names) wanted[names[i]] = 1 }
+        { name = $1; sub(/:$/, "", name); sub(/.*\//, "", name); sub(/\.ko.*$/, "", name)
+          if (name in wanted) for (i = 1; i <= NF; i++) { f = $i; sub(/:$/, "", f); print f } }
+    ' "$dep" | sort -u)
+    awk -v files="$wanted" '
+        BEGIN { split(files, f, "\n"); for (i in f) keep[f[i] ":"] = 1 }
+        $1 in keep' "$dep"
+}
+
+# The initramfs: a static busybox, tests/lvs/init, the modules and this run's parameters.
+build_initramfs() {
+    local root=$lvs_dir/initramfs moddir=lib/modules/$KERNEL_VERSION file
+    rm -rf "$root"
+    mkdir -p "$root/bin" "$root/proc" "$root/sys" "$root/dev" "$root/$moddir"
+    cp /bin/busybox "$root/bin/busybox"
+    install -m 0755 "$here/init" "$root/init"
+    module_closure $GUEST_MODULES >"$root/$moddir/modules.dep"
+    for file in $(tr -d ':' <"$root/$moddir/modules.dep" | tr ' ' '\n' | sort -u); do
+        mkdir -p "$root/$moddir/$(dirname "$file")"
+        cp "$KERNEL_DIR/$moddir/$file" "$root/$moddir/$file"
+    done
+    cat >"$root/lvs.env" <<EOF
+LVS_MODULES="$GUEST_MODULES"
+LVS_REPO="$repo"
+LVS_DEMO_SERVER="$lvs_dir/demo_server"
+LVS_BIN="$target_dir"
+LVS_CHECKERS="${LVS_CHECKERS:-}"
+LVS_BOUND="${LVS_BOUND:-30}"
+LVS_HANG_MS="${LVS_HANG_MS:-12000}"
+EOF
+    (cd "$root" && find . | busybox cpio -o -H newc 2>/dev/null) >"$lvs_dir/initramfs.cpio"
+}
+build_initramfs
+
+console=$lvs_dir/console.log
+: >"$console"
+vm=
+
+# Ends the VM (timeout leads its own process group: qemu goes with it) and waits for it and
+# for the console reader, which ends with it.
+cleanup() {
+    if [ -n "$vm" ]; then
+        kill -TERM -- "-$vm" 2>/dev/null || kill -TERM "$vm" 2>/dev/null || true
+    fi
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+trap 'echo "lvs-test: interrupted" >&2; exit 130' INT TERM HUP
+
+say "booting the VM (qemu, software emulation, no network device; limit ${time_limit} s)"
+# -nodefaults -nic none: no network device at all; the serial console is the only output.
+# -no-reboot with panic=-1: a guest that crashes ends qemu instead of rebooting.
+# The host's root filesystem is shared read-only; the guest mounts it at /host.
+vm_started=$SECONDS
+timeout --kill-after=10 "$time_limit" qemu-system-x86_64 \
+    -nodefaults -nic none -no-reboot -display none \
+    -machine pc,accel=tcg -m 512 -smp 1 \
+    -kernel "$KERNEL_DIR/vmlinux" -initrd "$lvs_dir/initramfs.cpio" \
+    -append "console=ttyS0 panic=-1 quiet loglevel=4 mitigations=off" \
+    -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
+    -serial "file:$console" </dev/null >"$lvs_dir/qemu.log" 2>&1 &
+vm=$!
+
+# Progress while the VM runs: the result lines (or everything with LVS_VERBOSE=1).
+tail -n +1 -s 0.3 -F --pid="$vm" "$console" 2>/dev/null |
+    awk -v verbose="${LVS_VERBOSE:-0}" '
+        { sub(/\r$/, "") }
+        verbose == 1 { print; fflush(); next }
+        $1 == "LVS-RESULT" { printf "  %-10s %-15s %-2s %-11s %7s  %s\n", $2, $3, $4, $5, $6 == "-" ? "-" : $6 " s", $7
+                              fflush() }
+        $1 == "LVS-ABORT" { print "  " $0; fflush() }' &
+
+vm_status=0
+wait "$vm" || vm_status=$?
+vm=
+wait # the console reader
+elapsed=$((SECONDS - started))
+
+results=$(tr -d '\r' <"$console" | grep '^LVS-' || true)
+passed=$(grep -c '^LVS-RESULT .* pass$' <<<"$results" || true)
+failed=$(grep -c '^LVS-RESULT .* fail$' <<<"$results" || true)
+problem=
+if [ "$vm_status" -eq 124 ] || [ "$vm_status" -eq 137 ]; then
+    problem="the VM did not finish within ${time_limit} s"
+elif [ "$vm_status" -ne 0 ]; then
+    problem="qemu exited with status $vm_status: $(tail -n 3 "$lvs_dir/qemu.log")"
+elif grep -q '^LVS-ABORT' <<<"$results"; then
+    problem=$(grep '^LVS-ABORT' <<<"$results" | head -n1)
+elif [ "$failed" -eq 0 ] && ! grep -q '^LVS-GUEST-EXIT 0$' <<<"$results"; then
+    problem="the scenario runner did not finish cleanly"
+elif [ "$passed" -eq 0 ]; then
+    problem="no scenario step ran"
+fi
+say "the VM ran $((SECONDS - vm_started)) s, ${elapsed} s in all (console: ${console#"$repo"/})"
+if [ "$failed" -ne 0 ] || [ -n "$problem" ]; then
+    if [ "${LVS_VERBOSE:-0}" != 1 ]; then
+        echo "--- the last lines of the console:"
+        tail -n 150 "$console" | tr -d '\r'
+        echo "---"
+    fi
+    [ -n "$problem" ] && say "$problem" >&2
+    # The closing line, counted by CI: a problem outside the steps counts as one failure.
+    say "$passed passed, $((failed > 0 ? failed : 1)) failed"
+    exit 1
+fi
+say "$passed passed, 0 failed"
