@@ -6,109 +6,15 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use common::c_build::*;
 use common::*;
 use lbagent::client::{self, ProbeOptions};
 use lbagent::{Reason, State};
-
-const C_FLAGS: &[&str] = &["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-g"];
-const CXX_FLAGS: &[&str] = &[
-    "-std=c++11",
-    "-Wall",
-    "-Wextra",
-    "-Werror",
-    "-pedantic",
-    "-g",
-];
-
-fn out_dir() -> PathBuf {
-    let dir = target_dir().join("c-tests");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// A directory holding the shared library under its link name and its soname, as an
-/// installation would (the executable records the soname, liblbagent.so.0).
-fn lib_dir() -> PathBuf {
-    let dir = out_dir().join("lib");
-    std::fs::create_dir_all(&dir).unwrap();
-    let lib = target_dir().join("liblbagent.so");
-    let soname = format!("liblbagent.so.{}", env!("CARGO_PKG_VERSION_MAJOR"));
-    for name in ["liblbagent.so", soname.as_str()] {
-        let link = dir.join(name);
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&lib, &link).unwrap();
-    }
-    dir
-}
-
-enum Link {
-    Dynamic,
-    Static,
-}
-
-/// Compiles one C or C++ source against include/lbagent.h and the library just built.
-fn build(source: &str, link: Link) -> PathBuf {
-    let src = repo().join(source);
-    let cxx = source.ends_with(".cpp");
-    let stem = Path::new(source).file_stem().unwrap().to_str().unwrap();
-    let exe = out_dir().join(match link {
-        Link::Dynamic => stem.to_string(),
-        Link::Static => format!("{stem}-static"),
-    });
-    let mut cmd = Command::new(if cxx { "g++" } else { "gcc" });
-    cmd.args(if cxx { CXX_FLAGS } else { C_FLAGS })
-        .arg("-I")
-        .arg(repo().join("include"))
-        .arg(&src)
-        .arg("-o")
-        .arg(&exe);
-    let lib_dir = lib_dir();
-    match link {
-        Link::Dynamic => {
-            cmd.arg(format!("-L{}", lib_dir.display()))
-                .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
-                .arg("-llbagent");
-        }
-        Link::Static => {
-            cmd.arg(target_dir().join("liblbagent.a"))
-                .args(["-lpthread", "-ldl", "-lm"]);
-        }
-    }
-    run_ok(&mut cmd);
-    exe
-}
-
-fn valgrind(exe: &Path) -> Command {
-    let mut cmd = Command::new("valgrind");
-    cmd.args([
-        "--quiet",
-        "--error-exitcode=99",
-        "--leak-check=full",
-        "--errors-for-leak-kinds=definite,indirect",
-        "--show-leak-kinds=definite,indirect",
-    ])
-    .arg(exe);
-    cmd
-}
 
 /// Builds every program once for the whole test binary.
 fn programs() -> &'static [PathBuf; 4] {

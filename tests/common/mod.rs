@@ -2,6 +2,8 @@
 //! paths of the built library and programs.
 #![allow(dead_code)]
 
+pub mod c_build;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
