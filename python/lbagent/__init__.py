@@ -1,0 +1,58 @@
+"""lbagent for Python: embed the health agent that tells load balancers the real state of a
+server (ctypes bindings of liblbagent; no compiled extension).
+
+    import lbagent
+
+    with lbagent.Agent(listen="0.0.0.0:4950", watchdog_ms=3000) as agent:
+        agent.set_state(lbagent.State.UP, "ready")
+        while serving:
+            serve_one_batch()
+            agent.heartbeat()
+
+The library is loaded on first use (see _native.candidates for where it is looked for);
+``import lbagent`` works without it, and Agent() then raises LibraryNotFoundError.
+"""
+
+from .agent import Agent, Status, library_path, state_name, strerror, version
+from .enums import Counter, Reason, Result, State
+from .errors import (
+    BadHandleError,
+    BindError,
+    ClosedError,
+    ConfigError,
+    Error,
+    InternalError,
+    InvalidArgumentError,
+    LibraryNotFoundError,
+    StoppedError,
+    StopTimeoutError,
+    SystemCallError,
+    UnknownServiceError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Agent",
+    "BadHandleError",
+    "BindError",
+    "ClosedError",
+    "ConfigError",
+    "Counter",
+    "Error",
+    "InternalError",
+    "InvalidArgumentError",
+    "LibraryNotFoundError",
+    "Reason",
+    "Result",
+    "State",
+    "Status",
+    "StopTimeoutError",
+    "StoppedError",
+    "SystemCallError",
+    "UnknownServiceError",
+    "library_path",
+    "state_name",
+    "strerror",
+    "version",
+]
