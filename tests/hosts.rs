@@ -512,3 +512,66 @@ fn signal_handlers_on_any_thread_drain_and_maintain() {
 fn signal_handlers_under_valgrind() {
     signal_storm("mask", true, 600);
 }
+
+// ---- The README's snippets -----------------------------------------------------------------
+
+/// The first ````lang` block after the README heading `heading`.
+fn readme_block(heading: &str, lang: &str) -> String {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let section = readme
+        .split_once(&format!("\n{heading}\n"))
+        .unwrap_or_else(|| panic!("no {heading:?} in the README"))
+        .1;
+    let block = section
+        .split_once(&format!("```{lang}\n"))
+        .unwrap_or_else(|| panic!("no {lang} block after {heading:?}"))
+        .1;
+    block.split_once("```").unwrap().0.to_string()
+}
+
+/// Compiles `source` as `file` with the examples' flags (no linking: -c).
+fn compiles(file: &str, source: &str) {
+    let path = out_dir().join(file);
+    std::fs::write(&path, source).unwrap();
+    let cxx = file.ends_with(".cpp");
+    let mut cmd = Command::new(if cxx { "g++" } else { "gcc" });
+    if cxx {
+        cmd.arg("-std=c++11").args(CXX_WARNINGS);
+    } else {
+        cmd.args(C_FLAGS);
+    }
+    cmd.arg("-I")
+        .arg(repo().join("include"))
+        .arg("-c")
+        .arg(&path)
+        .arg("-o")
+        .arg(path.with_extension("o"));
+    run_ok(&mut cmd);
+}
+
+#[test]
+fn readme_cpp_and_signal_handler_snippets_compile_with_warnings_as_errors() {
+    let cpp = readme_block("### C++: `include/lbagent.hpp`", "cpp");
+    let (includes, body): (Vec<&str>, Vec<&str>) =
+        cpp.lines().partition(|l| l.starts_with("#include"));
+    compiles(
+        "readme_cpp.cpp",
+        &format!(
+            "{}\n#include <cstdint>\nstatic void serve_one_batch() {{}}\n\
+             static std::uint32_t clients = 0, max_clients = 64;\n\
+             int main() {{\n{}\n}}\n",
+            includes.join("\n"),
+            body.join("\n")
+        ),
+    );
+    let handlers = readme_block("### Signal handlers", "c");
+    compiles(
+        "readme_signals.c",
+        &format!(
+            "#include <signal.h>\n#include \"lbagent.h\"\n{handlers}\n\
+             int main(void) {{\n    signal(SIGTERM, on_sigterm);\n    \
+             signal(SIGUSR1, on_sigusr1);\n    signal(SIGUSR2, on_sigusr2);\n    \
+             return agent != NULL;\n}}\n"
+        ),
+    );
+}

@@ -13,7 +13,7 @@ import pytest
 
 import lbagent
 from lbagent import Counter, Reason, Result, State
-from conftest import ask_text, eventually, probe, probe_binary
+from conftest import REPO, ask_text, eventually, probe, probe_binary
 
 
 def test_a_context_manager_starts_answers_and_closes(make_agent):
@@ -265,3 +265,12 @@ def test_a_python_signal_handler_can_call_in_while_the_main_thread_does():
         agent.set_state(State.MAINT, "done")
         assert probe(agent.port).state == State.MAINT
         assert handled
+
+
+def test_the_readme_snippet(capsys):
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("\n### Python and asyncio\n", 1)[1]
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(snippet.replace('"0.0.0.0:4950"', '"127.0.0.1:0"'), {})
+    printed = capsys.readouterr().out
+    assert printed.startswith("Status(state=<State.UP: 2>, reason=<Reason.HOST: 0>, "), printed

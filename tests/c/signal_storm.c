@@ -53,27 +53,42 @@ static void note_thread(void) {
     }
 }
 
-static void on_state_signal(int sig) {
-    int saved_errno = errno;
-    int state = sig == SIGUSR1   ? LBAGENT_STATE_MAINT
-                : sig == SIGUSR2 ? LBAGENT_STATE_UP
-                                 : LBAGENT_STATE_DRAIN;
+/* What every handler does besides its lbagent call: remember the request, count the run. */
+static void handled(int state, volatile sig_atomic_t *runs, lbagent_result r) {
     note_thread();
-    if (lbagent_set_state(agent, NULL, state, NULL) != LBAGENT_OK) {
-        handler_errors++;
-    }
-    if (sig == SIGUSR2 && lbagent_set_weight(agent, NULL, 100) != LBAGENT_OK) {
+    if (r != LBAGENT_OK) {
         handler_errors++;
     }
     requested = state;
     sequence++;
-    if (sig == SIGUSR1) {
-        runs_usr1++;
-    } else if (sig == SIGUSR2) {
-        runs_usr2++;
-    } else {
-        runs_term++;
+    (*runs)++;
+}
+
+/* The three handlers, as a host would write them (README, "Signal handlers"). */
+static void on_sigterm(int sig) { /* drain */
+    int saved_errno = errno;
+    (void)sig;
+    handled(LBAGENT_STATE_DRAIN, &runs_term,
+            lbagent_set_state(agent, NULL, LBAGENT_STATE_DRAIN, NULL));
+    errno = saved_errno;
+}
+
+static void on_sigusr1(int sig) { /* maintenance */
+    int saved_errno = errno;
+    (void)sig;
+    handled(LBAGENT_STATE_MAINT, &runs_usr1,
+            lbagent_set_state(agent, NULL, LBAGENT_STATE_MAINT, NULL));
+    errno = saved_errno;
+}
+
+static void on_sigusr2(int sig) { /* back up, at full weight */
+    int saved_errno = errno;
+    lbagent_result r = lbagent_set_state(agent, NULL, LBAGENT_STATE_UP, NULL);
+    (void)sig;
+    if (r == LBAGENT_OK) {
+        r = lbagent_set_weight(agent, NULL, 100);
     }
+    handled(LBAGENT_STATE_UP, &runs_usr2, r);
     errno = saved_errno;
 }
 
@@ -146,9 +161,9 @@ int main(int argc, char **argv) {
     stopped_text = lbagent_strerror(LBAGENT_ERR_STOPPED);
     /* Handlers first: no signal may ever find the default action, which would kill us. */
     sigprocmask(SIG_BLOCK, &ours, NULL);
-    install(SIGUSR1, on_state_signal, &none);
-    install(SIGUSR2, on_state_signal, &none);
-    install(SIGTERM, on_state_signal, &none);
+    install(SIGUSR1, on_sigusr1, &none);
+    install(SIGUSR2, on_sigusr2, &none);
+    install(SIGTERM, on_sigterm, &none);
     install(SIGALRM, on_alarm, &none);
 
     if (!masked) {
