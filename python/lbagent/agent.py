@@ -87,8 +87,10 @@ def _text(what: str, value: Optional[str]) -> Optional[bytes]:
 
 def _int(what: str, value: int, bits: int, signed: bool = False) -> int:
     """`value` checked to fit its C type (ctypes would cut it silently: 2**32 + 2 becomes 2)."""
-    value = operator.index(value)
     low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    if isinstance(value, int) and low <= value <= high:
+        return value  # the common case, kept short: these checks are on the hot path
+    value = operator.index(value)
     if not low <= value <= high:
         raise InvalidArgumentError(f"lbagent: {what} {value} is out of range {low}..{high}",
                                    Result.ERR_INVALID_ARGUMENT)
@@ -165,7 +167,7 @@ class Agent:
             if handle is None:
                 raise ClosedError("lbagent: the agent is closed", Result.ERR_BAD_HANDLE)
             code = getattr(self._lib, name)(handle, *args)
-            if code == Result.OK:
+            if code == 0:  # LBAGENT_OK, as a plain int: comparing with the enum costs more
                 return
             detail = self._lib.last_error() if name in _native.SETS_LAST_ERROR else ""
         if not detail:
