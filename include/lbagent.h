@@ -84,6 +84,23 @@ typedef enum lbagent_result {
    * An internal panic was caught; the call had no effect.
    */
   LBAGENT_ERR_PANIC = 10,
+  /**
+   * A check with that name exists already.
+   */
+  LBAGENT_ERR_EXISTS = 11,
+  /**
+   * No room: every check or worker slot is taken.
+   */
+  LBAGENT_ERR_FULL = 12,
+  /**
+   * No such check, or the worker slot is not registered.
+   */
+  LBAGENT_ERR_NOT_FOUND = 13,
+  /**
+   * The call does not fit this process: `lbagent_after_fork_*` in the process that started
+   * the agent, or `lbagent_stop` in a forked child that did not take the agent over.
+   */
+  LBAGENT_ERR_WRONG_PROCESS = 14,
 } lbagent_result;
 
 /**
@@ -246,12 +263,49 @@ enum lbagent_reason
    * The agent itself failed (a caught internal panic); it cannot vouch for the server.
    */
   LBAGENT_REASON_AGENT_FAULT = 5,
+  /**
+   * A host self-check ran longer than its timeout.
+   */
+  LBAGENT_REASON_CHECK_TIMED_OUT = 6,
+  /**
+   * A worker stopped heart-beating its watchdog slot.
+   */
+  LBAGENT_REASON_WORKER_STALLED = 7,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
 typedef enum lbagent_reason lbagent_reason;
 #else
 typedef uint8_t lbagent_reason;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * How important a line is. Exported to C as `lbagent_log_level` (`LBAGENT_LOG_LEVEL_*`).
+ */
+enum lbagent_log_level
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint8_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Something failed.
+   */
+  LBAGENT_LOG_LEVEL_ERROR = 0,
+  /**
+   * Something unexpected that the agent handled (drops, limits, stalls).
+   */
+  LBAGENT_LOG_LEVEL_WARN = 1,
+  /**
+   * Lifecycle: started, stopped, forks.
+   */
+  LBAGENT_LOG_LEVEL_INFO = 2,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum lbagent_log_level lbagent_log_level;
+#else
+typedef uint8_t lbagent_log_level;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
@@ -301,6 +355,24 @@ typedef struct lbagent_status {
    */
   char message[256];
 } lbagent_status;
+
+/**
+ * A host self-check: returns 0 when it passes, anything else when it fails, and may write a
+ * NUL-terminated reason into `message` (`message_len` bytes, at least 256). Called on the
+ * check's own thread, never concurrently with itself.
+ */
+typedef int (*lbagent_check_fn)(void *userdata, char *message, uintptr_t message_len);
+
+/**
+ * Releases a check's userdata once the check is removed and its last run has returned.
+ */
+typedef void (*lbagent_free_fn)(void *userdata);
+
+/**
+ * Receives one log line: `level` is an `LBAGENT_LOG_LEVEL_*`, `message` a NUL-terminated
+ * UTF-8 line valid during the call only. Called on the agent's logger thread.
+ */
+typedef void (*lbagent_log_fn)(void *userdata, int level, const char *message);
 
 #ifdef __cplusplus
 extern "C" {
@@ -452,6 +524,68 @@ void lbagent_free(struct lbagent *agent);
 const char *lbagent_state_name(int state);
 
 /**
+ * Same as `lbagent_add_check_with_free` with no release function.
+ */
+LBAGENT_MUST_USE
+enum lbagent_result lbagent_add_check(struct lbagent *agent,
+                                      const char *service,
+                                      const char *name,
+                                      lbagent_check_fn callback,
+                                      void *userdata,
+                                      uint32_t interval_ms,
+                                      uint32_t timeout_ms);
+
+/**
+ * Registers a host self-check named `name` (1..=64 bytes, unique) on `service` (NULL or "":
+ * the whole server, so every service). The agent calls `callback(userdata, ...)` on a thread
+ * of its own at once and then every `interval_ms`; while it fails, or while a run lasts longer
+ * than `timeout_ms` (0: no limit), the answers for that service say DOWN with reason "check
+ * failed" or "check timed out" and the message "NAME: reason". A new check fails until its
+ * first run passes. A callback that hangs never delays probe answers (it holds only its own
+ * thread). `free_userdata` (may be NULL) is called on the check's thread once the check is
+ * removed (or the agent stopped) and its last run has returned.
+ *
+ * Returns `LBAGENT_OK`, `LBAGENT_ERR_EXISTS` (name taken), `LBAGENT_ERR_FULL` (64 checks),
+ * `LBAGENT_ERR_INVALID_ARGUMENT` (NULL callback, bad name, interval 0),
+ * `LBAGENT_ERR_UNKNOWN_SERVICE`, `LBAGENT_ERR_STOPPED`, or `LBAGENT_ERR_NULL_ARGUMENT` /
+ * `LBAGENT_ERR_BAD_HANDLE`; the last error says why. On error `free_userdata` is not called.
+ * Thread-safe. Not async-signal-safe.
+ */
+LBAGENT_MUST_USE
+enum lbagent_result lbagent_add_check_with_free(struct lbagent *agent,
+                                                const char *service,
+                                                const char *name,
+                                                lbagent_check_fn callback,
+                                                void *userdata,
+                                                lbagent_free_fn free_userdata,
+                                                uint32_t interval_ms,
+                                                uint32_t timeout_ms);
+
+/**
+ * Removes the check named `name`: it no longer counts from now on, and its callback is not
+ * called again (a run in progress finishes on the check's thread, which then calls the
+ * release function).
+ *
+ * Returns `LBAGENT_OK`, `LBAGENT_ERR_NOT_FOUND`, or `LBAGENT_ERR_NULL_ARGUMENT` /
+ * `LBAGENT_ERR_BAD_HANDLE`. Thread-safe; does not wait for a running callback.
+ */
+enum lbagent_result lbagent_remove_check(struct lbagent *agent, const char *name);
+
+/**
+ * Sends every log line to `callback(userdata, level, message)` as well as to the `log=`
+ * target; NULL stops it. Lines are rate-limited (10 per second, bursts of 20) and delivered
+ * on the agent's logger thread, never on the monitor thread; the callback must not call
+ * `lbagent_stop` or `lbagent_free`. `userdata` must stay valid until the callback is replaced
+ * or the agent is freed.
+ *
+ * Returns `LBAGENT_OK`, `LBAGENT_ERR_SYSTEM` (the logger thread could not start), or
+ * `LBAGENT_ERR_NULL_ARGUMENT` / `LBAGENT_ERR_BAD_HANDLE`. Thread-safe.
+ */
+enum lbagent_result lbagent_set_log_callback(struct lbagent *agent,
+                                             lbagent_log_fn callback,
+                                             void *userdata);
+
+/**
  * Returns a static, NUL-terminated English description of a result code (an unknown code
  * gives "unknown result code"). The string is never freed. Thread-safe and async-signal-safe.
  */
@@ -476,6 +610,78 @@ uintptr_t lbagent_last_error(char *buf, uintptr_t len);
  * Thread-safe and async-signal-safe.
  */
 const char *lbagent_version(void);
+
+/**
+ * Claims a worker watchdog slot (`workers=N` in the config) for the calling thread or
+ * process and writes its number to `*slot`. Heart-beat it with `lbagent_worker_heartbeat`
+ * more often than `worker_timeout_ms`; with `worker_policy=any` one stalled worker makes the
+ * server DOWN (reason "worker stalled"), with `proportional` the weight follows the share of
+ * live workers. Works across `fork()`: a prefork worker registers its own slot.
+ *
+ * Returns `LBAGENT_OK`, `LBAGENT_ERR_FULL` (no slot configured or free: slots of processes
+ * that died are taken back first), `LBAGENT_ERR_STOPPED`, or `LBAGENT_ERR_NULL_ARGUMENT` /
+ * `LBAGENT_ERR_BAD_HANDLE`. Thread-safe. Not async-signal-safe.
+ */
+LBAGENT_MUST_USE
+enum lbagent_result lbagent_worker_register(struct lbagent *agent,
+                                            unsigned int *slot);
+
+/**
+ * Records that the worker in `slot` is alive.
+ *
+ * Returns `LBAGENT_OK`, `LBAGENT_ERR_NOT_FOUND` (the slot is not registered),
+ * `LBAGENT_ERR_STOPPED`, or `LBAGENT_ERR_NULL_ARGUMENT` / `LBAGENT_ERR_BAD_HANDLE`. Never sets
+ * the last error.
+ *
+ * Thread-safe; no lock, no system call, no allocation; async-signal-safe.
+ */
+enum lbagent_result lbagent_worker_heartbeat(struct lbagent *agent, unsigned int slot);
+
+/**
+ * Releases the worker slot `slot` (a worker that exits cleanly).
+ *
+ * Returns `LBAGENT_OK`, `LBAGENT_ERR_NOT_FOUND`, or `LBAGENT_ERR_NULL_ARGUMENT` /
+ * `LBAGENT_ERR_BAD_HANDLE`. Thread-safe.
+ */
+enum lbagent_result lbagent_worker_unregister(struct lbagent *agent, unsigned int slot);
+
+/**
+ * Releases every worker slot registered by process `pid`: a prefork master calls it when it
+ * reaps a worker (`waitpid`), so that a crashed worker stops counting as stalled once it is
+ * replaced. Writes how many slots were released to `*released` (may be NULL).
+ *
+ * Returns `LBAGENT_OK`, `LBAGENT_ERR_INVALID_ARGUMENT` (pid <= 0), or
+ * `LBAGENT_ERR_NULL_ARGUMENT` / `LBAGENT_ERR_BAD_HANDLE`. Thread-safe.
+ */
+enum lbagent_result lbagent_worker_release_pid(struct lbagent *agent,
+                                               int pid,
+                                               unsigned int *released);
+
+/**
+ * Call in a child right after `fork()` when the child takes the agent over (a daemonizing
+ * server whose parent exits): starts the monitor, logger and check threads in the child,
+ * over the inherited sockets and the shared status board. From then on the child owns the
+ * agent; the parent's `lbagent_stop` / `lbagent_free` only release the parent's own copies.
+ * Call it before any other thread of the child uses the agent.
+ *
+ * Returns `LBAGENT_OK`, `LBAGENT_ERR_WRONG_PROCESS` (not a forked child of the process that
+ * started the agent), `LBAGENT_ERR_SYSTEM`, or `LBAGENT_ERR_NULL_ARGUMENT` /
+ * `LBAGENT_ERR_BAD_HANDLE`; the last error says why. Not async-signal-safe.
+ */
+LBAGENT_MUST_USE enum lbagent_result lbagent_after_fork_child(struct lbagent *agent);
+
+/**
+ * Call in a worker right after `fork()` (a prefork server: the master started the agent and
+ * keeps answering): closes the worker's copies of the agent's sockets, so that they do not
+ * outlive the master. The worker's `lbagent_set_state`, `lbagent_set_weight`,
+ * `lbagent_set_load`, `lbagent_heartbeat` and `lbagent_worker_*` calls then report into the
+ * master's answers (the status board is in shared memory). `lbagent_free` in the worker
+ * releases only the worker's memory.
+ *
+ * Returns `LBAGENT_OK`, `LBAGENT_ERR_WRONG_PROCESS`, or `LBAGENT_ERR_NULL_ARGUMENT` /
+ * `LBAGENT_ERR_BAD_HANDLE`. Async-signal-safe it is not; call it before anything else.
+ */
+LBAGENT_MUST_USE enum lbagent_result lbagent_after_fork_worker(struct lbagent *agent);
 
 #ifdef __cplusplus
 }  // extern "C"

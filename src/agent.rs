@@ -2,44 +2,61 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use mio::Waker;
 use parking_lot::Mutex;
 
+use crate::checks::{CheckFn, Runner};
 use crate::clock;
 use crate::config::Config;
 use crate::counters::{Counter, Counters};
 use crate::error::Error;
 use crate::limit::RateLimiter;
-use crate::log::{Level, Logger, log_line};
-use crate::monitor::{Listener, Monitor, Shared};
+use crate::log::{Level, LogCallback, Logger, log_line};
+use crate::monitor::{Listener, Monitor, Shared, Wake};
+use crate::process;
 use crate::responder::Policy;
 use crate::state::{Reason, State};
-use crate::status::{Board, Status, Target, Text};
+use crate::status::checks::AddError;
+use crate::status::{Board, BoardConfig, Status, Target, Text};
 
-/// How long dropping an agent waits for its thread before leaving it to finish on its own.
+/// How long dropping an agent waits for its threads before leaving them to finish alone.
 const DROP_WAIT: Duration = Duration::from_secs(5);
 
 /// A running agent: one monitor thread answering probes on the configured sockets.
 ///
 /// Every method takes `&self` and may be called from any thread. The state-reporting methods
-/// (`heartbeat`, `set_state`, `set_weight`, `set_load`) take no lock, make no system call and
-/// do not allocate.
+/// (`heartbeat`, `set_state`, `set_weight`, `set_load`, `worker_heartbeat`) take no lock, make
+/// no system call and do not allocate.
+///
+/// Fork: the status board is in shared memory. Workers forked after `start` report into it
+/// (call [`Agent::after_fork_worker`] in each); a daemonizing child takes the agent over with
+/// [`Agent::after_fork_child`].
 pub struct Agent {
     shared: Arc<Shared>,
     control: Mutex<Control>,
     local_addrs: Vec<SocketAddr>,
+    rate: (u32, u32),
+    log_drops_ms: u32,
 }
 
-/// What `stop` needs; only host threads touch it, never the monitor thread.
+/// What only host threads touch (never the monitor thread).
 struct Control {
-    waker: Arc<Waker>,
-    done: Receiver<()>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// The process whose threads these are; after a fork the child has none of them.
+    pid: u32,
+    /// The sockets; the last reference closes them.
+    listeners: Option<Arc<[Listener]>>,
+    monitor: Option<MonitorThread>,
     log_thread: Option<std::thread::JoinHandle<()>>,
+    checks: Vec<Runner>,
+}
+
+struct MonitorThread {
+    wake: Wake,
+    done: Receiver<()>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl Agent {
@@ -51,6 +68,7 @@ impl Agent {
 
     /// Starts an agent from a parsed configuration.
     pub fn start_with(config: &Config) -> Result<Agent, Error> {
+        let io = |what| move |source| Error::Io { what, source };
         // Bind everything first: a failure drops (closes) the sockets already bound.
         let listeners = config
             .listen
@@ -61,66 +79,67 @@ impl Agent {
             .iter()
             .map(Listener::local_addr)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| Error::Io {
-                what: "read a bound address",
-                source,
-            })?;
+            .map_err(io("read a bound address"))?;
+        let listeners: Arc<[Listener]> = listeners.into();
         let mut id = [0u8; 8];
         getrandom::fill(&mut id).map_err(|e| Error::Io {
             what: "get a random instance id",
             source: std::io::Error::other(e.to_string()),
         })?;
-        let (logger, log_thread) = Logger::new(config.log).map_err(|source| Error::Io {
-            what: "start the logger thread",
-            source,
-        })?;
+        let board = Board::new(
+            &BoardConfig {
+                initial: config.initial_state,
+                services: &config.services,
+                watchdog_ms: config.watchdog_ms,
+                workers: config.workers,
+                worker_timeout_ms: config.worker_timeout_ms,
+                worker_policy: config.worker_policy,
+            },
+            clock::now_ms(),
+        )
+        .map_err(io("map shared memory for the status board"))?;
+        let (logger, log_thread) =
+            Logger::new(config.log).map_err(io("start the logger thread"))?;
         let shared = Arc::new(Shared {
-            board: Board::new(
-                config.initial_state,
-                &config.services,
-                config.watchdog_ms,
-                clock::now_ms(),
-            ),
-            counters: Counters::default(),
+            board,
+            counters: Counters::new().map_err(io("map shared memory for the counters"))?,
             instance_id: u64::from_ne_bytes(id),
             policy: Policy::from_config(config),
             logger,
+            quit: AtomicBool::new(false),
             inject_fault: AtomicBool::new(false),
         });
-        // From here on, a failure must also stop the logger thread.
-        let fail = |shared: &Shared, log_thread: Option<std::thread::JoinHandle<()>>, e: Error| {
-            shared.logger.close();
-            if let Some(t) = log_thread {
-                let _ = t.join();
-            }
-            e
+        let agent = Agent {
+            shared,
+            control: Mutex::new(Control {
+                pid: process::pid(),
+                listeners: Some(listeners),
+                monitor: None,
+                log_thread,
+                checks: Vec::new(),
+            }),
+            local_addrs,
+            rate: (config.rate_per_source, config.rate_global),
+            log_drops_ms: config.log_drops_ms,
         };
-        let limiter = RateLimiter::new(config.rate_per_source, config.rate_global);
-        let (monitor, waker) =
-            match Monitor::new(shared.clone(), listeners, limiter, config.log_drops_ms) {
-                Ok(m) => m,
-                Err(e) => return Err(fail(&shared, log_thread, e)),
-            };
-        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-        let thread = match std::thread::Builder::new()
-            .name("lbagent-monitor".into())
-            .spawn(move || monitor.run(done_tx))
         {
-            Ok(t) => t,
-            Err(source) => {
-                let e = Error::Io {
-                    what: "start the monitor thread",
-                    source,
-                };
-                return Err(fail(&shared, log_thread, e));
+            let mut control = agent.control.lock();
+            if let Err(e) = agent.start_monitor(&mut control) {
+                // Nothing may be left running: stop the logger, close the sockets.
+                agent.shared.logger.close();
+                if let Some(t) = control.log_thread.take() {
+                    let _ = t.join();
+                }
+                control.listeners = None;
+                return Err(e);
             }
-        };
+        }
         log_line!(
-            shared.logger,
+            agent.shared.logger,
             Level::Info,
             "started {}: UDP {}, watchdog {}, text {}, {}",
             crate::VERSION,
-            Addrs(&local_addrs),
+            Addrs(&agent.local_addrs),
             if config.watchdog_ms > 0 {
                 format!("{} ms", config.watchdog_ms)
             } else {
@@ -136,16 +155,29 @@ impl Agent {
                 ),
             }
         );
-        Ok(Agent {
-            shared,
-            control: Mutex::new(Control {
-                waker,
-                done: done_rx,
-                thread: Some(thread),
-                log_thread,
-            }),
-            local_addrs,
-        })
+        Ok(agent)
+    }
+
+    /// Starts a monitor thread over the sockets in `control`.
+    fn start_monitor(&self, control: &mut Control) -> Result<(), Error> {
+        let listeners = control.listeners.clone().ok_or(Error::Stopped)?;
+        let limiter = RateLimiter::new(self.rate.0, self.rate.1);
+        let (monitor, wake) =
+            Monitor::new(self.shared.clone(), listeners, limiter, self.log_drops_ms)?;
+        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+        let thread = std::thread::Builder::new()
+            .name("lbagent-monitor".into())
+            .spawn(move || monitor.run(done_tx))
+            .map_err(|source| Error::Io {
+                what: "start the monitor thread",
+                source,
+            })?;
+        control.monitor = Some(MonitorThread {
+            wake,
+            done: done_rx,
+            thread,
+        });
+        Ok(())
     }
 
     fn target(&self, service: &[u8]) -> Result<Target, Error> {
@@ -253,30 +285,293 @@ impl Agent {
         self.shared.counters.get(counter)
     }
 
-    /// Stops answering: from now on the status is STOPPING; the monitor thread answers what is
-    /// already queued, closes the sockets and exits. Waits up to `timeout` (`None`: for ever).
-    /// Idempotent; after a timeout, calling again waits again.
-    pub fn stop(&self, timeout: Option<Duration>) -> Result<(), Error> {
-        self.shared.board.begin_stopping(clock::now_ms());
-        let mut control = self.control.lock();
-        let Some(thread) = control.thread.take() else {
-            return Ok(());
-        };
-        // Best effort: if waking fails the thread still sees `stopping` at its next datagram.
-        let _ = control.waker.wake();
-        let finished = match timeout {
-            None => control.done.recv().is_ok(),
-            Some(t) => match control.done.recv_timeout(t) {
-                Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
-                Err(RecvTimeoutError::Timeout) => false,
-            },
-        };
-        if !finished {
-            control.thread = Some(thread);
-            return Err(Error::Timeout);
+    // ----- worker watchdog slots -----
+
+    /// Claims a worker slot for the calling thread or process (`workers=N` slots); heart-beat
+    /// it with [`Agent::worker_heartbeat`] more often than `worker_timeout_ms`.
+    pub fn worker_register(&self) -> Result<usize, Error> {
+        if self.shared.board.is_stopping() {
+            return Err(Error::Stopped);
         }
-        // The thread has sent its last message: joining returns at once.
-        let _ = thread.join();
+        let workers = &self.shared.board.workers;
+        if workers.is_empty() {
+            return Err(Error::NoWorkerSlots);
+        }
+        workers
+            .register(process::pid(), clock::now_ms())
+            .ok_or(Error::NoWorkerSlots)
+    }
+
+    /// Records that the worker in `slot` is alive. No lock, no system call, no allocation;
+    /// async-signal-safe.
+    pub fn worker_heartbeat(&self, slot: usize) -> Result<(), Error> {
+        if self.shared.board.is_stopping() {
+            return Err(Error::Stopped);
+        }
+        if self.shared.board.workers.heartbeat(slot, clock::now_ms()) {
+            Ok(())
+        } else {
+            Err(Error::NotFound)
+        }
+    }
+
+    /// Releases a worker slot (a worker that exits cleanly).
+    pub fn worker_unregister(&self, slot: usize) -> Result<(), Error> {
+        if self.shared.board.workers.unregister(slot) {
+            Ok(())
+        } else {
+            Err(Error::NotFound)
+        }
+    }
+
+    /// Releases every slot of process `pid` (a prefork master that reaped a worker); returns
+    /// how many were released.
+    pub fn worker_release_pid(&self, pid: u32) -> usize {
+        self.shared.board.workers.release_pid(pid)
+    }
+
+    // ----- checks -----
+
+    /// Runs `check` on its own thread at once and then every `interval`; while it fails, or
+    /// runs longer than `timeout` (zero: no limit), the service (or the whole server for
+    /// "") answers DOWN with reason "check failed" or "check timed out". A new check fails
+    /// until its first run passes.
+    pub fn add_check(
+        &self,
+        service: &str,
+        name: &str,
+        interval: Duration,
+        timeout: Duration,
+        check: impl FnMut() -> Result<(), String> + Send + 'static,
+    ) -> Result<(), Error> {
+        self.add_check_boxed(service.as_bytes(), name, interval, timeout, Box::new(check))
+    }
+
+    pub(crate) fn add_check_boxed(
+        &self,
+        service: &[u8],
+        name: &str,
+        interval: Duration,
+        timeout: Duration,
+        check: CheckFn,
+    ) -> Result<(), Error> {
+        if name.is_empty() || name.len() > crate::status::checks::MAX_CHECK_NAME {
+            return Err(Error::InvalidCheck);
+        }
+        if interval.is_zero() {
+            return Err(Error::InvalidCheck);
+        }
+        let target = self.target(service)?;
+        let cell = self
+            .shared
+            .board
+            .cell_index(target)
+            .ok_or(Error::UnknownService)?;
+        let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+        let mut control = self.control.lock();
+        let slot = self
+            .shared
+            .board
+            .checks
+            .add(cell, name.as_bytes(), timeout_ms, clock::now_ms())
+            .map_err(|e| match e {
+                AddError::Duplicate => Error::Exists,
+                AddError::Full => Error::TooMany,
+            })?;
+        let job = Arc::new(Mutex::new(check));
+        match Runner::start(self.shared.clone(), name.to_string(), slot, interval, job) {
+            Ok(runner) => {
+                control.checks.push(runner);
+                Ok(())
+            }
+            Err(source) => {
+                self.shared.board.checks.remove(slot.0);
+                Err(Error::Io {
+                    what: "start a check thread",
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Removes a check: it no longer counts from now on, and its function is not called
+    /// again (a run in progress finishes on its own thread, which then drops the function).
+    pub fn remove_check(&self, name: &str) -> Result<(), Error> {
+        let mut control = self.control.lock();
+        let i = control
+            .checks
+            .iter()
+            .position(|r| r.name == name)
+            .ok_or(Error::NotFound)?;
+        let runner = control.checks.swap_remove(i);
+        self.shared.board.checks.remove(runner.index);
+        // Not joined: a hung check must not hang its remover. The thread ends after its run.
+        drop(runner.finish());
+        Ok(())
+    }
+
+    // ----- log -----
+
+    /// Sends every log line (rate-limited) to `callback`, called on the agent's logger thread,
+    /// never on the monitor thread. `None` stops it.
+    pub fn set_log_callback(&self, callback: Option<LogCallback>) -> Result<(), Error> {
+        let started = self
+            .shared
+            .logger
+            .set_callback(callback)
+            .map_err(|source| Error::Io {
+                what: "start the logger thread",
+                source,
+            })?;
+        if let Some(thread) = started {
+            self.control.lock().log_thread = Some(thread);
+        }
+        Ok(())
+    }
+
+    // ----- fork -----
+
+    /// In a child forked after `start` that is to take the agent over (a daemonizing server
+    /// whose parent exits): starts the monitor thread (and the logger and check threads) in
+    /// this process, over the inherited sockets and the shared board. From then on this
+    /// process answers and owns the agent; the parent's `stop` or `free` no longer affect it.
+    pub fn after_fork_child(&self) -> Result<(), Error> {
+        let mut control = self.inherit()?;
+        self.shared.board.take_ownership();
+        self.shared.quit.store(false, Ordering::Release);
+        self.start_monitor(&mut control)?;
+        if self.shared.logger.wanted() {
+            control.log_thread = self
+                .shared
+                .logger
+                .start_thread()
+                .map_err(|source| Error::Io {
+                    what: "start the logger thread",
+                    source,
+                })?;
+        }
+        for runner in &mut control.checks {
+            runner
+                .restart(self.shared.clone())
+                .map_err(|source| Error::Io {
+                    what: "start a check thread",
+                    source,
+                })?;
+        }
+        log_line!(
+            self.shared.logger,
+            Level::Info,
+            "taken over by process {}",
+            process::pid()
+        );
+        Ok(())
+    }
+
+    /// In a worker forked after `start` (a prefork server): closes the worker's copies of the
+    /// agent's sockets (so that they do not outlive the master) and keeps only the shared
+    /// board: the worker's `set_state`, `set_weight`, `set_load`, `heartbeat` and worker slot
+    /// calls reach the master's answers.
+    pub fn after_fork_worker(&self) -> Result<(), Error> {
+        let mut control = self.inherit()?;
+        if let Some(listeners) = control.listeners.take() {
+            for l in listeners.iter() {
+                // SAFETY: this process's copy of the descriptor; the Listener that owns it is
+                // never dropped here (forgotten below), so it is closed exactly once.
+                unsafe { libc::close(l.raw_fd()) };
+            }
+            std::mem::forget(listeners);
+        }
+        Ok(())
+    }
+
+    /// The common part of both `after_fork_*`: checks that this is a forked child, forgets
+    /// the parent's threads and closes the descriptors only they used.
+    fn inherit(&self) -> Result<parking_lot::MutexGuard<'_, Control>, Error> {
+        let mut control = self
+            .control
+            .try_lock_for(Duration::from_millis(100))
+            .ok_or(Error::WrongProcess)?;
+        let me = process::pid();
+        if control.pid == me {
+            return Err(Error::WrongProcess);
+        }
+        control.pid = me;
+        if let Some(m) = control.monitor.take() {
+            for fd in m.wake.thread_fds {
+                // SAFETY: the poller and pipe descriptors of a thread that does not exist in
+                // this process; nothing else here owns them.
+                unsafe { libc::close(fd) };
+            }
+            std::mem::forget(m.thread);
+            drop(m.wake);
+            drop(m.done);
+        }
+        if let Some(t) = control.log_thread.take() {
+            std::mem::forget(t);
+        }
+        self.shared.logger.close();
+        for runner in &mut control.checks {
+            runner.forget_thread();
+        }
+        Ok(control)
+    }
+
+    // ----- stop -----
+
+    /// Stops answering: from now on the status is STOPPING; the monitor thread answers what is
+    /// already queued, closes the sockets and exits; running checks finish. Waits up to
+    /// `timeout` (`None`: for ever). Idempotent; after a timeout, calling again waits again.
+    ///
+    /// In a process that does not own the agent (a forked worker, or a parent whose child took
+    /// it over) this releases only what belongs to this process and never stops the owner.
+    pub fn stop(&self, timeout: Option<Duration>) -> Result<(), Error> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut control = self.control.lock();
+        let me = process::pid();
+        if control.pid != me {
+            // Forked without `after_fork_*`: the threads are the parent's.
+            drop(control);
+            drop(self.inherit()?);
+            return Err(Error::WrongProcess);
+        }
+        let owner = self.shared.board.owner_pid() == me;
+        if owner {
+            self.shared.board.begin_stopping(clock::now_ms());
+        }
+        self.shared.quit.store(true, Ordering::Release);
+        if let Some(m) = control.monitor.take() {
+            m.wake.wake();
+            let finished = match deadline {
+                None => m.done.recv().is_ok(),
+                Some(d) => match m
+                    .done
+                    .recv_timeout(d.saturating_duration_since(Instant::now()))
+                {
+                    Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
+                    Err(RecvTimeoutError::Timeout) => false,
+                },
+            };
+            if !finished {
+                control.monitor = Some(m);
+                return Err(Error::Timeout);
+            }
+            // The thread has sent its last message: joining returns at once.
+            let _ = m.thread.join();
+        }
+        // The last reference to the sockets: closes them.
+        control.listeners = None;
+        for runner in control.checks.drain(..) {
+            // Only the owner takes checks off the shared board.
+            if owner {
+                self.shared.board.checks.remove(runner.index);
+            }
+            if let Some(t) = runner.finish() {
+                // A check that hangs is left to finish alone (it no longer counts).
+                if t.is_finished() || deadline.is_none() {
+                    let _ = t.join();
+                }
+            }
+        }
         log_line!(self.shared.logger, Level::Info, "stopped");
         self.shared.logger.close();
         if let Some(t) = control.log_thread.take() {
@@ -285,7 +580,7 @@ impl Agent {
         Ok(())
     }
 
-    /// True once `stop` has been called.
+    /// True once `stop` has been called (by the owner).
     pub fn is_stopped(&self) -> bool {
         self.shared.board.is_stopping()
     }
@@ -294,16 +589,14 @@ impl Agent {
     /// that a fault inside the agent is caught and reported, never reaching the host.
     #[doc(hidden)]
     pub fn inject_fault(&self) {
-        self.shared
-            .inject_fault
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.shared.inject_fault.store(true, Ordering::Release);
     }
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        // If the thread does not finish in time it is left to finish on its own: it only
-        // holds its own reference to the shared state, so nothing dangles.
+        // If the threads do not finish in time they are left to finish on their own: they
+        // only hold their own references to the shared state, so nothing dangles.
         let _ = self.stop(Some(DROP_WAIT));
     }
 }

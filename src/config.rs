@@ -10,6 +10,7 @@ use crate::allow::{AllowList, Cidr};
 use crate::auth::KeySet;
 use crate::log::LogTarget;
 use crate::state::State;
+use crate::status::WorkerPolicy;
 
 /// The agent's UDP port when `listen` is not given (also `lbagent-probe`'s default).
 pub const DEFAULT_PORT: u16 = 4950;
@@ -38,7 +39,13 @@ pub const KEYS: &[&str] = &[
     "rate_global",
     "log",
     "log_drops_ms",
+    "workers",
+    "worker_timeout_ms",
+    "worker_policy",
 ];
+
+/// Most worker watchdog slots.
+pub const MAX_WORKERS: usize = 4096;
 
 /// Whether protocol v1 probes must be authenticated (only with `key_file`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +90,13 @@ pub struct Config {
     /// At most one summary of dropped datagrams per this many milliseconds
     /// (`log_drops_ms=`, default 10000).
     pub log_drops_ms: u32,
+    /// Worker watchdog slots (`workers=N`, default 0: none).
+    pub workers: usize,
+    /// A registered worker that has not heart-beaten for this long is stalled
+    /// (`worker_timeout_ms=`, default 5000).
+    pub worker_timeout_ms: u32,
+    /// What stalled workers do (`worker_policy=any|proportional`, default any).
+    pub worker_policy: WorkerPolicy,
 }
 
 impl Default for Config {
@@ -101,6 +115,9 @@ impl Default for Config {
             rate_global: 10_000,
             log: LogTarget::None,
             log_drops_ms: 10_000,
+            workers: 0,
+            worker_timeout_ms: 5_000,
+            worker_policy: WorkerPolicy::Any,
         }
     }
 }
@@ -221,6 +238,32 @@ impl Config {
                 self.rate_global = parse_number(key, value, 0, "probes per second (0 = no limit)")?
             }
             "log_drops_ms" => self.log_drops_ms = parse_number(key, value, 1, "milliseconds")?,
+            "workers" => {
+                self.workers = parse_number(key, value, 0, "a number of worker slots")? as usize;
+                if self.workers > MAX_WORKERS {
+                    return Err(ConfigError::bad_value(
+                        key,
+                        value,
+                        format_args!("at most {MAX_WORKERS} worker slots"),
+                    ));
+                }
+            }
+            "worker_timeout_ms" => {
+                self.worker_timeout_ms = parse_number(key, value, 1, "milliseconds")?
+            }
+            "worker_policy" => {
+                self.worker_policy = match value {
+                    "any" => WorkerPolicy::Any,
+                    "proportional" => WorkerPolicy::Proportional,
+                    _ => {
+                        return Err(ConfigError::bad_value(
+                            key,
+                            value,
+                            "expected any or proportional",
+                        ));
+                    }
+                }
+            }
             "log" => {
                 self.log = match value {
                     "none" => LogTarget::None,

@@ -7,6 +7,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::shm::ShmSlice;
+
 /// A counter. Exported to C as `lbagent_counter` (`LBAGENT_COUNTER_*`); never renumber.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -101,13 +103,19 @@ impl Counter {
     }
 }
 
-/// The agent's counters.
-#[derive(Default)]
+/// The agent's counters, in memory shared with forked children (a prefork worker reads the
+/// master's counters).
 pub(crate) struct Counters {
-    values: [AtomicU64; Counter::ALL.len()],
+    values: ShmSlice<AtomicU64>,
 }
 
 impl Counters {
+    pub(crate) fn new() -> std::io::Result<Counters> {
+        Ok(Counters {
+            values: ShmSlice::new(Counter::ALL.len())?,
+        })
+    }
+
     pub(crate) fn add(&self, counter: Counter) {
         self.values[counter as usize].fetch_add(1, Ordering::Relaxed);
     }

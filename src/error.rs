@@ -35,6 +35,19 @@ pub enum Error {
     Stopped,
     /// `stop` timed out waiting for the monitor thread.
     Timeout,
+    /// A check with that name exists already.
+    Exists,
+    /// No room: every check slot is in use.
+    TooMany,
+    /// No such check, or the worker slot is not registered.
+    NotFound,
+    /// A check's name (1..=64 bytes) or interval (above 0) is invalid.
+    InvalidCheck,
+    /// No free worker slot (`workers=N` is 0, or all N are registered to live processes).
+    NoWorkerSlots,
+    /// The call does not fit this process: `after_fork_*` in the process that started the
+    /// agent, or `stop` in a forked child that did not take the agent over.
+    WrongProcess,
 }
 
 impl fmt::Display for Error {
@@ -50,6 +63,18 @@ impl fmt::Display for Error {
             Error::UnknownService => f.write_str("unknown service: not listed in services="),
             Error::Stopped => f.write_str("the agent is stopped"),
             Error::Timeout => f.write_str("timed out waiting for the monitor thread to stop"),
+            Error::Exists => f.write_str("a check with that name exists already"),
+            Error::TooMany => f.write_str("too many checks (64 at most)"),
+            Error::NotFound => f.write_str("no such check or worker slot"),
+            Error::InvalidCheck => {
+                f.write_str("invalid check: a name of 1..=64 bytes and an interval above 0")
+            }
+            Error::NoWorkerSlots => {
+                f.write_str("no free worker slot (set workers=N, or release slots of gone workers)")
+            }
+            Error::WrongProcess => f.write_str(
+                "wrong process: after_fork_* belongs in a forked child, stop in the process that owns the agent",
+            ),
         }
     }
 }

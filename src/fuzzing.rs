@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::limit::RateLimiter;
 use crate::responder::{Outcome, Policy, Responder};
 use crate::state::{Reason, State};
-use crate::status::{Board, Target, Text};
+use crate::status::{Board, BoardConfig, Target, Text};
 
 const SECRET: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
@@ -21,7 +21,19 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let board = Board::new(State::Up, &["game".into(), "chat".into()], 0, 0);
+        let services = ["game".to_string(), "chat".to_string()];
+        let board = Board::new(
+            &BoardConfig {
+                initial: State::Up,
+                services: &services,
+                watchdog_ms: 0,
+                workers: 0,
+                worker_timeout_ms: 1000,
+                worker_policy: crate::status::WorkerPolicy::Any,
+            },
+            0,
+        )
+        .expect("shared memory for the fuzzing board");
         let long = Text::from_reason("é".repeat(200).as_bytes());
         board.set_state(Target::Server, State::Up, Reason::Host, Some(&long), 0);
         let mut config = Config::default();

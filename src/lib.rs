@@ -17,6 +17,7 @@
 pub mod agent;
 pub mod allow;
 pub mod auth;
+mod checks;
 pub mod client;
 mod clock;
 pub mod config;
@@ -28,7 +29,9 @@ pub mod fuzzing;
 mod limit;
 pub mod log;
 mod monitor;
+mod process;
 mod responder;
+mod shm;
 pub mod state;
 pub mod status;
 pub mod text;
@@ -38,8 +41,9 @@ pub use agent::Agent;
 pub use config::{AuthMode, Config, ConfigError, DEFAULT_PORT};
 pub use counters::Counter;
 pub use error::Error;
+pub use log::{Level as LogLevel, LogCallback};
 pub use state::{Reason, State};
-pub use status::Status;
+pub use status::{Status, WorkerPolicy};
 
 /// The library version (also `lbagent_version()` and the header's `LBAGENT_VERSION`).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -7,6 +7,7 @@
 
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -25,16 +26,20 @@ pub enum LogTarget {
     Syslog,
 }
 
-/// How important a line is.
+/// How important a line is. Exported to C as `lbagent_log_level` (`LBAGENT_LOG_LEVEL_*`).
+#[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
     /// Something failed.
-    Error,
-    /// Something unexpected that the agent handled (drops, limits).
-    Warn,
-    /// Lifecycle: started, stopped.
-    Info,
+    Error = 0,
+    /// Something unexpected that the agent handled (drops, limits, stalls).
+    Warn = 1,
+    /// Lifecycle: started, stopped, forks.
+    Info = 2,
 }
+
+/// A host function that receives log lines (on the logger thread).
+pub type LogCallback = Arc<dyn Fn(Level, &str) + Send + Sync>;
 
 impl Level {
     fn name(self) -> &'static str {
@@ -83,36 +88,70 @@ struct Gate {
     last_ms: u64,
 }
 
+/// Where the logger thread sends lines: the configured target and the host's callback.
+struct Sinks {
+    target: LogTarget,
+    callback: Mutex<Option<LogCallback>>,
+}
+
 /// The sending side, shared by the agent's threads.
 pub(crate) struct Logger {
     gate: Mutex<Gate>,
+    sinks: Arc<Sinks>,
     suppressed: AtomicU64,
 }
 
+/// The logger thread, when one runs.
+pub(crate) type LogThread = Option<std::thread::JoinHandle<()>>;
+
 impl Logger {
     /// A logger for `target`, with the thread that writes its lines (none for `None`).
-    pub(crate) fn new(
-        target: LogTarget,
-    ) -> std::io::Result<(Logger, Option<std::thread::JoinHandle<()>>)> {
-        let (sender, thread) = match target {
-            LogTarget::None => (None, None),
-            _ => {
-                let (tx, rx) = crossbeam_channel::bounded(QUEUE);
-                let thread = std::thread::Builder::new()
-                    .name("lbagent-log".into())
-                    .spawn(move || write_lines(target, rx))?;
-                (Some(tx), Some(thread))
-            }
-        };
+    pub(crate) fn new(target: LogTarget) -> std::io::Result<(Logger, LogThread)> {
         let logger = Logger {
             gate: Mutex::new(Gate {
-                sender,
+                sender: None,
                 milli_tokens: BURST * 1000,
                 last_ms: clock::now_ms(),
             }),
+            sinks: Arc::new(Sinks {
+                target,
+                callback: Mutex::new(None),
+            }),
             suppressed: AtomicU64::new(0),
         };
+        let thread = if target == LogTarget::None {
+            None
+        } else {
+            logger.start_thread()?
+        };
         Ok((logger, thread))
+    }
+
+    /// Starts a logger thread (again, after a fork: the child has none).
+    pub(crate) fn start_thread(&self) -> std::io::Result<LogThread> {
+        let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+        let sinks = self.sinks.clone();
+        let thread = std::thread::Builder::new()
+            .name("lbagent-log".into())
+            .spawn(move || write_lines(&sinks, rx))?;
+        self.gate.lock().sender = Some(tx);
+        Ok(Some(thread))
+    }
+
+    /// Sends lines to `callback` too (None removes it). Returns a new logger thread when one
+    /// had to be started.
+    pub(crate) fn set_callback(&self, callback: Option<LogCallback>) -> std::io::Result<LogThread> {
+        let wanted = callback.is_some();
+        *self.sinks.callback.lock() = callback;
+        if wanted && self.gate.lock().sender.is_none() {
+            return self.start_thread();
+        }
+        Ok(None)
+    }
+
+    /// True when lines have somewhere to go (a target or a callback).
+    pub(crate) fn wanted(&self) -> bool {
+        self.sinks.target != LogTarget::None || self.sinks.callback.lock().is_some()
     }
 
     /// Logs one line, unless the rate limit or a full queue leaves it out (then counted).
@@ -155,7 +194,9 @@ impl Logger {
     }
 }
 
-fn write_lines(target: LogTarget, lines: Receiver<Line>) {
+fn write_lines(sinks: &Sinks, lines: Receiver<Line>) {
+    crate::process::block_sigpipe_in_this_thread();
+    let target = sinks.target;
     if target == LogTarget::Syslog {
         // SAFETY: the ident is a static NUL-terminated string, as openlog requires.
         unsafe { libc::openlog(c"lbagent".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
@@ -163,7 +204,15 @@ fn write_lines(target: LogTarget, lines: Receiver<Line>) {
     let pid = std::process::id();
     for line in lines {
         let text = String::from_utf8_lossy(&line.text[..line.len]);
+        let callback = sinks.callback.lock().clone();
+        if let Some(callback) = callback {
+            // A panicking host callback must not end the logger thread.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                callback(line.level, &text)
+            }));
+        }
         match target {
+            LogTarget::None => {}
             LogTarget::Syslog => {
                 let Ok(c) = std::ffi::CString::new(text.replace('\0', " ")) else {
                     continue;
@@ -171,7 +220,7 @@ fn write_lines(target: LogTarget, lines: Receiver<Line>) {
                 // SAFETY: "%s" with one NUL-terminated string argument.
                 unsafe { libc::syslog(line.level.syslog_priority(), c"%s".as_ptr(), c.as_ptr()) };
             }
-            _ => {
+            LogTarget::Stderr => {
                 let _ = writeln!(
                     std::io::stderr().lock(),
                     "lbagent[{pid}]: {}: {text}",

@@ -1,7 +1,8 @@
 //! The monitor thread: waits for datagrams on the listen sockets and answers each one from the
 //! status board. It never calls or waits on host code, allocates nothing per datagram, and
 //! sleeps in `epoll_wait` with no timeout: no probes, no wake-ups. `stop` wakes it through a
-//! `mio::Waker`.
+//! datagram socket pair (not `mio::Waker`, so that a forked child can close both ends; not a
+//! pipe, whose write could raise SIGPIPE in the host once the thread has gone).
 //!
 //! Socket I/O goes through `quinn-udp`, which receives in batches (`recvmmsg`) together with the
 //! address each datagram was sent to (`IP_PKTINFO` / `IPV6_RECVPKTINFO`) and sends the answer
@@ -10,14 +11,15 @@
 
 use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_channel::Sender;
+use mio::net::UnixDatagram;
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Interest, Poll, Token};
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -37,6 +39,9 @@ pub(crate) struct Shared {
     pub instance_id: u64,
     pub policy: Policy,
     pub logger: Logger,
+    /// Tells this process's monitor thread to finish (memory of this process only: `stop` in
+    /// a parent does not reach a child that took the agent over).
+    pub quit: AtomicBool,
     /// Test hook: the next datagram handled panics (see `Agent::inject_fault`).
     pub inject_fault: AtomicBool,
 }
@@ -68,6 +73,25 @@ impl Listener {
     pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
         self.socket.local_addr()
     }
+
+    /// The socket's descriptor (to close a forked worker's inherited copy).
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
+/// How the host side wakes a monitor thread, and the descriptors that thread owns (which a
+/// forked child must close, since the thread does not exist there).
+pub(crate) struct Wake {
+    sender: UnixDatagram,
+    pub thread_fds: [RawFd; 2],
+}
+
+impl Wake {
+    /// Wakes the thread (it then checks `quit` and `stopping`). Never raises SIGPIPE.
+    pub(crate) fn wake(&self) {
+        let _ = self.sender.send(&[1]);
+    }
 }
 
 /// Datagrams read per system call, and the receive buffer for each.
@@ -81,7 +105,8 @@ const MAX_LOOP_FAULTS: u32 = 8;
 pub(crate) struct Monitor {
     shared: Arc<Shared>,
     poll: Poll,
-    listeners: Vec<Listener>,
+    wake: UnixDatagram,
+    listeners: Arc<[Listener]>,
     buffers: Vec<[u8; BUFFER]>,
     metas: Vec<RecvMeta>,
     handler: Handler,
@@ -98,17 +123,20 @@ struct Handler {
 }
 
 impl Monitor {
-    /// Registers the sockets with a new poller; returns the monitor and the waker that `stop`
-    /// uses.
+    /// Registers the sockets with a new poller; returns the monitor and how to wake it.
     pub(crate) fn new(
         shared: Arc<Shared>,
-        listeners: Vec<Listener>,
+        listeners: Arc<[Listener]>,
         limiter: RateLimiter,
         report_drops_every_ms: u32,
-    ) -> Result<(Monitor, Arc<Waker>), Error> {
+    ) -> Result<(Monitor, Wake), Error> {
         let io_error = |what| move |source| Error::Io { what, source };
         let poll = Poll::new().map_err(io_error("create the poller"))?;
-        let waker = Waker::new(poll.registry(), WAKER).map_err(io_error("create the waker"))?;
+        let (sender, mut receiver) =
+            UnixDatagram::pair().map_err(io_error("create the wake-up socket pair"))?;
+        poll.registry()
+            .register(&mut receiver, WAKER, Interest::READABLE)
+            .map_err(io_error("register the wake-up socket"))?;
         for (i, listener) in listeners.iter().enumerate() {
             poll.registry()
                 .register(
@@ -118,9 +146,14 @@ impl Monitor {
                 )
                 .map_err(io_error("register a socket with the poller"))?;
         }
+        let wake = Wake {
+            sender,
+            thread_fds: [poll.as_raw_fd(), receiver.as_raw_fd()],
+        };
         let monitor = Monitor {
             shared,
             poll,
+            wake: receiver,
             listeners,
             buffers: vec![[0u8; BUFFER]; BATCH],
             metas: vec![RecvMeta::default(); BATCH],
@@ -132,7 +165,7 @@ impl Monitor {
                 report_every_ms: u64::from(report_drops_every_ms),
             },
         };
-        Ok((monitor, Arc::new(waker)))
+        Ok((monitor, wake))
     }
 
     /// The thread's body: serves until `stop`, then closes the sockets and reports on `done`.
@@ -157,9 +190,11 @@ impl Monitor {
                 }
             }
         }
-        // Close the sockets before telling `stop` that we are done.
+        // Let go of the sockets before telling `stop` that we are done (`stop` drops the last
+        // reference, which closes them).
         drop(self.listeners);
         drop(self.poll);
+        drop(self.wake);
         let _ = done.send(());
     }
 
@@ -174,11 +209,13 @@ impl Monitor {
             }
             for event in events.iter() {
                 if event.token() == WAKER {
+                    let mut sink = [0u8; 16];
+                    while self.wake.recv(&mut sink).is_ok() {}
                     continue;
                 }
                 self.drain(event.token().0);
             }
-            if self.shared.board.is_stopping() {
+            if self.shared.quit.load(Ordering::Acquire) || self.shared.board.is_stopping() {
                 // Answer what is already queued (with STOPPING), then leave.
                 for i in 0..self.listeners.len() {
                     self.drain(i);

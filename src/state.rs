@@ -115,17 +115,23 @@ pub enum Reason {
     UnknownService = 4,
     /// The agent itself failed (a caught internal panic); it cannot vouch for the server.
     AgentFault = 5,
+    /// A host self-check ran longer than its timeout.
+    CheckTimedOut = 6,
+    /// A worker stopped heart-beating its watchdog slot.
+    WorkerStalled = 7,
 }
 
 impl Reason {
     /// Every reason, in numeric order.
-    pub const ALL: [Reason; 6] = [
+    pub const ALL: [Reason; 8] = [
         Reason::Host,
         Reason::WatchdogExpired,
         Reason::CheckFailed,
         Reason::AgentStopping,
         Reason::UnknownService,
         Reason::AgentFault,
+        Reason::CheckTimedOut,
+        Reason::WorkerStalled,
     ];
 
     /// The reason with this wire value, if any.
@@ -142,6 +148,8 @@ impl Reason {
             Reason::AgentStopping => "agent-stopping",
             Reason::UnknownService => "unknown-service",
             Reason::AgentFault => "agent-fault",
+            Reason::CheckTimedOut => "check-timed-out",
+            Reason::WorkerStalled => "worker-stalled",
         }
     }
 
@@ -154,6 +162,8 @@ impl Reason {
             Reason::AgentStopping => "agent stopping",
             Reason::UnknownService => "unknown service",
             Reason::AgentFault => "agent fault",
+            Reason::CheckTimedOut => "check timed out",
+            Reason::WorkerStalled => "worker stalled",
         }
     }
 }
@@ -182,6 +192,6 @@ mod tests {
         for r in Reason::ALL {
             assert_eq!(Reason::from_u8(r as u8), Some(r));
         }
-        assert_eq!(Reason::from_u8(6), None);
+        assert_eq!(Reason::from_u8(8), None);
     }
 }

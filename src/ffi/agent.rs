@@ -71,7 +71,7 @@ pub struct lbagent_status {
 }
 
 /// Borrows the agent behind a handle.
-fn live_agent<'a>(handle: *const lbagent) -> Result<&'a Agent, lbagent_result> {
+pub(super) fn live_agent<'a>(handle: *const lbagent) -> Result<&'a Agent, lbagent_result> {
     if handle.is_null() {
         return Err(LBAGENT_ERR_NULL_ARGUMENT);
     }
@@ -87,12 +87,12 @@ fn live_agent<'a>(handle: *const lbagent) -> Result<&'a Agent, lbagent_result> {
 
 /// A service name from C: NULL or "" is the whole server. Names longer than any configured
 /// name are read only far enough to know they are unknown.
-fn service_bytes<'a>(name: *const c_char) -> &'a [u8] {
+pub(super) fn service_bytes<'a>(name: *const c_char) -> &'a [u8] {
     // SAFETY: the caller passes NULL or a NUL-terminated string.
     unsafe { c_bytes(name, MAX_SERVICE_NAME + 1) }.unwrap_or(b"")
 }
 
-fn result(r: Result<(), Error>) -> lbagent_result {
+pub(super) fn result(r: Result<(), Error>) -> lbagent_result {
     match r {
         Ok(()) => LBAGENT_OK,
         Err(e) => (&e).into(),

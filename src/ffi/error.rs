@@ -34,12 +34,21 @@ pub enum lbagent_result {
     LBAGENT_ERR_TIMEOUT = 9,
     /// An internal panic was caught; the call had no effect.
     LBAGENT_ERR_PANIC = 10,
+    /// A check with that name exists already.
+    LBAGENT_ERR_EXISTS = 11,
+    /// No room: every check or worker slot is taken.
+    LBAGENT_ERR_FULL = 12,
+    /// No such check, or the worker slot is not registered.
+    LBAGENT_ERR_NOT_FOUND = 13,
+    /// The call does not fit this process: `lbagent_after_fork_*` in the process that started
+    /// the agent, or `lbagent_stop` in a forked child that did not take the agent over.
+    LBAGENT_ERR_WRONG_PROCESS = 14,
 }
 
 use lbagent_result::*;
 
 impl lbagent_result {
-    fn all() -> [lbagent_result; 11] {
+    fn all() -> [lbagent_result; 15] {
         [
             LBAGENT_OK,
             LBAGENT_ERR_NULL_ARGUMENT,
@@ -52,6 +61,10 @@ impl lbagent_result {
             LBAGENT_ERR_STOPPED,
             LBAGENT_ERR_TIMEOUT,
             LBAGENT_ERR_PANIC,
+            LBAGENT_ERR_EXISTS,
+            LBAGENT_ERR_FULL,
+            LBAGENT_ERR_NOT_FOUND,
+            LBAGENT_ERR_WRONG_PROCESS,
         ]
     }
 
@@ -68,6 +81,10 @@ impl lbagent_result {
             LBAGENT_ERR_STOPPED => c"agent stopped",
             LBAGENT_ERR_TIMEOUT => c"timed out",
             LBAGENT_ERR_PANIC => c"internal error (panic caught)",
+            LBAGENT_ERR_EXISTS => c"already exists",
+            LBAGENT_ERR_FULL => c"no free slot",
+            LBAGENT_ERR_NOT_FOUND => c"not found",
+            LBAGENT_ERR_WRONG_PROCESS => c"wrong process for this call (see fork in the README)",
         }
     }
 }
@@ -78,7 +95,13 @@ impl From<&Error> for lbagent_result {
             Error::Config(_) => LBAGENT_ERR_CONFIG,
             Error::Bind { .. } => LBAGENT_ERR_BIND,
             Error::Io { .. } => LBAGENT_ERR_SYSTEM,
-            Error::InvalidState | Error::InvalidWeight => LBAGENT_ERR_INVALID_ARGUMENT,
+            Error::InvalidState | Error::InvalidWeight | Error::InvalidCheck => {
+                LBAGENT_ERR_INVALID_ARGUMENT
+            }
+            Error::Exists => LBAGENT_ERR_EXISTS,
+            Error::TooMany | Error::NoWorkerSlots => LBAGENT_ERR_FULL,
+            Error::NotFound => LBAGENT_ERR_NOT_FOUND,
+            Error::WrongProcess => LBAGENT_ERR_WRONG_PROCESS,
             Error::UnknownService => LBAGENT_ERR_UNKNOWN_SERVICE,
             Error::Stopped => LBAGENT_ERR_STOPPED,
             Error::Timeout => LBAGENT_ERR_TIMEOUT,

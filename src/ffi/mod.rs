@@ -21,7 +21,9 @@ macro_rules! ffi_boundary {
 }
 
 mod agent;
+mod checks;
 mod error;
+mod workers;
 
 use std::ffi::{CStr, c_char};
 

@@ -1,0 +1,231 @@
+//! Host self-checks and the log callback for `lbagent`: functions of the host that the agent
+//! calls on its own threads (never on the monitor thread).
+
+use std::ffi::{c_char, c_int, c_void};
+use std::time::Duration;
+
+use super::agent::{lbagent, live_agent, service_bytes};
+use super::c_bytes;
+use super::error::{fail, lbagent_result, set_last_error};
+use crate::log::Level;
+use lbagent_result::*;
+
+/// A host self-check: returns 0 when it passes, anything else when it fails, and may write a
+/// NUL-terminated reason into `message` (`message_len` bytes, at least 256). Called on the
+/// check's own thread, never concurrently with itself.
+pub type lbagent_check_fn = Option<
+    unsafe extern "C" fn(userdata: *mut c_void, message: *mut c_char, message_len: usize) -> c_int,
+>;
+
+/// Releases a check's userdata once the check is removed and its last run has returned.
+pub type lbagent_free_fn = Option<unsafe extern "C" fn(userdata: *mut c_void)>;
+
+/// Receives one log line: `level` is an `LBAGENT_LOG_LEVEL_*`, `message` a NUL-terminated
+/// UTF-8 line valid during the call only. Called on the agent's logger thread.
+pub type lbagent_log_fn =
+    Option<unsafe extern "C" fn(userdata: *mut c_void, level: c_int, message: *const c_char)>;
+
+/// The host's userdata pointer, carried to the check's thread. The host promises (by
+/// registering it) that its function may use it from another thread.
+struct HostData {
+    userdata: *mut c_void,
+    free: lbagent_free_fn,
+    /// Set once the agent took the userdata over: before that, the host still owns it.
+    owned: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+// SAFETY: the host hands the pointer over for use on the check's thread (documented).
+unsafe impl Send for HostData {}
+// SAFETY: the log callback's userdata is only passed back to the host's function.
+unsafe impl Sync for HostData {}
+
+impl Drop for HostData {
+    fn drop(&mut self) {
+        if !self.owned.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        if let Some(free) = self.free {
+            // SAFETY: the host's release function, called once, after the last call of the
+            // function that used the userdata.
+            unsafe { free(self.userdata) };
+        }
+    }
+}
+
+const MESSAGE_BUFFER: usize = 256;
+
+/// Same as `lbagent_add_check_with_free` with no release function.
+#[unsafe(no_mangle)]
+#[must_use]
+pub extern "C" fn lbagent_add_check(
+    agent: *mut lbagent,
+    service: *const c_char,
+    name: *const c_char,
+    callback: lbagent_check_fn,
+    userdata: *mut c_void,
+    interval_ms: u32,
+    timeout_ms: u32,
+) -> lbagent_result {
+    lbagent_add_check_with_free(
+        agent,
+        service,
+        name,
+        callback,
+        userdata,
+        None,
+        interval_ms,
+        timeout_ms,
+    )
+}
+
+/// Registers a host self-check named `name` (1..=64 bytes, unique) on `service` (NULL or "":
+/// the whole server, so every service). The agent calls `callback(userdata, ...)` on a thread
+/// of its own at once and then every `interval_ms`; while it fails, or while a run lasts longer
+/// than `timeout_ms` (0: no limit), the answers for that service say DOWN with reason "check
+/// failed" or "check timed out" and the message "NAME: reason". A new check fails until its
+/// first run passes. A callback that hangs never delays probe answers (it holds only its own
+/// thread). `free_userdata` (may be NULL) is called on the check's thread once the check is
+/// removed (or the agent stopped) and its last run has returned.
+///
+/// Returns `LBAGENT_OK`, `LBAGENT_ERR_EXISTS` (name taken), `LBAGENT_ERR_FULL` (64 checks),
+/// `LBAGENT_ERR_INVALID_ARGUMENT` (NULL callback, bad name, interval 0),
+/// `LBAGENT_ERR_UNKNOWN_SERVICE`, `LBAGENT_ERR_STOPPED`, or `LBAGENT_ERR_NULL_ARGUMENT` /
+/// `LBAGENT_ERR_BAD_HANDLE`; the last error says why. On error `free_userdata` is not called.
+/// Thread-safe. Not async-signal-safe.
+#[unsafe(no_mangle)]
+#[must_use]
+#[allow(clippy::too_many_arguments)]
+pub extern "C" fn lbagent_add_check_with_free(
+    agent: *mut lbagent,
+    service: *const c_char,
+    name: *const c_char,
+    callback: lbagent_check_fn,
+    userdata: *mut c_void,
+    free_userdata: lbagent_free_fn,
+    interval_ms: u32,
+    timeout_ms: u32,
+) -> lbagent_result {
+    ffi_boundary!(LBAGENT_ERR_PANIC, {
+        let agent = match live_agent(agent) {
+            Ok(a) => a,
+            Err(r) => {
+                set_last_error("lbagent_add_check: agent is NULL or not a live handle");
+                return r;
+            }
+        };
+        let Some(callback) = callback else {
+            set_last_error("lbagent_add_check: callback is NULL");
+            return LBAGENT_ERR_INVALID_ARGUMENT;
+        };
+        // SAFETY: NULL or a NUL-terminated string, per the contract.
+        let Some(name) = (unsafe { c_bytes(name, 256) }) else {
+            set_last_error("lbagent_add_check: name is NULL");
+            return LBAGENT_ERR_NULL_ARGUMENT;
+        };
+        let Ok(name) = std::str::from_utf8(name) else {
+            set_last_error("lbagent_add_check: name is not UTF-8");
+            return LBAGENT_ERR_INVALID_ARGUMENT;
+        };
+        let owned = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let host = HostData {
+            userdata,
+            free: free_userdata,
+            owned: owned.clone(),
+        };
+        let check = move || {
+            let host = &host;
+            let mut message = [0 as c_char; MESSAGE_BUFFER];
+            // SAFETY: the host's check function with its own userdata and a writable buffer.
+            let rc = unsafe { callback(host.userdata, message.as_mut_ptr(), MESSAGE_BUFFER - 1) };
+            if rc == 0 {
+                return Ok(());
+            }
+            message[MESSAGE_BUFFER - 1] = 0;
+            // SAFETY: the buffer is NUL-terminated (set just above).
+            let text = unsafe { std::ffi::CStr::from_ptr(message.as_ptr()) };
+            Err(String::from_utf8_lossy(text.to_bytes()).into_owned())
+        };
+        let added = agent.add_check_boxed(
+            service_bytes(service),
+            name,
+            Duration::from_millis(u64::from(interval_ms)),
+            Duration::from_millis(u64::from(timeout_ms)),
+            Box::new(check),
+        );
+        match added {
+            Ok(()) => {
+                owned.store(true, std::sync::atomic::Ordering::Release);
+                LBAGENT_OK
+            }
+            // The closure was dropped unused, without calling the release function: the
+            // host still owns its data.
+            Err(e) => fail(&e),
+        }
+    })
+}
+
+/// Removes the check named `name`: it no longer counts from now on, and its callback is not
+/// called again (a run in progress finishes on the check's thread, which then calls the
+/// release function).
+///
+/// Returns `LBAGENT_OK`, `LBAGENT_ERR_NOT_FOUND`, or `LBAGENT_ERR_NULL_ARGUMENT` /
+/// `LBAGENT_ERR_BAD_HANDLE`. Thread-safe; does not wait for a running callback.
+#[unsafe(no_mangle)]
+pub extern "C" fn lbagent_remove_check(agent: *mut lbagent, name: *const c_char) -> lbagent_result {
+    ffi_boundary!(LBAGENT_ERR_PANIC, {
+        let agent = match live_agent(agent) {
+            Ok(a) => a,
+            Err(r) => return r,
+        };
+        // SAFETY: NULL or a NUL-terminated string.
+        let Some(name) = (unsafe { c_bytes(name, 256) }) else {
+            return LBAGENT_ERR_NULL_ARGUMENT;
+        };
+        match agent.remove_check(&String::from_utf8_lossy(name)) {
+            Ok(()) => LBAGENT_OK,
+            Err(e) => (&e).into(),
+        }
+    })
+}
+
+/// Sends every log line to `callback(userdata, level, message)` as well as to the `log=`
+/// target; NULL stops it. Lines are rate-limited (10 per second, bursts of 20) and delivered
+/// on the agent's logger thread, never on the monitor thread; the callback must not call
+/// `lbagent_stop` or `lbagent_free`. `userdata` must stay valid until the callback is replaced
+/// or the agent is freed.
+///
+/// Returns `LBAGENT_OK`, `LBAGENT_ERR_SYSTEM` (the logger thread could not start), or
+/// `LBAGENT_ERR_NULL_ARGUMENT` / `LBAGENT_ERR_BAD_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn lbagent_set_log_callback(
+    agent: *mut lbagent,
+    callback: lbagent_log_fn,
+    userdata: *mut c_void,
+) -> lbagent_result {
+    ffi_boundary!(LBAGENT_ERR_PANIC, {
+        let agent = match live_agent(agent) {
+            Ok(a) => a,
+            Err(r) => return r,
+        };
+        let callback = callback.map(|f| {
+            let host = HostData {
+                userdata,
+                free: None,
+                owned: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            };
+            let forward = move |level: Level, line: &str| {
+                let host = &host;
+                let Ok(line) = std::ffi::CString::new(line.replace('\0', " ")) else {
+                    return;
+                };
+                // SAFETY: the host's log function with its userdata and a NUL-terminated line.
+                unsafe { f(host.userdata, level as c_int, line.as_ptr()) };
+            };
+            std::sync::Arc::new(forward) as crate::log::LogCallback
+        });
+        match agent.set_log_callback(callback) {
+            Ok(()) => LBAGENT_OK,
+            Err(e) => fail(&e),
+        }
+    })
+}

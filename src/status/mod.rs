@@ -1,0 +1,757 @@
+//! The status board: what the host reports, shared with the monitor thread without locks.
+//!
+//! Host calls (`set_state`, `set_weight`, `set_load`, `heartbeat`, worker heartbeats) only
+//! load, store and compare-and-swap atomics: no lock, no system call, no allocation. The
+//! monitor thread reads the board to answer probes and never waits for a host thread.
+//!
+//! The board lives in shared memory (`shm.rs`): children forked after `lbagent_start` (the
+//! workers of a prefork server) report into the same board the master's monitor reads.
+//!
+//! What a director is told combines, in this order of precedence:
+//! 1. the agent's own conditions: a caught fault (DOWN), `lbagent_stop` (STOPPING), the
+//!    host watchdog (DOWN);
+//! 2. the state furthest from serving among the host's whole-server state, the service's
+//!    state, stalled workers (DOWN) and failing checks (DOWN).
+
+mod cell;
+pub(crate) mod checks;
+pub(crate) mod workers;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub(crate) use cell::Cell;
+pub use cell::{MESSAGE_CAPACITY, Text};
+pub use workers::WorkerPolicy;
+
+use crate::shm::{ShmSlice, Zeroable};
+use crate::state::{Reason, State};
+use checks::Checks;
+use workers::{Workers, WorkersEffect};
+
+/// Exactly what a director is told about the whole server or one service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// The state answered.
+    pub state: State,
+    /// Why.
+    pub reason: Reason,
+    /// Percent of the weight configured on the director, 0..=100.
+    pub weight_pct: u8,
+    /// Work in progress reported by the host.
+    pub in_use: u32,
+    /// Capacity reported by the host (0 = unknown).
+    pub capacity: u32,
+    /// Increases whenever the state, reason, weight or message answered changes.
+    pub generation: u32,
+    /// Milliseconds since the state answered last changed (saturating).
+    pub since_ms: u32,
+    /// The host's reason text, or the agent's own.
+    pub message: Text,
+}
+
+impl Status {
+    /// True when the server should receive new connections: up, with a weight above zero.
+    pub fn is_serving(&self) -> bool {
+        self.state == State::Up && self.weight_pct > 0
+    }
+}
+
+/// Which cell a request is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The whole server (empty service name).
+    Server,
+    /// The configured service with this index.
+    Service(usize),
+    /// A name that is not configured.
+    Unknown,
+}
+
+impl Target {
+    /// The cell index: 0 for the server, 1.. for services.
+    fn cell(self) -> Option<usize> {
+        match self {
+            Target::Server => Some(0),
+            Target::Service(i) => Some(i + 1),
+            Target::Unknown => None,
+        }
+    }
+}
+
+/// The agent-wide part of the board, shared with forked children.
+#[repr(C)]
+struct Header {
+    /// Clock time of the last heartbeat (the start counts as one).
+    heartbeat_at: AtomicU64,
+    /// Watchdog transitions observed so far; odd while expired.
+    watchdog_flips: AtomicU64,
+    watchdog_changed_at: AtomicU64,
+    stopping: AtomicU64,
+    stopping_at: AtomicU64,
+    faults: AtomicU64,
+    fault_at: AtomicU64,
+    /// The process whose monitor answers for this board (it alone may stop it).
+    owner_pid: AtomicU64,
+    /// Changes of the workers' census observed so far, the last census, and when it changed.
+    worker_flips: AtomicU64,
+    worker_key: AtomicU64,
+    worker_changed_at: AtomicU64,
+}
+
+// SAFETY: only atomics.
+unsafe impl Zeroable for Header {}
+
+/// How the board is laid out and judged (from the configuration).
+pub(crate) struct BoardConfig<'a> {
+    pub initial: State,
+    pub services: &'a [String],
+    pub watchdog_ms: u32,
+    pub workers: usize,
+    pub worker_timeout_ms: u32,
+    pub worker_policy: WorkerPolicy,
+}
+
+/// Everything the host reports and the agent's own conditions, readable by the monitor.
+pub(crate) struct Board {
+    header: ShmSlice<Header>,
+    /// Cell 0 is the whole server; cell i + 1 is service i.
+    cells: ShmSlice<Cell>,
+    names: Vec<Box<[u8]>>,
+    watchdog_ms: u64,
+    pub(crate) workers: Workers,
+    pub(crate) checks: Checks,
+}
+
+impl Board {
+    pub(crate) fn new(config: &BoardConfig<'_>, now: u64) -> std::io::Result<Board> {
+        let board = Board {
+            header: ShmSlice::new(1)?,
+            cells: ShmSlice::new(config.services.len() + 1)?,
+            names: config
+                .services
+                .iter()
+                .map(|s| s.as_bytes().to_vec().into_boxed_slice())
+                .collect(),
+            watchdog_ms: u64::from(config.watchdog_ms),
+            workers: Workers::new(
+                config.workers,
+                config.worker_timeout_ms,
+                config.worker_policy,
+            )?,
+            checks: Checks::new()?,
+        };
+        board.cells[0].init(config.initial, Reason::Host, None, now);
+        // A service starts up: it follows the whole server until the host sets it.
+        for cell in &board.cells[1..] {
+            cell.init(State::Up, Reason::Host, None, now);
+        }
+        let h = board.header();
+        h.heartbeat_at.store(now, Ordering::Relaxed);
+        h.watchdog_changed_at.store(now, Ordering::Relaxed);
+        h.owner_pid
+            .store(u64::from(crate::process::pid()), Ordering::Release);
+        Ok(board)
+    }
+
+    fn header(&self) -> &Header {
+        &self.header[0]
+    }
+
+    /// Finds the cell for a service name; empty means the whole server.
+    pub(crate) fn target(&self, name: &[u8]) -> Target {
+        if name.is_empty() {
+            return Target::Server;
+        }
+        match self.names.iter().position(|n| &**n == name) {
+            Some(i) => Target::Service(i),
+            None => Target::Unknown,
+        }
+    }
+
+    /// The cell index of a target (0: the whole server).
+    pub(crate) fn cell_index(&self, target: Target) -> Option<usize> {
+        target.cell()
+    }
+
+    fn cell(&self, target: Target) -> Option<&Cell> {
+        target.cell().and_then(|i| self.cells.get(i))
+    }
+
+    /// Sets a cell's state; returns false for an unknown target.
+    pub(crate) fn set_state(
+        &self,
+        target: Target,
+        state: State,
+        reason: Reason,
+        message: Option<&Text>,
+        now: u64,
+    ) -> bool {
+        match self.cell(target) {
+            Some(cell) => {
+                cell.set(state, reason, message, now);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(crate) fn set_weight(&self, target: Target, weight: u8) -> bool {
+        self.cell(target).map(|c| c.set_weight(weight)).is_some()
+    }
+
+    pub(crate) fn set_load(&self, target: Target, in_use: u32, capacity: u32) -> bool {
+        self.cell(target)
+            .map(|c| c.set_load(in_use, capacity))
+            .is_some()
+    }
+
+    pub(crate) fn heartbeat(&self, now: u64) {
+        self.header().heartbeat_at.store(now, Ordering::Release);
+    }
+
+    pub(crate) fn begin_stopping(&self, now: u64) {
+        let h = self.header();
+        if h.stopping.swap(1, Ordering::AcqRel) == 0 {
+            h.stopping_at.store(now, Ordering::Release);
+        }
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.header().stopping.load(Ordering::Acquire) != 0
+    }
+
+    /// The process that answers for this board.
+    pub(crate) fn owner_pid(&self) -> u32 {
+        self.header().owner_pid.load(Ordering::Acquire) as u32
+    }
+
+    /// Makes the calling process the one that answers for this board (after a fork).
+    pub(crate) fn take_ownership(&self) {
+        self.header()
+            .owner_pid
+            .store(u64::from(crate::process::pid()), Ordering::Release);
+    }
+
+    /// Records a caught internal panic: from now on the agent answers DOWN, "agent fault".
+    pub(crate) fn record_fault(&self, now: u64) {
+        let h = self.header();
+        if h.faults.fetch_add(1, Ordering::AcqRel) == 0 {
+            h.fault_at.store(now, Ordering::Release);
+        }
+    }
+
+    pub(crate) fn faults(&self) -> u64 {
+        self.header().faults.load(Ordering::Acquire)
+    }
+
+    /// Counts, once whoever sees it first, each change of a condition that is judged lazily
+    /// (when a probe or a status call looks): returns the number of changes so far.
+    fn count_flips(
+        flips: &AtomicU64,
+        changed_at: &AtomicU64,
+        key_now: u64,
+        key: &AtomicU64,
+        at: u64,
+    ) -> u64 {
+        loop {
+            let seen = key.load(Ordering::Acquire);
+            let count = flips.load(Ordering::Acquire);
+            if seen == key_now {
+                return count;
+            }
+            if key
+                .compare_exchange(seen, key_now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                changed_at.store(at, Ordering::Release);
+                return flips.fetch_add(1, Ordering::AcqRel) + 1;
+            }
+        }
+    }
+
+    /// Whether the watchdog has expired now; counts each change so that it shows in the
+    /// generation. Returns `(expired, transitions so far, time of the last transition)`.
+    fn observe_watchdog(&self, now: u64) -> (bool, u64, u64) {
+        if self.watchdog_ms == 0 {
+            return (false, 0, 0);
+        }
+        let h = self.header();
+        loop {
+            let heartbeat_at = h.heartbeat_at.load(Ordering::Acquire);
+            let expired = now.saturating_sub(heartbeat_at) > self.watchdog_ms;
+            let flips = h.watchdog_flips.load(Ordering::Acquire);
+            if (flips & 1 == 1) == expired {
+                return (
+                    expired,
+                    flips,
+                    h.watchdog_changed_at.load(Ordering::Acquire),
+                );
+            }
+            if h.watchdog_flips
+                .compare_exchange(flips, flips + 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                // Expiry happened when the deadline passed; recovery with the heartbeat.
+                let at = if expired {
+                    heartbeat_at + self.watchdog_ms
+                } else {
+                    heartbeat_at
+                };
+                h.watchdog_changed_at.store(at, Ordering::Release);
+                return (expired, flips + 1, at);
+            }
+        }
+    }
+
+    /// Exactly what a director is told about `target` at clock time `now`.
+    pub(crate) fn status(&self, target: Target, now: u64) -> Status {
+        let since = |at: u64| u32::try_from(now.saturating_sub(at)).unwrap_or(u32::MAX);
+        let server = self.cells[0].read();
+        let own = match target {
+            Target::Server => None,
+            Target::Service(i) => self.cells.get(i + 1).map(Cell::read),
+            Target::Unknown => {
+                return Status {
+                    state: State::Unknown,
+                    reason: Reason::UnknownService,
+                    weight_pct: 0,
+                    in_use: 0,
+                    capacity: 0,
+                    generation: 0,
+                    since_ms: 0,
+                    message: Text::from_static("unknown service"),
+                };
+            }
+        };
+        let (expired, watchdog_flips, watchdog_at) = self.observe_watchdog(now);
+        let h = self.header();
+        let stopping = self.is_stopping();
+        let faults = self.faults();
+
+        // The host's view: the whole server and the service, the one further from serving
+        // decides; the service's weight is scaled by the server's.
+        let host = match own {
+            Some(svc) if svc.state.severity() > server.state.severity() => svc,
+            _ => server,
+        };
+        let mut weight = match own {
+            Some(svc) => u32::from(server.weight) * u32::from(svc.weight) / 100,
+            None => u32::from(server.weight),
+        };
+        let mut decisive = (
+            host.state,
+            host.reason,
+            host.message,
+            server.changed_at.max(own.map_or(0, |c| c.changed_at)),
+        );
+
+        // Workers (only when slots are configured).
+        let mut worker_flips = 0;
+        if !self.workers.is_empty() {
+            worker_flips = Self::count_flips(
+                &h.worker_flips,
+                &h.worker_changed_at,
+                self.workers.key(now),
+                &h.worker_key,
+                now,
+            );
+            match self.workers.effect(now) {
+                WorkersEffect::None => {}
+                WorkersEffect::Scale { live, active } => weight = weight * live / active.max(1),
+                WorkersEffect::Down(text) => {
+                    if State::Down.severity() > decisive.0.severity() {
+                        let at = h.worker_changed_at.load(Ordering::Acquire);
+                        decisive = (State::Down, Reason::WorkerStalled, text, at);
+                    }
+                }
+            }
+        }
+        // Checks on the whole server and on the service.
+        let checks = self
+            .checks
+            .view([Some(0), target.cell().filter(|c| *c != 0)], now);
+        if let Some((reason, text, at)) = checks.failing {
+            if State::Down.severity() > decisive.0.severity() {
+                decisive = (State::Down, reason, text, at);
+            }
+        }
+
+        // Every term only grows, so the sum grows on every change of what is answered.
+        let generation = server
+            .generation
+            .wrapping_add(own.map_or(0, |c| c.generation))
+            .wrapping_add(watchdog_flips as u32)
+            .wrapping_add(u32::from(stopping))
+            .wrapping_add(u32::from(faults > 0))
+            .wrapping_add(worker_flips as u32)
+            .wrapping_add(checks.generation);
+        let load = own.unwrap_or(server);
+        let mut status = Status {
+            state: decisive.0,
+            reason: decisive.1,
+            weight_pct: weight.min(100) as u8,
+            in_use: load.in_use,
+            capacity: load.capacity,
+            generation,
+            since_ms: since(
+                decisive
+                    .3
+                    .max(if watchdog_flips > 0 { watchdog_at } else { 0 }),
+            ),
+            message: decisive.2,
+        };
+        let overrides = if faults > 0 {
+            Some((
+                State::Down,
+                Reason::AgentFault,
+                h.fault_at.load(Ordering::Acquire),
+            ))
+        } else if stopping {
+            Some((
+                State::Stopping,
+                Reason::AgentStopping,
+                h.stopping_at.load(Ordering::Acquire),
+            ))
+        } else if expired {
+            Some((State::Down, Reason::WatchdogExpired, watchdog_at))
+        } else {
+            None
+        };
+        if let Some((state, reason, at)) = overrides {
+            status.state = state;
+            status.reason = reason;
+            status.since_ms = since(at);
+            status.message = Text::from_static(reason.describe());
+        }
+        status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    fn board_with(watchdog_ms: u32, workers: usize, policy: WorkerPolicy) -> Board {
+        let services = ["game".to_string(), "chat".to_string()];
+        let config = BoardConfig {
+            initial: State::Starting,
+            services: &services,
+            watchdog_ms,
+            workers,
+            worker_timeout_ms: 1000,
+            worker_policy: policy,
+        };
+        Board::new(&config, 1000).unwrap()
+    }
+
+    fn board(watchdog_ms: u32) -> Board {
+        board_with(watchdog_ms, 0, WorkerPolicy::Any)
+    }
+
+    #[test]
+    fn text_is_cleaned_and_cut() {
+        assert_eq!(Text::from_reason(b"ready").as_str(), "ready");
+        assert_eq!(Text::from_reason(b"a\nb\r\0c").as_str(), "a b  c");
+        let bad = b"bad \xff\xfe utf8 \xe2\x82";
+        assert_eq!(
+            Text::from_reason(bad).as_str(),
+            String::from_utf8_lossy(bad)
+        );
+        let long = "é".repeat(200); // 400 bytes
+        let t = Text::from_reason(long.as_bytes());
+        assert_eq!(t.as_bytes().len(), 254);
+        assert!(t.as_str().chars().all(|c| c == 'é'));
+        assert_eq!(Text::from_reason(&[b'x'; 10_000]).as_bytes().len(), 255);
+    }
+
+    #[test]
+    fn initial_and_set() {
+        let b = board(0);
+        let s = b.status(Target::Server, 1000);
+        assert_eq!(
+            (s.state, s.reason, s.weight_pct),
+            (State::Starting, Reason::Host, 100)
+        );
+        assert_eq!(s.generation, 0);
+        b.set_state(
+            Target::Server,
+            State::Up,
+            Reason::Host,
+            Some(&Text::from_static("ready")),
+            1500,
+        );
+        let s = b.status(Target::Server, 1600);
+        assert_eq!(s.state, State::Up);
+        assert_eq!(s.message.as_str(), "ready");
+        assert_eq!(s.since_ms, 100);
+        assert_eq!(s.generation, 1);
+        // The same call again changes nothing.
+        b.set_state(
+            Target::Server,
+            State::Up,
+            Reason::Host,
+            Some(&Text::from_static("ready")),
+            1700,
+        );
+        assert_eq!(b.status(Target::Server, 1700).generation, 1);
+        // A new message alone is a change, but not a state change.
+        b.set_state(
+            Target::Server,
+            State::Up,
+            Reason::Host,
+            Some(&Text::from_static("ok")),
+            1800,
+        );
+        let s = b.status(Target::Server, 1900);
+        assert_eq!(
+            (s.generation, s.since_ms, s.message.as_str()),
+            (2, 400, "ok")
+        );
+        b.set_state(Target::Server, State::Up, Reason::Host, None, 1900);
+        assert_eq!(b.status(Target::Server, 1900).message.as_str(), "");
+        b.set_weight(Target::Server, 50);
+        b.set_weight(Target::Server, 50);
+        let s = b.status(Target::Server, 1900);
+        assert_eq!((s.weight_pct, s.generation), (50, 4));
+        b.set_load(Target::Server, 3, 10);
+        let s = b.status(Target::Server, 1900);
+        assert_eq!((s.in_use, s.capacity, s.generation), (3, 10, 4));
+    }
+
+    #[test]
+    fn services_combine_with_the_server() {
+        let b = board(0);
+        let game = b.target(b"game");
+        assert_eq!(game, Target::Service(0));
+        assert_eq!(b.target(b"nope"), Target::Unknown);
+        assert_eq!(b.target(b""), Target::Server);
+        // The server is starting: so is every service.
+        assert_eq!(b.status(game, 1000).state, State::Starting);
+        b.set_state(Target::Server, State::Up, Reason::Host, None, 1000);
+        assert_eq!(b.status(game, 1000).state, State::Up);
+        b.set_state(
+            game,
+            State::Drain,
+            Reason::Host,
+            Some(&Text::from_static("deploy")),
+            1000,
+        );
+        let s = b.status(game, 1000);
+        assert_eq!((s.state, s.message.as_str()), (State::Drain, "deploy"));
+        assert_eq!(b.status(Target::Server, 1000).state, State::Up);
+        b.set_weight(Target::Server, 50);
+        b.set_weight(game, 50);
+        assert_eq!(b.status(game, 1000).weight_pct, 25);
+        let u = b.status(Target::Unknown, 1000);
+        assert_eq!(
+            (u.state, u.reason),
+            (State::Unknown, Reason::UnknownService)
+        );
+        assert!(!b.set_state(Target::Unknown, State::Up, Reason::Host, None, 1000));
+    }
+
+    #[test]
+    fn watchdog_expires_and_recovers() {
+        let b = board(3000);
+        b.set_state(Target::Server, State::Up, Reason::Host, None, 1000);
+        let g0 = b.status(Target::Server, 1000).generation;
+        assert_eq!(b.status(Target::Server, 4000).state, State::Up);
+        let s = b.status(Target::Server, 4500);
+        assert_eq!((s.state, s.reason), (State::Down, Reason::WatchdogExpired));
+        assert_eq!(s.message.as_str(), "watchdog expired");
+        assert_eq!(s.since_ms, 500);
+        assert!(s.generation > g0);
+        // Services go down with the server.
+        assert_eq!(
+            b.status(Target::Service(1), 4500).reason,
+            Reason::WatchdogExpired
+        );
+        b.heartbeat(5000);
+        let r = b.status(Target::Server, 5100);
+        assert_eq!((r.state, r.reason), (State::Up, Reason::Host));
+        assert!(r.generation > s.generation);
+    }
+
+    #[test]
+    fn stopping_and_fault_override() {
+        let b = board(0);
+        b.set_state(Target::Server, State::Up, Reason::Host, None, 1000);
+        b.begin_stopping(2000);
+        let s = b.status(Target::Service(0), 2500);
+        assert_eq!(
+            (s.state, s.reason, s.since_ms),
+            (State::Stopping, Reason::AgentStopping, 500)
+        );
+        b.record_fault(3000);
+        let s = b.status(Target::Server, 3000);
+        assert_eq!((s.state, s.reason), (State::Down, Reason::AgentFault));
+    }
+
+    #[test]
+    fn stalled_workers_any_policy() {
+        let b = board_with(0, 4, WorkerPolicy::Any);
+        b.set_state(Target::Server, State::Up, Reason::Host, None, 1000);
+        let w0 = b.workers.register(1, 1000).unwrap();
+        let w1 = b.workers.register(1, 1000).unwrap();
+        let g0 = b.status(Target::Server, 1000).generation;
+        assert!(b.status(Target::Server, 1500).is_serving());
+        b.workers.heartbeat(w0, 2500);
+        let s = b.status(Target::Server, 2600);
+        assert_eq!((s.state, s.reason), (State::Down, Reason::WorkerStalled));
+        assert!(
+            s.message
+                .as_str()
+                .starts_with(&format!("worker {w1} (pid 1) stalled")),
+            "{:?}",
+            s.message
+        );
+        assert!(s.generation > g0);
+        // Services go down with the server.
+        assert_eq!(
+            b.status(Target::Service(0), 2600).reason,
+            Reason::WorkerStalled
+        );
+        b.workers.heartbeat(w1, 2600);
+        assert!(b.status(Target::Server, 2700).is_serving());
+        // A worker that is gone is released by its master.
+        assert_eq!(b.workers.release_pid(1), 2);
+        assert!(b.status(Target::Server, 9000).is_serving());
+    }
+
+    #[test]
+    fn stalled_workers_proportional_policy() {
+        let b = board_with(0, 4, WorkerPolicy::Proportional);
+        b.set_state(Target::Server, State::Up, Reason::Host, None, 1000);
+        b.set_weight(Target::Server, 80);
+        let slots: Vec<usize> = (0..4)
+            .map(|_| b.workers.register(7, 1000).unwrap())
+            .collect();
+        assert!(b.workers.register(7, 1000).is_none(), "all slots taken");
+        for s in &slots[..3] {
+            b.workers.heartbeat(*s, 2500);
+        }
+        let s = b.status(Target::Server, 2600);
+        assert_eq!((s.state, s.weight_pct), (State::Up, 60));
+        let s = b.status(Target::Server, 4000);
+        assert_eq!((s.state, s.reason), (State::Down, Reason::WorkerStalled));
+        assert!(b.workers.unregister(slots[0]));
+        assert!(!b.workers.unregister(slots[0]));
+    }
+
+    #[test]
+    fn checks_start_failing_pass_fail_and_time_out() {
+        let b = board(0);
+        b.set_state(Target::Server, State::Up, Reason::Host, None, 1000);
+        let game = b.target(b"game");
+        let (i, t) = b
+            .checks
+            .add(b.cell_index(game).unwrap(), b"db", 500, 1000)
+            .unwrap();
+        assert_eq!(
+            b.checks.add(1, b"db", 500, 1000),
+            Err(checks::AddError::Duplicate)
+        );
+        // New checks start failing.
+        let s = b.status(game, 1000);
+        assert_eq!(
+            (s.state, s.reason, s.message.as_str()),
+            (State::Down, Reason::CheckFailed, "db: no result yet")
+        );
+        // The whole server is not affected by a service's check.
+        assert!(b.status(Target::Server, 1000).is_serving());
+        b.checks.begin_run(i, t, 1100);
+        b.checks.finish_run(i, t, true, b"", 1150);
+        assert!(b.status(game, 1200).is_serving());
+        b.checks.begin_run(i, t, 2000);
+        b.checks
+            .finish_run(i, t, false, b"connection refused", 2010);
+        let s = b.status(game, 2100);
+        assert_eq!(
+            (s.state, s.message.as_str()),
+            (State::Down, "db: connection refused")
+        );
+        // A run that hangs: judged without waiting for it.
+        b.checks.begin_run(i, t, 3000);
+        let g = b.status(game, 3100).generation;
+        let s = b.status(game, 3600);
+        assert_eq!((s.state, s.reason), (State::Down, Reason::CheckTimedOut));
+        assert!(s.generation > g);
+        b.checks.finish_run(i, t, true, b"", 3700);
+        assert_eq!(
+            b.status(game, 3700).reason,
+            Reason::CheckTimedOut,
+            "passed, but too late"
+        );
+        b.checks.begin_run(i, t, 4000);
+        b.checks.finish_run(i, t, true, b"", 4010);
+        assert!(b.status(game, 4020).is_serving());
+        b.checks.remove(i);
+        assert_eq!(b.checks.find(b"db"), None);
+        // A check on the whole server applies to every service.
+        let (j, _) = b.checks.add(0, b"disk", 0, 5000).unwrap();
+        assert_eq!(b.status(game, 5000).reason, Reason::CheckFailed);
+        b.checks.remove(j);
+        assert!(b.status(game, 5000).is_serving());
+    }
+
+    /// Writers publish (state, message) pairs that belong together; the reader must never see
+    /// a torn text or a text paired with another writer's state.
+    #[test]
+    fn concurrent_writers_never_tear() {
+        let b = Arc::new(board(0));
+        let states = [
+            State::Up,
+            State::Drain,
+            State::Maint,
+            State::Down,
+            State::Starting,
+        ];
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut writers = Vec::new();
+        for w in 0..5usize {
+            let b = b.clone();
+            let stop = stop.clone();
+            writers.push(std::thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let state = states[w];
+                    // Long messages make torn reads likely if the protocol were wrong.
+                    let msg = format!("{}:{}:{}", state.name(), i, state.name().repeat(30));
+                    b.set_state(
+                        Target::Server,
+                        state,
+                        Reason::Host,
+                        Some(&Text::from_reason(msg.as_bytes())),
+                        i,
+                    );
+                    if i % 7 == 0 {
+                        b.set_state(Target::Server, state, Reason::Host, None, i);
+                    }
+                    i += 1;
+                }
+            }));
+        }
+        let mut checked = 0;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(700);
+        while std::time::Instant::now() < deadline {
+            let s = b.status(Target::Server, 0);
+            let m = s.message.as_str();
+            if !m.is_empty() {
+                let name = s.state.name();
+                assert!(
+                    m.starts_with(name) && m.ends_with(&name.repeat(30)),
+                    "{:?} with {m:?}",
+                    s.state
+                );
+                checked += 1;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert!(checked > 100, "only {checked} readings");
+    }
+}
