@@ -11,10 +11,13 @@
 //   LBAGENT_ERR_NULL_ARGUMENT, or throw for the throwing ones).
 // - Start, stop, status, counters and ports throw lbagentpp::Error (the lbagent_result code
 //   and the text of lbagent_last_error) on failure.
-// - The hot-path calls heartbeat, set_state, set_weight and set_load are noexcept and return
-//   the lbagent_result, like the C functions: they stay usable in tight loops and, where the C
-//   function is async-signal-safe (heartbeat; set_state(State) without a reason; set_weight
-//   and set_load without a service), from a signal handler.
+// - The hot-path calls heartbeat, set_state, set_weight, set_load and worker_heartbeat are
+//   noexcept and return the lbagent_result, like the C functions: they stay usable in tight
+//   loops and, where the C function is async-signal-safe (heartbeat; set_state(State) without
+//   a reason; set_weight and set_load without a service; worker_heartbeat), from a signal
+//   handler.
+// - Checks and the log callback are std::functions, owned by the agent; an exception they
+//   throw never reaches the library (a check that throws fails with what() as its reason).
 // - Service names and reasons are taken as `const char *` or `std::string` (lbagentpp::Text);
 //   nullptr means the whole server, or no reason. The library copies them.
 //
@@ -25,6 +28,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <exception>
+#include <functional>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -58,6 +65,15 @@ enum class Reason : int {
     AgentStopping = LBAGENT_REASON_AGENT_STOPPING,
     UnknownService = LBAGENT_REASON_UNKNOWN_SERVICE,
     AgentFault = LBAGENT_REASON_AGENT_FAULT,
+    CheckTimedOut = LBAGENT_REASON_CHECK_TIMED_OUT,
+    WorkerStalled = LBAGENT_REASON_WORKER_STALLED,
+};
+
+// The level of a line given to a log callback (LBAGENT_LOG_LEVEL_*).
+enum class LogLevel : int {
+    Error = LBAGENT_LOG_LEVEL_ERROR,
+    Warn = LBAGENT_LOG_LEVEL_WARN,
+    Info = LBAGENT_LOG_LEVEL_INFO,
 };
 
 // The agent's counters (LBAGENT_COUNTER_*); the C names without the prefix.
@@ -166,18 +182,23 @@ public:
     Agent(const Agent &) = delete;
     Agent &operator=(const Agent &) = delete;
 
-    Agent(Agent &&other) noexcept : agent_(other.agent_) { other.agent_ = nullptr; }
+    Agent(Agent &&other) noexcept
+        : agent_(other.agent_), log_callbacks_(std::move(other.log_callbacks_)) {
+        other.agent_ = nullptr;
+    }
 
     Agent &operator=(Agent &&other) noexcept {
         if (this != &other) {
-            lbagent_free(agent_);
+            lbagent_free(agent_);  // before our log callbacks go
             agent_ = other.agent_;
             other.agent_ = nullptr;
+            log_callbacks_ = std::move(other.log_callbacks_);
         }
         return *this;
     }
 
-    // Stops the agent (waiting up to 5 s for its thread) and frees it.
+    // Stops the agent (waiting up to 5 s for its threads) and frees it; then the log
+    // callbacks are destroyed (checks release their own when their last run has returned).
     ~Agent() { lbagent_free(agent_); }
 
     // ---- The hot path: noexcept, return the code (LBAGENT_OK on success). ----
@@ -269,6 +290,112 @@ public:
         }
     }
 
+    // ---- Checks and the log callback: functions the agent calls on its own threads. ----
+
+    // A self-check: returns true when it passes; to fail, returns false (and may set
+    // `reason`) or throws (what() is the reason).
+    using Check = std::function<bool(std::string &reason)>;
+
+    // Runs `check` on a thread of the agent's at once and every `interval_ms`; while it
+    // fails, or a run lasts longer than `timeout_ms` (0: no limit), the answers for `service`
+    // (nullptr: the whole server) say DOWN, "check failed" or "check timed out", with the
+    // message "NAME: reason". The agent owns the function and destroys it, on the check's
+    // thread, once the check is removed and its last run has returned. Throws Error
+    // (LBAGENT_ERR_EXISTS, _FULL, _INVALID_ARGUMENT, _UNKNOWN_SERVICE, _STOPPED).
+    void add_check(Text service, Text name, Check check, std::uint32_t interval_ms,
+                   std::uint32_t timeout_ms = 0) {
+        std::unique_ptr<Check> owned(new Check(std::move(check)));
+        lbagent_result r =
+            lbagent_add_check_with_free(agent_, service.c_str(), name.c_str(), &run_check,
+                                        owned.get(), &destroy_check, interval_ms, timeout_ms);
+        if (r != LBAGENT_OK) {
+            throw Error::from_call(r, "lbagent_add_check", true);  // `owned` is still ours
+        }
+        owned.release();  // the library's now
+    }
+
+    // Removes a check; a run in progress finishes on its own. Throws Error
+    // (LBAGENT_ERR_NOT_FOUND).
+    void remove_check(Text name) {
+        lbagent_result r = lbagent_remove_check(agent_, name.c_str());
+        if (r != LBAGENT_OK) {
+            throw Error::from_call(r, "lbagent_remove_check", false);
+        }
+    }
+
+    using LogCallback = std::function<void(LogLevel level, const char *line)>;
+
+    // Sends the agent's log lines (rate-limited) to `callback`, called on the agent's logger
+    // thread; an empty function stops it. Exceptions it throws are swallowed. Every callback
+    // set is kept until the Agent is destroyed (the logger may still be running one that was
+    // just replaced).
+    void set_log_callback(LogCallback callback) {
+        lbagent_result r;
+        if (!callback) {
+            r = lbagent_set_log_callback(agent_, nullptr, nullptr);
+        } else {
+            std::unique_ptr<LogCallback> owned(new LogCallback(std::move(callback)));
+            log_callbacks_.reserve(log_callbacks_.size() + 1);  // no throw once it is set
+            r = lbagent_set_log_callback(agent_, &run_log, owned.get());
+            if (r == LBAGENT_OK) {
+                log_callbacks_.push_back(std::move(owned));
+            }
+        }
+        if (r != LBAGENT_OK) {
+            throw Error::from_call(r, "lbagent_set_log_callback", true);
+        }
+    }
+
+    // ---- Worker watchdog slots and fork ----
+
+    // Claims a worker slot (config workers=N) for the calling thread or process. Throws
+    // Error (LBAGENT_ERR_FULL when no slot is free).
+    LBAGENT_NODISCARD unsigned worker_register() {
+        unsigned slot = 0;
+        lbagent_result r = lbagent_worker_register(agent_, &slot);
+        if (r != LBAGENT_OK) {
+            throw Error::from_call(r, "lbagent_worker_register", false);
+        }
+        return slot;
+    }
+
+    // Records that the worker in `slot` is alive. Async-signal-safe.
+    lbagent_result worker_heartbeat(unsigned slot) noexcept {
+        return lbagent_worker_heartbeat(agent_, slot);
+    }
+
+    // Releases a worker slot (LBAGENT_ERR_NOT_FOUND if it is not registered).
+    lbagent_result worker_unregister(unsigned slot) noexcept {
+        return lbagent_worker_unregister(agent_, slot);
+    }
+
+    // Releases the slots of worker process `pid` (after waitpid); returns how many.
+    unsigned worker_release_pid(int pid) {
+        unsigned released = 0;
+        lbagent_result r = lbagent_worker_release_pid(agent_, pid, &released);
+        if (r != LBAGENT_OK) {
+            throw Error::from_call(r, "lbagent_worker_release_pid", false);
+        }
+        return released;
+    }
+
+    // In a child right after fork(), when it takes the agent over (a daemon whose parent
+    // exits). Throws Error (LBAGENT_ERR_WRONG_PROCESS, _SYSTEM).
+    void after_fork_child() {
+        lbagent_result r = lbagent_after_fork_child(agent_);
+        if (r != LBAGENT_OK) {
+            throw Error::from_call(r, "lbagent_after_fork_child", true);
+        }
+    }
+
+    // In a prefork worker right after fork(): its calls report into the parent's answers.
+    void after_fork_worker() {
+        lbagent_result r = lbagent_after_fork_worker(agent_);
+        if (r != LBAGENT_OK) {
+            throw Error::from_call(r, "lbagent_after_fork_worker", true);
+        }
+    }
+
     // The C handle, for calls the wrapper does not cover; still owned by this Agent.
     lbagent *get() const noexcept { return agent_; }
 
@@ -286,7 +413,39 @@ private:
     struct Adopt {};
     Agent(lbagent *handle, Adopt) noexcept : agent_(handle) {}
 
+    // The C callbacks behind add_check and set_log_callback: never let an exception out.
+    static int run_check(void *userdata, char *message, std::uintptr_t message_len) noexcept {
+        std::string reason;
+        bool passed = false;
+        try {
+            passed = (*static_cast<Check *>(userdata))(reason);
+        } catch (const std::exception &e) {
+            try {
+                reason = e.what();
+            } catch (...) {
+            }
+        } catch (...) {
+            reason = "exception";
+        }
+        if (!passed && message_len > 0) {
+            std::size_t n = reason.size() < message_len - 1 ? reason.size() : message_len - 1;
+            std::memcpy(message, reason.data(), n);
+            message[n] = '\0';
+        }
+        return passed ? 0 : 1;
+    }
+
+    static void destroy_check(void *userdata) noexcept { delete static_cast<Check *>(userdata); }
+
+    static void run_log(void *userdata, int level, const char *line) noexcept {
+        try {
+            (*static_cast<LogCallback *>(userdata))(static_cast<LogLevel>(level), line);
+        } catch (...) {
+        }
+    }
+
     lbagent *agent_;
+    std::vector<std::unique_ptr<LogCallback>> log_callbacks_;
 };
 
 }  // namespace lbagentpp

@@ -13,21 +13,25 @@ The library is loaded on first use (see _native.candidates for where it is looke
 ``import lbagent`` works without it, and Agent() then raises LibraryNotFoundError.
 """
 
-from .agent import Agent, Status, library_path, state_name, strerror, version
-from .enums import Counter, Reason, Result, State
+from .agent import Agent, Status, Worker, library_path, state_name, strerror, version
+from .enums import Counter, LogLevel, Reason, Result, State
 from .errors import (
     BadHandleError,
     BindError,
     ClosedError,
     ConfigError,
     Error,
+    ExistsError,
+    FullError,
     InternalError,
     InvalidArgumentError,
     LibraryNotFoundError,
+    NotFoundError,
     StoppedError,
     StopTimeoutError,
     SystemCallError,
     UnknownServiceError,
+    WrongProcessError,
 )
 
 __version__ = "0.1.0"
@@ -40,9 +44,13 @@ __all__ = [
     "ConfigError",
     "Counter",
     "Error",
+    "ExistsError",
+    "FullError",
     "InternalError",
     "InvalidArgumentError",
     "LibraryNotFoundError",
+    "LogLevel",
+    "NotFoundError",
     "Reason",
     "Result",
     "State",
@@ -51,6 +59,8 @@ __all__ = [
     "StoppedError",
     "SystemCallError",
     "UnknownServiceError",
+    "Worker",
+    "WrongProcessError",
     "library_path",
     "state_name",
     "strerror",

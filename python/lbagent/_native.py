@@ -1,8 +1,8 @@
 """The C library: finding and loading it, and the prototype of every function of lbagent.h.
 
-Every function is declared once, in PROTOTYPES, with its ctypes return and argument types;
-tests/test_native.py parses include/lbagent.h and fails when the two differ. A callback type
-(for functions that take one) belongs here too, as a ctypes.CFUNCTYPE next to the structures.
+Every function is declared once, in PROTOTYPES, with its ctypes return and argument types,
+and every callback type as a ctypes.CFUNCTYPE; tests/test_native.py parses include/lbagent.h
+and fails when they differ.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import ctypes
 import ctypes.util
 import os
 import threading
-from ctypes import POINTER, c_char, c_char_p, c_int, c_size_t, c_uint, c_uint16, c_uint32, c_uint64
+from ctypes import (POINTER, c_char, c_char_p, c_int, c_size_t, c_uint, c_uint16, c_uint32,
+                    c_uint64, c_void_p)
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -49,6 +50,13 @@ class lbagent_status(ctypes.Structure):
 
 AGENT_P = POINTER(lbagent)
 
+#: `lbagent_check_fn`: int (*)(void *userdata, char *message, uintptr_t message_len)
+CHECK_FN = ctypes.CFUNCTYPE(c_int, c_void_p, POINTER(c_char), c_uintptr)
+#: `lbagent_free_fn`: void (*)(void *userdata)
+FREE_FN = ctypes.CFUNCTYPE(None, c_void_p)
+#: `lbagent_log_fn`: void (*)(void *userdata, int level, const char *message)
+LOG_FN = ctypes.CFUNCTYPE(None, c_void_p, c_int, c_char_p)
+
 #: name: (restype, argtypes), exactly as in include/lbagent.h.
 PROTOTYPES: Dict[str, Tuple[object, List[object]]] = {
     "lbagent_start": (c_int, [c_char_p, POINTER(AGENT_P)]),
@@ -65,10 +73,26 @@ PROTOTYPES: Dict[str, Tuple[object, List[object]]] = {
     "lbagent_strerror": (c_char_p, [c_int]),
     "lbagent_last_error": (c_uintptr, [POINTER(c_char), c_uintptr]),
     "lbagent_version": (c_char_p, []),
+    "lbagent_add_check": (c_int, [AGENT_P, c_char_p, c_char_p, CHECK_FN, c_void_p, c_uint32,
+                                  c_uint32]),
+    "lbagent_add_check_with_free": (c_int, [AGENT_P, c_char_p, c_char_p, CHECK_FN, c_void_p,
+                                            FREE_FN, c_uint32, c_uint32]),
+    "lbagent_remove_check": (c_int, [AGENT_P, c_char_p]),
+    "lbagent_set_log_callback": (c_int, [AGENT_P, LOG_FN, c_void_p]),
+    "lbagent_worker_register": (c_int, [AGENT_P, POINTER(c_uint)]),
+    "lbagent_worker_heartbeat": (c_int, [AGENT_P, c_uint]),
+    "lbagent_worker_unregister": (c_int, [AGENT_P, c_uint]),
+    "lbagent_worker_release_pid": (c_int, [AGENT_P, c_int, POINTER(c_uint)]),
+    "lbagent_after_fork_child": (c_int, [AGENT_P]),
+    "lbagent_after_fork_worker": (c_int, [AGENT_P]),
 }
 
 #: The calls that set this thread's last error when they fail (the others report a code only).
-SETS_LAST_ERROR = frozenset({"lbagent_start", "lbagent_get_status", "lbagent_stop"})
+SETS_LAST_ERROR = frozenset({
+    "lbagent_start", "lbagent_get_status", "lbagent_stop", "lbagent_add_check",
+    "lbagent_add_check_with_free", "lbagent_set_log_callback", "lbagent_after_fork_child",
+    "lbagent_after_fork_worker",
+})
 
 
 class Library:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import dataclasses
 import enum
 import operator
+import os
 import re
 import threading
-from typing import Any, Dict, Optional, Type, TypeVar, Union
+import weakref
+from typing import Any, Callable, Dict, Optional, Type, TypeVar, Union
 
-from . import _native
-from .enums import Counter, Reason, Result, State
+from . import _native, callbacks
+from .enums import Counter, LogLevel, Reason, Result, State
 from .errors import ClosedError, ConfigError, InvalidArgumentError, error_for
 
 E = TypeVar("E", bound=enum.IntEnum)
@@ -107,35 +110,48 @@ class Agent:
     names the bad key and value, or the address that could not be bound).
 
     Use it as a context manager, or call :meth:`close` (idempotent). Every method is
-    thread-safe; after close they raise :class:`ClosedError`.
+    thread-safe, and may be called from a Python signal handler, a check or a log callback
+    (but a check or a log callback must not close the agent). After close they raise
+    :class:`ClosedError`.
     """
 
     def __init__(self, config: Optional[str] = None, /, **settings: Any):
         # Set first, so that close() and __del__ work even when the start fails.
         self._handle: Optional[Any] = None
-        # Guards the handle against being freed while a call uses it. Reentrant, because a
-        # Python signal handler may run, and call in, while this thread holds it.
-        self._lock = threading.RLock()
-        # Objects the library holds pointers to (ctypes callbacks and their userdata, once
-        # functions take them), by registration. Released only after lbagent_free has
-        # returned, so no callback ever outlives the object that C calls.
-        self._retained: Dict[Any, Any] = {}
+        self._reset_locks()
+        self._log_key: Optional[int] = None  # the log callback's key in callbacks
         self._lib = _native.load()
         handle = _native.AGENT_P()
         code = self._lib.lbagent_start(_config_text(config, settings), ctypes.byref(handle))
         if code != Result.OK:
             raise error_for(code, self._lib.last_error())
         self._handle = handle
+        _live_agents.add(self)
+
+    def _reset_locks(self) -> None:
+        # Guards the handle against being freed while a call uses it. Quick calls hold it
+        # during the C call; a blocking one (stop) is counted in `_busy` instead, so that the
+        # library's threads (checks, log callback) can still call in meanwhile, and close()
+        # waits for it. Reentrant: a Python signal handler may call in while this thread
+        # holds it.
+        self._lock = threading.RLock()
+        self._idle = threading.Condition(self._lock)
+        self._busy = 0
 
     # ---- Lifetime -------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stops the agent (waiting up to 5 s for its thread) and frees it. Idempotent."""
+        """Stops the agent (waiting up to 5 s for its threads) and frees it. Idempotent."""
         with self._lock:
             handle, self._handle = self._handle, None
+            while self._busy:
+                self._idle.wait()
         if handle is not None:
             self._lib.lbagent_free(handle)
-            self._retained.clear()
+            # The logger thread has ended: nothing calls the log callback any more. (A check
+            # releases its own entry, from its thread, after its last run.)
+            callbacks.release(self._log_key)
+            self._log_key = None
 
     @property
     def closed(self) -> bool:
@@ -170,9 +186,28 @@ class Agent:
             if code == 0:  # LBAGENT_OK, as a plain int: comparing with the enum costs more
                 return
             detail = self._lib.last_error() if name in _native.SETS_LAST_ERROR else ""
-        if not detail:
-            detail = f"{name}: {strerror(code)}"
-        raise error_for(code, detail)
+        self._raise(name, code, detail)
+
+    def _call_blocking(self, name: str, *args: Any) -> None:
+        """Like _call, for a call that may wait: the handle stays valid without the lock."""
+        with self._lock:
+            handle = self._handle
+            if handle is None:
+                raise ClosedError("lbagent: the agent is closed", Result.ERR_BAD_HANDLE)
+            self._busy += 1
+        try:
+            code = getattr(self._lib, name)(handle, *args)
+            detail = self._lib.last_error() if code != 0 else ""
+        finally:
+            with self._lock:
+                self._busy -= 1
+                self._idle.notify_all()
+        if code != 0:
+            self._raise(name, code, detail)
+
+    @staticmethod
+    def _raise(name: str, code: int, detail: str) -> None:
+        raise error_for(code, detail or f"{name}: {strerror(code)}")
 
     # ---- The hot path ---------------------------------------------------------------------
 
@@ -185,12 +220,13 @@ class Agent:
         """Reports the whole server's state, or a configured service's; `reason` is a text for
         operators (None clears it). Raises InvalidArgumentError for UNKNOWN or a non-state,
         UnknownServiceError, StoppedError after stop()."""
-        self._call("lbagent_set_state", _text("service", service), _int("state", state, 32, signed=True),
-                   _text("reason", reason))
+        self._call("lbagent_set_state", _text("service", service),
+                   _int("state", state, 32, signed=True), _text("reason", reason))
 
     def set_weight(self, weight_pct: int, *, service: Optional[str] = None) -> None:
         """Sets the weight in percent (0..100) of the weight configured on the director."""
-        self._call("lbagent_set_weight", _text("service", service), _int("weight_pct", weight_pct, 32))
+        self._call("lbagent_set_weight", _text("service", service),
+                   _int("weight_pct", weight_pct, 32))
 
     def set_load(self, in_use: int, capacity: int = 0, *,
                  service: Optional[str] = None) -> None:
@@ -241,10 +277,122 @@ class Agent:
 
     def stop(self, timeout_ms: int = 1000) -> None:
         """Stops answering (every answer says STOPPING from now on) and waits up to
-        `timeout_ms` for the monitor thread (0: for ever). Idempotent; raises StopTimeoutError
-        when the wait was too short (call again to wait again). Other calls on this agent wait
-        meanwhile. close() stops too."""
-        self._call("lbagent_stop", _int("timeout_ms", timeout_ms, 32))
+        `timeout_ms` for the agent's threads (0: for ever). Idempotent; raises
+        StopTimeoutError when the wait was too short (call again to wait again). close()
+        stops too."""
+        self._call_blocking("lbagent_stop", _int("timeout_ms", timeout_ms, 32))
+
+    # ---- Checks and logging: Python functions the agent calls ------------------------------
+
+    def add_check(self, name: str, check: Callable[[], Any], *, service: Optional[str] = None,
+                  interval_ms: int = 1000, timeout_ms: int = 0) -> None:
+        """Runs `check()` on a thread of the agent's at once and every `interval_ms`. It passes
+        unless it returns False or raises (the exception's text is then the reason); while it
+        fails, or a run lasts longer than `timeout_ms` (0: no limit), the answers for
+        `service` (None: the whole server) say DOWN, "check failed" or "check timed out". A
+        check that hangs never delays probe answers. The agent keeps `check` alive until the
+        check is removed and its last run has returned."""
+        key = callbacks.register(check)
+        try:
+            self._call("lbagent_add_check_with_free", _text("service", service),
+                       _text("name", name), callbacks.CHECK_TRAMPOLINE, key,
+                       callbacks.RELEASE_TRAMPOLINE, _int("interval_ms", interval_ms, 32),
+                       _int("timeout_ms", timeout_ms, 32))
+        except BaseException:
+            callbacks.release(key)  # on error the library does not call the release function
+            raise
+
+    def remove_check(self, name: str) -> None:
+        """Removes a check (NotFoundError if there is none of that name); a run in progress
+        finishes on its own thread. Does not wait."""
+        self._call("lbagent_remove_check", _text("name", name))
+
+    def set_log_callback(self, callback: Optional[Callable[[LogLevel, str], Any]]) -> None:
+        """Sends the agent's log lines (rate-limited) to `callback(level, line)`, called on the
+        agent's logger thread; None stops it. Exceptions it raises are ignored."""
+        with self._lock:
+            if self._log_key is None:
+                self._log_key = callbacks.register(callback)
+            else:
+                callbacks.replace(self._log_key, callback)
+            if callback is None:
+                self._call("lbagent_set_log_callback", _native.LOG_FN(), None)  # NULL
+            else:
+                self._call("lbagent_set_log_callback", callbacks.LOG_TRAMPOLINE, self._log_key)
+
+    # ---- Worker watchdog slots and fork ----------------------------------------------------
+
+    def register_worker(self) -> "Worker":
+        """Claims a worker watchdog slot (config ``workers=N``) for the calling thread or
+        process; heart-beat it more often than ``worker_timeout_ms``. FullError when no slot
+        is free."""
+        slot = ctypes.c_uint()
+        self._call("lbagent_worker_register", ctypes.byref(slot))
+        return Worker(self, slot.value)
+
+    def release_worker_pid(self, pid: int) -> int:
+        """Releases the slots of a worker process that ended (after waitpid); returns how many."""
+        released = ctypes.c_uint()
+        self._call("lbagent_worker_release_pid", _int("pid", pid, 32, signed=True),
+                   ctypes.byref(released))
+        return released.value
+
+    def after_fork_child(self) -> None:
+        """In a child right after os.fork(), when the child takes the agent over (a daemon
+        whose parent exits): starts the agent's threads in the child."""
+        self._call("lbagent_after_fork_child")
+
+    def after_fork_worker(self) -> None:
+        """In a prefork worker right after os.fork(): the worker's calls then report into the
+        answers of the parent, which keeps the agent running."""
+        self._call("lbagent_after_fork_worker")
+
+
+class Worker:
+    """A worker watchdog slot (from :meth:`Agent.register_worker`); a context manager that
+    unregisters it."""
+
+    def __init__(self, agent: Agent, slot: int):
+        self.agent = agent
+        self.slot = slot
+        self._registered = True
+
+    def heartbeat(self) -> None:
+        """Records that this worker is alive."""
+        self.agent._call("lbagent_worker_heartbeat", self.slot)
+
+    def close(self) -> None:
+        """Releases the slot. Idempotent; nothing to do once the agent is closed."""
+        if self._registered and not self.agent.closed:
+            self.agent._call("lbagent_worker_unregister", self.slot)
+        self._registered = False
+
+    def __enter__(self) -> "Worker":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+#: Live agents, so that a forked child gets fresh locks (another thread may have held one at
+#: the fork, and would never release it in the child).
+_live_agents: "weakref.WeakSet[Agent]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for agent in list(_live_agents):
+        agent._reset_locks()
+
+
+def _close_live_agents() -> None:
+    # Before the interpreter goes away: the agents' threads must not call a check or a log
+    # callback into a finalized interpreter.
+    for agent in list(_live_agents):
+        agent.close()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_close_live_agents)
 
 
 def version() -> str:

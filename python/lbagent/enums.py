@@ -33,6 +33,8 @@ class Reason(enum.IntEnum):
     AGENT_STOPPING = 3
     UNKNOWN_SERVICE = 4
     AGENT_FAULT = 5
+    CHECK_TIMED_OUT = 6
+    WORKER_STALLED = 7
 
 
 class Counter(enum.IntEnum):
@@ -70,3 +72,15 @@ class Result(enum.IntEnum):
     ERR_STOPPED = 8
     ERR_TIMEOUT = 9
     ERR_PANIC = 10
+    ERR_EXISTS = 11
+    ERR_FULL = 12
+    ERR_NOT_FOUND = 13
+    ERR_WRONG_PROCESS = 14
+
+
+class LogLevel(enum.IntEnum):
+    """The level of a line given to a log callback (``LBAGENT_LOG_LEVEL_*``)."""
+
+    ERROR = 0
+    WARN = 1
+    INFO = 2

@@ -65,6 +65,22 @@ class InternalError(Error):
     """LBAGENT_ERR_PANIC: the library caught an internal error; the call had no effect."""
 
 
+class ExistsError(Error):
+    """LBAGENT_ERR_EXISTS: a check with that name exists already."""
+
+
+class FullError(Error):
+    """LBAGENT_ERR_FULL: no room left (64 checks; no free worker slot)."""
+
+
+class NotFoundError(Error, LookupError):
+    """LBAGENT_ERR_NOT_FOUND: no such check, or the worker slot is not registered."""
+
+
+class WrongProcessError(Error):
+    """LBAGENT_ERR_WRONG_PROCESS: the call belongs to another process (see fork)."""
+
+
 _BY_CODE: Dict[Result, Type[Error]] = {
     Result.ERR_BAD_HANDLE: BadHandleError,
     Result.ERR_INVALID_ARGUMENT: InvalidArgumentError,
@@ -75,6 +91,10 @@ _BY_CODE: Dict[Result, Type[Error]] = {
     Result.ERR_STOPPED: StoppedError,
     Result.ERR_TIMEOUT: StopTimeoutError,
     Result.ERR_PANIC: InternalError,
+    Result.ERR_EXISTS: ExistsError,
+    Result.ERR_FULL: FullError,
+    Result.ERR_NOT_FOUND: NotFoundError,
+    Result.ERR_WRONG_PROCESS: WrongProcessError,
 }
 
 

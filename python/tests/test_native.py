@@ -7,7 +7,8 @@ import ctypes
 import os
 import re
 import shutil
-from ctypes import POINTER, c_char, c_char_p, c_int, c_uint, c_uint16, c_uint32, c_uint64
+from ctypes import (POINTER, c_char, c_char_p, c_int, c_uint, c_uint16, c_uint32, c_uint64,
+                    c_void_p)
 from pathlib import Path
 
 import lbagent
@@ -42,6 +43,11 @@ C_TYPES = {
     "uint64_t *": POINTER(c_uint64),
     "uint64_t": c_uint64,
     "char": c_char,
+    "void *": c_void_p,
+    "unsigned int *": POINTER(c_uint),
+    "lbagent_check_fn": _native.CHECK_FN,
+    "lbagent_free_fn": _native.FREE_FN,
+    "lbagent_log_fn": _native.LOG_FN,
 }
 
 
@@ -51,20 +57,30 @@ def normalize(c_type: str) -> str:
     return c_type.replace("* *", "**").strip()
 
 
+def argument_types(args: str):
+    types = []
+    for arg in args.split(","):
+        arg = " ".join(arg.split())
+        if arg in ("void", ""):
+            continue
+        # The last word is the parameter's name; what comes before is its type.
+        types.append(normalize(re.sub(r"\w+$", "", arg)))
+    return types
+
+
 def header_prototypes():
     """{name: (return type, [argument types])} for every function declared in the header."""
-    found = {}
     pattern = re.compile(r"([\w\s\*]+?)\b(lbagent_\w+)\s*\(([^()]*)\)\s*;")
-    for ret, name, args in pattern.findall(header_text()):
-        types = []
-        for arg in args.split(","):
-            arg = " ".join(arg.split())
-            if arg in ("void", ""):
-                continue
-            # The last word is the parameter's name; what comes before is its type.
-            types.append(normalize(re.sub(r"\w+$", "", arg)))
-        found[name] = (normalize(ret), types)
-    return found
+    return {name: (normalize(ret), argument_types(args))
+            for ret, name, args in pattern.findall(header_text())}
+
+
+def header_callback_types():
+    """{name: (return type, [argument types])} for every function pointer typedef."""
+    pattern = re.compile(
+        r"typedef\s+([\w\s\*]+?)\s*\(\s*\*\s*(lbagent_\w+)\s*\)\s*\(([^()]*)\)\s*;")
+    return {name: (normalize(ret), argument_types(args))
+            for ret, name, args in pattern.findall(header_text())}
 
 
 def ctype(c_type: str):
@@ -80,6 +96,15 @@ def test_every_function_of_the_header_is_bound_with_the_header_types():
         restype, argtypes = _native.PROTOTYPES[name]
         assert restype is ctype(ret), f"{name}: returns {ret}"
         assert [ctype(a) for a in args] == argtypes, f"{name}: arguments {args}"
+
+
+def test_every_callback_type_of_the_header_has_its_ctypes_prototype():
+    declared = header_callback_types()
+    assert sorted(declared) == ["lbagent_check_fn", "lbagent_free_fn", "lbagent_log_fn"]
+    for name, (ret, args) in declared.items():
+        ours = ctype(name)
+        assert ours._restype_ is ctype(ret), name
+        assert list(ours._argtypes_) == [ctype(a) for a in args], name
 
 
 def test_the_loaded_functions_carry_those_types():
@@ -120,6 +145,7 @@ def test_the_enums_match_the_header():
     assert {m.name: m.value for m in lbagent.State} == header_enum("STATE_")
     assert {m.name: m.value for m in lbagent.Reason} == header_enum("REASON_")
     assert {m.name: m.value for m in lbagent.Counter} == header_enum("COUNTER_")
+    assert {m.name: m.value for m in lbagent.LogLevel} == header_enum("LOG_LEVEL_")
     results = {name: value for name, value in header_enum("").items()
                if name == "OK" or name.startswith("ERR_")}
     assert {m.name: m.value for m in lbagent.Result} == results

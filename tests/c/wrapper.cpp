@@ -10,7 +10,10 @@
 
 #include <cstdio>
 #include <cstring>
+#include <memory>
+#include <stdexcept>
 #include <string>
+#include <vector>
 #include <type_traits>
 #include <utility>
 
@@ -211,6 +214,94 @@ void ownership_and_moves() {
     CHECK(ask(port).empty());
 }
 
+// Polls `done` for up to 20 s (checks run on their own threads).
+template <typename F>
+bool eventually(F done) {
+    for (int i = 0; i < 2000; i++) {
+        if (done()) {
+            return true;
+        }
+        usleep(10000);
+    }
+    return false;
+}
+
+void checks_workers_and_log() {
+    Agent agent("listen=127.0.0.1:0 services=db workers=1 worker_timeout_ms=60000");
+    CHECK(agent.set_state(lbagentpp::State::Up, "ready") == LBAGENT_OK);
+
+    // A check the agent owns: a lambda with captured state, destroyed by the library.
+    std::shared_ptr<int> alive = std::make_shared<int>(0);
+    std::weak_ptr<int> watch = alive;
+    agent.add_check("db", "ping",
+                    [alive](std::string &reason) {
+                        reason = "db unreachable";
+                        return *alive != 0;
+                    },
+                    50);
+    alive.reset();  // only the agent's copy of the lambda holds it now
+    CHECK(eventually([&] { return agent.status("db").message == "ping: db unreachable"; }));
+    CHECK(agent.status("db").reason == lbagentpp::Reason::CheckFailed);
+    CHECK(agent.status().state == lbagentpp::State::Up);
+    agent.add_check(nullptr, "throws",
+                    [](std::string &) -> bool { throw std::runtime_error("disk full"); }, 50);
+    CHECK(eventually([&] { return agent.status().message == "throws: disk full"; }));
+    bool thrown = false;
+    try {
+        agent.add_check(nullptr, "throws", [](std::string &) { return true; }, 50);
+    } catch (const lbagentpp::Error &e) {
+        thrown = e.code() == LBAGENT_ERR_EXISTS;
+    }
+    CHECK(thrown);
+    agent.remove_check("throws");
+    agent.remove_check("ping");
+    CHECK(eventually([&] { return watch.expired(); }));  // the library destroyed the lambda
+    CHECK(eventually([&] { return agent.status().message == "ready"; }));
+    thrown = false;
+    try {
+        agent.remove_check("ping");
+    } catch (const lbagentpp::Error &e) {
+        thrown = e.code() == LBAGENT_ERR_NOT_FOUND;
+    }
+    CHECK(thrown);
+
+    // Worker slots.
+    unsigned slot = agent.worker_register();
+    CHECK(agent.worker_heartbeat(slot) == LBAGENT_OK);
+    thrown = false;
+    try {
+        (void)agent.worker_register();
+    } catch (const lbagentpp::Error &e) {
+        thrown = e.code() == LBAGENT_ERR_FULL;
+    }
+    CHECK(thrown);
+    CHECK(agent.worker_unregister(slot) == LBAGENT_OK);
+    CHECK(agent.worker_heartbeat(slot) == LBAGENT_ERR_NOT_FOUND);
+    CHECK(agent.worker_release_pid(static_cast<int>(getpid())) == 0);
+    thrown = false;
+    try {
+        agent.after_fork_worker();  // not a forked process
+    } catch (const lbagentpp::Error &e) {
+        thrown = e.code() == LBAGENT_ERR_WRONG_PROCESS;
+    }
+    CHECK(thrown);
+
+    // The log callback: the agent's "stopped" line arrives on the logger thread.
+    std::vector<std::string> lines;
+    agent.set_log_callback([&lines](lbagentpp::LogLevel level, const char *line) {
+        if (level == lbagentpp::LogLevel::Info) {
+            lines.push_back(line);
+        }
+    });
+    agent.set_log_callback([&lines](lbagentpp::LogLevel, const char *line) {
+        lines.push_back(line);
+        throw std::runtime_error("swallowed");
+    });
+    agent.stop(5000);  // joins the logger thread: `lines` is ours again
+    CHECK(lines.size() == 1 && lines[0] == "stopped");
+    agent.set_log_callback(nullptr);
+}
+
 }  // namespace
 
 int main() {
@@ -220,6 +311,7 @@ int main() {
     errors_are_exceptions();
     hot_path_returns_codes();
     ownership_and_moves();
+    checks_workers_and_log();
     std::printf("wrapper.cpp (C++%ld): %d checks, %d failed\n", __cplusplus / 100 % 100, checks,
                 failures);
     return failures == 0 ? 0 : 1;
