@@ -5,6 +5,8 @@ SHELL    := /bin/bash
 CARGO    ?= cargo
 CC       ?= gcc
 CFLAGS   ?= -std=c11 -Wall -Wextra -Werror -pedantic -O2 -g
+CXX      ?= g++
+CXXFLAGS ?= -std=c++11 -Wall -Wextra -Werror -pedantic -O2 -g
 PREFIX   ?= /usr/local
 SOMAJOR  := $(shell sed -n 's/^version = "\([0-9]*\)\..*/\1/p' Cargo.toml | head -n1)
 
@@ -13,7 +15,7 @@ BUILD    := build
 
 # Tools the tests need: command:debian-package.
 TEST_TOOLS := gcc:gcc g++:g++ valgrind:valgrind nm:binutils readelf:binutils pkg-config:pkg-config \
-              haproxy:haproxy curl:curl
+              haproxy:haproxy curl:curl python3:python3
 
 .PHONY: all build examples demo test lvs-test fuzz header install tools clean
 
@@ -27,20 +29,29 @@ build:
 	ln -sf ../../$(RELEASE)/liblbagent.so $(BUILD)/lib/liblbagent.so.$(SOMAJOR)
 	$(MAKE) --no-print-directory examples
 
-examples: $(BUILD)/bin/demo_server
+examples: $(BUILD)/bin/demo_server $(BUILD)/bin/dlopen_host $(BUILD)/bin/cpp_server
 
 $(BUILD)/bin/%: c-examples/%.c include/lbagent.h $(RELEASE)/liblbagent.so
 	$(CC) $(CFLAGS) -Iinclude $< -o $@ -L$(BUILD)/lib -Wl,-rpath,'$$ORIGIN/../lib' -llbagent
+
+# The legacy host is not linked with the library: it loads it at run time, if it is there.
+$(BUILD)/bin/dlopen_host: c-examples/dlopen_host.c include/lbagent.h
+	$(CC) $(CFLAGS) -Iinclude $< -o $@ -ldl
+
+$(BUILD)/bin/%: c-examples/%.cpp include/lbagent.hpp include/lbagent.h $(RELEASE)/liblbagent.so
+	$(CXX) $(CXXFLAGS) -Iinclude $< -o $@ -L$(BUILD)/lib -Wl,-rpath,'$$ORIGIN/../lib' -llbagent
 
 ## demo: a C server with the agent embedded, probed through its state changes (~20 s).
 demo: tools build
 	scripts/demo.sh
 
-## test: every test (unit, loopback UDP, protocol vectors, header, symbols, C under valgrind,
-## amplification, soak), the fuzzers for a bounded time, then the LVS director test.
+## test: every test (unit, loopback UDP, TCP and HTTP, protocol vectors, header, symbols, C
+## and C++ hosts under valgrind, HAProxy, amplification, soak), the Python package in a fresh
+## virtual environment, the fuzzers for a bounded time, then the LVS director test.
 test: tools
 	$(CARGO) build --all-targets
 	$(CARGO) test --all-targets -- --test-threads=2
+	scripts/python-test.sh target/debug
 	$(MAKE) --no-print-directory fuzz
 	$(MAKE) --no-print-directory lvs-test
 

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::c::{Link, build, run_ok, valgrind};
+use common::c_build::*;
 use common::*;
 use lbagent::client::{self, ProbeOptions};
 use lbagent::{Reason, State};

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::Duration;
 
-use common::c::{Link, build};
+use common::c_build::{Link, build};
 use common::eventually;
 use lbagent::client::{self, ProbeOptions};
 use lbagent::{Reason, State};

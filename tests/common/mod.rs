@@ -2,7 +2,7 @@
 //! paths of the built library and programs.
 #![allow(dead_code)]
 
-pub mod c;
+pub mod c_build;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;

@@ -1,19 +1,15 @@
-//! Building and running the C programs of the tests against the library just built.
+//! Building and running the C and C++ programs: warnings as errors, linked dynamically,
+//! statically or not at all (for dlopen), and valgrind.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 
 use super::{repo, target_dir};
 
-const C_FLAGS: &[&str] = &["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-g"];
-const CXX_FLAGS: &[&str] = &[
-    "-std=c++11",
-    "-Wall",
-    "-Wextra",
-    "-Werror",
-    "-pedantic",
-    "-g",
-];
+pub const C_FLAGS: &[&str] = &["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-g"];
+/// The C++ warnings; the standard is chosen per build (C++11 unless said otherwise).
+pub const CXX_WARNINGS: &[&str] = &["-Wall", "-Wextra", "-Werror", "-pedantic", "-g"];
 
 pub fn out_dir() -> PathBuf {
     let dir = target_dir().join("c-tests");
@@ -36,45 +32,71 @@ pub fn run_ok(cmd: &mut Command) -> Output {
 }
 
 /// A directory holding the shared library under its link name and its soname, as an
-/// installation would (the executable records the soname, liblbagent.so.0).
-pub fn lib_dir() -> PathBuf {
-    assert_library_is_fresh();
-    let dir = out_dir().join("lib");
-    std::fs::create_dir_all(&dir).unwrap();
-    let lib = target_dir().join("liblbagent.so");
-    let soname = format!("liblbagent.so.{}", env!("CARGO_PKG_VERSION_MAJOR"));
-    for name in ["liblbagent.so", soname.as_str()] {
-        let link = dir.join(name);
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&lib, &link).unwrap();
-    }
-    dir
+/// installation would (the executable records the soname, liblbagent.so.0). Made once per
+/// test binary, so that parallel tests never see it half-made.
+pub fn lib_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        assert_library_is_fresh();
+        let dir = out_dir().join("lib");
+        std::fs::create_dir_all(&dir).unwrap();
+        let lib = target_dir().join("liblbagent.so");
+        let soname = format!("liblbagent.so.{}", env!("CARGO_PKG_VERSION_MAJOR"));
+        for name in ["liblbagent.so", soname.as_str()] {
+            let link = dir.join(name);
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(&lib, &link).unwrap();
+        }
+        dir
+    })
 }
 
 pub enum Link {
+    /// Against liblbagent.so, found through an rpath.
     Dynamic,
+    /// Against liblbagent.a.
     Static,
+    /// Not at all, and without an rpath: the program loads the library with dlopen.
+    Dlopen,
 }
 
-/// Compiles one C or C++ source against include/lbagent.h and the library just built.
+/// Compiles one C (C11) or C++ (C++11) source against include/ and the library just built.
 pub fn build(source: &str, link: Link) -> PathBuf {
+    build_as(source, link, "c++11")
+}
+
+/// Like `build`, choosing the C++ standard (`cxx_std`, such as "c++17"); the executable's
+/// name carries the standard when it is not C++11.
+pub fn build_as(source: &str, link: Link, cxx_std: &str) -> PathBuf {
     let src = repo().join(source);
     let cxx = source.ends_with(".cpp");
-    let stem = Path::new(source).file_stem().unwrap().to_str().unwrap();
-    let exe = out_dir().join(match link {
-        Link::Dynamic => stem.to_string(),
-        Link::Static => format!("{stem}-static"),
-    });
+    let mut name = Path::new(source)
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    if cxx && cxx_std != "c++11" {
+        name = format!("{name}-{cxx_std}");
+    }
+    if let Link::Static = link {
+        name.push_str("-static");
+    }
+    let exe = out_dir().join(name);
     let mut cmd = Command::new(if cxx { "g++" } else { "gcc" });
-    cmd.args(if cxx { CXX_FLAGS } else { C_FLAGS })
-        .arg("-I")
+    if cxx {
+        cmd.arg(format!("-std={cxx_std}")).args(CXX_WARNINGS);
+    } else {
+        cmd.args(C_FLAGS);
+    }
+    cmd.arg("-I")
         .arg(repo().join("include"))
         .arg(&src)
         .arg("-o")
         .arg(&exe);
-    let lib_dir = lib_dir();
     match link {
         Link::Dynamic => {
+            let lib_dir = lib_dir();
             cmd.arg(format!("-L{}", lib_dir.display()))
                 .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
                 .arg("-llbagent");
@@ -82,6 +104,9 @@ pub fn build(source: &str, link: Link) -> PathBuf {
         Link::Static => {
             cmd.arg(target_dir().join("liblbagent.a"))
                 .args(["-lpthread", "-ldl", "-lm"]);
+        }
+        Link::Dlopen => {
+            cmd.arg("-ldl");
         }
     }
     run_ok(&mut cmd);

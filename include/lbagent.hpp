@@ -1,0 +1,455 @@
+// lbagent.hpp: a header-only C++ wrapper over lbagent.h (C++11 or later), in namespace
+// lbagentpp (C++ cannot have a namespace `lbagent` next to the C header's `struct lbagent`).
+//
+//   lbagentpp::Agent agent("listen=0.0.0.0:4950 watchdog_ms=3000"); // throws lbagentpp::Error
+//   agent.set_state(lbagentpp::State::Up, "ready");      // noexcept, returns the lbagent_result
+//   for (;;) { serve(); agent.heartbeat(); }
+//   // ~Agent() stops the agent and frees it.
+//
+// - lbagentpp::Agent owns one agent: started by the constructor, stopped and freed by the
+//   destructor. It is move-only; a moved-from Agent holds no agent (its calls return
+//   LBAGENT_ERR_NULL_ARGUMENT, or throw for the throwing ones).
+// - Start, stop, status, counters and ports throw lbagentpp::Error (the lbagent_result code
+//   and the text of lbagent_last_error) on failure.
+// - The hot-path calls heartbeat, set_state, set_weight, set_load and worker_heartbeat are
+//   noexcept and return the lbagent_result, like the C functions: they stay usable in tight
+//   loops and, where the C function is async-signal-safe (heartbeat; set_state(State) without
+//   a reason; set_weight and set_load without a service; worker_heartbeat), from a signal
+//   handler.
+// - Checks and the log callback are std::functions, owned by the agent; an exception they
+//   throw never reaches the library (a check that throws fails with what() as its reason).
+// - Service names and reasons are taken as `const char *` or `std::string` (lbagentpp::Text);
+//   nullptr means the whole server, or no reason. The library copies them.
+//
+// Requires C++11 (the wrapper needs nothing newer, and servers that embed lbagent are often
+// built with old standards); [[nodiscard]] is added under C++17.
+#ifndef LBAGENT_HPP
+#define LBAGENT_HPP
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "lbagent.h"
+
+#if __cplusplus >= 201703L
+#define LBAGENT_NODISCARD [[nodiscard]]
+#else
+#define LBAGENT_NODISCARD
+#endif
+
+namespace lbagentpp {
+
+// The state of the whole server or of one service (LBAGENT_STATE_*).
+enum class State : int {
+    Unknown = LBAGENT_STATE_UNKNOWN,
+    Starting = LBAGENT_STATE_STARTING,
+    Up = LBAGENT_STATE_UP,
+    Drain = LBAGENT_STATE_DRAIN,
+    Maint = LBAGENT_STATE_MAINT,
+    Down = LBAGENT_STATE_DOWN,
+    Stopping = LBAGENT_STATE_STOPPING,
+};
+
+// Why the state is what it is (LBAGENT_REASON_*).
+enum class Reason : int {
+    Host = LBAGENT_REASON_HOST,
+    WatchdogExpired = LBAGENT_REASON_WATCHDOG_EXPIRED,
+    CheckFailed = LBAGENT_REASON_CHECK_FAILED,
+    AgentStopping = LBAGENT_REASON_AGENT_STOPPING,
+    UnknownService = LBAGENT_REASON_UNKNOWN_SERVICE,
+    AgentFault = LBAGENT_REASON_AGENT_FAULT,
+    CheckTimedOut = LBAGENT_REASON_CHECK_TIMED_OUT,
+    WorkerStalled = LBAGENT_REASON_WORKER_STALLED,
+};
+
+// The level of a line given to a log callback (LBAGENT_LOG_LEVEL_*).
+enum class LogLevel : int {
+    Error = LBAGENT_LOG_LEVEL_ERROR,
+    Warn = LBAGENT_LOG_LEVEL_WARN,
+    Info = LBAGENT_LOG_LEVEL_INFO,
+};
+
+// The agent's counters (LBAGENT_COUNTER_*); the C names without the prefix.
+enum class Counter : int {
+    Received = LBAGENT_COUNTER_RECEIVED,
+    AnsweredStatus = LBAGENT_COUNTER_ANSWERED_STATUS,
+    AnsweredText = LBAGENT_COUNTER_ANSWERED_TEXT,
+    AnsweredError = LBAGENT_COUNTER_ANSWERED_ERROR,
+    DroppedNotAllowed = LBAGENT_COUNTER_DROPPED_NOT_ALLOWED,
+    DroppedSourcePort = LBAGENT_COUNTER_DROPPED_SOURCE_PORT,
+    DroppedNotUnicast = LBAGENT_COUNTER_DROPPED_NOT_UNICAST,
+    DroppedMalformed = LBAGENT_COUNTER_DROPPED_MALFORMED,
+    DroppedTextOff = LBAGENT_COUNTER_DROPPED_TEXT_OFF,
+    DroppedLooksLikeReply = LBAGENT_COUNTER_DROPPED_LOOKS_LIKE_REPLY,
+    SendFailed = LBAGENT_COUNTER_SEND_FAILED,
+    Faults = LBAGENT_COUNTER_FAULTS,
+    DroppedRateLimited = LBAGENT_COUNTER_DROPPED_RATE_LIMITED,
+    DroppedGlobalLimit = LBAGENT_COUNTER_DROPPED_GLOBAL_LIMIT,
+    DroppedAuthFailed = LBAGENT_COUNTER_DROPPED_AUTH_FAILED,
+    DroppedAuthStale = LBAGENT_COUNTER_DROPPED_AUTH_STALE,
+};
+
+// The lower-case name of a state ("up", "drain", ...). Async-signal-safe.
+inline const char *state_name(State state) noexcept {
+    return lbagent_state_name(static_cast<int>(state));
+}
+
+// Static English text for a result code. Async-signal-safe.
+inline const char *strerror(lbagent_result code) noexcept {
+    return lbagent_strerror(static_cast<int>(code));
+}
+
+// The library's version ("0.1.0"). Async-signal-safe.
+inline const char *version() noexcept { return lbagent_version(); }
+
+// A failed start, stop, status, counter or port call: the code and the library's detail.
+class Error : public std::runtime_error {
+public:
+    Error(lbagent_result code, const std::string &what) : std::runtime_error(what), code_(code) {}
+
+    // The lbagent_result of the failed call.
+    lbagent_result code() const noexcept { return code_; }
+
+    // The error for a call that failed with `code`. Its text is this thread's
+    // lbagent_last_error() for the calls that set it (start, get_status, stop: it names the
+    // key, value or address), otherwise "call: " and lbagent_strerror().
+    static Error from_call(lbagent_result code, const char *call, bool sets_last_error) {
+        std::size_t len = sets_last_error ? lbagent_last_error(nullptr, 0) : 0;
+        if (len > 0) {
+            std::vector<char> detail(len + 1);
+            lbagent_last_error(detail.data(), detail.size());
+            return Error(code, std::string(detail.data(), len));
+        }
+        return Error(code, std::string(call) + ": " + lbagent_strerror(static_cast<int>(code)));
+    }
+
+private:
+    lbagent_result code_;
+};
+
+// A service name or a reason: a `const char *` (nullptr allowed) or a `std::string`, passed
+// on without copying. Only for arguments: it must not outlive the string it points to.
+class Text {
+public:
+    Text(std::nullptr_t) noexcept : s_(nullptr) {}
+    Text(const char *s) noexcept : s_(s) {}
+    Text(const std::string &s) noexcept : s_(s.c_str()) {}
+    const char *c_str() const noexcept { return s_; }
+
+private:
+    const char *s_;
+};
+
+// What a director asking about the server or a service would be told (lbagent_status).
+struct Status {
+    State state = State::Unknown;
+    Reason reason = Reason::Host;
+    unsigned weight_pct = 0;   // percent of the weight configured on the director
+    std::uint32_t in_use = 0;  // load reported with set_load
+    std::uint32_t capacity = 0;
+    std::uint32_t generation = 0;  // increases on every change of what is answered
+    std::uint32_t since_ms = 0;    // time in this state
+    std::uint64_t instance_id = 0; // random at each start
+    std::string message;           // the reason text, UTF-8
+
+    // True when the server should receive new connections: UP with a weight above zero.
+    bool serving() const noexcept { return state == State::Up && weight_pct > 0; }
+};
+
+// A running agent, owned: started by the constructor, stopped and freed by the destructor.
+class Agent {
+public:
+    // Starts an agent with `config` (key=value pairs, see the README); nullptr reads the
+    // LBAGENT_CONFIG environment variable. Throws Error (LBAGENT_ERR_CONFIG, _BIND, _SYSTEM)
+    // whose what() names the bad key and value or the address that could not be bound.
+    explicit Agent(Text config) : agent_(nullptr) {
+        lbagent_result r = lbagent_start(config.c_str(), &agent_);
+        if (r != LBAGENT_OK) {
+            throw Error::from_call(r, "lbagent_start", true);
+        }
+    }
+
+    // Takes ownership of a handle from lbagent_start (nullptr: an empty Agent).
+    static Agent adopt(lbagent *handle) noexcept { return Agent(handle, Adopt()); }
+
+    Agent(const Agent &) = delete;
+    Agent &operator=(const Agent &) = delete;
+
+    Agent(Agent &&other) noexcept
+        : agent_(other.agent_), log_callbacks_(std::move(other.log_callbacks_)) {
+        other.agent_ = nullptr;
+    }
+
+    Agent &operator=(Agent &&other) noexcept {
+        if (this != &other) {
+            lbagent_free(agent_);  // before our log callbacks go
+            agent_ = other.agent_;
+            other.agent_ = nullptr;
+            log_callbacks_ = std::move(other.log_callbacks_);
+        }
+        return *this;
+    }
+
+    // Stops the agent (waiting up to 5 s for its threads) and frees it; then the log
+    // callbacks are destroyed (checks release their own when their last run has returned).
+    ~Agent() { lbagent_free(agent_); }
+
+    // ---- The hot path: noexcept, return the code (LBAGENT_OK on success). ----
+
+    // Tells the watchdog the host is alive. Async-signal-safe.
+    lbagent_result heartbeat() noexcept { return lbagent_heartbeat(agent_); }
+
+    // Sets the whole server's state; async-signal-safe when `reason` is nullptr.
+    lbagent_result set_state(State state, Text reason = nullptr) noexcept {
+        return lbagent_set_state(agent_, nullptr, static_cast<int>(state), reason.c_str());
+    }
+
+    // Sets one configured service's state (LBAGENT_ERR_UNKNOWN_SERVICE for another name).
+    lbagent_result set_state(Text service, State state, Text reason = nullptr) noexcept {
+        return lbagent_set_state(agent_, service.c_str(), static_cast<int>(state),
+                                 reason.c_str());
+    }
+
+    // Sets the whole server's weight, 0..=100 percent. Async-signal-safe.
+    lbagent_result set_weight(unsigned weight_pct) noexcept {
+        return lbagent_set_weight(agent_, nullptr, weight_pct);
+    }
+
+    // Sets one service's weight.
+    lbagent_result set_weight(Text service, unsigned weight_pct) noexcept {
+        return lbagent_set_weight(agent_, service.c_str(), weight_pct);
+    }
+
+    // Reports the whole server's load (capacity 0 = unknown). Async-signal-safe.
+    lbagent_result set_load(std::uint32_t in_use, std::uint32_t capacity) noexcept {
+        return lbagent_set_load(agent_, nullptr, in_use, capacity);
+    }
+
+    // Reports one service's load.
+    lbagent_result set_load(Text service, std::uint32_t in_use, std::uint32_t capacity) noexcept {
+        return lbagent_set_load(agent_, service.c_str(), in_use, capacity);
+    }
+
+    // ---- Everything else throws Error on failure. ----
+
+    // What a director asking about `service` (nullptr: the whole server) is told now. An
+    // unknown service gives State::Unknown, Reason::UnknownService.
+    LBAGENT_NODISCARD Status status(Text service = nullptr) const {
+        lbagent_status raw;
+        lbagent_result r = lbagent_get_status(agent_, service.c_str(), &raw);
+        if (r != LBAGENT_OK) {
+            throw Error::from_call(r, "lbagent_get_status", true);
+        }
+        Status s;
+        s.state = static_cast<State>(raw.state);
+        s.reason = static_cast<Reason>(raw.reason);
+        s.weight_pct = raw.weight_pct;
+        s.in_use = raw.in_use;
+        s.capacity = raw.capacity;
+        s.generation = raw.generation;
+        s.since_ms = raw.since_ms;
+        s.instance_id = raw.instance_id;
+        s.message = raw.message;
+        return s;
+    }
+
+    // One of the agent's counters.
+    LBAGENT_NODISCARD std::uint64_t counter(Counter which) const {
+        std::uint64_t value = 0;
+        lbagent_result r = lbagent_get_counter(agent_, static_cast<int>(which), &value);
+        if (r != LBAGENT_OK) {
+            throw Error::from_call(r, "lbagent_get_counter", false);
+        }
+        return value;
+    }
+
+    // The UDP port bound for the index-th listen= address (useful with port 0).
+    LBAGENT_NODISCARD std::uint16_t local_port(std::size_t index = 0) const {
+        std::uint16_t port = 0;
+        lbagent_result r = lbagent_local_port(agent_, index, &port);
+        if (r != LBAGENT_OK) {
+            throw Error::from_call(r, "lbagent_local_port", false);
+        }
+        return port;
+    }
+
+    // Stops answering (every answer says STOPPING from now on) and waits up to `timeout_ms`
+    // for the monitor thread (0 waits for ever). Idempotent. Throws on LBAGENT_ERR_TIMEOUT
+    // (call again to wait again). The destructor stops too; call this to bound the wait.
+    void stop(std::uint32_t timeout_ms = 1000) {
+        lbagent_result r = lbagent_stop(agent_, timeout_ms);
+        if (r != LBAGENT_OK) {
+            throw Error::from_call(r, "lbagent_stop", true);
+        }
+    }
+
+    // ---- Checks and the log callback: functions the agent calls on its own threads. ----
+
+    // A self-check: returns true when it passes; to fail, returns false (and may set
+    // `reason`) or throws (what() is the reason).
+    using Check = std::function<bool(std::string &reason)>;
+
+    // Runs `check` on a thread of the agent's at once and every `interval_ms`; while it
+    // fails, or a run lasts longer than `timeout_ms` (0: no limit), the answers for `service`
+    // (nullptr: the whole server) say DOWN, "check failed" or "check timed out", with the
+    // message "NAME: reason". The agent owns the function and destroys it, on the check's
+    // thread, once the check is removed and its last run has returned. Throws Error
+    // (LBAGENT_ERR_EXISTS, _FULL, _INVALID_ARGUMENT, _UNKNOWN_SERVICE, _STOPPED).
+    void add_check(Text service, Text name, Check check, std::uint32_t interval_ms,
+                   std::uint32_t timeout_ms = 0) {
+        std::unique_ptr<Check> owned(new Check(std::move(check)));
+        lbagent_result r =
+            lbagent_add_check_with_free(agent_, service.c_str(), name.c_str(), &run_check,
+                                        owned.get(), &destroy_check, interval_ms, timeout_ms);
+        if (r != LBAGENT_OK) {
+            throw Error::from_call(r, "lbagent_add_check", true);  // `owned` is still ours
+        }
+        owned.release();  // the library's now
+    }
+
+    // Removes a check; a run in progress finishes on its own. Throws Error
+    // (LBAGENT_ERR_NOT_FOUND).
+    void remove_check(Text name) {
+        lbagent_result r = lbagent_remove_check(agent_, name.c_str());
+        if (r != LBAGENT_OK) {
+            throw Error::from_call(r, "lbagent_remove_check", false);
+        }
+    }
+
+    using LogCallback = std::function<void(LogLevel level, const char *line)>;
+
+    // Sends the agent's log lines (rate-limited) to `callback`, called on the agent's logger
+    // thread; an empty function stops it. Exceptions it throws are swallowed. Every callback
+    // set is kept until the Agent is destroyed (the logger may still be running one that was
+    // just replaced).
+    void set_log_callback(LogCallback callback) {
+        lbagent_result r;
+        if (!callback) {
+            r = lbagent_set_log_callback(agent_, nullptr, nullptr);
+        } else {
+            std::unique_ptr<LogCallback> owned(new LogCallback(std::move(callback)));
+            log_callbacks_.reserve(log_callbacks_.size() + 1);  // no throw once it is set
+            r = lbagent_set_log_callback(agent_, &run_log, owned.get());
+            if (r == LBAGENT_OK) {
+                log_callbacks_.push_back(std::move(owned));
+            }
+        }
+        if (r != LBAGENT_OK) {
+            throw Error::from_call(r, "lbagent_set_log_callback", true);
+        }
+    }
+
+    // ---- Worker watchdog slots and fork ----
+
+    // Claims a worker slot (config workers=N) for the calling thread or process. Throws
+    // Error (LBAGENT_ERR_FULL when no slot is free).
+    LBAGENT_NODISCARD unsigned worker_register() {
+        unsigned slot = 0;
+        lbagent_result r = lbagent_worker_register(agent_, &slot);
+        if (r != LBAGENT_OK) {
+            throw Error::from_call(r, "lbagent_worker_register", false);
+        }
+        return slot;
+    }
+
+    // Records that the worker in `slot` is alive. Async-signal-safe.
+    lbagent_result worker_heartbeat(unsigned slot) noexcept {
+        return lbagent_worker_heartbeat(agent_, slot);
+    }
+
+    // Releases a worker slot (LBAGENT_ERR_NOT_FOUND if it is not registered).
+    lbagent_result worker_unregister(unsigned slot) noexcept {
+        return lbagent_worker_unregister(agent_, slot);
+    }
+
+    // Releases the slots of worker process `pid` (after waitpid); returns how many.
+    unsigned worker_release_pid(int pid) {
+        unsigned released = 0;
+        lbagent_result r = lbagent_worker_release_pid(agent_, pid, &released);
+        if (r != LBAGENT_OK) {
+            throw Error::from_call(r, "lbagent_worker_release_pid", false);
+        }
+        return released;
+    }
+
+    // In a child right after fork(), when it takes the agent over (a daemon whose parent
+    // exits). Throws Error (LBAGENT_ERR_WRONG_PROCESS, _SYSTEM).
+    void after_fork_child() {
+        lbagent_result r = lbagent_after_fork_child(agent_);
+        if (r != LBAGENT_OK) {
+            throw Error::from_call(r, "lbagent_after_fork_child", true);
+        }
+    }
+
+    // In a prefork worker right after fork(): its calls report into the parent's answers.
+    void after_fork_worker() {
+        lbagent_result r = lbagent_after_fork_worker(agent_);
+        if (r != LBAGENT_OK) {
+            throw Error::from_call(r, "lbagent_after_fork_worker", true);
+        }
+    }
+
+    // The C handle, for calls the wrapper does not cover; still owned by this Agent.
+    lbagent *get() const noexcept { return agent_; }
+
+    // Gives up ownership: the caller must lbagent_free() the returned handle.
+    LBAGENT_NODISCARD lbagent *release() noexcept {
+        lbagent *handle = agent_;
+        agent_ = nullptr;
+        return handle;
+    }
+
+    // False for a moved-from or released Agent.
+    explicit operator bool() const noexcept { return agent_ != nullptr; }
+
+private:
+    struct Adopt {};
+    Agent(lbagent *handle, Adopt) noexcept : agent_(handle) {}
+
+    // The C callbacks behind add_check and set_log_callback: never let an exception out.
+    static int run_check(void *userdata, char *message, std::uintptr_t message_len) noexcept {
+        std::string reason;
+        bool passed = false;
+        try {
+            passed = (*static_cast<Check *>(userdata))(reason);
+        } catch (const std::exception &e) {
+            try {
+                reason = e.what();
+            } catch (...) {
+            }
+        } catch (...) {
+            reason = "exception";
+        }
+        if (!passed && message_len > 0) {
+            std::size_t n = reason.size() < message_len - 1 ? reason.size() : message_len - 1;
+            std::memcpy(message, reason.data(), n);
+            message[n] = '\0';
+        }
+        return passed ? 0 : 1;
+    }
+
+    static void destroy_check(void *userdata) noexcept { delete static_cast<Check *>(userdata); }
+
+    static void run_log(void *userdata, int level, const char *line) noexcept {
+        try {
+            (*static_cast<LogCallback *>(userdata))(static_cast<LogLevel>(level), line);
+        } catch (...) {
+        }
+    }
+
+    lbagent *agent_;
+    std::vector<std::unique_ptr<LogCallback>> log_callbacks_;
+};
+
+}  // namespace lbagentpp
+
+#undef LBAGENT_NODISCARD
+
+#endif  // LBAGENT_HPP

@@ -1,0 +1,124 @@
+"""Helpers for the suite: agents on loopback, and a prober that speaks protocol v1 from
+docs/PROTOCOL.md (written from the document, independently of the Rust client)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import pytest
+
+import lbagent
+
+REPO = Path(__file__).resolve().parents[2]
+HEADER = REPO / "include" / "lbagent.h"
+
+
+def probe_binary() -> Path:
+    """lbagent-probe of this build (make test passes LBAGENT_PROBE)."""
+    path = Path(os.environ.get("LBAGENT_PROBE", REPO / "target" / "debug" / "lbagent-probe"))
+    assert path.is_file(), f"lbagent-probe not found at {path}: build it, or set LBAGENT_PROBE"
+    return path
+
+
+@dataclass
+class Answer:
+    """A decoded STATUS."""
+
+    instance_id: int
+    generation: int
+    state: int
+    reason: int
+    weight_pct: int
+    since_ms: int
+    in_use: int
+    capacity: int
+    message: str
+
+
+STATUS_HEAD = struct.Struct(">4sBBH8sQIBBHIIIB")  # 45 bytes, then the message
+
+
+def probe(port: int, service: str = "", length: int = 328, timeout: float = 2.0,
+          host: str = "127.0.0.1") -> Optional[Answer]:
+    """Sends a PROBE and returns the STATUS, or None when nothing valid came back in time."""
+    nonce = os.urandom(8)
+    name = service.encode("ascii")
+    request = b"LBAP" + bytes([1, 1]) + b"\0\0" + nonce + bytes([len(name)]) + name
+    request += bytes(length - len(request))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.connect((host, port))
+        s.send(request)
+        try:
+            data = s.recv(2048)
+        except (socket.timeout, ConnectionRefusedError):
+            return None
+    assert len(data) <= len(request), "an answer is never longer than its request"
+    head = STATUS_HEAD.unpack_from(data)
+    magic, version, kind, _flags, echoed, instance, generation, state, reason, weight, since, \
+        in_use, capacity, mlen = head
+    assert (magic, version, kind, echoed) == (b"LBAP", 1, 2, nonce), head
+    assert len(data) == STATUS_HEAD.size + mlen
+    message = data[STATUS_HEAD.size:].decode("utf-8")
+    return Answer(instance, generation, state, reason, weight, since, in_use, capacity, message)
+
+
+def ask_text(port: int, payload: bytes = b"keepalived check - keepalived ch",
+             timeout: float = 2.0) -> Optional[bytes]:
+    """Sends a text request (keepalived's default payload) and returns the line."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.connect(("127.0.0.1", port))
+        s.send(payload)
+        try:
+            return s.recv(2048)
+        except (socket.timeout, ConnectionRefusedError):
+            return None
+
+
+def eventually(condition: Callable[[], bool], within: float = 10.0) -> bool:
+    """Polls `condition` until it holds or `within` seconds pass (never a timing assertion)."""
+    deadline = time.monotonic() + within
+    while True:
+        if condition():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+
+
+def run_python(code: str, env: Dict[str, Optional[str]], cwd: Optional[Path] = None,
+               timeout: float = 60) -> subprocess.CompletedProcess:
+    """Runs `code` in a fresh interpreter (the library is loaded once per process) with the
+    environment changed by `env` (None removes a variable)."""
+    full = dict(os.environ)
+    for key, value in env.items():
+        if value is None:
+            full.pop(key, None)
+        else:
+            full[key] = value
+    return subprocess.run([sys.executable, "-c", code], env=full, cwd=cwd, timeout=timeout,
+                          capture_output=True, text=True)
+
+
+@pytest.fixture
+def make_agent():
+    """Starts agents on 127.0.0.1 with a system-chosen port; closes them after the test."""
+    started: List[lbagent.Agent] = []
+
+    def start(config: str = "", **settings) -> lbagent.Agent:
+        agent = lbagent.Agent(f"listen=127.0.0.1:0 {config}", **settings)
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        agent.close()

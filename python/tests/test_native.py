@@ -1,0 +1,217 @@
+"""The bindings against include/lbagent.h (prototypes, structure, numbers, version), and how
+the library is found."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import shutil
+from ctypes import (POINTER, c_char, c_char_p, c_int, c_uint, c_uint16, c_uint32, c_uint64,
+                    c_void_p)
+from pathlib import Path
+
+import lbagent
+from lbagent import _native
+from conftest import HEADER, run_python
+
+
+def header_text() -> str:
+    """The header without comments and preprocessor lines."""
+    text = HEADER.read_text()
+    text = re.sub(r"/\*.*?\*/", " ", text, flags=re.S)
+    text = re.sub(r"//[^\n]*", " ", text)
+    return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+
+
+#: How each C type of the header is spelled in ctypes. A new type in the header (a callback
+#: typedef, say) fails the test below until it is added here and to _native.
+C_TYPES = {
+    "void": None,
+    "int": c_int,
+    "unsigned int": c_uint,
+    "uint32_t": c_uint32,
+    "uintptr_t": _native.c_uintptr,
+    "enum lbagent_result": c_int,
+    "const char *": c_char_p,
+    "char *": POINTER(c_char),
+    "struct lbagent *": _native.AGENT_P,
+    "const struct lbagent *": _native.AGENT_P,
+    "struct lbagent **": POINTER(_native.AGENT_P),
+    "struct lbagent_status *": POINTER(_native.lbagent_status),
+    "uint16_t *": POINTER(c_uint16),
+    "uint64_t *": POINTER(c_uint64),
+    "uint64_t": c_uint64,
+    "char": c_char,
+    "void *": c_void_p,
+    "unsigned int *": POINTER(c_uint),
+    "lbagent_check_fn": _native.CHECK_FN,
+    "lbagent_free_fn": _native.FREE_FN,
+    "lbagent_log_fn": _native.LOG_FN,
+}
+
+
+def normalize(c_type: str) -> str:
+    c_type = c_type.replace("LBAGENT_MUST_USE", "")
+    c_type = re.sub(r"\s*\*", " *", " ".join(c_type.split()))
+    return c_type.replace("* *", "**").strip()
+
+
+def argument_types(args: str):
+    types = []
+    for arg in args.split(","):
+        arg = " ".join(arg.split())
+        if arg in ("void", ""):
+            continue
+        # The last word is the parameter's name; what comes before is its type.
+        types.append(normalize(re.sub(r"\w+$", "", arg)))
+    return types
+
+
+def header_prototypes():
+    """{name: (return type, [argument types])} for every function declared in the header."""
+    pattern = re.compile(r"([\w\s\*]+?)\b(lbagent_\w+)\s*\(([^()]*)\)\s*;")
+    return {name: (normalize(ret), argument_types(args))
+            for ret, name, args in pattern.findall(header_text())}
+
+
+def header_callback_types():
+    """{name: (return type, [argument types])} for every function pointer typedef."""
+    pattern = re.compile(
+        r"typedef\s+([\w\s\*]+?)\s*\(\s*\*\s*(lbagent_\w+)\s*\)\s*\(([^()]*)\)\s*;")
+    return {name: (normalize(ret), argument_types(args))
+            for ret, name, args in pattern.findall(header_text())}
+
+
+def ctype(c_type: str):
+    assert c_type in C_TYPES, f"no ctypes spelling for C type {c_type!r}: add it to C_TYPES"
+    return C_TYPES[c_type]
+
+
+def test_every_function_of_the_header_is_bound_with_the_header_types():
+    declared = header_prototypes()
+    assert len(declared) >= 14, declared
+    assert sorted(declared) == sorted(_native.PROTOTYPES), "functions drifted from the header"
+    for name, (ret, args) in declared.items():
+        restype, argtypes = _native.PROTOTYPES[name]
+        assert restype is ctype(ret), f"{name}: returns {ret}"
+        assert [ctype(a) for a in args] == argtypes, f"{name}: arguments {args}"
+
+
+def test_every_callback_type_of_the_header_has_its_ctypes_prototype():
+    declared = header_callback_types()
+    assert sorted(declared) == ["lbagent_check_fn", "lbagent_free_fn", "lbagent_log_fn"]
+    for name, (ret, args) in declared.items():
+        ours = ctype(name)
+        assert ours._restype_ is ctype(ret), name
+        assert list(ours._argtypes_) == [ctype(a) for a in args], name
+
+
+def test_the_loaded_functions_carry_those_types():
+    lib = _native.load()
+    for name, (restype, argtypes) in _native.PROTOTYPES.items():
+        function = getattr(lib, name)
+        assert function.restype is restype, name
+        assert function.argtypes == argtypes, name
+
+
+def test_the_status_structure_matches_the_header():
+    body = re.search(r"typedef struct lbagent_status \{(.*?)\} lbagent_status;", header_text(),
+                     re.S).group(1)
+    fields = []
+    for declaration in body.split(";"):
+        words = declaration.split()
+        if not words:
+            continue
+        name, c_type = words[-1], " ".join(words[:-1])
+        array = re.match(r"(\w+)\[(\d+)\]$", name)
+        if array:
+            fields.append((array.group(1), ctype(c_type) * int(array.group(2))))
+        else:
+            fields.append((name, ctype(c_type)))
+    ours = _native.lbagent_status._fields_
+    assert [n for n, _ in fields] == [n for n, _ in ours]
+    for (name, theirs), (_, mine) in zip(fields, ours):
+        assert ctypes.sizeof(theirs) == ctypes.sizeof(mine), name
+        assert getattr(theirs, "_type_", theirs) == getattr(mine, "_type_", mine), name
+
+
+def header_enum(prefix: str):
+    return {name: int(value) for name, value in
+            re.findall(rf"\bLBAGENT_{prefix}(\w+) = (\d+)", header_text())}
+
+
+def test_the_enums_match_the_header():
+    assert {m.name: m.value for m in lbagent.State} == header_enum("STATE_")
+    assert {m.name: m.value for m in lbagent.Reason} == header_enum("REASON_")
+    assert {m.name: m.value for m in lbagent.Counter} == header_enum("COUNTER_")
+    assert {m.name: m.value for m in lbagent.LogLevel} == header_enum("LOG_LEVEL_")
+    results = {name: value for name, value in header_enum("").items()
+               if name == "OK" or name.startswith("ERR_")}
+    assert {m.name: m.value for m in lbagent.Result} == results
+
+
+def test_versions_agree():
+    macro = re.search(r'#define LBAGENT_VERSION "([^"]+)"', HEADER.read_text()).group(1)
+    assert lbagent.version() == macro == lbagent.__version__
+    assert lbagent.strerror(lbagent.Result.ERR_STOPPED) == "agent stopped"
+    assert lbagent.strerror(999) == "unknown result code"
+    assert lbagent.state_name(lbagent.State.DRAIN) == "drain"
+    assert lbagent.state_name(42) == "invalid"
+
+
+# ---- Finding the library -----------------------------------------------------------------
+
+LIBRARY = os.environ.get("LBAGENT_LIBRARY") or lbagent.library_path()
+
+REPORT = """
+import lbagent
+try:
+    agent = lbagent.Agent("listen=127.0.0.1:0")
+except lbagent.LibraryNotFoundError as e:
+    print("UNMONITORED", e)
+else:
+    print("LOADED", lbagent.library_path(), agent.port > 0)
+    agent.close()
+"""
+
+
+def test_the_environment_variable_names_the_library():
+    out = run_python(REPORT, {"LBAGENT_LIBRARY": LIBRARY, "LD_LIBRARY_PATH": None})
+    assert out.stdout.split() == ["LOADED", LIBRARY, "True"], out
+
+
+def test_a_wrong_explicit_path_is_an_error_without_falling_back(tmp_path):
+    missing = str(tmp_path / "liblbagent.so.0")
+    out = run_python(REPORT, {"LBAGENT_LIBRARY": missing})
+    assert out.stdout.startswith("UNMONITORED lbagent: cannot load the library; tried "), out
+    assert f"{missing} (LBAGENT_LIBRARY)" in out.stdout
+    assert "system search path" not in out.stdout
+
+
+def test_a_library_that_is_not_lbagent_is_refused():
+    out = run_python(REPORT, {"LBAGENT_LIBRARY": "libm.so.6"})
+    assert "UNMONITORED" in out.stdout and "not lbagent" in out.stdout, out
+
+
+def test_the_package_directory_is_searched(tmp_path):
+    # A copy of the installed package with the library vendored next to its modules.
+    package = tmp_path / "lbagent"
+    shutil.copytree(Path(lbagent.__file__).parent, package)
+    shutil.copy(LIBRARY, package / "liblbagent.so.0")
+    out = run_python(REPORT, {"LBAGENT_LIBRARY": None, "PYTHONPATH": str(tmp_path),
+                              "LD_LIBRARY_PATH": str(tmp_path / "empty")})
+    assert out.stdout.split() == ["LOADED", str(package / "liblbagent.so.0"), "True"], out
+
+
+def test_the_soname_is_found_through_the_system_search_path(tmp_path):
+    (tmp_path / "liblbagent.so.0").symlink_to(LIBRARY)
+    out = run_python(REPORT, {"LBAGENT_LIBRARY": None, "LD_LIBRARY_PATH": str(tmp_path)})
+    assert out.stdout.split() == ["LOADED", "liblbagent.so.0", "True"], out
+
+
+def test_without_the_library_import_works_and_agent_says_where_it_looked(tmp_path):
+    out = run_python(REPORT, {"LBAGENT_LIBRARY": None, "LD_LIBRARY_PATH": str(tmp_path)})
+    assert out.returncode == 0, out
+    assert out.stdout.startswith("UNMONITORED lbagent: cannot load the library; tried "), out
+    assert "liblbagent.so.0 (system search path)" in out.stdout

@@ -1,0 +1,318 @@
+// wrapper: the promises of include/lbagent.hpp, checked from C++ (built as C++11 and C++17
+// with -Wall -Wextra -Werror -pedantic, run plainly and under valgrind by tests/hosts.rs):
+// ownership and moves, exceptions with the code and the library's text, noexcept hot path
+// returning codes, status and counters, a real UDP probe.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+#include <type_traits>
+#include <utility>
+
+#include "lbagent.hpp"
+
+namespace {
+
+int checks, failures;
+
+#define CHECK(cond)                                                                   \
+    do {                                                                              \
+        checks++;                                                                     \
+        if (!(cond)) {                                                                \
+            failures++;                                                               \
+            std::fprintf(stderr, "wrapper.cpp:%d: check failed: %s\n", __LINE__, #cond); \
+        }                                                                             \
+    } while (0)
+
+// The types' promises, at compile time.
+using lbagentpp::Agent;
+static_assert(!std::is_copy_constructible<Agent>::value, "move-only");
+static_assert(!std::is_copy_assignable<Agent>::value, "move-only");
+static_assert(std::is_nothrow_move_constructible<Agent>::value, "noexcept move");
+static_assert(std::is_nothrow_move_assignable<Agent>::value, "noexcept move");
+static_assert(std::is_base_of<std::runtime_error, lbagentpp::Error>::value, "std exception");
+static_assert(noexcept(std::declval<Agent &>().heartbeat()), "hot path is noexcept");
+static_assert(noexcept(std::declval<Agent &>().set_state(lbagentpp::State::Up)), "noexcept");
+static_assert(noexcept(std::declval<Agent &>().set_state("svc", lbagentpp::State::Up, "r")),
+              "noexcept");
+static_assert(noexcept(std::declval<Agent &>().set_weight(50u)), "noexcept");
+static_assert(noexcept(std::declval<Agent &>().set_load(1u, 2u)), "noexcept");
+static_assert(std::is_same<decltype(std::declval<Agent &>().heartbeat()), lbagent_result>::value,
+              "hot path returns the code");
+static_assert(static_cast<int>(lbagentpp::State::Stopping) == LBAGENT_STATE_STOPPING, "numbers");
+static_assert(static_cast<int>(lbagentpp::Counter::DroppedAuthStale) ==
+                  LBAGENT_COUNTER_DROPPED_AUTH_STALE,
+              "numbers");
+
+// Sends keepalived's default payload to 127.0.0.1:port; returns the answer ("" for none).
+std::string ask(std::uint16_t port) {
+    const char request[] = "keepalived check - keepalived ch";
+    char answer[64];
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    sockaddr_in to;
+    std::memset(&to, 0, sizeof to);
+    to.sin_family = AF_INET;
+    to.sin_port = htons(port);
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    timeval tv = {2, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    ssize_t n = -1;
+    if (connect(fd, reinterpret_cast<sockaddr *>(&to), sizeof to) == 0 &&
+        send(fd, request, sizeof request - 1, 0) > 0) {
+        n = recv(fd, answer, sizeof answer, 0);
+    }
+    close(fd);
+    return n > 0 ? std::string(answer, static_cast<std::size_t>(n)) : std::string();
+}
+
+bool starts_with(const std::string &s, const char *prefix) {
+    return s.compare(0, std::strlen(prefix), prefix) == 0;
+}
+
+void errors_are_exceptions() {
+    bool thrown = false;
+    try {
+        Agent agent("listen=127.0.0.1:0 watchdog_ms=soon");
+    } catch (const lbagentpp::Error &e) {
+        thrown = true;
+        CHECK(e.code() == LBAGENT_ERR_CONFIG);
+        CHECK(std::strstr(e.what(), "\"watchdog_ms\"") != nullptr);
+        CHECK(std::strstr(e.what(), "\"soon\"") != nullptr);
+    }
+    CHECK(thrown);
+
+    Agent first("listen=127.0.0.1:0");
+    std::string taken = "listen=127.0.0.1:" + std::to_string(first.local_port());
+    thrown = false;
+    try {
+        Agent second(taken);  // std::string config
+    } catch (const std::exception &e) {  // catchable as a standard exception too
+        thrown = true;
+        CHECK(dynamic_cast<const lbagentpp::Error *>(&e) != nullptr);
+        CHECK(dynamic_cast<const lbagentpp::Error &>(e).code() == LBAGENT_ERR_BIND);
+        CHECK(std::strstr(e.what(), "in use") != nullptr);
+    }
+    CHECK(thrown);
+
+    thrown = false;
+    try {
+        (void)first.counter(static_cast<lbagentpp::Counter>(99));
+    } catch (const lbagentpp::Error &e) {
+        thrown = true;
+        CHECK(e.code() == LBAGENT_ERR_INVALID_ARGUMENT);
+        CHECK(starts_with(e.what(), "lbagent_get_counter: "));
+    }
+    CHECK(thrown);
+    thrown = false;
+    try {
+        (void)first.local_port(1);
+    } catch (const lbagentpp::Error &e) {
+        thrown = e.code() == LBAGENT_ERR_INVALID_ARGUMENT;
+    }
+    CHECK(thrown);
+}
+
+void hot_path_returns_codes() {
+    Agent agent("listen=127.0.0.1:0 services=game,chat");
+    CHECK(agent.set_state(lbagentpp::State::Unknown) == LBAGENT_ERR_INVALID_ARGUMENT);
+    CHECK(agent.set_state(static_cast<lbagentpp::State>(42)) == LBAGENT_ERR_INVALID_ARGUMENT);
+    CHECK(agent.set_weight(101) == LBAGENT_ERR_INVALID_ARGUMENT);
+    CHECK(agent.set_state("nope", lbagentpp::State::Up) == LBAGENT_ERR_UNKNOWN_SERVICE);
+    CHECK(agent.set_load(std::string("nope"), 1, 2) == LBAGENT_ERR_UNKNOWN_SERVICE);
+
+    CHECK(agent.set_state(lbagentpp::State::Up, "ready") == LBAGENT_OK);
+    CHECK(agent.set_weight(60) == LBAGENT_OK);
+    CHECK(agent.set_load(3, 10) == LBAGENT_OK);
+    CHECK(agent.heartbeat() == LBAGENT_OK);
+    std::string service = "game", reason = "patching";
+    CHECK(agent.set_state(service, lbagentpp::State::Maint, reason) == LBAGENT_OK);
+    CHECK(agent.set_weight("chat", 50) == LBAGENT_OK);
+    CHECK(agent.set_load("chat", 7, 8) == LBAGENT_OK);
+
+    lbagentpp::Status s = agent.status();
+    CHECK(s.state == lbagentpp::State::Up && s.reason == lbagentpp::Reason::Host);
+    CHECK(s.weight_pct == 60 && s.in_use == 3 && s.capacity == 10);
+    CHECK(s.message == "ready" && s.serving() && s.instance_id != 0 && s.generation > 0);
+    s = agent.status("game");
+    CHECK(s.state == lbagentpp::State::Maint && s.message == "patching" && !s.serving());
+    s = agent.status(std::string("chat"));
+    CHECK(s.state == lbagentpp::State::Up && s.weight_pct == 30 && s.in_use == 7);
+    s = agent.status("nope");
+    CHECK(s.state == lbagentpp::State::Unknown && s.reason == lbagentpp::Reason::UnknownService);
+
+    // What a director sees.
+    std::uint16_t port = agent.local_port();
+    CHECK(starts_with(ask(port), "up ready 60%"));
+    CHECK(agent.set_state(lbagentpp::State::Drain, nullptr) == LBAGENT_OK);
+    CHECK(starts_with(ask(port), "drain"));
+    // The monitor counts an answer after sending it: poll briefly (bounded).
+    for (int i = 0; i < 500 && agent.counter(lbagentpp::Counter::AnsweredText) < 2; i++) {
+        usleep(10000);
+    }
+    CHECK(agent.counter(lbagentpp::Counter::AnsweredText) == 2);
+    CHECK(agent.counter(lbagentpp::Counter::Received) == 2);
+
+    // stop: idempotent; then updates return LBAGENT_ERR_STOPPED and the status is STOPPING.
+    agent.stop(5000);
+    agent.stop();
+    CHECK(agent.heartbeat() == LBAGENT_ERR_STOPPED);
+    CHECK(agent.set_state(lbagentpp::State::Up) == LBAGENT_ERR_STOPPED);
+    CHECK(agent.status().state == lbagentpp::State::Stopping);
+    CHECK(agent.status().reason == lbagentpp::Reason::AgentStopping);
+    CHECK(std::strcmp(lbagentpp::state_name(agent.status().state), "stopping") == 0);
+}
+
+void ownership_and_moves() {
+    Agent a("listen=127.0.0.1:0");
+    std::uint16_t port = a.local_port();
+    CHECK(static_cast<bool>(a));
+    Agent b(std::move(a));
+    CHECK(!a && b && b.local_port() == port);
+    // A moved-from Agent holds nothing: the hot path says so, the rest throws.
+    CHECK(a.heartbeat() == LBAGENT_ERR_NULL_ARGUMENT);
+    CHECK(a.set_state(lbagentpp::State::Up) == LBAGENT_ERR_NULL_ARGUMENT);
+    bool thrown = false;
+    try {
+        (void)a.status();
+    } catch (const lbagentpp::Error &e) {
+        thrown = e.code() == LBAGENT_ERR_NULL_ARGUMENT;
+    }
+    CHECK(thrown);
+    CHECK(b.set_state(lbagentpp::State::Up, "moved") == LBAGENT_OK);
+    CHECK(starts_with(ask(port), "up ready 100% #moved"));
+
+    // Move assignment frees what the target held: its port stops answering.
+    Agent c("listen=127.0.0.1:0");
+    std::uint16_t c_port = c.local_port();
+    c = std::move(b);
+    CHECK(c.local_port() == port && ask(c_port).empty());
+    Agent &same = c;
+    c = std::move(same);  // a self-move keeps the agent
+    CHECK(c && c.local_port() == port);
+
+    // release() and adopt() hand the C handle over and back.
+    lbagent *raw = c.release();
+    CHECK(!c && raw != nullptr);
+    CHECK(lbagent_set_state(raw, nullptr, LBAGENT_STATE_DRAIN, nullptr) == LBAGENT_OK);
+    Agent d = Agent::adopt(raw);
+    CHECK(d.get() == raw && d.status().state == lbagentpp::State::Drain);
+
+    // Destruction stops the agent: nothing answers on its port afterwards.
+    {
+        Agent scoped("listen=127.0.0.1:0");
+        port = scoped.local_port();
+        CHECK(!ask(port).empty());
+    }
+    CHECK(ask(port).empty());
+}
+
+// Polls `done` for up to 20 s (checks run on their own threads).
+template <typename F>
+bool eventually(F done) {
+    for (int i = 0; i < 2000; i++) {
+        if (done()) {
+            return true;
+        }
+        usleep(10000);
+    }
+    return false;
+}
+
+void checks_workers_and_log() {
+    Agent agent("listen=127.0.0.1:0 services=db workers=1 worker_timeout_ms=60000");
+    CHECK(agent.set_state(lbagentpp::State::Up, "ready") == LBAGENT_OK);
+
+    // A check the agent owns: a lambda with captured state, destroyed by the library.
+    std::shared_ptr<int> alive = std::make_shared<int>(0);
+    std::weak_ptr<int> watch = alive;
+    agent.add_check("db", "ping",
+                    [alive](std::string &reason) {
+                        reason = "db unreachable";
+                        return *alive != 0;
+                    },
+                    50);
+    alive.reset();  // only the agent's copy of the lambda holds it now
+    CHECK(eventually([&] { return agent.status("db").message == "ping: db unreachable"; }));
+    CHECK(agent.status("db").reason == lbagentpp::Reason::CheckFailed);
+    CHECK(agent.status().state == lbagentpp::State::Up);
+    agent.add_check(nullptr, "throws",
+                    [](std::string &) -> bool { throw std::runtime_error("disk full"); }, 50);
+    CHECK(eventually([&] { return agent.status().message == "throws: disk full"; }));
+    bool thrown = false;
+    try {
+        agent.add_check(nullptr, "throws", [](std::string &) { return true; }, 50);
+    } catch (const lbagentpp::Error &e) {
+        thrown = e.code() == LBAGENT_ERR_EXISTS;
+    }
+    CHECK(thrown);
+    agent.remove_check("throws");
+    agent.remove_check("ping");
+    CHECK(eventually([&] { return watch.expired(); }));  // the library destroyed the lambda
+    CHECK(eventually([&] { return agent.status().message == "ready"; }));
+    thrown = false;
+    try {
+        agent.remove_check("ping");
+    } catch (const lbagentpp::Error &e) {
+        thrown = e.code() == LBAGENT_ERR_NOT_FOUND;
+    }
+    CHECK(thrown);
+
+    // Worker slots.
+    unsigned slot = agent.worker_register();
+    CHECK(agent.worker_heartbeat(slot) == LBAGENT_OK);
+    thrown = false;
+    try {
+        (void)agent.worker_register();
+    } catch (const lbagentpp::Error &e) {
+        thrown = e.code() == LBAGENT_ERR_FULL;
+    }
+    CHECK(thrown);
+    CHECK(agent.worker_unregister(slot) == LBAGENT_OK);
+    CHECK(agent.worker_heartbeat(slot) == LBAGENT_ERR_NOT_FOUND);
+    CHECK(agent.worker_release_pid(static_cast<int>(getpid())) == 0);
+    thrown = false;
+    try {
+        agent.after_fork_worker();  // not a forked process
+    } catch (const lbagentpp::Error &e) {
+        thrown = e.code() == LBAGENT_ERR_WRONG_PROCESS;
+    }
+    CHECK(thrown);
+
+    // The log callback: the agent's "stopped" line arrives on the logger thread.
+    std::vector<std::string> lines;
+    agent.set_log_callback([&lines](lbagentpp::LogLevel level, const char *line) {
+        if (level == lbagentpp::LogLevel::Info) {
+            lines.push_back(line);
+        }
+    });
+    agent.set_log_callback([&lines](lbagentpp::LogLevel, const char *line) {
+        lines.push_back(line);
+        throw std::runtime_error("swallowed");
+    });
+    agent.stop(5000);  // joins the logger thread: `lines` is ours again
+    CHECK(lines.size() == 1 && lines[0] == "stopped");
+    agent.set_log_callback(nullptr);
+}
+
+}  // namespace
+
+int main() {
+    CHECK(std::strcmp(lbagentpp::version(), LBAGENT_VERSION) == 0);
+    CHECK(std::strcmp(lbagentpp::strerror(LBAGENT_ERR_STOPPED), lbagent_strerror(8)) == 0);
+    CHECK(std::strcmp(lbagentpp::state_name(lbagentpp::State::Maint), "maint") == 0);
+    errors_are_exceptions();
+    hot_path_returns_codes();
+    ownership_and_moves();
+    checks_workers_and_log();
+    std::printf("wrapper.cpp (C++%ld): %d checks, %d failed\n", __cplusplus / 100 % 100, checks,
+                failures);
+    return failures == 0 ? 0 : 1;
+}
