@@ -18,7 +18,7 @@ use output::Subject;
 use verdict::Mode;
 
 const AFTER_HELP: &str = "\
-Modes and exit status:
+Exit status, by mode:
   (default)             0 serving (state up, weight above 0); 1 any other state (starting,
                         drain, maint, down, stopping, unknown service); 2 no valid answer
                         (timeout, refused, unreachable, not an lbagent, version mismatch,
@@ -165,7 +165,11 @@ fn run(args: Vec<OsString>, fallback: Mode) -> u8 {
             }
             if fallback == Mode::Nagios {
                 let first = e.to_string();
-                let first = first.lines().next().unwrap_or("").trim_start_matches("error: ");
+                let first = first
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim_start_matches("error: ");
                 println!("LBAGENT UNKNOWN: usage: {first}");
             }
             let _ = e.print();
