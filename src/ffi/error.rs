@@ -4,6 +4,7 @@ use std::cell::RefCell;
 use std::ffi::{c_char, c_int};
 use std::fmt::Display;
 
+use crate::client::ProbeError;
 use crate::error::Error;
 
 /// The outcome of a call. `LBAGENT_OK` is 0; numbers are never reused.
@@ -34,12 +35,22 @@ pub enum lbagent_result {
     LBAGENT_ERR_TIMEOUT = 9,
     /// An internal panic was caught; the call had no effect.
     LBAGENT_ERR_PANIC = 10,
+    /// A probe was refused: ICMP port unreachable, nothing listens on that UDP port.
+    LBAGENT_ERR_REFUSED = 11,
+    /// A probe's target is unreachable: ICMP host or network unreachable, or no route.
+    LBAGENT_ERR_UNREACHABLE = 12,
+    /// Something that is not an lbagent answered the probe (another UDP service).
+    LBAGENT_ERR_NOT_AN_AGENT = 13,
+    /// The agent speaks another protocol version.
+    LBAGENT_ERR_VERSION_MISMATCH = 14,
+    /// The agent answers authenticated probes only.
+    LBAGENT_ERR_AUTH_REQUIRED = 15,
 }
 
 use lbagent_result::*;
 
 impl lbagent_result {
-    fn all() -> [lbagent_result; 11] {
+    fn all() -> [lbagent_result; 16] {
         [
             LBAGENT_OK,
             LBAGENT_ERR_NULL_ARGUMENT,
@@ -52,6 +63,11 @@ impl lbagent_result {
             LBAGENT_ERR_STOPPED,
             LBAGENT_ERR_TIMEOUT,
             LBAGENT_ERR_PANIC,
+            LBAGENT_ERR_REFUSED,
+            LBAGENT_ERR_UNREACHABLE,
+            LBAGENT_ERR_NOT_AN_AGENT,
+            LBAGENT_ERR_VERSION_MISMATCH,
+            LBAGENT_ERR_AUTH_REQUIRED,
         ]
     }
 
@@ -68,6 +84,11 @@ impl lbagent_result {
             LBAGENT_ERR_STOPPED => c"agent stopped",
             LBAGENT_ERR_TIMEOUT => c"timed out",
             LBAGENT_ERR_PANIC => c"internal error (panic caught)",
+            LBAGENT_ERR_REFUSED => c"refused: nothing listens on that UDP port",
+            LBAGENT_ERR_UNREACHABLE => c"unreachable: host down or no route",
+            LBAGENT_ERR_NOT_AN_AGENT => c"not an lbagent: another service answered",
+            LBAGENT_ERR_VERSION_MISMATCH => c"the agent speaks another protocol version",
+            LBAGENT_ERR_AUTH_REQUIRED => c"the agent requires authenticated probes",
         }
     }
 }
@@ -82,6 +103,21 @@ impl From<&Error> for lbagent_result {
             Error::UnknownService => LBAGENT_ERR_UNKNOWN_SERVICE,
             Error::Stopped => LBAGENT_ERR_STOPPED,
             Error::Timeout => LBAGENT_ERR_TIMEOUT,
+        }
+    }
+}
+
+impl From<&ProbeError> for lbagent_result {
+    fn from(e: &ProbeError) -> lbagent_result {
+        match e {
+            ProbeError::BadTarget(_) => LBAGENT_ERR_INVALID_ARGUMENT,
+            ProbeError::Timeout(_) => LBAGENT_ERR_TIMEOUT,
+            ProbeError::Refused => LBAGENT_ERR_REFUSED,
+            ProbeError::Unreachable(_) => LBAGENT_ERR_UNREACHABLE,
+            ProbeError::NotAnAgent(_) => LBAGENT_ERR_NOT_AN_AGENT,
+            ProbeError::VersionMismatch { .. } => LBAGENT_ERR_VERSION_MISMATCH,
+            ProbeError::AuthRequired => LBAGENT_ERR_AUTH_REQUIRED,
+            _ => LBAGENT_ERR_SYSTEM,
         }
     }
 }

@@ -22,6 +22,7 @@ macro_rules! ffi_boundary {
 
 mod agent;
 mod error;
+mod probe;
 
 use std::ffi::{CStr, c_char};
 
