@@ -87,6 +87,25 @@ impl Answer {
     }
 }
 
+impl fmt::Display for Answer {
+    /// The state in a few words: `up (set by host), weight 100%, load 3/64: "ready"`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (", self.state)?;
+        match self.reason {
+            Some(r) => write!(f, "{r}")?,
+            None => write!(f, "reason {}", self.reason_code)?,
+        }
+        write!(f, "), weight {}%, load {}", self.weight_pct, self.in_use)?;
+        if self.capacity > 0 {
+            write!(f, "/{}", self.capacity)?;
+        }
+        if !self.message.is_empty() {
+            write!(f, ": \"{}\"", self.message)?;
+        }
+        Ok(())
+    }
+}
+
 /// Why a probe got no valid answer.
 #[derive(Debug)]
 #[non_exhaustive]

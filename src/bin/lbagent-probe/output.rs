@@ -36,21 +36,6 @@ fn load(a: &Answer) -> String {
     }
 }
 
-/// The state in a few words: `up (set by host), weight 100%, load 3/64: "ready"`.
-pub fn summary(a: &Answer) -> String {
-    let mut line = format!(
-        "{} ({}), weight {}%, load {}",
-        a.state,
-        reason(a),
-        a.weight_pct,
-        load(a)
-    );
-    if !a.message.is_empty() {
-        line.push_str(&format!(": \"{}\"", a.message));
-    }
-    line
-}
-
 /// The default output: everything the answer says, with the round trip.
 pub fn answer_line(subject: &Subject<'_>, a: &Answer) -> String {
     let mut line = format!(
@@ -120,7 +105,7 @@ pub fn nagios_line(subject: &Subject<'_>, result: &Result<Answer, ProbeError>) -
     let word = verdict::nagios_word(code);
     // '|' starts the performance data: keep it out of the text.
     let text = match result {
-        Ok(a) => format!("{subject}: {}", summary(a)),
+        Ok(a) => format!("{subject}: {}", a.to_string()),
         Err(e) => format!("{subject}: {e}"),
     }
     .replace('|', "/");

@@ -159,7 +159,7 @@ fn observe(
         return Some(Value::Object(map).to_string());
     }
     let what = match result {
-        Ok(a) => output::summary(a),
+        Ok(a) => a.to_string(),
         Err(e) => format!("no answer: {e}"),
     };
     Some(match previous {
