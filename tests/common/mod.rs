@@ -81,3 +81,15 @@ pub fn target_dir() -> PathBuf {
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
+
+pub mod responder;
+
+/// A fresh, empty directory for one test under the target directory.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir = target_dir()
+        .join("test-scratch")
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
