@@ -11,7 +11,8 @@ RELEASE  := target/release
 BUILD    := build
 
 # Tools the tests need: command:debian-package.
-TEST_TOOLS := gcc:gcc g++:g++ valgrind:valgrind nm:binutils readelf:binutils pkg-config:pkg-config
+TEST_TOOLS := gcc:gcc g++:g++ valgrind:valgrind nm:binutils readelf:binutils pkg-config:pkg-config \
+              keepalived:keepalived ldirectord:ldirectord systemd-analyze:systemd perl:perl
 
 .PHONY: all build examples demo test header install tools clean
 
