@@ -14,7 +14,7 @@ BUILD    := build
 TEST_TOOLS := gcc:gcc g++:g++ valgrind:valgrind nm:binutils readelf:binutils pkg-config:pkg-config \
               keepalived:keepalived ldirectord:ldirectord systemd-analyze:systemd perl:perl
 
-.PHONY: all build examples demo test header install tools clean
+.PHONY: all build examples demo test bench bench-director header install tools clean
 
 all: build
 
@@ -39,6 +39,14 @@ demo: tools build
 test: tools
 	$(CARGO) build --all-targets
 	$(CARGO) test --all-targets -- --test-threads=2
+
+## bench: benchmarks; results in target/bench/ (recorded in docs/BENCHMARKS.md).
+bench: bench-director
+
+## bench-director: lbagent-director polling 10,000 simulated agents at 1 s, against a plain
+## UDP exchange loop and MISC_CHECK's fork+exec per check (about a minute).
+bench-director:
+	$(CARGO) bench --bench director
 
 ## install: PREFIX=/usr/local: libraries with soname links, headers, pkg-config file, probe.
 install: build

@@ -53,17 +53,17 @@ struct InFlight {
     sent: Instant,
 }
 
-/// Random nonces, drawn from the system in batches (one `getrandom` call per 64 probes).
+/// Random nonces, drawn from the system in batches (one `getrandom` call per 512 probes).
 struct Nonces {
-    pool: [u8; 512],
+    pool: [u8; 4096],
     used: usize,
 }
 
 impl Nonces {
     fn new() -> Nonces {
         Nonces {
-            pool: [0; 512],
-            used: 512,
+            pool: [0; 4096],
+            used: 4096,
         }
     }
 
@@ -100,6 +100,9 @@ pub struct Prober {
     buf: Box<[u8; 2048]>,
     control: Vec<u8>,
     icmp_errors: Vec<(SocketAddr, i32, Option<u64>)>,
+    /// An ICMP error was reported by a `send` or `recv`: the error queue has something to
+    /// read. (Every queued error is reported once that way, so the queue is read only then.)
+    icmp_pending: bool,
     stats: ProberStats,
 }
 
@@ -119,6 +122,7 @@ impl Prober {
             buf: Box::new([0; 2048]),
             control: icmp::control_buffer(),
             icmp_errors: Vec::new(),
+            icmp_pending: false,
             stats: ProberStats::default(),
         })
     }
@@ -173,7 +177,10 @@ impl Prober {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // An ICMP error for an earlier probe is reported by this call; it is also
                 // queued and read by `receive`. Send again.
-                Err(e) if icmp::is_pending_icmp(&e) && retries < 8 => retries += 1,
+                Err(e) if icmp::is_pending_icmp(&e) && retries < 8 => {
+                    self.icmp_pending = true;
+                    retries += 1;
+                }
                 Err(e) => return Err(io_error(e)),
             }
         }
@@ -201,7 +208,8 @@ impl Prober {
             match self.socket.recv_from(&mut self.buf[..]) {
                 Ok((len, from)) => self.on_datagram(len, icmp::canonical(from), out),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted || icmp::is_pending_icmp(&e) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if icmp::is_pending_icmp(&e) => self.icmp_pending = true,
                 // Nothing else is expected from a bound UDP socket; try again next time.
                 Err(_) => break,
             }
@@ -300,6 +308,9 @@ impl Prober {
     }
 
     fn read_icmp_errors(&mut self, out: &mut Vec<Completion>) {
+        if !std::mem::take(&mut self.icmp_pending) {
+            return;
+        }
         self.icmp_errors.clear();
         icmp::drain_errors(
             &self.socket,

@@ -31,8 +31,9 @@ use crate::track::TrackDir;
 
 const PROBER: Token = Token(0);
 const SIGNALS: Token = Token(1);
-/// Probes due this close to now are sent in the same wake-up (fewer wake-ups, same rate).
-const SLACK: Duration = Duration::from_millis(1);
+/// Probes due this close to now are sent in the same wake-up: a few milliseconds early is
+/// nothing against a jittered interval, and each wake-up costs a context switch.
+const SLACK: Duration = Duration::from_millis(5);
 
 /// How targets are checked.
 #[derive(Clone, Copy, Debug)]
@@ -180,12 +181,29 @@ impl Poller {
             counts: Counts::default(),
             started: Instant::now(),
         };
+        if poller.track.syncs() {
+            poller.log.line(
+                Level::Warning,
+                format_args!(
+                    "{} is not on tmpfs: every change is fsync'ed, and many changes at once \
+                     delay the checks; a directory under /run is recommended",
+                    poller.track.path("").display()
+                ),
+            );
+        }
         let now = Instant::now();
         for target in targets {
             let slot = poller.new_slot(target, None, now);
             poller.slots.push(slot);
         }
         poller.reindex();
+        // Loading thousands of files takes a while: spread the first checks from now on,
+        // not from when each target was loaded (which would start with a burst).
+        poller.schedule.clear();
+        let now = Instant::now();
+        for id in 0..poller.next_id {
+            poller.schedule_first(id, now);
+        }
         let up = poller.slots.iter().filter(|s| s.health.is_up()).count();
         poller.log.line(
             Level::Info,
@@ -204,16 +222,6 @@ impl Poller {
                 poller.track.path("").display(),
             ),
         );
-        if poller.track.syncs() {
-            poller.log.line(
-                Level::Warning,
-                format_args!(
-                    "{} is not on tmpfs: every change is fsync'ed, and many changes at once \
-                     delay the checks; a directory under /run is recommended",
-                    poller.track.path("").display()
-                ),
-            );
-        }
         Ok(poller)
     }
 
@@ -226,8 +234,7 @@ impl Poller {
         let up = initial.or(file_ok).unwrap_or(false);
         let id = self.next_id;
         self.next_id += 1;
-        let first = now + self.settings.interval.mul_f64(self.jitter.unit());
-        self.schedule.push(Reverse((first, id)));
+        self.schedule_first(id, now);
         let mut slot = Slot {
             target,
             id,
@@ -239,6 +246,12 @@ impl Poller {
         };
         sync_file(&self.track, &self.log, &mut slot);
         slot
+    }
+
+    /// The first check of a new target falls at a random point of the next interval.
+    fn schedule_first(&mut self, id: u64, now: Instant) {
+        let first = now + self.settings.interval.mul_f64(self.jitter.unit());
+        self.schedule.push(Reverse((first, id)));
     }
 
     fn reindex(&mut self) {
