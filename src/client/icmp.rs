@@ -99,7 +99,7 @@ pub(super) struct IcmpError<'a> {
 pub(super) fn drain_errors(
     socket: &UdpSocket,
     buf: &mut [u8],
-    control: &mut Vec<u8>,
+    control: &mut [u8],
     mut each: impl FnMut(IcmpError<'_>),
 ) {
     loop {

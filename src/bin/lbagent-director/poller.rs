@@ -103,6 +103,8 @@ pub struct Poller {
     completions: Vec<Completion>,
     counts: Counts,
     started: Instant,
+    /// Taken first thing, so that a SIGHUP or SIGTERM during a long load is queued, not fatal.
+    signals: Signals,
 }
 
 fn verdict_word(up: bool) -> &'static str {
@@ -165,6 +167,8 @@ impl Poller {
             timeout: settings.timeout,
             ..ProbeOptions::default()
         };
+        let signals = Signals::new([SIGHUP, SIGTERM, SIGINT])
+            .map_err(|e| format!("cannot handle signals: {e}"))?;
         let prober = Prober::new(options).map_err(|e| format!("cannot open a socket: {e}"))?;
         let mut poller = Poller {
             settings,
@@ -180,6 +184,7 @@ impl Poller {
             completions: Vec::new(),
             counts: Counts::default(),
             started: Instant::now(),
+            signals,
         };
         if poller.track.syncs() {
             poller.log.line(
@@ -273,10 +278,8 @@ impl Poller {
                 Interest::READABLE,
             )
             .map_err(|e| format!("cannot watch the socket: {e}"))?;
-        let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT])
-            .map_err(|e| format!("cannot handle signals: {e}"))?;
         poll.registry()
-            .register(&mut signals, SIGNALS, Interest::READABLE)
+            .register(&mut self.signals, SIGNALS, Interest::READABLE)
             .map_err(|e| format!("cannot watch signals: {e}"))?;
         let mut events = Events::with_capacity(64);
         let mut next_stats = Instant::now() + self.settings.stats_every;
@@ -305,7 +308,8 @@ impl Poller {
                 if event.token() != SIGNALS {
                     continue;
                 }
-                for signal in signals.pending() {
+                let pending: Vec<i32> = self.signals.pending().collect();
+                for signal in pending {
                     if signal == SIGHUP {
                         self.reload();
                     } else {

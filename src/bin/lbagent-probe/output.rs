@@ -105,7 +105,7 @@ pub fn nagios_line(subject: &Subject<'_>, result: &Result<Answer, ProbeError>) -
     let word = verdict::nagios_word(code);
     // '|' starts the performance data: keep it out of the text.
     let text = match result {
-        Ok(a) => format!("{subject}: {}", a.to_string()),
+        Ok(a) => format!("{subject}: {a}"),
         Err(e) => format!("{subject}: {e}"),
     }
     .replace('|', "/");
