@@ -54,7 +54,7 @@ install: build
 
 ## header: regenerate include/lbagent.h from the Rust source (commit the result).
 header:
-	LBAGENT_BLESS=1 $(CARGO) test --test header
+	LBAGENT_BLESS=1 $(CARGO) test --test header committed_header_is_up_to_date
 
 tools:
 	@scripts/ensure-tools.sh $(TEST_TOOLS)

@@ -35,16 +35,18 @@ pub enum lbagent_result {
     LBAGENT_ERR_TIMEOUT = 9,
     /// An internal panic was caught; the call had no effect.
     LBAGENT_ERR_PANIC = 10,
+    // 11..=14 are taken on main by the worker and checks API (EXISTS, FULL, NOT_FOUND,
+    // WRONG_PROCESS); the probe results follow them.
     /// A probe was refused: ICMP port unreachable, nothing listens on that UDP port.
-    LBAGENT_ERR_REFUSED = 11,
+    LBAGENT_ERR_REFUSED = 15,
     /// A probe's target is unreachable: ICMP host or network unreachable, or no route.
-    LBAGENT_ERR_UNREACHABLE = 12,
+    LBAGENT_ERR_UNREACHABLE = 16,
     /// Something that is not an lbagent answered the probe (another UDP service).
-    LBAGENT_ERR_NOT_AN_AGENT = 13,
+    LBAGENT_ERR_NOT_AN_AGENT = 17,
     /// The agent speaks another protocol version.
-    LBAGENT_ERR_VERSION_MISMATCH = 14,
+    LBAGENT_ERR_VERSION_MISMATCH = 18,
     /// The agent answers authenticated probes only.
-    LBAGENT_ERR_AUTH_REQUIRED = 15,
+    LBAGENT_ERR_AUTH_REQUIRED = 19,
 }
 
 use lbagent_result::*;
