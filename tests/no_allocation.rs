@@ -41,9 +41,7 @@ fn host_calls_and_probe_answers_do_not_allocate() {
     let addr = agent.local_addrs()[0];
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     socket.connect(addr).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let mut probe = [0u8; lbagent::wire::PROBE_MAX_LEN];
     let n = lbagent::wire::encode_probe(1, b"game", 128, &mut probe);
     let mut buf = [0u8; 512];
@@ -62,9 +60,7 @@ fn host_calls_and_probe_answers_do_not_allocate() {
     for i in 0..10_000u32 {
         agent.heartbeat().unwrap();
         let state = if i % 2 == 0 { State::Up } else { State::Drain };
-        agent
-            .set_state("", state, Some("a reason that changes the message"))
-            .unwrap();
+        agent.set_state("", state, Some("a reason that changes the message")).unwrap();
         agent.set_state("game", state, None).unwrap();
         agent.set_weight("", i % 101).unwrap();
         agent.set_load("game", i, 10_000).unwrap();
