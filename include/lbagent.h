@@ -101,6 +101,26 @@ typedef enum lbagent_result {
    * the agent, or `lbagent_stop` in a forked child that did not take the agent over.
    */
   LBAGENT_ERR_WRONG_PROCESS = 14,
+  /**
+   * A probe was refused: ICMP port unreachable, nothing listens on that UDP port.
+   */
+  LBAGENT_ERR_REFUSED = 15,
+  /**
+   * A probe's target is unreachable: ICMP host or network unreachable, or no route.
+   */
+  LBAGENT_ERR_UNREACHABLE = 16,
+  /**
+   * Something that is not an lbagent answered the probe (another UDP service).
+   */
+  LBAGENT_ERR_NOT_AN_AGENT = 17,
+  /**
+   * The agent speaks another protocol version.
+   */
+  LBAGENT_ERR_VERSION_MISMATCH = 18,
+  /**
+   * The agent answers authenticated probes only.
+   */
+  LBAGENT_ERR_AUTH_REQUIRED = 19,
 } lbagent_result;
 
 /**
@@ -348,7 +368,14 @@ typedef uint8_t lbagent_log_level;
 typedef struct lbagent lbagent;
 
 /**
- * The status a director is told, as filled in by `lbagent_get_status`.
+ * A non-blocking prober, created by `lbagent_prober_new` and released by
+ * `lbagent_prober_free`. Opaque.
+ */
+typedef struct lbagent_prober lbagent_prober;
+
+/**
+ * The status a director is told, as filled in by `lbagent_get_status` (the agent's own view)
+ * and by `lbagent_probe` / `lbagent_prober_receive` (an answer received over the network).
  */
 typedef struct lbagent_status {
   /**
@@ -406,6 +433,32 @@ typedef void (*lbagent_free_fn)(void *userdata);
  * UTF-8 line valid during the call only. Called on the agent's logger thread.
  */
 typedef void (*lbagent_log_fn)(void *userdata, int level, const char *message);
+
+/**
+ * One finished probe, as filled in by `lbagent_prober_receive`.
+ */
+typedef struct lbagent_probe_result {
+  /**
+   * The token given to `lbagent_prober_send`.
+   */
+  uint64_t token;
+  /**
+   * An `lbagent_result`: `LBAGENT_OK` when `status` holds the agent's answer; otherwise why
+   * there is none: `LBAGENT_ERR_TIMEOUT`, `LBAGENT_ERR_REFUSED`, `LBAGENT_ERR_UNREACHABLE`,
+   * `LBAGENT_ERR_NOT_AN_AGENT`, `LBAGENT_ERR_VERSION_MISMATCH`, `LBAGENT_ERR_AUTH_REQUIRED`
+   * or `LBAGENT_ERR_SYSTEM`.
+   */
+  int result;
+  /**
+   * Round-trip time in microseconds (0 when there is no answer).
+   */
+  uint32_t rtt_us;
+  /**
+   * The answer; all zero unless `result` is `LBAGENT_OK`. The server should receive new
+   * connections exactly when `state` is `LBAGENT_STATE_UP` and `weight_pct` is above 0.
+   */
+  struct lbagent_status status;
+} lbagent_probe_result;
 
 #ifdef __cplusplus
 extern "C" {
@@ -729,6 +782,118 @@ LBAGENT_MUST_USE enum lbagent_result lbagent_after_fork_child(struct lbagent *ag
  * `LBAGENT_ERR_BAD_HANDLE`. Async-signal-safe it is not; call it before anything else.
  */
 LBAGENT_MUST_USE enum lbagent_result lbagent_after_fork_worker(struct lbagent *agent);
+
+/**
+ * Asks the agent at `target` for its status and waits for the answer (at most the timeout).
+ *
+ * - `target`: `HOST[:PORT]`, `[IPv6]:PORT` or a bare IPv6 address; the port defaults to 4950.
+ *   Names are resolved (this may block on DNS; the non-blocking prober takes numeric
+ *   addresses only).
+ * - `service`: the service to ask about; NULL or "" is the whole server.
+ * - `options`: NULL, or `key=value` pairs like the agent's configuration: `timeout_ms=N`
+ *   (1..=60000, default 1000).
+ * - `out`: filled with the answer on success only.
+ *
+ * Returns `LBAGENT_OK`, or why there is no answer: `LBAGENT_ERR_TIMEOUT`,
+ * `LBAGENT_ERR_REFUSED`, `LBAGENT_ERR_UNREACHABLE`, `LBAGENT_ERR_NOT_AN_AGENT`,
+ * `LBAGENT_ERR_VERSION_MISMATCH`, `LBAGENT_ERR_AUTH_REQUIRED`; or `LBAGENT_ERR_NULL_ARGUMENT`
+ * (`target` or `out`), `LBAGENT_ERR_INVALID_ARGUMENT` (a bad target or service name),
+ * `LBAGENT_ERR_CONFIG` (bad options), `LBAGENT_ERR_SYSTEM`. Every failure sets the last
+ * error, which says what happened.
+ *
+ * The server should receive new connections exactly when `out->state` is
+ * `LBAGENT_STATE_UP` and `out->weight_pct` is above 0. Thread-safe. Not async-signal-safe.
+ */
+LBAGENT_MUST_USE
+enum lbagent_result lbagent_probe(const char *target,
+                                  const char *service,
+                                  const char *options,
+                                  struct lbagent_status *out);
+
+/**
+ * Creates a non-blocking prober: one UDP socket (dual-stack when the host has IPv6) on which
+ * any number of probes can be in flight.
+ *
+ * `options`: NULL, or `key=value` pairs: `timeout_ms=N` (1..=60000, default 1000), the
+ * timeout of every probe sent through it.
+ *
+ * On success writes the handle to `*out` (owned by the caller, released with
+ * `lbagent_prober_free`). Returns `LBAGENT_OK`, `LBAGENT_ERR_NULL_ARGUMENT` (`out`),
+ * `LBAGENT_ERR_CONFIG` (bad options) or `LBAGENT_ERR_SYSTEM` (no socket); the last error says
+ * why. Thread-safe.
+ *
+ * The event loop:
+ * 1. `lbagent_prober_send` for each target;
+ * 2. wait until `lbagent_prober_fd` is readable (POLLIN) or `lbagent_prober_timeout_ms`
+ *    milliseconds have passed;
+ * 3. `lbagent_prober_receive`: every finished probe, answered, failed or timed out, comes
+ *    out exactly once with its token; repeat from 2 while `lbagent_prober_pending` > 0.
+ */
+LBAGENT_MUST_USE
+enum lbagent_result lbagent_prober_new(const char *options,
+                                       struct lbagent_prober **out);
+
+/**
+ * The prober's socket, to wait on for POLLIN (or EPOLLIN) in the caller's event loop; -1 for
+ * NULL or a handle that is not live. The descriptor belongs to the prober: do not read,
+ * write or close it. It is close-on-exec. Thread-safe.
+ */
+int lbagent_prober_fd(const struct lbagent_prober *prober);
+
+/**
+ * Sends one probe about `service` (NULL or "" = the whole server) to `target` and returns at
+ * once; the probe finishes through `lbagent_prober_receive` with `token`, which the library
+ * only hands back.
+ *
+ * `target` is numeric, never resolved: `IPv4[:PORT]`, `[IPv6]:PORT` or a bare IPv6 address;
+ * the port defaults to 4950.
+ *
+ * Returns `LBAGENT_OK` (the probe is in flight), or, with nothing in flight and the last
+ * error set: `LBAGENT_ERR_NULL_ARGUMENT`, `LBAGENT_ERR_BAD_HANDLE`,
+ * `LBAGENT_ERR_INVALID_ARGUMENT` (not a numeric address, port 0, a bad service name),
+ * `LBAGENT_ERR_UNREACHABLE` (no route), `LBAGENT_ERR_SYSTEM`. Thread-safe.
+ */
+enum lbagent_result lbagent_prober_send(struct lbagent_prober *prober,
+                                        const char *target,
+                                        const char *service,
+                                        uint64_t token);
+
+/**
+ * Collects finished probes without blocking: reads every answer and ICMP error waiting on
+ * the socket, expires the probes whose timeout has passed, and writes up to `capacity`
+ * results to `results`, each finished probe exactly once. `*count` receives how many were
+ * written. When `*count == capacity` more may be waiting: call again (they are kept, and
+ * `lbagent_prober_timeout_ms` returns 0 meanwhile).
+ *
+ * Returns `LBAGENT_OK`, or `LBAGENT_ERR_NULL_ARGUMENT` (`prober`, `count`, or `results` with
+ * a non-zero `capacity`) / `LBAGENT_ERR_BAD_HANDLE`; `*count` is then untouched.
+ * Thread-safe.
+ */
+enum lbagent_result lbagent_prober_receive(struct lbagent_prober *prober,
+                                           struct lbagent_probe_result *results,
+                                           uintptr_t capacity,
+                                           uintptr_t *count);
+
+/**
+ * Milliseconds until `lbagent_prober_receive` has a probe to expire (rounded up), 0 when
+ * finished probes are waiting to be collected, -1 when nothing is in flight (wait on the
+ * descriptor alone, or not at all). Use it as the timeout of poll()/epoll_wait(). -1 for NULL
+ * or a handle that is not live. Thread-safe.
+ */
+int lbagent_prober_timeout_ms(struct lbagent_prober *prober);
+
+/**
+ * Probes sent and not yet collected by `lbagent_prober_receive` (in flight, or finished and
+ * waiting). 0 for NULL or a handle that is not live. Thread-safe.
+ */
+uintptr_t lbagent_prober_pending(const struct lbagent_prober *prober);
+
+/**
+ * Closes the prober's socket and frees it; probes in flight are dropped. NULL is a no-op; a
+ * handle already freed is ignored when detected. The handle must not be used again, nor
+ * concurrently with this call.
+ */
+void lbagent_prober_free(struct lbagent_prober *prober);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs lbagent into PREFIX from a cargo output directory (make install uses
 # target/release): the shared library with its soname links, the static library, the headers,
-# a pkg-config file and lbagent-probe. Usage: scripts/install.sh PREFIX [CARGO_OUT_DIR]
+# a pkg-config file, lbagent-probe and lbagent-director. Usage: scripts/install.sh PREFIX [CARGO_OUT_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 prefix=${1:?usage: install.sh PREFIX [CARGO_OUT_DIR]}
@@ -18,6 +18,7 @@ for header in include/*.h include/*.hpp; do
     [ -e "$header" ] && install -m 0644 "$header" "$prefix/include/"
 done
 install -m 0755 "$src/lbagent-probe" "$prefix/bin/lbagent-probe"
+install -m 0755 "$src/lbagent-director" "$prefix/bin/lbagent-director"
 sed -e "s|@PREFIX@|$prefix|" -e "s|@VERSION@|$version|" lbagent.pc.in \
     >"$prefix/lib/pkgconfig/lbagent.pc"
 echo "installed lbagent $version into $prefix"

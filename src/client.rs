@@ -1,4 +1,20 @@
-//! The prober: asks an agent for its status over protocol v1 (what `lbagent-probe` uses).
+//! The prober: asks agents for their status over protocol v1.
+//!
+//! - [`probe`] asks one agent and blocks until the answer or the timeout (what
+//!   `lbagent-probe` and the C `lbagent_probe` use).
+//! - [`Prober`] is the non-blocking form for event loops: one UDP socket, any number of
+//!   probes in flight, answers and timeouts collected by [`Prober::receive`] (what the
+//!   director-side poller `lbagent-director`, `lbagent-probe --watch` and the C
+//!   `lbagent_prober` use).
+//!
+//! Both say exactly why there is no answer ([`ProbeError`]): a timeout, an ICMP port
+//! unreachable ("refused"), a host or network unreachable, something that is not an lbagent,
+//! a protocol version mismatch, or an agent that requires authentication.
+
+mod icmp;
+mod prober;
+
+pub use prober::{Completion, Prober, ProberStats};
 
 use std::fmt;
 use std::io;
@@ -71,8 +87,28 @@ impl Answer {
     }
 }
 
+impl fmt::Display for Answer {
+    /// The state in a few words: `up (set by host), weight 100%, load 3/64: "ready"`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (", self.state)?;
+        match self.reason {
+            Some(r) => write!(f, "{r}")?,
+            None => write!(f, "reason {}", self.reason_code)?,
+        }
+        write!(f, "), weight {}%, load {}", self.weight_pct, self.in_use)?;
+        if self.capacity > 0 {
+            write!(f, "/{}", self.capacity)?;
+        }
+        if !self.message.is_empty() {
+            write!(f, ": \"{}\"", self.message)?;
+        }
+        Ok(())
+    }
+}
+
 /// Why a probe got no valid answer.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum ProbeError {
     /// The target is not `HOST[:PORT]` or the name does not resolve.
     BadTarget(String),
@@ -80,6 +116,8 @@ pub enum ProbeError {
     Timeout(Duration),
     /// ICMP port unreachable: nothing listens on that UDP port.
     Refused,
+    /// ICMP host or network unreachable (or no route): the host is down or cannot be reached.
+    Unreachable(io::Error),
     /// The answer is not protocol v1: something else listens there.
     NotAnAgent(&'static str),
     /// The agent speaks another protocol version.
@@ -100,6 +138,7 @@ impl ProbeError {
             ProbeError::BadTarget(_) => "bad-target",
             ProbeError::Timeout(_) => "timeout",
             ProbeError::Refused => "refused",
+            ProbeError::Unreachable(_) => "unreachable",
             ProbeError::NotAnAgent(_) => "not-an-agent",
             ProbeError::VersionMismatch { .. } => "version-mismatch",
             ProbeError::AuthRequired => "auth-required",
@@ -120,6 +159,7 @@ impl fmt::Display for ProbeError {
             ProbeError::Refused => {
                 f.write_str("refused: ICMP port unreachable (nothing listens on that UDP port)")
             }
+            ProbeError::Unreachable(e) => write!(f, "unreachable: {e} (host down or no route)"),
             ProbeError::NotAnAgent(what) => write!(f, "not an lbagent: {what}"),
             ProbeError::VersionMismatch { agent_version } => write!(
                 f,
@@ -164,6 +204,76 @@ pub fn resolve_target(target: &str, default_port: u16) -> Result<SocketAddr, Pro
         .ok_or_else(|| ProbeError::BadTarget(format!("\"{host}\" has no address")))
 }
 
+/// Parses a numeric target without any name lookup (the non-blocking prober must never wait
+/// on DNS): `IPv4[:PORT]`, `[IPv6]:PORT` or a bare IPv6 address.
+pub fn parse_ip_target(target: &str, default_port: u16) -> Result<SocketAddr, ProbeError> {
+    if let Ok(addr) = target.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if let Ok(ip) = target.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, default_port));
+    }
+    Err(ProbeError::BadTarget(format!(
+        "\"{target}\": expected a numeric address, IPv4[:PORT] or [IPv6]:PORT (names are not resolved here)"
+    )))
+}
+
+/// Checks a service name against the wire format: at most 64 bytes of printable ASCII.
+pub fn check_service(service: &str) -> Result<(), ProbeError> {
+    if service.len() > wire::MAX_NAME_LEN {
+        return Err(ProbeError::BadTarget(format!(
+            "service name of {} bytes: at most {} bytes",
+            service.len(),
+            wire::MAX_NAME_LEN
+        )));
+    }
+    if !service.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+        return Err(ProbeError::BadTarget(format!(
+            "service name \"{}\": only printable ASCII",
+            service.escape_default()
+        )));
+    }
+    Ok(())
+}
+
+impl ProbeOptions {
+    /// Reads `key=value` options (the syntax of the agent's configuration; used by the C API):
+    /// `timeout_ms=N` (1..=60000). Keys not given keep the values of `self`. The error names
+    /// the key and the value.
+    pub fn with_config(mut self, text: &str) -> Result<ProbeOptions, String> {
+        let pairs = crate::config::words(text).map_err(|e| e.to_string())?;
+        let mut seen: Vec<&str> = Vec::new();
+        for (key, value) in pairs {
+            if seen.contains(&key) {
+                return Err(format!(
+                    "probe options: duplicate key \"{key}\" (second value \"{value}\")"
+                ));
+            }
+            seen.push(key);
+            match key {
+                "timeout_ms" => {
+                    let ms = value
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|ms| (1..=60_000).contains(ms))
+                        .ok_or_else(|| {
+                            format!(
+                                "probe options: invalid value \"{value}\" for key \"timeout_ms\": expected milliseconds 1..=60000"
+                            )
+                        })?;
+                    self.timeout = Duration::from_millis(ms);
+                }
+                _ => {
+                    return Err(format!(
+                        "probe options: unknown key \"{key}\" (value \"{value}\"); known keys: timeout_ms"
+                    ));
+                }
+            }
+        }
+        Ok(self)
+    }
+}
+
 fn random_nonce() -> u64 {
     let mut b = [0u8; 8];
     // On failure the nonce is still unpredictable enough for matching answers (not security).
@@ -180,6 +290,7 @@ fn random_nonce() -> u64 {
 /// keepalived's, so an ICMP port unreachable is reported as `Refused` and only answers from
 /// the probed address count; answers with another nonce are ignored.
 pub fn probe(target: SocketAddr, options: &ProbeOptions) -> Result<Answer, ProbeError> {
+    check_service(&options.service)?;
     let local: SocketAddr = match target {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
@@ -226,11 +337,15 @@ pub fn probe(target: SocketAddr, options: &ProbeOptions) -> Result<Answer, Probe
     }
 }
 
+/// Maps a socket error to what it says about the target: ICMP errors reported on the socket
+/// are answers too.
 fn io_error(e: io::Error) -> ProbeError {
-    if e.kind() == io::ErrorKind::ConnectionRefused {
-        ProbeError::Refused
-    } else {
-        ProbeError::Io(e)
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) => ProbeError::Refused,
+        Some(libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN | libc::ENETDOWN) => {
+            ProbeError::Unreachable(e)
+        }
+        _ => ProbeError::Io(e),
     }
 }
 

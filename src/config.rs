@@ -316,8 +316,9 @@ impl Config {
     }
 }
 
-/// Splits the text into `(key, value)` pairs, dropping comments.
-fn words(text: &str) -> Result<Vec<(&str, &str)>, ConfigError> {
+/// Splits the text into `(key, value)` pairs, dropping comments (also reads the prober's
+/// options, `client::ProbeOptions::with_config`).
+pub(crate) fn words(text: &str) -> Result<Vec<(&str, &str)>, ConfigError> {
     let mut pairs = Vec::new();
     for line in text.lines() {
         for word in line.split(|c: char| c.is_whitespace() || c == ';') {

@@ -17,21 +17,35 @@ use lbagent::client::{self, ProbeOptions};
 use lbagent::{Reason, State};
 
 /// Builds every program once for the whole test binary.
-fn programs() -> &'static [PathBuf; 4] {
-    static BUILT: OnceLock<[PathBuf; 4]> = OnceLock::new();
+fn programs() -> &'static [PathBuf; 6] {
+    static BUILT: OnceLock<[PathBuf; 6]> = OnceLock::new();
     BUILT.get_or_init(|| {
         [
             build("tests/c/api_contract.c", Link::Dynamic),
             build("tests/c/api_contract.c", Link::Static),
             build("c-examples/demo_server.c", Link::Dynamic),
             build("tests/c/header.cpp", Link::Dynamic),
+            build("tests/c/prober.c", Link::Dynamic),
+            build("tests/c/prober.c", Link::Static),
         ]
     })
 }
 
 #[test]
 fn api_contract_from_c_dynamic_static_and_under_valgrind() {
-    let [dynamic, static_exe, _, _] = programs();
+    let [dynamic, static_exe, _, _, _, _] = programs();
+    for exe in [dynamic, static_exe] {
+        let out = run_ok(&mut Command::new(exe));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(", 0 failed"), "{text}");
+    }
+    let out = run_ok(&mut valgrind(dynamic));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(", 0 failed"));
+}
+
+#[test]
+fn prober_from_c_dynamic_static_and_under_valgrind() {
+    let [_, _, _, _, dynamic, static_exe] = programs();
     for exe in [dynamic, static_exe] {
         let out = run_ok(&mut Command::new(exe));
         let text = String::from_utf8_lossy(&out.stdout);

@@ -38,6 +38,7 @@ fn install_and_build_a_consumer_with_pkg_config() {
     assert!(lib.join(format!("liblbagent.so.{version}")).is_file());
     assert!(prefix.join("include/lbagent.h").is_file());
     assert!(prefix.join("bin/lbagent-probe").is_file());
+    assert!(prefix.join("bin/lbagent-director").is_file());
 
     let pc_path = lib.join("pkgconfig");
     let flags = run(Command::new("pkg-config")

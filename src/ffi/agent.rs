@@ -46,7 +46,8 @@ struct Handle {
     agent: Agent,
 }
 
-/// The status a director is told, as filled in by `lbagent_get_status`.
+/// The status a director is told, as filled in by `lbagent_get_status` (the agent's own view)
+/// and by `lbagent_probe` / `lbagent_prober_receive` (an answer received over the network).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct lbagent_status {

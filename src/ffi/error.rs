@@ -4,6 +4,7 @@ use std::cell::RefCell;
 use std::ffi::{c_char, c_int};
 use std::fmt::Display;
 
+use crate::client::ProbeError;
 use crate::error::Error;
 
 /// The outcome of a call. `LBAGENT_OK` is 0; numbers are never reused.
@@ -43,12 +44,22 @@ pub enum lbagent_result {
     /// The call does not fit this process: `lbagent_after_fork_*` in the process that started
     /// the agent, or `lbagent_stop` in a forked child that did not take the agent over.
     LBAGENT_ERR_WRONG_PROCESS = 14,
+    /// A probe was refused: ICMP port unreachable, nothing listens on that UDP port.
+    LBAGENT_ERR_REFUSED = 15,
+    /// A probe's target is unreachable: ICMP host or network unreachable, or no route.
+    LBAGENT_ERR_UNREACHABLE = 16,
+    /// Something that is not an lbagent answered the probe (another UDP service).
+    LBAGENT_ERR_NOT_AN_AGENT = 17,
+    /// The agent speaks another protocol version.
+    LBAGENT_ERR_VERSION_MISMATCH = 18,
+    /// The agent answers authenticated probes only.
+    LBAGENT_ERR_AUTH_REQUIRED = 19,
 }
 
 use lbagent_result::*;
 
 impl lbagent_result {
-    fn all() -> [lbagent_result; 15] {
+    fn all() -> [lbagent_result; 20] {
         [
             LBAGENT_OK,
             LBAGENT_ERR_NULL_ARGUMENT,
@@ -65,6 +76,11 @@ impl lbagent_result {
             LBAGENT_ERR_FULL,
             LBAGENT_ERR_NOT_FOUND,
             LBAGENT_ERR_WRONG_PROCESS,
+            LBAGENT_ERR_REFUSED,
+            LBAGENT_ERR_UNREACHABLE,
+            LBAGENT_ERR_NOT_AN_AGENT,
+            LBAGENT_ERR_VERSION_MISMATCH,
+            LBAGENT_ERR_AUTH_REQUIRED,
         ]
     }
 
@@ -85,6 +101,11 @@ impl lbagent_result {
             LBAGENT_ERR_FULL => c"no free slot",
             LBAGENT_ERR_NOT_FOUND => c"not found",
             LBAGENT_ERR_WRONG_PROCESS => c"wrong process for this call (see fork in the README)",
+            LBAGENT_ERR_REFUSED => c"refused: nothing listens on that UDP port",
+            LBAGENT_ERR_UNREACHABLE => c"unreachable: host down or no route",
+            LBAGENT_ERR_NOT_AN_AGENT => c"not an lbagent: another service answered",
+            LBAGENT_ERR_VERSION_MISMATCH => c"the agent speaks another protocol version",
+            LBAGENT_ERR_AUTH_REQUIRED => c"the agent requires authenticated probes",
         }
     }
 }
@@ -105,6 +126,21 @@ impl From<&Error> for lbagent_result {
             Error::UnknownService => LBAGENT_ERR_UNKNOWN_SERVICE,
             Error::Stopped => LBAGENT_ERR_STOPPED,
             Error::Timeout => LBAGENT_ERR_TIMEOUT,
+        }
+    }
+}
+
+impl From<&ProbeError> for lbagent_result {
+    fn from(e: &ProbeError) -> lbagent_result {
+        match e {
+            ProbeError::BadTarget(_) => LBAGENT_ERR_INVALID_ARGUMENT,
+            ProbeError::Timeout(_) => LBAGENT_ERR_TIMEOUT,
+            ProbeError::Refused => LBAGENT_ERR_REFUSED,
+            ProbeError::Unreachable(_) => LBAGENT_ERR_UNREACHABLE,
+            ProbeError::NotAnAgent(_) => LBAGENT_ERR_NOT_AN_AGENT,
+            ProbeError::VersionMismatch { .. } => LBAGENT_ERR_VERSION_MISMATCH,
+            ProbeError::AuthRequired => LBAGENT_ERR_AUTH_REQUIRED,
+            _ => LBAGENT_ERR_SYSTEM,
         }
     }
 }

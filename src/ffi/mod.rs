@@ -24,6 +24,7 @@ mod agent;
 mod checks;
 mod error;
 mod workers;
+mod probe;
 
 use std::ffi::{CStr, c_char};
 

@@ -151,3 +151,24 @@ pub fn doc_block(doc: &str, lang: &str, name: &str) -> String {
     }
     body
 }
+
+pub mod responder;
+
+/// A fresh, empty directory for one test under the target directory (those of earlier runs of
+/// the same test are removed).
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let root = target_dir().join("test-scratch");
+    if let Ok(entries) = std::fs::read_dir(&root) {
+        for e in entries.flatten() {
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{name}-"))
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let dir = root.join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

@@ -1,0 +1,501 @@
+//! The poller: one thread and one UDP socket (`lbagent::client::Prober`) for every target.
+//!
+//! Each target is probed once per interval, at a time shifted by a random jitter so that
+//! thousands of checks spread evenly instead of arriving in bursts; the first check of each
+//! target falls at a random point of the first interval. Answers and timeouts come back
+//! through the same socket; rise/fall decide each target's verdict, and its track file is
+//! rewritten (atomically) only when the verdict differs from what the file says. Nothing forks,
+//! nothing blocks but `epoll_wait`.
+//!
+//! SIGHUP reloads the targets file: unchanged targets keep their verdict, streak and schedule;
+//! a target whose address, service or key changed starts its streak over from its current
+//! verdict; a removed target's file is set to 1 (failed), since keepalived reads a missing file
+//! as OK. SIGTERM and SIGINT stop the poller; the files keep their last values.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use lbagent::client::{Answer, Completion, ProbeError, ProbeOptions, Prober};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+
+use crate::health::Health;
+use crate::log::{Level, Log};
+use crate::targets::{self, Target};
+use crate::track::TrackDir;
+
+const PROBER: Token = Token(0);
+const SIGNALS: Token = Token(1);
+/// Probes due this close to now are sent in the same wake-up: a few milliseconds early is
+/// nothing against a jittered interval, and each wake-up costs a context switch.
+const SLACK: Duration = Duration::from_millis(5);
+
+/// How targets are checked.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    /// Each interval is stretched or shrunk by up to this percent, at random.
+    pub jitter_pct: u32,
+    /// A summary line this often; zero for none.
+    pub stats_every: Duration,
+}
+
+/// A small, fast generator for the jitter (xorshift64*): spreading checks needs no more.
+struct Jitter(u64);
+
+impl Jitter {
+    fn new() -> Jitter {
+        let mut seed = [0u8; 8];
+        let _ = getrandom::fill(&mut seed);
+        Jitter(u64::from_ne_bytes(seed) | 1)
+    }
+
+    /// A uniform value in 0..1.
+    fn unit(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+struct Slot {
+    target: Target,
+    /// The prober token; stays the same while the target is unchanged across reloads.
+    id: u64,
+    health: Health,
+    in_flight: bool,
+    /// When the verdict last changed (or the target was loaded).
+    since: Instant,
+    /// What the track file says: `None` when unknown.
+    file_ok: Option<bool>,
+    /// The last write of the file failed (logged once until a write succeeds).
+    write_failed: bool,
+}
+
+#[derive(Default)]
+struct Counts {
+    transitions: u64,
+    /// Checks not sent because the previous one was still in flight.
+    skipped: u64,
+}
+
+/// The whole poller.
+pub struct Poller {
+    settings: Settings,
+    log: Log,
+    track: TrackDir,
+    targets_path: PathBuf,
+    slots: Vec<Slot>,
+    index: HashMap<u64, usize>,
+    schedule: BinaryHeap<Reverse<(Instant, u64)>>,
+    next_id: u64,
+    prober: Prober,
+    jitter: Jitter,
+    completions: Vec<Completion>,
+    counts: Counts,
+    started: Instant,
+    /// Taken first thing, so that a SIGHUP or SIGTERM during a long load is queued, not fatal.
+    signals: Signals,
+}
+
+fn verdict_word(up: bool) -> &'static str {
+    if up { "up" } else { "down" }
+}
+
+/// Makes the track file say the slot's verdict, if it does not already.
+fn sync_file(track: &TrackDir, log: &Log, slot: &mut Slot) {
+    let up = slot.health.is_up();
+    if slot.file_ok == Some(up) {
+        return;
+    }
+    let name = &slot.target.name;
+    match track.write(name, up) {
+        Ok(()) => {
+            slot.file_ok = Some(up);
+            if slot.write_failed {
+                slot.write_failed = false;
+                log.line(
+                    Level::Info,
+                    format_args!(
+                        "{name}: track file {} written again",
+                        track.path(name).display()
+                    ),
+                );
+            }
+        }
+        Err(e) => {
+            if !slot.write_failed {
+                slot.write_failed = true;
+                log.line(
+                    Level::Error,
+                    format_args!(
+                        "{name}: cannot write track file {}: {e} (retried at each check)",
+                        track.path(name).display()
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn describe(result: &Result<Answer, ProbeError>) -> String {
+    match result {
+        Ok(a) => a.to_string(),
+        Err(e) => e.to_string(),
+    }
+}
+
+impl Poller {
+    /// Loads the targets and the track files' current values.
+    pub fn new(
+        settings: Settings,
+        log: Log,
+        track: TrackDir,
+        targets_path: PathBuf,
+        targets: Vec<Target>,
+    ) -> Result<Poller, String> {
+        let options = ProbeOptions {
+            timeout: settings.timeout,
+            ..ProbeOptions::default()
+        };
+        let signals = Signals::new([SIGHUP, SIGTERM, SIGINT])
+            .map_err(|e| format!("cannot handle signals: {e}"))?;
+        let prober = Prober::new(options).map_err(|e| format!("cannot open a socket: {e}"))?;
+        let mut poller = Poller {
+            settings,
+            log,
+            track,
+            targets_path,
+            slots: Vec::new(),
+            index: HashMap::new(),
+            schedule: BinaryHeap::new(),
+            next_id: 0,
+            prober,
+            jitter: Jitter::new(),
+            completions: Vec::new(),
+            counts: Counts::default(),
+            started: Instant::now(),
+            signals,
+        };
+        if poller.track.syncs() {
+            poller.log.line(
+                Level::Warning,
+                format_args!(
+                    "{} is not on tmpfs: every change is fsync'ed, and many changes at once \
+                     delay the checks; a directory under /run is recommended",
+                    poller.track.path("").display()
+                ),
+            );
+        }
+        let now = Instant::now();
+        for target in targets {
+            let slot = poller.new_slot(target, None, now);
+            poller.slots.push(slot);
+        }
+        poller.reindex();
+        // Loading thousands of files takes a while: spread the first checks from now on,
+        // not from when each target was loaded (which would start with a burst).
+        poller.schedule.clear();
+        let now = Instant::now();
+        for id in 0..poller.next_id {
+            poller.schedule_first(id, now);
+        }
+        let up = poller.slots.iter().filter(|s| s.health.is_up()).count();
+        poller.log.line(
+            Level::Info,
+            format_args!(
+                "started: {} targets from {}, {} up and {} down as their track files say; \
+                 interval {} ms +-{}%, timeout {} ms, rise {}, fall {}; track files in {}",
+                poller.slots.len(),
+                poller.targets_path.display(),
+                up,
+                poller.slots.len() - up,
+                settings.interval.as_millis(),
+                settings.jitter_pct,
+                settings.timeout.as_millis(),
+                settings.rise,
+                settings.fall,
+                poller.track.path("").display(),
+            ),
+        );
+        Ok(poller)
+    }
+
+    /// A slot for a new target: its verdict is what its track file says (`initial` when the
+    /// caller knows better), or down when the file says nothing, in which case the file is
+    /// written at once (keepalived reads a missing file as OK). Its first check falls at a
+    /// random point of the next interval.
+    fn new_slot(&mut self, target: Target, initial: Option<bool>, now: Instant) -> Slot {
+        let file_ok = self.track.read(&target.name);
+        let up = initial.or(file_ok).unwrap_or(false);
+        let id = self.next_id;
+        self.next_id += 1;
+        self.schedule_first(id, now);
+        let mut slot = Slot {
+            target,
+            id,
+            health: Health::new(up),
+            in_flight: false,
+            since: now,
+            file_ok,
+            write_failed: false,
+        };
+        sync_file(&self.track, &self.log, &mut slot);
+        slot
+    }
+
+    /// The first check of a new target falls at a random point of the next interval.
+    fn schedule_first(&mut self, id: u64, now: Instant) {
+        let first = now + self.settings.interval.mul_f64(self.jitter.unit());
+        self.schedule.push(Reverse((first, id)));
+    }
+
+    fn reindex(&mut self) {
+        self.index = self
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id, i))
+            .collect();
+    }
+
+    /// Runs until SIGTERM or SIGINT.
+    pub fn run(mut self) -> Result<(), String> {
+        let mut poll = Poll::new().map_err(|e| format!("cannot create a poller: {e}"))?;
+        poll.registry()
+            .register(
+                &mut SourceFd(&self.prober.as_raw_fd()),
+                PROBER,
+                Interest::READABLE,
+            )
+            .map_err(|e| format!("cannot watch the socket: {e}"))?;
+        poll.registry()
+            .register(&mut self.signals, SIGNALS, Interest::READABLE)
+            .map_err(|e| format!("cannot watch signals: {e}"))?;
+        let mut events = Events::with_capacity(64);
+        let mut next_stats = Instant::now() + self.settings.stats_every;
+        loop {
+            let now = Instant::now();
+            self.send_due(now);
+            if !self.settings.stats_every.is_zero() && now >= next_stats {
+                self.log_stats("running");
+                next_stats = now + self.settings.stats_every;
+            }
+            let wait = [
+                self.schedule
+                    .peek()
+                    .map(|Reverse((due, _))| due.saturating_duration_since(now)),
+                self.prober.next_timeout(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            if let Err(e) = poll.poll(&mut events, wait) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(format!("waiting for events: {e}"));
+                }
+            }
+            for event in events.iter() {
+                if event.token() != SIGNALS {
+                    continue;
+                }
+                let pending: Vec<i32> = self.signals.pending().collect();
+                for signal in pending {
+                    if signal == SIGHUP {
+                        self.reload();
+                    } else {
+                        let name = if signal == SIGTERM {
+                            "SIGTERM"
+                        } else {
+                            "SIGINT"
+                        };
+                        self.log_stats(&format!("stopping on {name}"));
+                        return Ok(());
+                    }
+                }
+            }
+            self.collect();
+        }
+    }
+
+    fn send_due(&mut self, now: Instant) {
+        while let Some(&Reverse((due, id))) = self.schedule.peek() {
+            if due > now + SLACK {
+                break;
+            }
+            self.schedule.pop();
+            let Some(&i) = self.index.get(&id) else {
+                continue; // removed by a reload
+            };
+            let spread = f64::from(self.settings.jitter_pct) / 100.0;
+            let factor = 1.0 + spread * (2.0 * self.jitter.unit() - 1.0);
+            // After a stall, start again from now rather than sending a burst.
+            let next = (due + self.settings.interval.mul_f64(factor)).max(now);
+            self.schedule.push(Reverse((next, id)));
+            let slot = &mut self.slots[i];
+            if slot.in_flight {
+                self.counts.skipped += 1;
+                continue;
+            }
+            match self.prober.send(slot.target.addr, &slot.target.service, id) {
+                Ok(()) => slot.in_flight = true,
+                // Not sent (no route, for example): that is this check's result.
+                Err(e) => self.record(i, Err(e)),
+            }
+        }
+    }
+
+    fn collect(&mut self) {
+        let mut completions = std::mem::take(&mut self.completions);
+        completions.clear();
+        self.prober.receive(&mut completions);
+        for c in completions.drain(..) {
+            if let Some(&i) = self.index.get(&c.token) {
+                self.slots[i].in_flight = false;
+                self.record(i, c.result);
+            }
+        }
+        self.completions = completions;
+    }
+
+    /// One check's result for slot `i`: rise/fall, the log line of a transition, the file.
+    fn record(&mut self, i: usize, result: Result<Answer, ProbeError>) {
+        let success = matches!(&result, Ok(a) if a.is_serving());
+        let (rise, fall) = (self.settings.rise, self.settings.fall);
+        let slot = &mut self.slots[i];
+        if let Some(checks) = slot.health.record(success, rise, fall) {
+            let now = Instant::now();
+            let up = slot.health.is_up();
+            let held = now - slot.since;
+            slot.since = now;
+            self.counts.transitions += 1;
+            self.log.line(
+                Level::Notice,
+                format_args!(
+                    "{}: {} -> {} after {checks} {} check{} ({:.1} s {}): {}",
+                    slot.target,
+                    verdict_word(!up),
+                    verdict_word(up),
+                    if up { "successful" } else { "failed" },
+                    if checks == 1 { "" } else { "s" },
+                    held.as_secs_f64(),
+                    verdict_word(!up),
+                    describe(&result)
+                ),
+            );
+        }
+        sync_file(&self.track, &self.log, slot);
+    }
+
+    fn reload(&mut self) {
+        let new = match targets::load(&self.targets_path) {
+            Ok(t) => t,
+            Err(e) => {
+                self.log.line(
+                    Level::Error,
+                    format_args!(
+                        "reload failed, the {} targets in force are kept: {e}",
+                        self.slots.len()
+                    ),
+                );
+                return;
+            }
+        };
+        let now = Instant::now();
+        let mut old: HashMap<String, Slot> = self
+            .slots
+            .drain(..)
+            .map(|s| (s.target.name.clone(), s))
+            .collect();
+        let (mut unchanged, mut changed, mut added) = (0, 0, 0);
+        let mut slots = Vec::with_capacity(new.len());
+        for target in new {
+            match old.remove(&target.name) {
+                Some(mut slot) if slot.target.same_check(&target) => {
+                    slot.target = target;
+                    unchanged += 1;
+                    slots.push(slot);
+                }
+                Some(slot) => {
+                    changed += 1;
+                    let up = slot.health.is_up();
+                    self.log.line(
+                        Level::Info,
+                        format_args!(
+                            "{}: changed (was {}): checks start over, the verdict stays {}",
+                            target,
+                            slot.target,
+                            verdict_word(up)
+                        ),
+                    );
+                    slots.push(self.new_slot(target, Some(up), now));
+                }
+                None => {
+                    added += 1;
+                    let slot = self.new_slot(target, None, now);
+                    self.log.line(
+                        Level::Info,
+                        format_args!(
+                            "{}: added, {} as its track file says",
+                            slot.target,
+                            verdict_word(slot.health.is_up())
+                        ),
+                    );
+                    slots.push(slot);
+                }
+            }
+        }
+        let removed = old.len();
+        for (_, slot) in old {
+            let said = match self.track.write(&slot.target.name, false) {
+                Ok(()) => "its track file now says 1 (failed)".to_string(),
+                Err(e) => format!("cannot set its track file to 1: {e}"),
+            };
+            self.log.line(
+                Level::Notice,
+                format_args!("{}: removed from the targets file: {said}", slot.target),
+            );
+        }
+        self.slots = slots;
+        self.reindex();
+        self.log.line(
+            Level::Info,
+            format_args!(
+                "reloaded {}: {} targets ({unchanged} unchanged, {changed} changed, {added} added, {removed} removed)",
+                self.targets_path.display(),
+                self.slots.len()
+            ),
+        );
+    }
+
+    fn log_stats(&self, what: &str) {
+        let up = self.slots.iter().filter(|s| s.health.is_up()).count();
+        let st = self.prober.stats();
+        self.log.line(
+            Level::Info,
+            format_args!(
+                "{what}: {} targets, {up} up, {} down; probes sent {}, answered {}, failed {}, \
+                 timed out {}, ignored {}; {} transitions; {} skipped; {:.0} s",
+                self.slots.len(),
+                self.slots.len() - up,
+                st.sent,
+                st.answered,
+                st.failed,
+                st.timed_out,
+                st.ignored,
+                self.counts.transitions,
+                self.counts.skipped,
+                self.started.elapsed().as_secs_f64()
+            ),
+        );
+    }
+}

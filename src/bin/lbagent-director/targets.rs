@@ -1,0 +1,272 @@
+//! The targets file: one real server per line.
+//!
+//! ```text
+//! # name   address              optional fields
+//! rs5      10.0.0.5                                  # port 4950, the whole server
+//! rs6      10.0.0.6:4950        service=game
+//! rs7      [fd00::7]:4950       service=game key=/etc/lbagent/director.key
+//! ```
+//!
+//! Fields are separated by spaces or tabs; `#` at the start of a field comments out the rest
+//! of the line. The name is also the name of the track file. Addresses are numeric (a
+//! director must not depend on DNS to take a server out). Every error names the file, the
+//! line, the field and its text.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use lbagent::client;
+use lbagent::config::{MAX_SERVICE_NAME, is_service_name_byte};
+
+/// Most targets one file may hold (memory stays bounded whatever the file says).
+pub const MAX_TARGETS: usize = 100_000;
+/// Longest target name (it is a file name).
+pub const MAX_NAME: usize = 64;
+
+/// One real server to poll.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// Names the track file `TRACK_DIR/NAME`.
+    pub name: String,
+    /// The agent's address.
+    pub addr: SocketAddr,
+    /// The service asked about; empty for the whole server.
+    pub service: String,
+    /// A key file for authenticated probes (`key=PATH`). Parsed and kept; not used yet.
+    pub key: Option<PathBuf>,
+    /// The line it was read from.
+    pub line: usize,
+}
+
+impl Target {
+    /// True when `other` probes the same thing the same way (a reload keeps its state).
+    pub fn same_check(&self, other: &Target) -> bool {
+        self.addr == other.addr && self.service == other.service && self.key == other.key
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.name, self.addr)?;
+        if !self.service.is_empty() {
+            write!(f, " service {}", self.service)?;
+        }
+        Ok(())
+    }
+}
+
+/// A targets file error: `FILE:LINE: field N (what) "text": why`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TargetsError(pub String);
+
+impl fmt::Display for TargetsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Reads and parses a targets file.
+pub fn load(path: &Path) -> Result<Vec<Target>, TargetsError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| TargetsError(format!("{}: cannot read: {e}", path.display())))?;
+    parse(&path.display().to_string(), &text)
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME
+        && !name.starts_with(['.', '-'])
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
+/// Parses the text of a targets file; `origin` names it in errors.
+pub fn parse(origin: &str, text: &str) -> Result<Vec<Target>, TargetsError> {
+    let mut targets: Vec<Target> = Vec::new();
+    let mut names = std::collections::HashMap::new();
+    for (index, line) in text.lines().enumerate() {
+        let number = index + 1;
+        let err = |field: usize, what: &str, text: &str, why: &str| {
+            TargetsError(format!(
+                "{origin}:{number}: field {field} ({what}) \"{text}\": {why}"
+            ))
+        };
+        let fields: Vec<&str> = line
+            .split([' ', '\t'])
+            .filter(|f| !f.is_empty())
+            .take_while(|f| !f.starts_with('#'))
+            .collect();
+        let Some((&name, rest)) = fields.split_first() else {
+            continue;
+        };
+        if !valid_name(name) {
+            return Err(err(
+                1,
+                "name",
+                name,
+                "a name is 1..=64 letters, digits, '_', '.' or '-', not starting with '.' or '-' (it names the track file)",
+            ));
+        }
+        if let Some(first) = names.get(name) {
+            return Err(err(
+                1,
+                "name",
+                name,
+                &format!("already used on line {first}"),
+            ));
+        }
+        let Some((&address, options)) = rest.split_first() else {
+            return Err(TargetsError(format!(
+                "{origin}:{number}: field 2 (address) is missing after the name \"{name}\""
+            )));
+        };
+        let addr = client::parse_ip_target(address, lbagent::DEFAULT_PORT)
+            .ok()
+            .filter(|a| a.port() != 0 && !a.ip().is_unspecified() && !a.ip().is_multicast())
+            .ok_or_else(|| {
+                err(
+                    2,
+                    "address",
+                    address,
+                    "expected IPv4[:PORT], [IPv6]:PORT or a bare IPv6 address (numeric, port 1..=65535, default 4950)",
+                )
+            })?;
+        let mut target = Target {
+            name: name.to_string(),
+            addr,
+            service: String::new(),
+            key: None,
+            line: number,
+        };
+        let mut seen: Vec<&str> = Vec::new();
+        for (i, &field) in options.iter().enumerate() {
+            let position = i + 3;
+            let Some((key, value)) = field.split_once('=') else {
+                return Err(err(
+                    position,
+                    "option",
+                    field,
+                    "expected service=NAME or key=PATH",
+                ));
+            };
+            if seen.contains(&key) {
+                return Err(err(position, key, value, "given twice"));
+            }
+            seen.push(key);
+            match key {
+                "service" => {
+                    if value.is_empty()
+                        || value.len() > MAX_SERVICE_NAME
+                        || !value.bytes().all(is_service_name_byte)
+                    {
+                        return Err(err(
+                            position,
+                            "service",
+                            value,
+                            "a service name is 1..=64 letters, digits or _ - . : / @ +",
+                        ));
+                    }
+                    target.service = value.to_string();
+                }
+                "key" => {
+                    if !value.starts_with('/') {
+                        return Err(err(
+                            position,
+                            "key",
+                            value,
+                            "expected the absolute path of a key file",
+                        ));
+                    }
+                    target.key = Some(PathBuf::from(value));
+                }
+                _ => {
+                    return Err(err(
+                        position,
+                        "option",
+                        field,
+                        "unknown option; expected service=NAME or key=PATH",
+                    ));
+                }
+            }
+        }
+        if targets.len() == MAX_TARGETS {
+            return Err(TargetsError(format!(
+                "{origin}:{number}: more than {MAX_TARGETS} targets"
+            )));
+        }
+        names.insert(name, number);
+        targets.push(target);
+    }
+    Ok(targets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_names_addresses_and_options() {
+        let text = "\
+# a comment line
+rs5 10.0.0.5
+rs6\t10.0.0.6:7000   service=game   # trailing comment
+rs7 [fd00::7]:4950 service=game key=/etc/lbagent/director.key
+
+rs8 fd00::8 key=/k service=a.b
+";
+        let t = parse("t.conf", text).unwrap();
+        assert_eq!(t.len(), 4);
+        assert_eq!(t[0].addr, "10.0.0.5:4950".parse().unwrap());
+        assert_eq!(
+            (t[0].service.as_str(), &t[0].key, t[0].line),
+            ("", &None, 2)
+        );
+        assert_eq!(t[1].addr.port(), 7000);
+        assert_eq!(t[1].service, "game");
+        assert_eq!(t[2].addr, "[fd00::7]:4950".parse().unwrap());
+        assert_eq!(t[2].key, Some(PathBuf::from("/etc/lbagent/director.key")));
+        assert_eq!(t[3].addr, "[fd00::8]:4950".parse().unwrap());
+        assert_eq!(t[3].service, "a.b");
+        assert_eq!(t[2].to_string(), "rs7 [fd00::7]:4950 service game");
+    }
+
+    #[test]
+    fn errors_name_the_line_the_field_and_the_text() {
+        let cases = [
+            ("rs5 10.0.0.x", "t.conf:1: field 2 (address) \"10.0.0.x\""),
+            (
+                "rs5 db.example:4950",
+                "t.conf:1: field 2 (address) \"db.example:4950\"",
+            ),
+            ("rs5 10.0.0.5:0", "field 2 (address) \"10.0.0.5:0\""),
+            ("rs5 0.0.0.0", "field 2 (address) \"0.0.0.0\""),
+            ("rs5", "t.conf:1: field 2 (address) is missing"),
+            (".rs5 10.0.0.5", "field 1 (name) \".rs5\""),
+            ("rs/5 10.0.0.5", "field 1 (name) \"rs/5\""),
+            ("rs5 10.0.0.5 service=", "field 3 (service) \"\""),
+            ("rs5 10.0.0.5 service=a|b", "field 3 (service) \"a|b\""),
+            ("rs5 10.0.0.5 key=relative", "field 3 (key) \"relative\""),
+            (
+                "rs5 10.0.0.5 weight=3",
+                "field 3 (option) \"weight=3\": unknown option",
+            ),
+            ("rs5 10.0.0.5 game", "field 3 (option) \"game\""),
+            (
+                "rs5 10.0.0.5 service=a service=b",
+                "field 4 (service) \"b\": given twice",
+            ),
+            (
+                "rs5 10.0.0.5\n\n# x\nrs5 10.0.0.6",
+                "t.conf:4: field 1 (name) \"rs5\": already used on line 1",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = parse("t.conf", text).unwrap_err();
+            assert!(e.0.contains(want), "{text:?}: {e}");
+        }
+        assert!(parse("t.conf", &"x".repeat(65)).is_err());
+        assert_eq!(parse("t.conf", "# nothing\n\n").unwrap(), vec![]);
+    }
+}

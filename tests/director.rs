@@ -1,0 +1,476 @@
+//! lbagent-director, the fork-free poller, as a process: a thousand simulated agents on
+//! loopback, the track files it writes (contents, atomic replacement seen by a concurrent
+//! reader), rise/fall, SIGHUP reload, transition logging and bounded memory; then real agents
+//! end to end, and its configuration errors.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::responder::{Behaviour, Responder};
+use common::*;
+use lbagent::State;
+
+/// A running lbagent-director whose log lines are collected.
+struct Director {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Director {
+    fn start(targets: &Path, track: &Path, extra: &[&str]) -> Director {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lbagent-director"))
+            .arg("--targets")
+            .arg(targets)
+            .arg("--track-dir")
+            .arg(track)
+            .args(extra)
+            .env_remove("JOURNAL_STREAM")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Director { child, log }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: a signal to our own child.
+        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits (up to 30 s) for a log line containing every needle; returns it.
+    fn wait_log(&self, needles: &[&str]) -> String {
+        let mut found = None;
+        let ok = eventually(Duration::from_secs(30), || {
+            found = self
+                .lines()
+                .into_iter()
+                .find(|l| needles.iter().all(|n| l.contains(n)));
+            found.is_some()
+        });
+        assert!(
+            ok,
+            "no log line with {needles:?}; log:\n{}",
+            self.lines().join("\n")
+        );
+        found.unwrap()
+    }
+
+    fn status_field(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+
+    fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .count()
+    }
+
+    /// SIGTERM, then the exit status and the last log line.
+    fn stop(mut self) -> (i32, String) {
+        self.signal(libc::SIGTERM);
+        let status = self.child.wait().unwrap();
+        let last = self.wait_log(&["stopping on SIGTERM"]);
+        (status.code().unwrap_or(-1), last)
+    }
+}
+
+impl Drop for Director {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read(path: PathBuf) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| format!("<{e}>"))
+}
+
+fn all_files(track: &Path, names: impl Iterator<Item = String>, want: &str) -> bool {
+    names.into_iter().all(|n| read(track.join(n)) == want)
+}
+
+fn name(i: usize) -> String {
+    format!("rs{i:04}")
+}
+
+/// The targets file for simulated agents `0..count`, with services and keys on some lines.
+fn targets_text(fleet: &Responder, count: usize) -> String {
+    let mut text = String::from("# simulated fleet\n");
+    for i in 0..count {
+        let mut line = format!("{}  {}", name(i), fleet.addr(i));
+        if i % 10 == 3 {
+            line.push_str("  service=game");
+        }
+        if i % 100 == 7 {
+            line.push_str("  key=/etc/lbagent/director.key");
+        }
+        text.push_str(&line);
+        text.push('\n');
+    }
+    text
+}
+
+/// The seconds in "(12.3 s down)" of a transition line.
+fn held_seconds(line: &str) -> f64 {
+    let start = line
+        .find(" check")
+        .and_then(|i| line[i..].find('(').map(|j| i + j + 1));
+    let start = start.unwrap_or_else(|| panic!("{line}"));
+    line[start..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap_or_else(|_| panic!("{line}"))
+}
+
+#[test]
+fn a_thousand_targets_on_loopback() {
+    const N: usize = 1000;
+    let dir = scratch_dir("director-1000");
+    let track = dir.join("track");
+    std::fs::create_dir(&track).unwrap();
+    let fleet = Responder::start(N + 2);
+    let targets = dir.join("targets.conf");
+    std::fs::write(&targets, targets_text(&fleet, N)).unwrap();
+    // rs0000 starts up as its file says; rs0001 has an empty file (unknown: down).
+    std::fs::write(track.join(name(0)), "0\n").unwrap();
+    std::fs::write(track.join(name(1)), "").unwrap();
+
+    let director = Director::start(
+        &targets,
+        &track,
+        &[
+            "--interval",
+            "400",
+            "--timeout",
+            "200",
+            "--rise",
+            "2",
+            "--fall",
+            "2",
+        ],
+    );
+    director.wait_log(&["started: 1000 targets", "1 up and 999 down"]);
+    // Every file exists at once, and says failed until two answers came.
+    assert!(eventually(Duration::from_secs(10), || {
+        all_files(&track, (1..N).map(name), "1\n") || all_files(&track, (0..N).map(name), "0\n")
+    }));
+    // Then all are up.
+    assert!(
+        eventually(Duration::from_secs(30), || all_files(
+            &track,
+            (0..N).map(name),
+            "0\n"
+        )),
+        "log:\n{}",
+        director.lines().join("\n")
+    );
+    let line = director.wait_log(&[&format!("{} 127.0.1.2:", name(1)), "down -> up"]);
+    assert!(line.contains("after 2 successful checks"), "{line}");
+    assert!(line.contains(": up (set by host), weight 100%"), "{line}");
+    // The log line's form: RFC 3339 time, program and pid, level.
+    assert!(
+        line.contains(" lbagent-director[") && line.contains("]: notice: "),
+        "{line}"
+    );
+    assert!(
+        !director
+            .lines()
+            .iter()
+            .any(|l| l.contains(&format!("{} ", name(0))) && l.contains(" -> ")),
+        "rs0000 started up from its file and never flipped"
+    );
+    let warm_rss = director.status_field("VmRSS:");
+    let warm_fds = director.fds();
+
+    // Rise/fall and the reason in each transition line: each way of not serving.
+    let cases = [
+        (10, Behaviour::Down, "down (set by host)"),
+        (11, Behaviour::Drain, "drain (set by host)"),
+        (12, Behaviour::UpWeightZero, "up (set by host), weight 0%"),
+        (13, Behaviour::Silent, "timeout: no answer within 200 ms"),
+    ];
+    for (i, b, _) in cases {
+        fleet.set(i, b);
+    }
+    for (i, _, why) in cases {
+        let line = director.wait_log(&[&format!("{} ", name(i)), "up -> down"]);
+        assert!(line.contains("after 2 failed checks"), "{line}");
+        assert!(line.contains(why), "{line}");
+        assert!(eventually(Duration::from_secs(5), || read(
+            track.join(name(i))
+        ) == "1\n"));
+    }
+
+    // Atomic replacement: a reader never sees anything but a whole "0\n" or "1\n" while the
+    // files of 50 targets flip again and again.
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let (stop, reads, track) = (stop.clone(), reads.clone(), track.clone());
+        std::thread::spawn(move || {
+            let mut seen = HashSet::new();
+            while !stop.load(Ordering::Relaxed) {
+                for i in 100..150 {
+                    let content = std::fs::read(track.join(name(i))).expect("never missing");
+                    assert!(
+                        content == b"0\n" || content == b"1\n",
+                        "a reader saw {content:?}"
+                    );
+                    seen.insert(content);
+                    reads.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            seen
+        })
+    };
+    for round in 0..3 {
+        let b = if round % 2 == 0 {
+            Behaviour::Down
+        } else {
+            Behaviour::Up
+        };
+        for i in 100..150 {
+            fleet.set(i, b);
+        }
+        let want = if round % 2 == 0 { "1\n" } else { "0\n" };
+        assert!(eventually(Duration::from_secs(15), || all_files(
+            &track,
+            (100..150).map(name),
+            want
+        )));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let seen = reader.join().expect("the reader saw only whole files");
+    assert_eq!(seen.len(), 2, "the reader saw both values");
+    assert!(reads.load(Ordering::Relaxed) > 1000);
+    for i in 100..150 {
+        fleet.set(i, Behaviour::Up);
+    }
+
+    // SIGHUP with an error in the file: rejected whole, everything kept.
+    let good = targets_text(&fleet, N);
+    std::fs::write(&targets, format!("{good}rs9999 10.0.0.x\n")).unwrap();
+    director.signal(libc::SIGHUP);
+    director.wait_log(&[
+        "error: reload failed, the 1000 targets in force are kept",
+        &format!("targets.conf:{}: field 2 (address) \"10.0.0.x\"", N + 2),
+    ]);
+    // rs0010 has been down a while; after a valid reload its state and its time in that
+    // state are kept.
+    let before_reload = Instant::now();
+    let mut text = String::from("# reloaded\n");
+    for (i, line) in good.lines().skip(1).enumerate() {
+        match i {
+            998 => text.push_str(&format!("{}  {}\n", name(998), fleet.addr(N))), // changed
+            999 => {}                                                             // removed
+            _ => {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+    }
+    text.push_str(&format!("rs1000  {}\n", fleet.addr(N + 1))); // added
+    std::fs::write(&targets, text).unwrap();
+    director.signal(libc::SIGHUP);
+    director.wait_log(&[
+        "reloaded",
+        "1000 targets (998 unchanged, 1 changed, 1 added, 1 removed)",
+    ]);
+    director.wait_log(&[&format!("{} ", name(999)), "removed", "now says 1 (failed)"]);
+    assert_eq!(read(track.join(name(999))), "1\n");
+    director.wait_log(&[
+        &format!("{} {}", name(998), fleet.addr(N)),
+        "changed",
+        "stays up",
+    ]);
+    director.wait_log(&["rs1000 ", "added, down as its track file says"]);
+    assert!(eventually(Duration::from_secs(10), || read(
+        track.join("rs1000")
+    ) == "0\n"));
+    assert_eq!(
+        read(track.join(name(998))),
+        "0\n",
+        "a changed target kept its verdict"
+    );
+    assert_eq!(read(track.join(name(10))), "1\n");
+    let down_before = before_reload.elapsed().as_secs_f64();
+    fleet.set(10, Behaviour::Up);
+    let line = director.wait_log(&[&format!("{} ", name(10)), "down -> up"]);
+    assert!(
+        held_seconds(&line) >= down_before,
+        "the time down spans the reload ({down_before:.1} s at least): {line}"
+    );
+
+    // Bounded memory: thousands more checks later, no growth beyond noise, no fd leak.
+    let answered_before = fleet.answered();
+    std::thread::sleep(Duration::from_secs(6));
+    let checks = fleet.answered() - answered_before;
+    assert!(checks > 7_500, "{checks} checks in 6 s");
+    let rss = director.status_field("VmRSS:");
+    assert!(
+        rss < warm_rss + 2048,
+        "RSS grew from {warm_rss} kB to {rss} kB"
+    );
+    assert_eq!(director.fds(), warm_fds);
+
+    let (code, last) = director.stop();
+    assert_eq!(code, 0);
+    assert!(last.contains("1000 targets"), "{last}");
+    // Files keep their last values after a stop; no temporary file is left behind.
+    assert_eq!(read(track.join(name(0))), "0\n");
+    let leftovers: Vec<_> = std::fs::read_dir(&track)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn real_agents_end_to_end() {
+    let dir = scratch_dir("director-real");
+    let track = dir.join("track");
+    std::fs::create_dir(&track).unwrap();
+    let (a, addr_a) = agent("initial_state=up services=game");
+    let (b, addr_b) = agent("initial_state=up");
+    let targets = dir.join("targets.conf");
+    std::fs::write(
+        &targets,
+        format!("web-a {addr_a}\ngame-a {addr_a} service=game\nweb-b {addr_b}\n"),
+    )
+    .unwrap();
+    let director = Director::start(
+        &targets,
+        &track,
+        &[
+            "--interval",
+            "200",
+            "--timeout",
+            "100",
+            "--rise",
+            "1",
+            "--fall",
+            "1",
+        ],
+    );
+    let files = |want: [&str; 3]| {
+        eventually(Duration::from_secs(15), || {
+            ["web-a", "game-a", "web-b"]
+                .iter()
+                .zip(want)
+                .all(|(n, w)| read(track.join(n)) == w)
+        })
+    };
+    assert!(files(["0\n", "0\n", "0\n"]));
+    a.set_state("game", State::Drain, Some("deploy")).unwrap();
+    assert!(files(["0\n", "1\n", "0\n"]));
+    director.wait_log(&[
+        "game-a ",
+        "service game",
+        "up -> down after 1 failed check",
+        "\"deploy\"",
+    ]);
+    a.set_state("game", State::Up, None).unwrap();
+    drop(b); // the agent stops: refused
+    assert!(files(["0\n", "0\n", "1\n"]));
+    director.wait_log(&["web-b ", "up -> down", "refused"]);
+    let (code, _) = director.stop();
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn configuration_errors() {
+    let dir = scratch_dir("director-config");
+    let track = dir.join("track");
+    std::fs::create_dir(&track).unwrap();
+    let targets = dir.join("targets.conf");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_lbagent-director"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let t = targets.to_str().unwrap();
+    let d = track.to_str().unwrap();
+
+    std::fs::write(&targets, "rs5 127.0.0.1\nrs6 127.0.0.1:4950 service=game\n").unwrap();
+    let out = run(&["--check", "--targets", t]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("2 targets (1 with a service, 0 with a key): ok")
+    );
+
+    std::fs::write(&targets, "rs5 127.0.0.1\n\nrs6 127.0.0.1 colour=blue\n").unwrap();
+    for args in [
+        vec!["--check", "--targets", t],
+        vec!["--targets", t, "--track-dir", d],
+    ] {
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("targets.conf:3: field 3 (option) \"colour=blue\""),
+            "{err}"
+        );
+    }
+    std::fs::write(&targets, "rs5 127.0.0.1\n").unwrap();
+    let out = run(&["--targets", t, "--track-dir", "/nonexistent/lbagent"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/lbagent"));
+    let out = run(&[
+        "--targets",
+        t,
+        "--track-dir",
+        d,
+        "--interval",
+        "500",
+        "--timeout",
+        "480",
+    ]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--timeout 480 ms must be shorter"));
+    assert_eq!(run(&["--targets", t]).status.code(), Some(64));
+    // One poller per directory.
+    let first = Director::start(&targets, &track, &[]);
+    first.wait_log(&["started: 1 targets"]);
+    let out = run(&["--targets", t, "--track-dir", d]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another lbagent-director"));
+    let help = run(&["--help"]);
+    let help = String::from_utf8_lossy(&help.stdout);
+    for needle in ["--rise", "--fall", "--jitter", "SIGHUP", "Detection time"] {
+        assert!(help.contains(needle), "{needle}");
+    }
+}

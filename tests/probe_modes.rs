@@ -1,0 +1,429 @@
+//! lbagent-probe's modes against real agents and impostors on loopback: the exit-code matrix
+//! of every mode against every state and every kind of failure, what each mode prints, and
+//! the live view (`--watch`).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::*;
+use lbagent::{State, wire};
+
+fn probe(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lbagent-probe"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A UDP service on loopback answering every datagram with what `answer` returns (None: no
+/// answer), until the test process ends.
+fn impostor(answer: impl Fn(&[u8]) -> Option<Vec<u8>> + Send + 'static) -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            if let Some(reply) = answer(&buf[..n]) {
+                let _ = socket.send_to(&reply, from);
+            }
+        }
+    });
+    addr
+}
+
+fn nonce_of(probe: &[u8]) -> u64 {
+    u64::from_be_bytes(probe[8..16].try_into().unwrap())
+}
+
+/// An "agent" that answers every PROBE with an ERROR carrying `code`.
+fn error_agent(code: u16) -> SocketAddr {
+    impostor(move |probe| {
+        let mut out = [0u8; wire::ERROR_LEN];
+        wire::encode_error(nonce_of(probe), code, &mut out);
+        Some(out.to_vec())
+    })
+}
+
+/// The modes, each as the arguments that select it around a target.
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    Plain,
+    Json,
+    Ldirectord,
+    Keepalived,
+    Dynamic,
+    Dynamic10,
+    Nagios,
+}
+
+const MODES: [Mode; 7] = [
+    Mode::Plain,
+    Mode::Json,
+    Mode::Ldirectord,
+    Mode::Keepalived,
+    Mode::Dynamic,
+    Mode::Dynamic10,
+    Mode::Nagios,
+];
+
+fn args(mode: Mode, target: SocketAddr, extra: &[&str]) -> Vec<String> {
+    let t = target.to_string();
+    let port = target.port().to_string();
+    let mut a: Vec<String> = match mode {
+        Mode::Plain => vec![t],
+        Mode::Json => vec!["--json".into(), t],
+        // As ldirectord runs it: VIP VPORT RIP RPORT, the agent's port from --agent-port.
+        Mode::Ldirectord => vec![
+            "--agent-port".into(),
+            port,
+            "10.0.0.100".into(),
+            "7000".into(),
+            target.ip().to_string(),
+            "7000".into(),
+        ],
+        Mode::Keepalived => vec!["--keepalived".into(), t],
+        Mode::Dynamic => vec!["--keepalived-dynamic".into(), t],
+        Mode::Dynamic10 => vec![
+            "--keepalived-dynamic".into(),
+            "--max-weight".into(),
+            "10".into(),
+            t,
+        ],
+        Mode::Nagios => vec!["--nagios".into(), t],
+    };
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+fn run(mode: Mode, target: SocketAddr, extra: &[&str]) -> Output {
+    let a = args(mode, target, extra);
+    probe(&a.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// Checks one row of the matrix: the expected exit code of each mode, in `MODES` order, and
+/// that every output is well-formed for its mode.
+fn row(what: &str, target: SocketAddr, extra: &[&str], expected: [i32; 7], failure: Option<&str>) {
+    for (mode, want) in MODES.into_iter().zip(expected) {
+        let out = run(mode, target, extra);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(want),
+            "{what}, {mode:?}: stdout {stdout} stderr {stderr}"
+        );
+        match mode {
+            Mode::Json => {
+                let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+                assert_eq!(v["serving"], want == 0, "{what}: {v}");
+            }
+            Mode::Nagios => {
+                let word = ["OK", "WARNING", "CRITICAL", "UNKNOWN"][want as usize];
+                assert_eq!(
+                    stdout.lines().count(),
+                    1,
+                    "{what}: one status line: {stdout}"
+                );
+                assert!(
+                    stdout.starts_with(&format!("LBAGENT {word}: ")),
+                    "{what}: {stdout}"
+                );
+                // Performance data whenever there is an answer.
+                assert_eq!(stdout.contains(" | weight="), failure.is_none(), "{stdout}");
+            }
+            _ => {}
+        }
+        if let Some(said) = failure {
+            // Every failure says what happened: one line, on stdout for Nagios, else stderr.
+            let text = if matches!(mode, Mode::Nagios) {
+                &stdout
+            } else {
+                &stderr
+            };
+            assert!(text.contains(said), "{what}, {mode:?}: {text}");
+            if !matches!(mode, Mode::Nagios) {
+                assert_eq!(stderr.lines().count(), 1, "{what}: {stderr}");
+            }
+        }
+    }
+}
+
+#[test]
+fn exit_code_matrix_of_every_mode() {
+    let (agent, addr) = agent("services=game");
+    //                                     plain json ldir keep dyn dyn10 nagios
+    let states: [(&str, State, u32, [i32; 7]); 7] = [
+        ("starting", State::Starting, 100, [1, 1, 1, 1, 1, 1, 2]),
+        ("up", State::Up, 100, [0, 0, 0, 0, 102, 12, 0]),
+        ("up at 50%", State::Up, 50, [0, 0, 0, 0, 52, 7, 0]),
+        ("up at weight 0", State::Up, 0, [1, 1, 1, 1, 2, 2, 1]),
+        ("drain", State::Drain, 100, [1, 1, 1, 1, 2, 2, 1]),
+        ("maint", State::Maint, 100, [1, 1, 1, 1, 1, 1, 1]),
+        ("down", State::Down, 100, [1, 1, 1, 1, 1, 1, 2]),
+    ];
+    for (what, state, weight, expected) in states {
+        agent.set_state("", state, Some("why")).unwrap();
+        agent.set_weight("", weight).unwrap();
+        row(what, addr, &[], expected, None);
+        // A service follows the whole server until set.
+        row(what, addr, &["--service", "game"], expected, None);
+    }
+    agent.set_state("", State::Up, None).unwrap();
+    agent.set_weight("", 100).unwrap();
+    row(
+        "unknown service",
+        addr,
+        &["--service", "nope"],
+        [1, 1, 1, 1, 1, 1, 3],
+        None,
+    );
+    agent.set_state("", State::Stopping, None).unwrap();
+    row("stopping", addr, &[], [1, 1, 1, 1, 1, 1, 2], None);
+}
+
+#[test]
+fn exit_code_matrix_of_every_failure() {
+    let closed = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    row(
+        "no agent",
+        closed,
+        &[],
+        [2, 2, 2, 1, 1, 1, 2],
+        Some("refused: ICMP port unreachable"),
+    );
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    row(
+        "silent port",
+        silent.local_addr().unwrap(),
+        &["--timeout", "300"],
+        [2, 2, 2, 1, 1, 1, 2],
+        Some("timeout: no answer within 300 ms"),
+    );
+    let text_service = impostor(|_| Some(b"hello\n".to_vec()));
+    row(
+        "a UDP service that is not an lbagent",
+        text_service,
+        &[],
+        [2, 2, 2, 1, 1, 1, 3],
+        Some("not an lbagent"),
+    );
+    let echo = impostor(|d| Some(d.to_vec()));
+    row(
+        "a UDP echo service",
+        echo,
+        &[],
+        [2, 2, 2, 1, 1, 1, 3],
+        Some("not an lbagent: the probe came back unchanged"),
+    );
+    row(
+        "an agent of another protocol version",
+        error_agent(wire::ERROR_UNSUPPORTED_VERSION),
+        &[],
+        [2, 2, 2, 1, 1, 1, 3],
+        Some("version mismatch"),
+    );
+    row(
+        "an agent that requires authentication",
+        error_agent(wire::ERROR_AUTH_REQUIRED),
+        &[],
+        [2, 2, 2, 1, 1, 1, 3],
+        Some("authentication required"),
+    );
+}
+
+#[test]
+fn usage_errors_are_failures_in_every_mode() {
+    // Under misc_dynamic any exit code from 2 up is a weight: a usage error must exit 1.
+    let cases: [(&[&str], i32); 6] = [
+        (&["--keepalived-dynamic", "--bogus", "127.0.0.1"], 1),
+        (
+            &["--keepalived-dynamic", "--max-weight", "254", "127.0.0.1"],
+            1,
+        ),
+        (&["--keepalived-dynamic", "127.0.0.1", "x"], 1),
+        (&["--keepalived", "127.0.0.1:99999"], 1),
+        (&["--nagios"], 3),
+        (&["--keepalived", "--nagios", "127.0.0.1"], 1),
+    ];
+    for (a, code) in cases {
+        let out = probe(a);
+        assert_eq!(out.status.code(), Some(code), "{a:?}: {out:?}");
+        assert!(!out.stderr.is_empty(), "{a:?}: says why");
+    }
+    let out = probe(&["--nagios", "127.0.0.1", "--timeout", "0"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("LBAGENT UNKNOWN: usage: "));
+    assert_eq!(
+        probe(&["--max-weight", "5", "127.0.0.1"]).status.code(),
+        Some(64)
+    );
+    assert_eq!(
+        probe(&["--interval", "500", "127.0.0.1"]).status.code(),
+        Some(64)
+    );
+    assert_eq!(probe(&["127.0.0.1", "b", "c"]).status.code(), Some(64));
+}
+
+#[test]
+fn help_documents_every_mode_and_its_exit_codes() {
+    let out = probe(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "--keepalived ",
+        "--keepalived-dynamic",
+        "--max-weight",
+        "VIP VPORT RIP RPORT",
+        "--agent-port",
+        "--nagios",
+        "0 OK",
+        "1 WARNING",
+        "2 CRITICAL",
+        "3 UNKNOWN",
+        "--json",
+        "--watch",
+        "--interval",
+        "64 usage error",
+        "2+W serving",
+    ] {
+        assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
+    }
+}
+
+#[test]
+fn output_of_each_mode() {
+    let (agent, addr) = agent("initial_state=up");
+    agent.set_load("", 3, 64).unwrap();
+    agent.set_weight("", 40).unwrap();
+    let out = run(Mode::Nagios, addr, &[]);
+    let line = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        line.starts_with(&format!("LBAGENT OK: {addr}: up (set by host), weight 40%, load 3/64 | weight=40%;;;0;100 load=3;;;0;64 rtt=")),
+        "{line}"
+    );
+    let out = run(Mode::Dynamic, addr, &[]);
+    assert_eq!(out.status.code(), Some(42));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("-> keepalived weight 40"));
+    let out = run(Mode::Ldirectord, addr, &[]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with(&format!("{addr}: up")),
+        "the ldirectord form names the agent it probed: {out:?}"
+    );
+    let out = run(Mode::Json, addr, &[]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            v["state"].as_str(),
+            v["weight_pct"].as_u64(),
+            v["capacity"].as_u64()
+        ),
+        (Some("up"), Some(40), Some(64))
+    );
+    // A message with '|' cannot break Nagios's performance data.
+    agent.set_state("", State::Drain, Some("a|b")).unwrap();
+    let line = String::from_utf8_lossy(&run(Mode::Nagios, addr, &[]).stdout).into_owned();
+    assert_eq!(line.matches('|').count(), 1, "{line}");
+}
+
+/// A running `lbagent-probe --watch` whose lines arrive on a channel.
+struct Watch {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Watch {
+    fn start(args: &[&str]) -> Watch {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lbagent-probe"))
+            .arg("--watch")
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                if tx.send(line.unwrap()).is_err() {
+                    break;
+                }
+            }
+        });
+        Watch { child, lines }
+    }
+
+    /// The next line containing `needle` (other lines are skipped), within 10 s.
+    fn expect(&self, needle: &str) -> String {
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(10)) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no line with {needle:?}: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn watch_prints_each_transition_with_time_since_the_previous() {
+    let (a, addr_a) = agent("initial_state=up");
+    let (b, addr_b) = agent("initial_state=up");
+    let (ta, tb) = (addr_a.to_string(), addr_b.to_string());
+    let watch = Watch::start(&["--interval", "100", "--timeout", "300", &ta, &tb]);
+    let first = watch.expect(&format!("{ta}: up (set by host)"));
+    // An RFC 3339 timestamp in UTC starts the line.
+    assert!(
+        first.as_bytes()[4] == b'-'
+            && first.contains('T')
+            && first.split(' ').next().unwrap().ends_with('Z'),
+        "{first}"
+    );
+    watch.expect(&format!("{tb}: up (set by host)"));
+    a.set_state("", State::Drain, Some("deploy")).unwrap();
+    let line = watch.expect(&format!("{ta}: up -> drain (set by host)"));
+    assert!(
+        line.contains("\"deploy\"") && line.contains(" (after "),
+        "{line}"
+    );
+    a.set_state("", State::Up, Some("back")).unwrap();
+    watch.expect(&format!("{ta}: drain -> up"));
+    drop(b); // the agent goes away: its port is closed
+    watch.expect(&format!("{tb}: up -> no answer: refused"));
+    // A new agent on the same port is a restart.
+    let b2 = lbagent::Agent::start(&format!("listen={addr_b} initial_state=up")).unwrap();
+    let line = watch.expect(&format!("{tb}: refused -> up"));
+    drop(b2);
+    assert!(line.contains("(after "), "{line}");
+}
+
+#[test]
+fn watch_json_lines() {
+    let (a, addr) = agent("initial_state=up");
+    let t = addr.to_string();
+    let watch = Watch::start(&["--json", "--interval", "100", &t]);
+    let first: serde_json::Value = serde_json::from_str(&watch.expect("\"to\":\"up\"")).unwrap();
+    assert_eq!(first["from"], serde_json::Value::Null);
+    a.set_weight("", 0).unwrap();
+    let change: serde_json::Value =
+        serde_json::from_str(&watch.expect("\"weight_pct\":0")).unwrap();
+    assert_eq!(
+        (change["from"].as_str(), change["to"].as_str()),
+        (Some("up"), Some("up"))
+    );
+    assert!(change["after_ms"].as_u64().is_some());
+    assert_eq!(change["target"], t.as_str());
+}
