@@ -23,8 +23,8 @@ macro_rules! ffi_boundary {
 mod agent;
 mod checks;
 mod error;
-mod workers;
 mod probe;
+mod workers;
 
 use std::ffi::{CStr, c_char};
 

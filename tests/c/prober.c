@@ -258,7 +258,7 @@ int main(void) {
     close(closed_fd); /* nothing listens there now: ICMP port unreachable */
     target(closed, sizeof closed, closed_port);
     target(silent, sizeof silent, silent_port);
-    if (lbagent_start("listen=127.0.0.1:0 services=game initial_state=up", &agent) != LBAGENT_OK ||
+    if (lbagent_start("listen=127.0.0.1:0 services=game initial_state=up rate_per_source=0", &agent) != LBAGENT_OK ||
         lbagent_local_port(agent, 0, &port) != LBAGENT_OK) {
         fprintf(stderr, "prober.c: cannot start an agent\n");
         return 1;

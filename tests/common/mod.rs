@@ -10,9 +10,17 @@ use std::time::{Duration, Instant};
 
 use lbagent::Agent;
 
-/// Starts an agent on 127.0.0.1 with a system-chosen port, plus `extra` config.
+/// Starts an agent on 127.0.0.1 with a system-chosen port, plus `extra` config. Tests probe
+/// much faster than a director, so the per-source rate limit is off unless `extra` sets it
+/// (tests/security.rs does).
 pub fn agent(extra: &str) -> (Agent, SocketAddr) {
-    let agent = Agent::start(&format!("listen=127.0.0.1:0 {extra}")).expect("agent starts");
+    let unlimited = if extra.contains("rate_per_source") {
+        ""
+    } else {
+        "rate_per_source=0"
+    };
+    let agent =
+        Agent::start(&format!("listen=127.0.0.1:0 {unlimited} {extra}")).expect("agent starts");
     let addr = agent.local_addrs()[0];
     (agent, addr)
 }
@@ -86,16 +94,21 @@ pub fn repo() -> PathBuf {
 
 /// Connects over TCP, sends `request` (may be empty), and reads until the agent closes.
 pub fn tcp_exchange(to: SocketAddr, request: &[u8]) -> String {
+    try_tcp_exchange(to, request).expect("the agent answers and closes")
+}
+
+/// `tcp_exchange` that reports failures (a connection over the limit is reset) instead of
+/// panicking, for use inside `eventually`.
+pub fn try_tcp_exchange(to: SocketAddr, request: &[u8]) -> std::io::Result<String> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
     if !request.is_empty() {
-        s.write_all(request).unwrap();
+        s.write_all(request)?;
     }
     let mut answer = Vec::new();
-    s.read_to_end(&mut answer)
-        .expect("the agent answers and closes");
-    String::from_utf8(answer).expect("an ASCII answer")
+    s.read_to_end(&mut answer)?;
+    Ok(String::from_utf8(answer).expect("an ASCII answer"))
 }
 
 /// An HTTP answer split into its parts.
