@@ -712,78 +712,6 @@ uintptr_t lbagent_last_error(char *buf, uintptr_t len);
 const char *lbagent_version(void);
 
 /**
- * Claims a worker watchdog slot (`workers=N` in the config) for the calling thread or
- * process and writes its number to `*slot`. Heart-beat it with `lbagent_worker_heartbeat`
- * more often than `worker_timeout_ms`; with `worker_policy=any` one stalled worker makes the
- * server DOWN (reason "worker stalled"), with `proportional` the weight follows the share of
- * live workers. Works across `fork()`: a prefork worker registers its own slot.
- *
- * Returns `LBAGENT_OK`, `LBAGENT_ERR_FULL` (no slot configured or free: slots of processes
- * that died are taken back first), `LBAGENT_ERR_STOPPED`, or `LBAGENT_ERR_NULL_ARGUMENT` /
- * `LBAGENT_ERR_BAD_HANDLE`. Thread-safe. Not async-signal-safe.
- */
-LBAGENT_MUST_USE
-enum lbagent_result lbagent_worker_register(struct lbagent *agent,
-                                            unsigned int *slot);
-
-/**
- * Records that the worker in `slot` is alive.
- *
- * Returns `LBAGENT_OK`, `LBAGENT_ERR_NOT_FOUND` (the slot is not registered),
- * `LBAGENT_ERR_STOPPED`, or `LBAGENT_ERR_NULL_ARGUMENT` / `LBAGENT_ERR_BAD_HANDLE`. Never sets
- * the last error.
- *
- * Thread-safe; no lock, no system call, no allocation; async-signal-safe.
- */
-enum lbagent_result lbagent_worker_heartbeat(struct lbagent *agent, unsigned int slot);
-
-/**
- * Releases the worker slot `slot` (a worker that exits cleanly).
- *
- * Returns `LBAGENT_OK`, `LBAGENT_ERR_NOT_FOUND`, or `LBAGENT_ERR_NULL_ARGUMENT` /
- * `LBAGENT_ERR_BAD_HANDLE`. Thread-safe.
- */
-enum lbagent_result lbagent_worker_unregister(struct lbagent *agent, unsigned int slot);
-
-/**
- * Releases every worker slot registered by process `pid`: a prefork master calls it when it
- * reaps a worker (`waitpid`), so that a crashed worker stops counting as stalled once it is
- * replaced. Writes how many slots were released to `*released` (may be NULL).
- *
- * Returns `LBAGENT_OK`, `LBAGENT_ERR_INVALID_ARGUMENT` (pid <= 0), or
- * `LBAGENT_ERR_NULL_ARGUMENT` / `LBAGENT_ERR_BAD_HANDLE`. Thread-safe.
- */
-enum lbagent_result lbagent_worker_release_pid(struct lbagent *agent,
-                                               int pid,
-                                               unsigned int *released);
-
-/**
- * Call in a child right after `fork()` when the child takes the agent over (a daemonizing
- * server whose parent exits): starts the monitor, logger and check threads in the child,
- * over the inherited sockets and the shared status board. From then on the child owns the
- * agent; the parent's `lbagent_stop` / `lbagent_free` only release the parent's own copies.
- * Call it before any other thread of the child uses the agent.
- *
- * Returns `LBAGENT_OK`, `LBAGENT_ERR_WRONG_PROCESS` (not a forked child of the process that
- * started the agent), `LBAGENT_ERR_SYSTEM`, or `LBAGENT_ERR_NULL_ARGUMENT` /
- * `LBAGENT_ERR_BAD_HANDLE`; the last error says why. Not async-signal-safe.
- */
-LBAGENT_MUST_USE enum lbagent_result lbagent_after_fork_child(struct lbagent *agent);
-
-/**
- * Call in a worker right after `fork()` (a prefork server: the master started the agent and
- * keeps answering): closes the worker's copies of the agent's sockets, so that they do not
- * outlive the master. The worker's `lbagent_set_state`, `lbagent_set_weight`,
- * `lbagent_set_load`, `lbagent_heartbeat` and `lbagent_worker_*` calls then report into the
- * master's answers (the status board is in shared memory). `lbagent_free` in the worker
- * releases only the worker's memory.
- *
- * Returns `LBAGENT_OK`, `LBAGENT_ERR_WRONG_PROCESS`, or `LBAGENT_ERR_NULL_ARGUMENT` /
- * `LBAGENT_ERR_BAD_HANDLE`. Async-signal-safe it is not; call it before anything else.
- */
-LBAGENT_MUST_USE enum lbagent_result lbagent_after_fork_worker(struct lbagent *agent);
-
-/**
  * Asks the agent at `target` for its status and waits for the answer (at most the timeout).
  *
  * - `target`: `HOST[:PORT]`, `[IPv6]:PORT` or a bare IPv6 address; the port defaults to 4950.
@@ -894,6 +822,78 @@ uintptr_t lbagent_prober_pending(const struct lbagent_prober *prober);
  * concurrently with this call.
  */
 void lbagent_prober_free(struct lbagent_prober *prober);
+
+/**
+ * Claims a worker watchdog slot (`workers=N` in the config) for the calling thread or
+ * process and writes its number to `*slot`. Heart-beat it with `lbagent_worker_heartbeat`
+ * more often than `worker_timeout_ms`; with `worker_policy=any` one stalled worker makes the
+ * server DOWN (reason "worker stalled"), with `proportional` the weight follows the share of
+ * live workers. Works across `fork()`: a prefork worker registers its own slot.
+ *
+ * Returns `LBAGENT_OK`, `LBAGENT_ERR_FULL` (no slot configured or free: slots of processes
+ * that died are taken back first), `LBAGENT_ERR_STOPPED`, or `LBAGENT_ERR_NULL_ARGUMENT` /
+ * `LBAGENT_ERR_BAD_HANDLE`. Thread-safe. Not async-signal-safe.
+ */
+LBAGENT_MUST_USE
+enum lbagent_result lbagent_worker_register(struct lbagent *agent,
+                                            unsigned int *slot);
+
+/**
+ * Records that the worker in `slot` is alive.
+ *
+ * Returns `LBAGENT_OK`, `LBAGENT_ERR_NOT_FOUND` (the slot is not registered),
+ * `LBAGENT_ERR_STOPPED`, or `LBAGENT_ERR_NULL_ARGUMENT` / `LBAGENT_ERR_BAD_HANDLE`. Never sets
+ * the last error.
+ *
+ * Thread-safe; no lock, no system call, no allocation; async-signal-safe.
+ */
+enum lbagent_result lbagent_worker_heartbeat(struct lbagent *agent, unsigned int slot);
+
+/**
+ * Releases the worker slot `slot` (a worker that exits cleanly).
+ *
+ * Returns `LBAGENT_OK`, `LBAGENT_ERR_NOT_FOUND`, or `LBAGENT_ERR_NULL_ARGUMENT` /
+ * `LBAGENT_ERR_BAD_HANDLE`. Thread-safe.
+ */
+enum lbagent_result lbagent_worker_unregister(struct lbagent *agent, unsigned int slot);
+
+/**
+ * Releases every worker slot registered by process `pid`: a prefork master calls it when it
+ * reaps a worker (`waitpid`), so that a crashed worker stops counting as stalled once it is
+ * replaced. Writes how many slots were released to `*released` (may be NULL).
+ *
+ * Returns `LBAGENT_OK`, `LBAGENT_ERR_INVALID_ARGUMENT` (pid <= 0), or
+ * `LBAGENT_ERR_NULL_ARGUMENT` / `LBAGENT_ERR_BAD_HANDLE`. Thread-safe.
+ */
+enum lbagent_result lbagent_worker_release_pid(struct lbagent *agent,
+                                               int pid,
+                                               unsigned int *released);
+
+/**
+ * Call in a child right after `fork()` when the child takes the agent over (a daemonizing
+ * server whose parent exits): starts the monitor, logger and check threads in the child,
+ * over the inherited sockets and the shared status board. From then on the child owns the
+ * agent; the parent's `lbagent_stop` / `lbagent_free` only release the parent's own copies.
+ * Call it before any other thread of the child uses the agent.
+ *
+ * Returns `LBAGENT_OK`, `LBAGENT_ERR_WRONG_PROCESS` (not a forked child of the process that
+ * started the agent), `LBAGENT_ERR_SYSTEM`, or `LBAGENT_ERR_NULL_ARGUMENT` /
+ * `LBAGENT_ERR_BAD_HANDLE`; the last error says why. Not async-signal-safe.
+ */
+LBAGENT_MUST_USE enum lbagent_result lbagent_after_fork_child(struct lbagent *agent);
+
+/**
+ * Call in a worker right after `fork()` (a prefork server: the master started the agent and
+ * keeps answering): closes the worker's copies of the agent's sockets, so that they do not
+ * outlive the master. The worker's `lbagent_set_state`, `lbagent_set_weight`,
+ * `lbagent_set_load`, `lbagent_heartbeat` and `lbagent_worker_*` calls then report into the
+ * master's answers (the status board is in shared memory). `lbagent_free` in the worker
+ * releases only the worker's memory.
+ *
+ * Returns `LBAGENT_OK`, `LBAGENT_ERR_WRONG_PROCESS`, or `LBAGENT_ERR_NULL_ARGUMENT` /
+ * `LBAGENT_ERR_BAD_HANDLE`. Async-signal-safe it is not; call it before anything else.
+ */
+LBAGENT_MUST_USE enum lbagent_result lbagent_after_fork_worker(struct lbagent *agent);
 
 #ifdef __cplusplus
 }  // extern "C"
