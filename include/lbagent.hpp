@@ -6,11 +6,17 @@
 //   for (;;) { serve(); agent.heartbeat(); }
 //   // ~Agent() stops the agent and frees it.
 //
+//   lbagentpp::Status s = lbagentpp::probe("10.0.0.7:4950", nullptr, "timeout_ms=500");
+//
+// - lbagentpp::probe asks one agent and waits (throws Error on no answer: the code says why,
+//   LBAGENT_ERR_TIMEOUT, _REFUSED, _WRONG_KEY, ...); lbagentpp::Prober is the move-only,
+//   non-blocking prober for an event loop (fd(), send(), receive(), timeout_ms()).
+//
 // - lbagentpp::Agent owns one agent: started by the constructor, stopped and freed by the
 //   destructor. It is move-only; a moved-from Agent holds no agent (its calls return
 //   LBAGENT_ERR_NULL_ARGUMENT, or throw for the throwing ones).
-// - Start, stop, status, counters and ports throw lbagentpp::Error (the lbagent_result code
-//   and the text of lbagent_last_error) on failure.
+// - Start, stop, status, counters, ports and probes throw lbagentpp::Error (the
+//   lbagent_result code and the text of lbagent_last_error) on failure.
 // - The hot-path calls heartbeat, set_state, set_weight, set_load and worker_heartbeat are
 //   noexcept and return the lbagent_result, like the C functions: they stay usable in tight
 //   loops and, where the C function is async-signal-safe (heartbeat; set_state(State) without
@@ -34,6 +40,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "lbagent.h"
@@ -94,6 +101,14 @@ enum class Counter : int {
     DroppedGlobalLimit = LBAGENT_COUNTER_DROPPED_GLOBAL_LIMIT,
     DroppedAuthFailed = LBAGENT_COUNTER_DROPPED_AUTH_FAILED,
     DroppedAuthStale = LBAGENT_COUNTER_DROPPED_AUTH_STALE,
+    ConnAccepted = LBAGENT_COUNTER_CONN_ACCEPTED,
+    AnsweredAgent = LBAGENT_COUNTER_ANSWERED_AGENT,
+    AnsweredHttp = LBAGENT_COUNTER_ANSWERED_HTTP,
+    HttpBadRequest = LBAGENT_COUNTER_HTTP_BAD_REQUEST,
+    ConnDroppedLimit = LBAGENT_COUNTER_CONN_DROPPED_LIMIT,
+    ConnDroppedNotAllowed = LBAGENT_COUNTER_CONN_DROPPED_NOT_ALLOWED,
+    ConnTimedOut = LBAGENT_COUNTER_CONN_TIMED_OUT,
+    ConnFailed = LBAGENT_COUNTER_CONN_FAILED,
 };
 
 // The lower-case name of a state ("up", "drain", ...). Async-signal-safe.
@@ -109,7 +124,7 @@ inline const char *strerror(lbagent_result code) noexcept {
 // The library's version ("0.1.0"). Async-signal-safe.
 inline const char *version() noexcept { return lbagent_version(); }
 
-// A failed start, stop, status, counter or port call: the code and the library's detail.
+// A failed call: the code and the library's detail.
 class Error : public std::runtime_error {
 public:
     Error(lbagent_result code, const std::string &what) : std::runtime_error(what), code_(code) {}
@@ -118,8 +133,8 @@ public:
     lbagent_result code() const noexcept { return code_; }
 
     // The error for a call that failed with `code`. Its text is this thread's
-    // lbagent_last_error() for the calls that set it (start, get_status, stop: it names the
-    // key, value or address), otherwise "call: " and lbagent_strerror().
+    // lbagent_last_error() for the calls that set it (start, get_status, stop, probes: it
+    // names the key, value or address), otherwise "call: " and lbagent_strerror().
     static Error from_call(lbagent_result code, const char *call, bool sets_last_error) {
         std::size_t len = sets_last_error ? lbagent_last_error(nullptr, 0) : 0;
         if (len > 0) {
@@ -128,6 +143,12 @@ public:
             return Error(code, std::string(detail.data(), len));
         }
         return Error(code, std::string(call) + ": " + lbagent_strerror(static_cast<int>(code)));
+    }
+
+    // The same, about a probe target: what() starts with "TARGET: ".
+    static Error from_probe(lbagent_result code, const char *call, const char *target) {
+        Error e = from_call(code, call, true);
+        return Error(code, std::string(target != nullptr ? target : "(null)") + ": " + e.what());
     }
 
 private:
@@ -161,6 +182,21 @@ struct Status {
 
     // True when the server should receive new connections: UP with a weight above zero.
     bool serving() const noexcept { return state == State::Up && weight_pct > 0; }
+
+    // The C structure, converted.
+    static Status from_c(const lbagent_status &raw) {
+        Status s;
+        s.state = static_cast<State>(raw.state);
+        s.reason = static_cast<Reason>(raw.reason);
+        s.weight_pct = raw.weight_pct;
+        s.in_use = raw.in_use;
+        s.capacity = raw.capacity;
+        s.generation = raw.generation;
+        s.since_ms = raw.since_ms;
+        s.instance_id = raw.instance_id;
+        s.message = raw.message;
+        return s;
+    }
 };
 
 // A running agent, owned: started by the constructor, stopped and freed by the destructor.
@@ -247,17 +283,7 @@ public:
         if (r != LBAGENT_OK) {
             throw Error::from_call(r, "lbagent_get_status", true);
         }
-        Status s;
-        s.state = static_cast<State>(raw.state);
-        s.reason = static_cast<Reason>(raw.reason);
-        s.weight_pct = raw.weight_pct;
-        s.in_use = raw.in_use;
-        s.capacity = raw.capacity;
-        s.generation = raw.generation;
-        s.since_ms = raw.since_ms;
-        s.instance_id = raw.instance_id;
-        s.message = raw.message;
-        return s;
+        return Status::from_c(raw);
     }
 
     // One of the agent's counters.
@@ -270,14 +296,20 @@ public:
         return value;
     }
 
-    // The UDP port bound for the index-th listen= address (useful with port 0).
+    // The UDP port bound for the index-th listen= address (useful with port 0). Throws
+    // Error (LBAGENT_ERR_INVALID_ARGUMENT past the last address).
     LBAGENT_NODISCARD std::uint16_t local_port(std::size_t index = 0) const {
-        std::uint16_t port = 0;
-        lbagent_result r = lbagent_local_port(agent_, index, &port);
-        if (r != LBAGENT_OK) {
-            throw Error::from_call(r, "lbagent_local_port", false);
-        }
-        return port;
+        return port(lbagent_local_port, "lbagent_local_port", index);
+    }
+
+    // The TCP port bound for the index-th tcp_agent= address (HAProxy agent-check).
+    LBAGENT_NODISCARD std::uint16_t tcp_agent_port(std::size_t index = 0) const {
+        return port(lbagent_tcp_agent_port, "lbagent_tcp_agent_port", index);
+    }
+
+    // The TCP port bound for the index-th http= address (HTTP health checks).
+    LBAGENT_NODISCARD std::uint16_t http_port(std::size_t index = 0) const {
+        return port(lbagent_http_port, "lbagent_http_port", index);
     }
 
     // Stops answering (every answer says STOPPING from now on) and waits up to `timeout_ms`
@@ -413,6 +445,16 @@ private:
     struct Adopt {};
     Agent(lbagent *handle, Adopt) noexcept : agent_(handle) {}
 
+    using PortFn = lbagent_result (*)(const lbagent *, std::uintptr_t, std::uint16_t *);
+    std::uint16_t port(PortFn fn, const char *call, std::size_t index) const {
+        std::uint16_t value = 0;
+        lbagent_result r = fn(agent_, index, &value);
+        if (r != LBAGENT_OK) {
+            throw Error::from_call(r, call, false);
+        }
+        return value;
+    }
+
     // The C callbacks behind add_check and set_log_callback: never let an exception out.
     static int run_check(void *userdata, char *message, std::uintptr_t message_len) noexcept {
         std::string reason;
@@ -446,6 +488,140 @@ private:
 
     lbagent *agent_;
     std::vector<std::unique_ptr<LogCallback>> log_callbacks_;
+};
+
+// ---- Probing agents, as a director does ------------------------------------------------
+
+// Asks the agent at `target` ("HOST[:PORT]", "[IPv6]:PORT"; names are resolved) about
+// `service` (nullptr: the whole server) and waits for the answer. `options`: nullptr, or
+// "timeout_ms=N" (default 1000), "key_file=PATH" ["key_id=N"] (seal the probe; accept only
+// answers sealed with that key). Throws Error when there is no answer, its code saying why
+// (LBAGENT_ERR_TIMEOUT, _REFUSED, _UNREACHABLE, _NOT_AN_AGENT, _VERSION_MISMATCH,
+// _AUTH_REQUIRED, _WRONG_KEY) and what() "TARGET: " and the library's text; also
+// LBAGENT_ERR_INVALID_ARGUMENT (bad target or service) and _CONFIG (bad options).
+inline Status probe(Text target, Text service = nullptr, Text options = nullptr) {
+    lbagent_status raw;
+    lbagent_result r = lbagent_probe(target.c_str(), service.c_str(), options.c_str(), &raw);
+    if (r != LBAGENT_OK) {
+        throw Error::from_probe(r, "lbagent_probe", target.c_str());
+    }
+    return Status::from_c(raw);
+}
+
+// One finished probe of a Prober: an answer, or the code that says why there is none.
+struct ProbeResult {
+    std::uint64_t token = 0;             // as given to Prober::send
+    lbagent_result result = LBAGENT_OK;  // LBAGENT_OK when `status` holds the answer
+    std::uint32_t rtt_us = 0;            // round-trip time (0 without an answer)
+    Status status;                       // the answer (empty unless ok())
+
+    bool ok() const noexcept { return result == LBAGENT_OK; }
+
+    // The answer, or throws Error with the code when there is none.
+    const Status &value() const {
+        if (!ok()) {
+            throw Error(result, "probe " + std::to_string(token) + ": " +
+                                    lbagent_strerror(static_cast<int>(result)));
+        }
+        return status;
+    }
+};
+
+// A non-blocking prober (lbagent_prober), owned and move-only: one UDP socket on which any
+// number of probes are in flight. The event loop: send() for each target; wait until fd()
+// is readable (POLLIN) or timeout_ms() have passed; receive() every finished probe (each
+// exactly once, answered, failed or timed out); repeat while pending() > 0. With a key, an
+// answer that does not authenticate finishes as LBAGENT_ERR_WRONG_KEY, but a probe the agent
+// drops (it lacks the key) as LBAGENT_ERR_TIMEOUT. A moved-from Prober holds nothing: fd()
+// is -1, pending() 0, and send/receive throw (LBAGENT_ERR_NULL_ARGUMENT).
+class Prober {
+public:
+    // `options` as for probe(): "timeout_ms=N" (every probe's timeout), "key_file=PATH"
+    // ["key_id=N"]. Throws Error (LBAGENT_ERR_CONFIG naming the key and value, _SYSTEM).
+    explicit Prober(Text options = nullptr) : prober_(nullptr) {
+        lbagent_result r = lbagent_prober_new(options.c_str(), &prober_);
+        if (r != LBAGENT_OK) {
+            throw Error::from_call(r, "lbagent_prober_new", true);
+        }
+    }
+
+    Prober(const Prober &) = delete;
+    Prober &operator=(const Prober &) = delete;
+    Prober(Prober &&other) noexcept : prober_(other.prober_) { other.prober_ = nullptr; }
+    Prober &operator=(Prober &&other) noexcept {
+        if (this != &other) {
+            lbagent_prober_free(prober_);
+            prober_ = other.prober_;
+            other.prober_ = nullptr;
+        }
+        return *this;
+    }
+
+    // Closes the socket and frees the prober; probes in flight are dropped.
+    ~Prober() { lbagent_prober_free(prober_); }
+
+    // The socket to poll for POLLIN; it belongs to the prober (do not read or close it).
+    int fd() const noexcept { return lbagent_prober_fd(prober_); }
+
+    // Sends one probe about `service` (nullptr: the whole server) to `target`, numeric only
+    // ("IPv4[:PORT]", "[IPv6]:PORT"), and returns at once; it finishes through receive()
+    // with `token`. Throws Error (LBAGENT_ERR_INVALID_ARGUMENT, _UNREACHABLE, _SYSTEM);
+    // nothing is then in flight.
+    void send(Text target, Text service, std::uint64_t token) {
+        lbagent_result r = lbagent_prober_send(prober_, target.c_str(), service.c_str(), token);
+        if (r != LBAGENT_OK) {
+            throw Error::from_probe(r, "lbagent_prober_send", target.c_str());
+        }
+    }
+
+    // Appends every probe finished since the last call to `out` (never blocks); returns how
+    // many. Reuse `out` to keep its memory across iterations.
+    std::size_t receive(std::vector<ProbeResult> &out) {
+        lbagent_probe_result batch[16];
+        const std::size_t capacity = sizeof batch / sizeof batch[0];
+        std::size_t total = 0, count = 0;
+        do {
+            lbagent_result r = lbagent_prober_receive(prober_, batch, capacity, &count);
+            if (r != LBAGENT_OK) {
+                throw Error::from_call(r, "lbagent_prober_receive", false);
+            }
+            for (std::size_t i = 0; i < count; i++) {
+                ProbeResult result;
+                result.token = batch[i].token;
+                result.result = static_cast<lbagent_result>(batch[i].result);
+                result.rtt_us = batch[i].rtt_us;
+                if (result.ok()) {
+                    result.status = Status::from_c(batch[i].status);
+                }
+                out.push_back(std::move(result));
+            }
+            total += count;
+        } while (count == capacity);
+        return total;
+    }
+
+    // Every probe finished since the last call.
+    LBAGENT_NODISCARD std::vector<ProbeResult> receive() {
+        std::vector<ProbeResult> out;
+        receive(out);
+        return out;
+    }
+
+    // Milliseconds until receive() has a probe to expire; 0 when finished probes are
+    // waiting; -1 when nothing is in flight. The timeout for poll().
+    int timeout_ms() const noexcept { return lbagent_prober_timeout_ms(prober_); }
+
+    // Probes sent and not yet returned by receive().
+    std::size_t pending() const noexcept { return lbagent_prober_pending(prober_); }
+
+    // The C handle, still owned by this Prober.
+    lbagent_prober *get() const noexcept { return prober_; }
+
+    // False for a moved-from Prober.
+    explicit operator bool() const noexcept { return prober_ != nullptr; }
+
+private:
+    lbagent_prober *prober_;
 };
 
 }  // namespace lbagentpp

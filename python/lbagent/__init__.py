@@ -9,6 +9,9 @@ server (ctypes bindings of liblbagent; no compiled extension).
             serve_one_batch()
             agent.heartbeat()
 
+    status = lbagent.probe("10.0.0.7:4950", timeout=0.5)   # as a director asks
+    print(status.state, status.serving)
+
 The library is loaded on first use (see _native.candidates for where it is looked for);
 ``import lbagent`` works without it, and Agent() then raises LibraryNotFoundError.
 """
@@ -16,6 +19,7 @@ The library is loaded on first use (see _native.candidates for where it is looke
 from .agent import Agent, Status, Worker, library_path, state_name, strerror, version
 from .enums import Counter, LogLevel, Reason, Result, State
 from .errors import (
+    AuthRequiredError,
     BadHandleError,
     BindError,
     ClosedError,
@@ -26,21 +30,31 @@ from .errors import (
     InternalError,
     InvalidArgumentError,
     LibraryNotFoundError,
+    NotAnAgentError,
     NotFoundError,
+    NullArgumentError,
+    RefusedError,
     StoppedError,
     StopTimeoutError,
     SystemCallError,
+    TimedOutError,
     UnknownServiceError,
+    UnreachableError,
+    VersionMismatchError,
+    WrongKeyError,
     WrongProcessError,
 )
+from .prober import Completion, Prober, probe
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Agent",
+    "AuthRequiredError",
     "BadHandleError",
     "BindError",
     "ClosedError",
+    "Completion",
     "ConfigError",
     "Counter",
     "Error",
@@ -50,18 +64,27 @@ __all__ = [
     "InvalidArgumentError",
     "LibraryNotFoundError",
     "LogLevel",
+    "NotAnAgentError",
     "NotFoundError",
+    "NullArgumentError",
+    "Prober",
     "Reason",
+    "RefusedError",
     "Result",
     "State",
     "Status",
     "StopTimeoutError",
     "StoppedError",
     "SystemCallError",
+    "TimedOutError",
     "UnknownServiceError",
+    "UnreachableError",
+    "VersionMismatchError",
     "Worker",
+    "WrongKeyError",
     "WrongProcessError",
     "library_path",
+    "probe",
     "state_name",
     "strerror",
     "version",

@@ -33,7 +33,7 @@ class lbagent(ctypes.Structure):
 
 
 class lbagent_status(ctypes.Structure):
-    """`struct lbagent_status`, filled in by lbagent_get_status."""
+    """`struct lbagent_status`, filled in by lbagent_get_status and by the probers."""
 
     _fields_ = [
         ("state", c_int),
@@ -48,7 +48,23 @@ class lbagent_status(ctypes.Structure):
     ]
 
 
+class lbagent_prober(ctypes.Structure):
+    """`struct lbagent_prober`: the opaque prober handle (only pointers to it exist)."""
+
+
+class lbagent_probe_result(ctypes.Structure):
+    """`struct lbagent_probe_result`: one finished probe, filled in by lbagent_prober_receive."""
+
+    _fields_ = [
+        ("token", c_uint64),
+        ("result", c_int),
+        ("rtt_us", c_uint32),
+        ("status", lbagent_status),
+    ]
+
+
 AGENT_P = POINTER(lbagent)
+PROBER_P = POINTER(lbagent_prober)
 
 #: `lbagent_check_fn`: int (*)(void *userdata, char *message, uintptr_t message_len)
 CHECK_FN = ctypes.CFUNCTYPE(c_int, c_void_p, POINTER(c_char), c_uintptr)
@@ -67,6 +83,8 @@ PROTOTYPES: Dict[str, Tuple[object, List[object]]] = {
     "lbagent_get_status": (c_int, [AGENT_P, c_char_p, POINTER(lbagent_status)]),
     "lbagent_get_counter": (c_int, [AGENT_P, c_int, POINTER(c_uint64)]),
     "lbagent_local_port": (c_int, [AGENT_P, c_uintptr, POINTER(c_uint16)]),
+    "lbagent_tcp_agent_port": (c_int, [AGENT_P, c_uintptr, POINTER(c_uint16)]),
+    "lbagent_http_port": (c_int, [AGENT_P, c_uintptr, POINTER(c_uint16)]),
     "lbagent_stop": (c_int, [AGENT_P, c_uint32]),
     "lbagent_free": (None, [AGENT_P]),
     "lbagent_state_name": (c_char_p, [c_int]),
@@ -85,13 +103,22 @@ PROTOTYPES: Dict[str, Tuple[object, List[object]]] = {
     "lbagent_worker_release_pid": (c_int, [AGENT_P, c_int, POINTER(c_uint)]),
     "lbagent_after_fork_child": (c_int, [AGENT_P]),
     "lbagent_after_fork_worker": (c_int, [AGENT_P]),
+    "lbagent_probe": (c_int, [c_char_p, c_char_p, c_char_p, POINTER(lbagent_status)]),
+    "lbagent_prober_new": (c_int, [c_char_p, POINTER(PROBER_P)]),
+    "lbagent_prober_fd": (c_int, [PROBER_P]),
+    "lbagent_prober_send": (c_int, [PROBER_P, c_char_p, c_char_p, c_uint64]),
+    "lbagent_prober_receive": (c_int, [PROBER_P, POINTER(lbagent_probe_result), c_uintptr,
+                                       POINTER(c_uintptr)]),
+    "lbagent_prober_timeout_ms": (c_int, [PROBER_P]),
+    "lbagent_prober_pending": (c_uintptr, [PROBER_P]),
+    "lbagent_prober_free": (None, [PROBER_P]),
 }
 
 #: The calls that set this thread's last error when they fail (the others report a code only).
 SETS_LAST_ERROR = frozenset({
     "lbagent_start", "lbagent_get_status", "lbagent_stop", "lbagent_add_check",
     "lbagent_add_check_with_free", "lbagent_set_log_callback", "lbagent_after_fork_child",
-    "lbagent_after_fork_worker",
+    "lbagent_after_fork_worker", "lbagent_probe", "lbagent_prober_new", "lbagent_prober_send",
 })
 
 

@@ -55,6 +55,20 @@ class Status:
         """True when the server should receive new connections: UP with a weight above 0."""
         return self.state == State.UP and self.weight_pct > 0
 
+    @classmethod
+    def _from_c(cls, raw: "_native.lbagent_status") -> "Status":
+        return cls(
+            state=_known(State, raw.state),
+            reason=_known(Reason, raw.reason),
+            weight_pct=raw.weight_pct,
+            in_use=raw.in_use,
+            capacity=raw.capacity,
+            generation=raw.generation,
+            since_ms=raw.since_ms,
+            instance_id=raw.instance_id,
+            message=raw.message.decode("utf-8", "replace"),
+        )
+
 
 _UNSAFE_VALUE = re.compile(r"[\s;#]")
 
@@ -241,17 +255,7 @@ class Agent:
         unknown service reads State.UNKNOWN, Reason.UNKNOWN_SERVICE."""
         raw = _native.lbagent_status()
         self._call("lbagent_get_status", _text("service", service), ctypes.byref(raw))
-        return Status(
-            state=_known(State, raw.state),
-            reason=_known(Reason, raw.reason),
-            weight_pct=raw.weight_pct,
-            in_use=raw.in_use,
-            capacity=raw.capacity,
-            generation=raw.generation,
-            since_ms=raw.since_ms,
-            instance_id=raw.instance_id,
-            message=raw.message.decode("utf-8", "replace"),
-        )
+        return Status._from_c(raw)
 
     def counter(self, which: Union[Counter, int]) -> int:
         """One of the agent's counters (received, answered, dropped by reason)."""
@@ -265,9 +269,23 @@ class Agent:
         return {c: self.counter(c) for c in Counter}
 
     def local_port(self, index: int = 0) -> int:
-        """The UDP port bound for the index-th ``listen=`` address (useful with port 0)."""
+        """The UDP port bound for the index-th ``listen=`` address (useful with port 0).
+        InvalidArgumentError past the last address."""
+        return self._port("lbagent_local_port", index)
+
+    def tcp_agent_port(self, index: int = 0) -> int:
+        """The TCP port bound for the index-th ``tcp_agent=`` address (HAProxy agent-check).
+        InvalidArgumentError past the last address, or without ``tcp_agent=``."""
+        return self._port("lbagent_tcp_agent_port", index)
+
+    def http_port(self, index: int = 0) -> int:
+        """The TCP port bound for the index-th ``http=`` address (HTTP health checks).
+        InvalidArgumentError past the last address, or without ``http=``."""
+        return self._port("lbagent_http_port", index)
+
+    def _port(self, function: str, index: int) -> int:
         port = ctypes.c_uint16()
-        self._call("lbagent_local_port", _int("index", index, 64), ctypes.byref(port))
+        self._call(function, _int("index", index, 64), ctypes.byref(port))
         return port.value
 
     @property

@@ -38,7 +38,8 @@ class Reason(enum.IntEnum):
 
 
 class Counter(enum.IntEnum):
-    """The agent's counters (``LBAGENT_COUNTER_*``): datagrams received, answered, dropped."""
+    """The agent's counters (``LBAGENT_COUNTER_*``): datagrams received, answered, dropped;
+    TCP connections accepted, answered, dropped."""
 
     RECEIVED = 0
     ANSWERED_STATUS = 1
@@ -56,6 +57,15 @@ class Counter(enum.IntEnum):
     DROPPED_GLOBAL_LIMIT = 13
     DROPPED_AUTH_FAILED = 14
     DROPPED_AUTH_STALE = 15
+    # The TCP listeners (tcp_agent=, http=): connections accepted, answered, dropped.
+    CONN_ACCEPTED = 16
+    ANSWERED_AGENT = 17
+    ANSWERED_HTTP = 18
+    HTTP_BAD_REQUEST = 19
+    CONN_DROPPED_LIMIT = 20
+    CONN_DROPPED_NOT_ALLOWED = 21
+    CONN_TIMED_OUT = 22
+    CONN_FAILED = 23
 
 
 class Result(enum.IntEnum):
@@ -76,6 +86,12 @@ class Result(enum.IntEnum):
     ERR_FULL = 12
     ERR_NOT_FOUND = 13
     ERR_WRONG_PROCESS = 14
+    ERR_REFUSED = 15
+    ERR_UNREACHABLE = 16
+    ERR_NOT_AN_AGENT = 17
+    ERR_VERSION_MISMATCH = 18
+    ERR_AUTH_REQUIRED = 19
+    ERR_WRONG_KEY = 20
 
 
 class LogLevel(enum.IntEnum):

@@ -29,12 +29,17 @@ class ClosedError(Error, ValueError):
     """The Agent was closed; it cannot be used any more."""
 
 
+class NullArgumentError(Error, ValueError):
+    """LBAGENT_ERR_NULL_ARGUMENT: a required argument was missing (None)."""
+
+
 class BadHandleError(Error):
-    """LBAGENT_ERR_BAD_HANDLE: not a live agent."""
+    """LBAGENT_ERR_BAD_HANDLE: not a live agent or prober."""
 
 
 class InvalidArgumentError(Error, ValueError):
-    """LBAGENT_ERR_INVALID_ARGUMENT: a state, weight, counter or index out of range."""
+    """LBAGENT_ERR_INVALID_ARGUMENT: a state, weight, counter or index out of range; a probe
+    target that is not an address, or a bad service name."""
 
 
 class ConfigError(Error, ValueError):
@@ -57,8 +62,14 @@ class StoppedError(Error):
     """LBAGENT_ERR_STOPPED: the agent was stopped and takes no more updates."""
 
 
-class StopTimeoutError(Error):
-    """LBAGENT_ERR_TIMEOUT: stop() waited in vain; the monitor thread is still finishing."""
+class TimedOutError(Error, TimeoutError):
+    """LBAGENT_ERR_TIMEOUT: a probe got no answer in time (agent not running, port filtered,
+    or this source not allowed), or stop() waited in vain (the agent's threads are still
+    finishing). Also a built-in TimeoutError."""
+
+
+#: The name this package gave LBAGENT_ERR_TIMEOUT before probes had it too.
+StopTimeoutError = TimedOutError
 
 
 class InternalError(Error):
@@ -81,7 +92,35 @@ class WrongProcessError(Error):
     """LBAGENT_ERR_WRONG_PROCESS: the call belongs to another process (see fork)."""
 
 
+class RefusedError(Error, ConnectionRefusedError):
+    """LBAGENT_ERR_REFUSED: ICMP port unreachable, nothing listens on the probed UDP port
+    (the agent is not running there). Also a built-in ConnectionRefusedError."""
+
+
+class UnreachableError(Error):
+    """LBAGENT_ERR_UNREACHABLE: ICMP host or network unreachable, or no route to the target."""
+
+
+class NotAnAgentError(Error):
+    """LBAGENT_ERR_NOT_AN_AGENT: something that is not an lbagent answered the probe."""
+
+
+class VersionMismatchError(Error):
+    """LBAGENT_ERR_VERSION_MISMATCH: the agent speaks another protocol version."""
+
+
+class AuthRequiredError(Error):
+    """LBAGENT_ERR_AUTH_REQUIRED: the agent answers authenticated probes only (give a key)."""
+
+
+class WrongKeyError(Error):
+    """LBAGENT_ERR_WRONG_KEY: the agent is alive but the answers did not authenticate, or it
+    dropped the sealed probes (its key file lacks the key, another secret, or clocks too far
+    apart)."""
+
+
 _BY_CODE: Dict[Result, Type[Error]] = {
+    Result.ERR_NULL_ARGUMENT: NullArgumentError,
     Result.ERR_BAD_HANDLE: BadHandleError,
     Result.ERR_INVALID_ARGUMENT: InvalidArgumentError,
     Result.ERR_CONFIG: ConfigError,
@@ -89,12 +128,18 @@ _BY_CODE: Dict[Result, Type[Error]] = {
     Result.ERR_SYSTEM: SystemCallError,
     Result.ERR_UNKNOWN_SERVICE: UnknownServiceError,
     Result.ERR_STOPPED: StoppedError,
-    Result.ERR_TIMEOUT: StopTimeoutError,
+    Result.ERR_TIMEOUT: TimedOutError,
     Result.ERR_PANIC: InternalError,
     Result.ERR_EXISTS: ExistsError,
     Result.ERR_FULL: FullError,
     Result.ERR_NOT_FOUND: NotFoundError,
     Result.ERR_WRONG_PROCESS: WrongProcessError,
+    Result.ERR_REFUSED: RefusedError,
+    Result.ERR_UNREACHABLE: UnreachableError,
+    Result.ERR_NOT_AN_AGENT: NotAnAgentError,
+    Result.ERR_VERSION_MISMATCH: VersionMismatchError,
+    Result.ERR_AUTH_REQUIRED: AuthRequiredError,
+    Result.ERR_WRONG_KEY: WrongKeyError,
 }
 
 

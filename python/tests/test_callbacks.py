@@ -98,15 +98,20 @@ def test_the_log_callback_gets_lines_on_the_logger_thread(make_agent):
     lines = []
     agent.set_log_callback(lambda level, line: lines.append((level, line, threading.get_ident())))
     garbage = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sent = 0
 
     def dropped_line_logged():
         # The agent sums drops up when a datagram comes at least log_drops_ms after the last
         # summary (it never wakes up on its own), so keep sending.
+        nonlocal sent
         garbage.sendto(b"LBAP-garbage", ("127.0.0.1", agent.port))
+        sent += 1
         return any("dropped_malformed=" in line for _, line, _ in lines)
 
     assert eventually(dropped_line_logged), lines
     garbage.close()
+    # The last datagrams may still be on their way to the counter.
+    assert eventually(lambda: agent.counter(lbagent.Counter.DROPPED_MALFORMED) == sent)
     assert {level for level, _, _ in lines} == {LogLevel.WARN}
     assert threading.get_ident() not in {t for _, _, t in lines}
 

@@ -39,6 +39,12 @@ C_TYPES = {
     "const struct lbagent *": _native.AGENT_P,
     "struct lbagent **": POINTER(_native.AGENT_P),
     "struct lbagent_status *": POINTER(_native.lbagent_status),
+    "struct lbagent_status": _native.lbagent_status,
+    "struct lbagent_prober *": _native.PROBER_P,
+    "const struct lbagent_prober *": _native.PROBER_P,
+    "struct lbagent_prober **": POINTER(_native.PROBER_P),
+    "struct lbagent_probe_result *": POINTER(_native.lbagent_probe_result),
+    "uintptr_t *": POINTER(_native.c_uintptr),
     "uint16_t *": POINTER(c_uint16),
     "uint64_t *": POINTER(c_uint64),
     "uint64_t": c_uint64,
@@ -115,9 +121,16 @@ def test_the_loaded_functions_carry_those_types():
         assert function.argtypes == argtypes, name
 
 
-def test_the_status_structure_matches_the_header():
-    body = re.search(r"typedef struct lbagent_status \{(.*?)\} lbagent_status;", header_text(),
-                     re.S).group(1)
+def header_structures():
+    """{name: body} for every structure the header defines, and None for the opaque ones."""
+    text = header_text()
+    defined = dict(re.findall(r"typedef struct (lbagent\w*) \{(.*?)\} \1;", text, re.S))
+    opaque = re.findall(r"typedef struct (lbagent\w*) \1;", text)
+    return {**defined, **{name: None for name in opaque}}
+
+
+def structure_fields(body: str):
+    """[(name, ctypes type)] of a structure body, in order."""
     fields = []
     for declaration in body.split(";"):
         words = declaration.split()
@@ -129,11 +142,29 @@ def test_the_status_structure_matches_the_header():
             fields.append((array.group(1), ctype(c_type) * int(array.group(2))))
         else:
             fields.append((name, ctype(c_type)))
-    ours = _native.lbagent_status._fields_
-    assert [n for n, _ in fields] == [n for n, _ in ours]
-    for (name, theirs), (_, mine) in zip(fields, ours):
-        assert ctypes.sizeof(theirs) == ctypes.sizeof(mine), name
-        assert getattr(theirs, "_type_", theirs) == getattr(mine, "_type_", mine), name
+    return fields
+
+
+def test_every_structure_of_the_header_matches_its_ctypes_class():
+    declared = header_structures()
+    assert {"lbagent", "lbagent_prober", "lbagent_status"} <= set(declared), declared
+    for name, body in declared.items():
+        assert hasattr(_native, name), f"struct {name} has no ctypes class in _native"
+        ours = getattr(_native, name)
+        assert issubclass(ours, ctypes.Structure), name
+        if body is None:  # opaque: only pointers to it exist
+            assert not getattr(ours, "_fields_", None), name
+            continue
+        fields = structure_fields(body)
+        assert [n for n, _ in fields] == [n for n, _ in ours._fields_], name
+        for (field, theirs), (_, mine) in zip(fields, ours._fields_):
+            assert ctypes.sizeof(theirs) == ctypes.sizeof(mine), f"{name}.{field}"
+            assert getattr(theirs, "_type_", theirs) == getattr(mine, "_type_", mine), \
+                f"{name}.{field}"
+    # The C layout (offsets and padding) follows from the same fields: check one by hand.
+    result = _native.lbagent_probe_result
+    assert (result.token.offset, result.result.offset, result.rtt_us.offset,
+            result.status.offset) == (0, 8, 12, 16)
 
 
 def header_enum(prefix: str):
@@ -149,6 +180,27 @@ def test_the_enums_match_the_header():
     results = {name: value for name, value in header_enum("").items()
                if name == "OK" or name.startswith("ERR_")}
     assert {m.name: m.value for m in lbagent.Result} == results
+
+
+def test_every_error_code_has_its_own_exception_class():
+    classes = set()
+    for code in lbagent.Result:
+        if code == lbagent.Result.OK:
+            continue
+        error = lbagent.errors.error_for(code, "detail")
+        assert type(error) is not lbagent.Error, f"{code.name} has no class of its own"
+        assert isinstance(error, lbagent.Error) and error.code is code and str(error) == "detail"
+        assert type(error).__name__ in lbagent.__all__, type(error)
+        assert f"LBAGENT_{code.name}:" in (type(error).__doc__ or ""), type(error)
+        classes.add(type(error))
+    assert len(classes) == len(lbagent.Result) - 1
+    # A code newer than this package is still an Error, with its number.
+    newer = lbagent.errors.error_for(999, "detail")
+    assert type(newer) is lbagent.Error and newer.code == 999
+    # Those that have a built-in counterpart are also that.
+    assert isinstance(lbagent.errors.error_for(lbagent.Result.ERR_TIMEOUT, ""), TimeoutError)
+    assert isinstance(lbagent.errors.error_for(lbagent.Result.ERR_REFUSED, ""),
+                      ConnectionRefusedError)
 
 
 def test_versions_agree():

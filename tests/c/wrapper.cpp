@@ -1,15 +1,18 @@
 // wrapper: the promises of include/lbagent.hpp, checked from C++ (built as C++11 and C++17
 // with -Wall -Wextra -Werror -pedantic, run plainly and under valgrind by tests/hosts.rs):
 // ownership and moves, exceptions with the code and the library's text, noexcept hot path
-// returning codes, status and counters, a real UDP probe.
+// returning codes, status and counters, a real UDP probe; probing (lbagentpp::probe and the
+// Prober in a poll() loop) and the TCP listeners' ports.
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -51,6 +54,15 @@ static_assert(static_cast<int>(lbagentpp::State::Stopping) == LBAGENT_STATE_STOP
 static_assert(static_cast<int>(lbagentpp::Counter::DroppedAuthStale) ==
                   LBAGENT_COUNTER_DROPPED_AUTH_STALE,
               "numbers");
+static_assert(static_cast<int>(lbagentpp::Counter::ConnFailed) == LBAGENT_COUNTER_CONN_FAILED,
+              "numbers");
+using lbagentpp::Prober;
+static_assert(!std::is_copy_constructible<Prober>::value, "move-only");
+static_assert(!std::is_copy_assignable<Prober>::value, "move-only");
+static_assert(std::is_nothrow_move_constructible<Prober>::value, "noexcept move");
+static_assert(std::is_nothrow_move_assignable<Prober>::value, "noexcept move");
+static_assert(noexcept(std::declval<Prober &>().fd()), "noexcept");
+static_assert(noexcept(std::declval<Prober &>().timeout_ms()), "noexcept");
 
 // Sends keepalived's default payload to 127.0.0.1:port; returns the answer ("" for none).
 std::string ask(std::uint16_t port) {
@@ -72,6 +84,45 @@ std::string ask(std::uint16_t port) {
     close(fd);
     return n > 0 ? std::string(answer, static_cast<std::size_t>(n)) : std::string();
 }
+
+// A UDP socket bound to 127.0.0.1 on a port chosen by the system (its port in `port`).
+int udp_socket(std::uint16_t &port) {
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    sockaddr_in a;
+    socklen_t len = sizeof a;
+    std::memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(fd, reinterpret_cast<sockaddr *>(&a), sizeof a);
+    getsockname(fd, reinterpret_cast<sockaddr *>(&a), &len);
+    port = ntohs(a.sin_port);
+    return fd;
+}
+
+// Connects over TCP to 127.0.0.1:port, sends `request`, reads until the agent closes.
+std::string tcp_exchange(std::uint16_t port, const std::string &request) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in to;
+    std::memset(&to, 0, sizeof to);
+    to.sin_family = AF_INET;
+    to.sin_port = htons(port);
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    timeval tv = {5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    std::string answer;
+    if (connect(fd, reinterpret_cast<sockaddr *>(&to), sizeof to) == 0 &&
+        (request.empty() || send(fd, request.data(), request.size(), 0) > 0)) {
+        char buf[512];
+        ssize_t n;
+        while ((n = recv(fd, buf, sizeof buf, 0)) > 0) {
+            answer.append(buf, static_cast<std::size_t>(n));
+        }
+    }
+    close(fd);
+    return answer;
+}
+
+std::string target(std::uint16_t port) { return "127.0.0.1:" + std::to_string(port); }
 
 bool starts_with(const std::string &s, const char *prefix) {
     return s.compare(0, std::strlen(prefix), prefix) == 0;
@@ -302,6 +353,122 @@ void checks_workers_and_log() {
     agent.set_log_callback(nullptr);
 }
 
+// The code of the Error that `f` throws (LBAGENT_OK if it throws none), its text in `what`.
+template <typename F>
+lbagent_result thrown_code(F f, std::string *what = nullptr) {
+    try {
+        f();
+    } catch (const lbagentpp::Error &e) {
+        if (what != nullptr) {
+            *what = e.what();
+        }
+        return e.code();
+    }
+    return LBAGENT_OK;
+}
+
+void tcp_listener_ports() {
+    Agent agent("listen=127.0.0.1:0 tcp_agent=127.0.0.1:0 http=127.0.0.1:0");
+    CHECK(agent.set_state(lbagentpp::State::Up, "ready") == LBAGENT_OK);
+    std::uint16_t tcp = agent.tcp_agent_port(), http = agent.http_port(0);
+    CHECK(tcp != 0 && http != 0 && tcp != http);
+    CHECK(tcp_exchange(tcp, "") == "up ready 100% #ready\n");
+    std::string answer = tcp_exchange(http, "GET /health HTTP/1.1\r\nHost: lb\r\n\r\n");
+    CHECK(starts_with(answer, "HTTP/1.1 200 "));
+    CHECK(eventually([&] { return agent.counter(lbagentpp::Counter::ConnAccepted) == 2; }));
+    CHECK(thrown_code([&] { (void)agent.tcp_agent_port(1); }) == LBAGENT_ERR_INVALID_ARGUMENT);
+    CHECK(thrown_code([&] { (void)agent.http_port(1); }) == LBAGENT_ERR_INVALID_ARGUMENT);
+    Agent plain("listen=127.0.0.1:0");
+    CHECK(thrown_code([&] { (void)plain.tcp_agent_port(); }) == LBAGENT_ERR_INVALID_ARGUMENT);
+}
+
+void blocking_probe(const std::string &agent, const std::string &closed,
+                    const std::string &silent) {
+    lbagentpp::Status s = lbagentpp::probe(agent);
+    CHECK(s.state == lbagentpp::State::Up && s.serving() && s.instance_id != 0);
+    s = lbagentpp::probe(agent.c_str(), "game", "timeout_ms=3000");
+    CHECK(s.state == lbagentpp::State::Maint && s.message == "patching" && !s.serving());
+    s = lbagentpp::probe(agent, std::string("nope"));
+    CHECK(s.state == lbagentpp::State::Unknown && s.reason == lbagentpp::Reason::UnknownService);
+
+    std::string what;
+    CHECK(thrown_code([&] { (void)lbagentpp::probe(closed); }, &what) == LBAGENT_ERR_REFUSED);
+    CHECK(starts_with(what, (closed + ": refused").c_str()));
+    CHECK(thrown_code([&] { (void)lbagentpp::probe(silent, nullptr, "timeout_ms=200"); },
+                      &what) == LBAGENT_ERR_TIMEOUT);
+    CHECK(what.find("no answer within 200 ms") != std::string::npos);
+    CHECK(thrown_code([&] { (void)lbagentpp::probe(agent, nullptr, "colour=blue"); }, &what) ==
+          LBAGENT_ERR_CONFIG);
+    CHECK(what.find("\"colour\"") != std::string::npos);
+    CHECK(thrown_code([&] { (void)lbagentpp::probe("127.0.0.1:99999"); }) ==
+          LBAGENT_ERR_INVALID_ARGUMENT);
+    CHECK(thrown_code([&] { (void)lbagentpp::probe(nullptr); }) == LBAGENT_ERR_NULL_ARGUMENT);
+}
+
+void prober_event_loop(const std::string &agent, const std::string &closed,
+                       const std::string &silent) {
+    const std::uint64_t probes = 40, closed_token = 1000, silent_token = 1001;
+    Prober prober("timeout_ms=300");
+    CHECK(prober.fd() >= 0 && prober.pending() == 0 && prober.timeout_ms() == -1);
+    for (std::uint64_t i = 0; i < probes; i++) {
+        prober.send(agent, i % 2 == 0 ? nullptr : "game", i);
+    }
+    prober.send(closed, nullptr, closed_token);
+    prober.send(silent.c_str(), "game", silent_token);
+    CHECK(prober.pending() == probes + 2 && prober.timeout_ms() > 0);
+    CHECK(thrown_code([&] { prober.send("localhost:4950", nullptr, 7); }) ==
+          LBAGENT_ERR_INVALID_ARGUMENT);
+    CHECK(prober.pending() == probes + 2);
+
+    // Moving hands the socket and the probes in flight over.
+    Prober loop(std::move(prober));
+    CHECK(!prober && prober.fd() == -1 && prober.pending() == 0 && loop.pending() == probes + 2);
+    CHECK(thrown_code([&] { (void)prober.receive(); }) == LBAGENT_ERR_NULL_ARGUMENT);
+
+    std::map<std::uint64_t, lbagentpp::ProbeResult> done;
+    std::vector<lbagentpp::ProbeResult> batch;
+    for (int rounds = 0; loop.pending() > 0 && rounds < 1000; rounds++) {
+        pollfd p = {loop.fd(), POLLIN, 0};
+        (void)poll(&p, 1, loop.timeout_ms());
+        batch.clear();
+        loop.receive(batch);
+        for (std::size_t i = 0; i < batch.size(); i++) {
+            CHECK(done.count(batch[i].token) == 0);  // each probe finishes exactly once
+            done[batch[i].token] = batch[i];
+        }
+    }
+    CHECK(done.size() == probes + 2 && loop.timeout_ms() == -1);
+    for (std::uint64_t i = 0; i < probes; i++) {
+        const lbagentpp::ProbeResult &r = done[i];
+        CHECK(r.ok() && r.rtt_us > 0);
+        CHECK(r.value().state ==
+              (i % 2 == 0 ? lbagentpp::State::Up : lbagentpp::State::Maint));
+    }
+    CHECK(done[closed_token].result == LBAGENT_ERR_REFUSED);
+    const lbagentpp::ProbeResult &timed_out = done[silent_token];
+    CHECK(!timed_out.ok() && timed_out.rtt_us == 0 && timed_out.status.message.empty());
+    CHECK(thrown_code([&] { (void)timed_out.value(); }) == LBAGENT_ERR_TIMEOUT);
+
+    // A moved-into Prober frees what it held; a bad option names itself.
+    Prober other;
+    other = std::move(loop);
+    CHECK(other.fd() >= 0 && !loop);
+    std::string what;
+    CHECK(thrown_code([] { Prober bad("timeout_ms=soon"); }, &what) == LBAGENT_ERR_CONFIG);
+    CHECK(what.find("\"soon\"") != std::string::npos);
+}
+
+void probing() {
+    Agent agent("listen=127.0.0.1:0 services=game initial_state=up rate_per_source=0");
+    CHECK(agent.set_state("game", lbagentpp::State::Maint, "patching") == LBAGENT_OK);
+    std::uint16_t closed_port, silent_port;
+    close(udp_socket(closed_port));  // nothing listens there now: ICMP port unreachable
+    int silent_fd = udp_socket(silent_port);
+    blocking_probe(target(agent.local_port()), target(closed_port), target(silent_port));
+    prober_event_loop(target(agent.local_port()), target(closed_port), target(silent_port));
+    close(silent_fd);
+}
+
 }  // namespace
 
 int main() {
@@ -312,6 +479,8 @@ int main() {
     hot_path_returns_codes();
     ownership_and_moves();
     checks_workers_and_log();
+    tcp_listener_ports();
+    probing();
     std::printf("wrapper.cpp (C++%ld): %d checks, %d failed\n", __cplusplus / 100 % 100, checks,
                 failures);
     return failures == 0 ? 0 : 1;

@@ -14,9 +14,10 @@
 # Everything else (timers, require_reply, weights, comments) is the README's, byte for byte.
 
 readme_keepalived_example() {
-    # The first code block of the section whose heading starts with "## keepalived".
+    # The first code block of the section whose heading names keepalived
+    # ("## Directors: keepalived, ldirectord").
     awk '
-        /^## / { in_section = ($0 ~ /^## keepalived/) }
+        /^## / { in_section = ($0 ~ /^## .*keepalived/) }
         in_section && /^```/ { if (in_block) exit; in_block = 1; next }
         in_block { print }
     ' "$LVS_REPO/README.md"
