@@ -30,7 +30,7 @@ build:
 	ln -sf ../../$(RELEASE)/liblbagent.so $(BUILD)/lib/liblbagent.so.$(SOMAJOR)
 	$(MAKE) --no-print-directory examples
 
-examples: $(BUILD)/bin/demo_server $(BUILD)/bin/dlopen_host $(BUILD)/bin/cpp_server
+examples: $(BUILD)/bin/demo_server $(BUILD)/bin/dlopen_host $(BUILD)/bin/cpp_server $(BUILD)/bin/worker_pool
 
 $(BUILD)/bin/%: c-examples/%.c include/lbagent.h $(RELEASE)/liblbagent.so
 	$(CC) $(CFLAGS) -Iinclude $< -o $@ -L$(BUILD)/lib -Wl,-rpath,'$$ORIGIN/../lib' -llbagent

@@ -121,6 +121,11 @@ typedef enum lbagent_result {
    * The agent answers authenticated probes only.
    */
   LBAGENT_ERR_AUTH_REQUIRED = 19,
+  /**
+   * With a key: the answers did not authenticate, or the agent dropped the sealed probe
+   * (its key_file lacks the key, another secret, or clocks too far apart).
+   */
+  LBAGENT_ERR_WRONG_KEY = 20,
 } lbagent_result;
 
 /**
@@ -675,8 +680,8 @@ enum lbagent_result lbagent_remove_check(struct lbagent *agent, const char *name
  * Sends every log line to `callback(userdata, level, message)` as well as to the `log=`
  * target; NULL stops it. Lines are rate-limited (10 per second, bursts of 20) and delivered
  * on the agent's logger thread, never on the monitor thread; the callback must not call
- * `lbagent_stop` or `lbagent_free`. `userdata` must stay valid until the callback is replaced
- * or the agent is freed.
+ * `lbagent_stop` or `lbagent_free`. `userdata` must stay valid until the agent is freed (a
+ * line being delivered when the callback is replaced may still reach the old one).
  *
  * Returns `LBAGENT_OK`, `LBAGENT_ERR_SYSTEM` (the logger thread could not start), or
  * `LBAGENT_ERR_NULL_ARGUMENT` / `LBAGENT_ERR_BAD_HANDLE`. Thread-safe.
@@ -719,12 +724,14 @@ const char *lbagent_version(void);
  *   addresses only).
  * - `service`: the service to ask about; NULL or "" is the whole server.
  * - `options`: NULL, or `key=value` pairs like the agent's configuration: `timeout_ms=N`
- *   (1..=60000, default 1000).
+ *   (1..=60000, default 1000); `key_file=PATH` (seal the probe with the file's first key, or
+ *   with `key_id=N`, and accept only answers sealed with it).
  * - `out`: filled with the answer on success only.
  *
  * Returns `LBAGENT_OK`, or why there is no answer: `LBAGENT_ERR_TIMEOUT`,
  * `LBAGENT_ERR_REFUSED`, `LBAGENT_ERR_UNREACHABLE`, `LBAGENT_ERR_NOT_AN_AGENT`,
- * `LBAGENT_ERR_VERSION_MISMATCH`, `LBAGENT_ERR_AUTH_REQUIRED`; or `LBAGENT_ERR_NULL_ARGUMENT`
+ * `LBAGENT_ERR_VERSION_MISMATCH`, `LBAGENT_ERR_AUTH_REQUIRED`, `LBAGENT_ERR_WRONG_KEY`; or
+ * `LBAGENT_ERR_NULL_ARGUMENT`
  * (`target` or `out`), `LBAGENT_ERR_INVALID_ARGUMENT` (a bad target or service name),
  * `LBAGENT_ERR_CONFIG` (bad options), `LBAGENT_ERR_SYSTEM`. Every failure sets the last
  * error, which says what happened.
@@ -743,7 +750,9 @@ enum lbagent_result lbagent_probe(const char *target,
  * any number of probes can be in flight.
  *
  * `options`: NULL, or `key=value` pairs: `timeout_ms=N` (1..=60000, default 1000), the
- * timeout of every probe sent through it.
+ * timeout of every probe sent through it; `key_file=PATH` [`key_id=N`], a key that seals
+ * every probe (only answers sealed with it count; otherwise a probe finishes as
+ * `LBAGENT_ERR_WRONG_KEY` or `LBAGENT_ERR_TIMEOUT`).
  *
  * On success writes the handle to `*out` (owned by the caller, released with
  * `lbagent_prober_free`). Returns `LBAGENT_OK`, `LBAGENT_ERR_NULL_ARGUMENT` (`out`),

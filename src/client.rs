@@ -9,7 +9,11 @@
 //!
 //! Both say exactly why there is no answer ([`ProbeError`]): a timeout, an ICMP port
 //! unreachable ("refused"), a host or network unreachable, something that is not an lbagent,
-//! a protocol version mismatch, or an agent that requires authentication.
+//! a protocol version mismatch, an agent that requires authentication, or a wrong key.
+//!
+//! With a key ([`ProbeOptions::key`]) every PROBE is sealed (HMAC-SHA256 trailer, see
+//! `auth.rs`) and only answers sealed with the same key are accepted: a forged or replayed
+//! answer is ignored (and reported as "wrong key" if nothing valid comes).
 
 mod icmp;
 mod prober;
@@ -19,8 +23,10 @@ pub use prober::{Completion, Prober, ProberStats};
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::auth::{self, AuthError, Key, KeySet};
 use crate::state::{Reason, State};
 use crate::wire::{self, Reply};
 
@@ -41,6 +47,8 @@ pub struct ProbeOptions {
     pub timeout: Duration,
     /// Length of the PROBE datagram (48..=512): the answer is never longer.
     pub probe_len: usize,
+    /// Seal every PROBE with this key and accept only answers sealed with it.
+    pub key: Option<Arc<Key>>,
 }
 
 impl Default for ProbeOptions {
@@ -49,6 +57,45 @@ impl Default for ProbeOptions {
             service: String::new(),
             timeout: DEFAULT_TIMEOUT,
             probe_len: DEFAULT_PROBE_LEN,
+            key: None,
+        }
+    }
+}
+
+/// Shortest sealed PROBE: a minimal PROBE body plus the trailer (and so room for a sealed
+/// STATUS).
+pub const MIN_SEALED_PROBE_LEN: usize = wire::PROBE_MIN_LEN + wire::AUTH_TRAILER_LEN;
+
+/// Loads the key a prober signs with from a key file: key `id`, or the file's first key.
+pub fn load_key(path: &std::path::Path, id: Option<u32>) -> Result<Arc<Key>, String> {
+    let keys = KeySet::load(path)?;
+    let key = match id {
+        Some(id) => keys
+            .get(id)
+            .ok_or_else(|| format!("{}: no key with id {id}", path.display()))?,
+        None => keys
+            .first()
+            .ok_or_else(|| format!("{}: no keys", path.display()))?,
+    };
+    Ok(Arc::new(key.clone()))
+}
+
+/// Writes a PROBE for `service` into `out` (512 bytes), sealed with `key` if any, and returns
+/// its length.
+pub(crate) fn build_probe(
+    nonce: u64,
+    service: &[u8],
+    probe_len: usize,
+    key: Option<&Key>,
+    out: &mut [u8],
+) -> usize {
+    match key {
+        None => wire::encode_probe(nonce, service, probe_len, out),
+        Some(key) => {
+            let body_len =
+                probe_len.clamp(MIN_SEALED_PROBE_LEN, wire::PROBE_MAX_LEN) - wire::AUTH_TRAILER_LEN;
+            let body = wire::encode_probe(nonce, service, body_len, out);
+            auth::seal(key, out, body, auth::unix_ms())
         }
     }
 }
@@ -127,6 +174,10 @@ pub enum ProbeError {
     },
     /// The agent requires authenticated probes.
     AuthRequired,
+    /// With a key: the answers did not authenticate, or the agent answers unauthenticated
+    /// probes but dropped the sealed ones (an unknown key id, another secret, or clocks
+    /// further apart than its `auth_window_ms`).
+    WrongKey(String),
     /// A local socket error.
     Io(io::Error),
 }
@@ -142,6 +193,7 @@ impl ProbeError {
             ProbeError::NotAnAgent(_) => "not-an-agent",
             ProbeError::VersionMismatch { .. } => "version-mismatch",
             ProbeError::AuthRequired => "auth-required",
+            ProbeError::WrongKey(_) => "wrong-key",
             ProbeError::Io(_) => "io",
         }
     }
@@ -166,9 +218,10 @@ impl fmt::Display for ProbeError {
                 "version mismatch: the agent speaks protocol version {agent_version}, this prober {}",
                 wire::VERSION
             ),
-            ProbeError::AuthRequired => {
-                f.write_str("authentication required: the agent only answers authenticated probes")
-            }
+            ProbeError::AuthRequired => f.write_str(
+                "authentication required: the agent only answers authenticated probes (use a key)",
+            ),
+            ProbeError::WrongKey(why) => write!(f, "wrong key: {why}"),
             ProbeError::Io(e) => write!(f, "socket error: {e}"),
         }
     }
@@ -238,12 +291,19 @@ pub fn check_service(service: &str) -> Result<(), ProbeError> {
 
 impl ProbeOptions {
     /// Reads `key=value` options (the syntax of the agent's configuration; used by the C API):
-    /// `timeout_ms=N` (1..=60000). Keys not given keep the values of `self`. The error names
+    /// `timeout_ms=N` (1..=60000), `key_file=PATH` and `key_id=N` (sign with that key of the
+    /// file instead of its first). Keys not given keep the values of `self`. The error names
     /// the key and the value.
     pub fn with_config(mut self, text: &str) -> Result<ProbeOptions, String> {
         let pairs = crate::config::words(text).map_err(|e| e.to_string())?;
+        let key_id = match pairs.iter().find(|(k, _)| *k == "key_id") {
+            None => None,
+            Some((_, v)) => Some(v.parse::<u32>().map_err(|_| {
+                format!("probe options: invalid value \"{v}\" for key \"key_id\": expected 0..=4294967295")
+            })?),
+        };
         let mut seen: Vec<&str> = Vec::new();
-        for (key, value) in pairs {
+        for &(key, value) in &pairs {
             if seen.contains(&key) {
                 return Err(format!(
                     "probe options: duplicate key \"{key}\" (second value \"{value}\")"
@@ -263,9 +323,20 @@ impl ProbeOptions {
                         })?;
                     self.timeout = Duration::from_millis(ms);
                 }
+                "key_file" => {
+                    self.key = Some(load_key(std::path::Path::new(value), key_id).map_err(|why| {
+                        format!("probe options: invalid value \"{value}\" for key \"key_file\": {why}")
+                    })?);
+                }
+                "key_id" if pairs.iter().any(|(k, _)| *k == "key_file") => {}
+                "key_id" => {
+                    return Err(format!(
+                        "probe options: key \"key_id\" (value \"{value}\") needs key_file"
+                    ));
+                }
                 _ => {
                     return Err(format!(
-                        "probe options: unknown key \"{key}\" (value \"{value}\"); known keys: timeout_ms"
+                        "probe options: unknown key \"{key}\" (value \"{value}\"); known keys: timeout_ms, key_file, key_id"
                     ));
                 }
             }
@@ -289,6 +360,10 @@ fn random_nonce() -> u64 {
 /// Sends one PROBE to `target` and waits for its STATUS. The socket is connected, like
 /// keepalived's, so an ICMP port unreachable is reported as `Refused` and only answers from
 /// the probed address count; answers with another nonce are ignored.
+///
+/// With a key, answers that do not authenticate are ignored; if nothing valid has come by half
+/// the timeout, one unsealed probe is sent too, to tell a wrong key (the agent answers that)
+/// from a dead agent (a timeout).
 pub fn probe(target: SocketAddr, options: &ProbeOptions) -> Result<Answer, ProbeError> {
     check_service(&options.service)?;
     let local: SocketAddr = match target {
@@ -297,25 +372,40 @@ pub fn probe(target: SocketAddr, options: &ProbeOptions) -> Result<Answer, Probe
     };
     let socket = UdpSocket::bind(local).map_err(ProbeError::Io)?;
     socket.connect(target).map_err(ProbeError::Io)?;
+    let key = options.key.as_deref();
     let nonce = random_nonce();
     let mut request = [0u8; wire::PROBE_MAX_LEN];
-    let len = wire::encode_probe(
-        nonce,
-        options.service.as_bytes(),
-        options.probe_len,
-        &mut request,
-    );
+    let service = options.service.as_bytes();
+    let len = build_probe(nonce, service, options.probe_len, key, &mut request);
     let started = Instant::now();
     let deadline = started + options.timeout;
     socket.send(&request[..len]).map_err(io_error)?;
+    let mut diagnostic = key.map(|_| Diagnostic {
+        at: started + options.timeout / 2,
+        nonce: random_nonce(),
+        sent: false,
+        answered: false,
+    });
+    let mut rejected: Option<String> = None;
     let mut buf = [0u8; 2048];
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(ProbeError::Timeout(options.timeout));
+        let now = Instant::now();
+        if let Some(d) = diagnostic.as_mut().filter(|d| !d.sent && now >= d.at) {
+            let n = wire::encode_probe(d.nonce, service, options.probe_len, &mut request);
+            let _ = socket.send(&request[..n]);
+            d.sent = true;
         }
+        let left = deadline.saturating_duration_since(now);
+        if left.is_zero() {
+            let alive = diagnostic.is_some_and(|d| d.answered);
+            return Err(no_valid_answer(options, rejected, alive));
+        }
+        let wait = match &diagnostic {
+            Some(d) if !d.sent => left.min(d.at.saturating_duration_since(now)),
+            _ => left,
+        };
         socket
-            .set_read_timeout(Some(left))
+            .set_read_timeout(Some(wait.max(Duration::from_millis(1))))
             .map_err(ProbeError::Io)?;
         let n = match socket.recv(&mut buf) {
             Ok(n) => n,
@@ -325,16 +415,60 @@ pub fn probe(target: SocketAddr, options: &ProbeOptions) -> Result<Answer, Probe
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                return Err(ProbeError::Timeout(options.timeout));
+                continue;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(io_error(e)),
         };
         let rtt = started.elapsed();
-        if let Some(answer) = read_answer(&buf[..n], nonce, rtt)? {
-            return Ok(answer);
+        if let Some(d) = diagnostic
+            .as_mut()
+            .filter(|d| answer_nonce(&buf[..n]) == Some(d.nonce))
+        {
+            d.answered = true;
+            continue;
+        }
+        match read_answer_keyed(&buf[..n], nonce, rtt, key) {
+            Ok(Some(answer)) => return Ok(answer),
+            Ok(None) => {}
+            Err(ProbeError::WrongKey(why)) => rejected = Some(why),
+            Err(e) => return Err(e),
         }
     }
+}
+
+/// With a key: one unsealed probe sent half-way through the timeout; an answer to it shows
+/// that the agent is alive and dropped the sealed probe (a wrong key), not dead.
+struct Diagnostic {
+    at: Instant,
+    nonce: u64,
+    sent: bool,
+    answered: bool,
+}
+
+/// What to report when the deadline passes without a valid answer.
+fn no_valid_answer(
+    options: &ProbeOptions,
+    rejected: Option<String>,
+    agent_alive: bool,
+) -> ProbeError {
+    match (rejected, &options.key) {
+        (Some(why), _) => ProbeError::WrongKey(why),
+        (None, Some(key)) if agent_alive => ProbeError::WrongKey(format!(
+            "the agent answers unauthenticated probes but dropped the sealed one (key id {} unknown there, another secret, or clocks further apart than its auth_window_ms)",
+            key.id()
+        )),
+        _ => ProbeError::Timeout(options.timeout),
+    }
+}
+
+/// The nonce of a protocol v1 answer, if `datagram` is one.
+fn answer_nonce(datagram: &[u8]) -> Option<u64> {
+    (datagram.len() >= 16 && datagram.starts_with(&wire::MAGIC)).then(|| {
+        let mut n = [0u8; 8];
+        n.copy_from_slice(&datagram[8..16]);
+        u64::from_be_bytes(n)
+    })
 }
 
 /// Maps a socket error to what it says about the target: ICMP errors reported on the socket
@@ -356,10 +490,43 @@ pub fn read_answer(
     nonce: u64,
     rtt: Duration,
 ) -> Result<Option<Answer>, ProbeError> {
+    read_answer_keyed(datagram, nonce, rtt, None)
+}
+
+/// `read_answer` for a probe sealed with `key`: an answer that does not authenticate with it
+/// is `WrongKey` (the caller keeps waiting for a valid one until its deadline).
+pub fn read_answer_keyed(
+    datagram: &[u8],
+    nonce: u64,
+    rtt: Duration,
+    key: Option<&Key>,
+) -> Result<Option<Answer>, ProbeError> {
     match wire::decode_reply(datagram) {
         Ok(Reply::Status(s)) => {
             if s.nonce != nonce {
                 return Ok(None);
+            }
+            if let Some(key) = key {
+                match auth::open(datagram, |id| (id == key.id()).then_some(key)) {
+                    Ok(_) => {}
+                    Err(AuthError::Missing) => {
+                        return Err(ProbeError::WrongKey(
+                            "the answer is not sealed (the agent has no key_file?)".into(),
+                        ));
+                    }
+                    Err(AuthError::UnknownKey(id)) => {
+                        return Err(ProbeError::WrongKey(format!(
+                            "the answer is sealed with key id {id}, not {}",
+                            key.id()
+                        )));
+                    }
+                    Err(_) => {
+                        return Err(ProbeError::WrongKey(format!(
+                            "the answer does not authenticate with key id {} (forged, or another secret)",
+                            key.id()
+                        )));
+                    }
+                }
             }
             Ok(Some(Answer {
                 state: State::from_u8(s.state).unwrap_or(State::Unknown),
@@ -384,6 +551,10 @@ pub fn read_answer(
                 return Ok(None);
             }
             match code {
+                // An unauthenticated ERROR cannot override a sealed probe: keep waiting.
+                wire::ERROR_AUTH_REQUIRED if key.is_some() => Err(ProbeError::WrongKey(
+                    "the agent answered \"authentication required\" to a sealed probe".into(),
+                )),
                 wire::ERROR_AUTH_REQUIRED => Err(ProbeError::AuthRequired),
                 _ => Err(ProbeError::VersionMismatch {
                     agent_version: version,

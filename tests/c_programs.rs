@@ -259,3 +259,61 @@ fn log_to_stderr_reports_lifecycle_and_drops_at_a_bounded_rate() {
     seen.extend(lines_rx.try_iter());
     assert!(seen.iter().any(|l| l.contains("info: stopped")), "{seen:?}");
 }
+
+/// c-examples/worker_pool.c: one watchdog slot per worker thread and a self-check with a
+/// release function, driven through its stdin.
+#[test]
+fn worker_pool_threads_slots_and_checks() {
+    let exe = build("c-examples/worker_pool.c", Link::Dynamic);
+    let mut child = Command::new(&exe)
+        .env(
+            "LBAGENT_CONFIG",
+            "listen=127.0.0.1:0 workers=4 worker_timeout_ms=400 rate_per_source=0",
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let port: u16 = first
+        .split("UDP port ")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let agent = SocketAddr::from(([127, 0, 0, 1], port));
+    let options = ProbeOptions::default();
+    let status = || client::probe(agent, &options).expect("an answer");
+    let mut say = |command: &str| {
+        stdin.write_all(format!("{command}\n").as_bytes()).unwrap();
+        assert_eq!(lines.next().unwrap().unwrap(), "ok");
+    };
+    // The first run of the check must pass before the server serves.
+    assert!(eventually(Duration::from_secs(5), || status().is_serving()));
+    say("hang 2");
+    assert!(eventually(Duration::from_secs(5), || status().state == State::Down));
+    let hung = status();
+    assert_eq!(hung.reason, Some(Reason::WorkerStalled));
+    assert!(hung.message.starts_with("worker 2 "), "{}", hung.message);
+    say("release");
+    assert!(eventually(Duration::from_secs(5), || status().is_serving()));
+    say("backend down");
+    assert!(eventually(Duration::from_secs(5), || status().state == State::Down));
+    let failing = status();
+    assert_eq!(failing.reason, Some(Reason::CheckFailed));
+    assert_eq!(failing.message, "backend: backend unavailable");
+    say("backend up");
+    assert!(eventually(Duration::from_secs(5), || status().is_serving()));
+    stdin.write_all(b"quit\n").unwrap();
+    drop(stdin);
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "worker_pool exited with {status} (userdata not released?)"
+    );
+}

@@ -17,8 +17,12 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use super::icmp::{self, Family};
-use super::{Answer, ProbeError, ProbeOptions, check_service, io_error, read_answer};
+use super::{
+    Answer, ProbeError, ProbeOptions, build_probe, check_service, io_error, read_answer_keyed,
+};
+use crate::auth::Key;
 use crate::wire;
+use std::sync::Arc;
 
 /// A finished probe.
 #[derive(Debug)]
@@ -51,6 +55,10 @@ struct InFlight {
     token: u64,
     target: SocketAddr,
     sent: Instant,
+    /// The key the probe was sealed with: answers must authenticate with it.
+    key: Option<Arc<Key>>,
+    /// Why an answer with the right nonce was refused (reported if nothing valid comes).
+    rejected: Option<String>,
 }
 
 /// Random nonces, drawn from the system in batches (one `getrandom` call per 512 probes).
@@ -135,12 +143,26 @@ impl Prober {
     /// Sends a PROBE about `service` ("" = the whole server) to `target`; its completion will
     /// carry `token`. Returns at once. Errors: `BadTarget` (a bad service name, port 0, an
     /// IPv6 target where the host has no IPv6), `Unreachable` (no route), `Io`; the probe is
-    /// then not in flight.
+    /// then not in flight. Sealed with the options' key, if any.
     pub fn send(
         &mut self,
         target: SocketAddr,
         service: &str,
         token: u64,
+    ) -> Result<(), ProbeError> {
+        let key = self.options.key.clone();
+        self.send_keyed(target, service, token, key)
+    }
+
+    /// `send`, sealed with `key` (None: unsealed) whatever the options say: a poller with one
+    /// key per target. Only answers that authenticate with that key complete the probe; if
+    /// none does before the timeout, it completes as `WrongKey` or `Timeout`.
+    pub fn send_keyed(
+        &mut self,
+        target: SocketAddr,
+        service: &str,
+        token: u64,
+        key: Option<Arc<Key>>,
     ) -> Result<(), ProbeError> {
         check_service(service)?;
         let target = icmp::canonical(target);
@@ -164,10 +186,11 @@ impl Prober {
         while self.in_flight.contains_key(&nonce) {
             nonce = self.nonces.next();
         }
-        let len = wire::encode_probe(
+        let len = build_probe(
             nonce,
             service.as_bytes(),
             self.options.probe_len,
+            key.as_deref(),
             &mut self.request[..],
         );
         let mut retries = 0;
@@ -191,6 +214,8 @@ impl Prober {
                 token,
                 target,
                 sent,
+                key,
+                rejected: None,
             },
         );
         self.deadlines
@@ -269,12 +294,19 @@ impl Prober {
             let mut n = [0u8; 8];
             n.copy_from_slice(&datagram[8..16]);
             let nonce = u64::from_be_bytes(n);
-            match self.in_flight.get(&nonce) {
+            match self.in_flight.get_mut(&nonce) {
                 Some(probe) if probe.target == from => {
                     let rtt = probe.sent.elapsed();
-                    let result = match read_answer(datagram, nonce, rtt) {
+                    let result = match read_answer_keyed(datagram, nonce, rtt, probe.key.as_deref())
+                    {
                         Ok(Some(answer)) => Ok(answer),
                         Ok(None) => return, // unreachable: the nonce matched
+                        // Not authentic: wait for a valid answer until the deadline.
+                        Err(ProbeError::WrongKey(why)) => {
+                            probe.rejected = Some(why);
+                            self.stats.ignored += 1;
+                            return;
+                        }
                         Err(e) => Err(e),
                     };
                     self.finish(nonce, result, out);
@@ -355,7 +387,15 @@ impl Prober {
             }
             self.deadlines.pop();
             let timeout = self.options.timeout;
-            self.finish(nonce, Err(ProbeError::Timeout(timeout)), out);
+            let error = match self
+                .in_flight
+                .get_mut(&nonce)
+                .and_then(|p| p.rejected.take())
+            {
+                Some(why) => ProbeError::WrongKey(why),
+                None => ProbeError::Timeout(timeout),
+            };
+            self.finish(nonce, Err(error), out);
         }
     }
 }

@@ -191,8 +191,8 @@ pub extern "C" fn lbagent_remove_check(agent: *mut lbagent, name: *const c_char)
 /// Sends every log line to `callback(userdata, level, message)` as well as to the `log=`
 /// target; NULL stops it. Lines are rate-limited (10 per second, bursts of 20) and delivered
 /// on the agent's logger thread, never on the monitor thread; the callback must not call
-/// `lbagent_stop` or `lbagent_free`. `userdata` must stay valid until the callback is replaced
-/// or the agent is freed.
+/// `lbagent_stop` or `lbagent_free`. `userdata` must stay valid until the agent is freed (a
+/// line being delivered when the callback is replaced may still reach the old one).
 ///
 /// Returns `LBAGENT_OK`, `LBAGENT_ERR_SYSTEM` (the logger thread could not start), or
 /// `LBAGENT_ERR_NULL_ARGUMENT` / `LBAGENT_ERR_BAD_HANDLE`. Thread-safe.

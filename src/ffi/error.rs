@@ -54,12 +54,15 @@ pub enum lbagent_result {
     LBAGENT_ERR_VERSION_MISMATCH = 18,
     /// The agent answers authenticated probes only.
     LBAGENT_ERR_AUTH_REQUIRED = 19,
+    /// With a key: the answers did not authenticate, or the agent dropped the sealed probe
+    /// (its key_file lacks the key, another secret, or clocks too far apart).
+    LBAGENT_ERR_WRONG_KEY = 20,
 }
 
 use lbagent_result::*;
 
 impl lbagent_result {
-    fn all() -> [lbagent_result; 20] {
+    fn all() -> [lbagent_result; 21] {
         [
             LBAGENT_OK,
             LBAGENT_ERR_NULL_ARGUMENT,
@@ -81,6 +84,7 @@ impl lbagent_result {
             LBAGENT_ERR_NOT_AN_AGENT,
             LBAGENT_ERR_VERSION_MISMATCH,
             LBAGENT_ERR_AUTH_REQUIRED,
+            LBAGENT_ERR_WRONG_KEY,
         ]
     }
 
@@ -106,6 +110,7 @@ impl lbagent_result {
             LBAGENT_ERR_NOT_AN_AGENT => c"not an lbagent: another service answered",
             LBAGENT_ERR_VERSION_MISMATCH => c"the agent speaks another protocol version",
             LBAGENT_ERR_AUTH_REQUIRED => c"the agent requires authenticated probes",
+            LBAGENT_ERR_WRONG_KEY => c"wrong key: the answers did not authenticate",
         }
     }
 }
@@ -140,6 +145,7 @@ impl From<&ProbeError> for lbagent_result {
             ProbeError::NotAnAgent(_) => LBAGENT_ERR_NOT_AN_AGENT,
             ProbeError::VersionMismatch { .. } => LBAGENT_ERR_VERSION_MISMATCH,
             ProbeError::AuthRequired => LBAGENT_ERR_AUTH_REQUIRED,
+            ProbeError::WrongKey(_) => LBAGENT_ERR_WRONG_KEY,
             _ => LBAGENT_ERR_SYSTEM,
         }
     }

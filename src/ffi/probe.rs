@@ -137,12 +137,14 @@ fn probe_failed(e: &ProbeError) -> lbagent_result {
 ///   addresses only).
 /// - `service`: the service to ask about; NULL or "" is the whole server.
 /// - `options`: NULL, or `key=value` pairs like the agent's configuration: `timeout_ms=N`
-///   (1..=60000, default 1000).
+///   (1..=60000, default 1000); `key_file=PATH` (seal the probe with the file's first key, or
+///   with `key_id=N`, and accept only answers sealed with it).
 /// - `out`: filled with the answer on success only.
 ///
 /// Returns `LBAGENT_OK`, or why there is no answer: `LBAGENT_ERR_TIMEOUT`,
 /// `LBAGENT_ERR_REFUSED`, `LBAGENT_ERR_UNREACHABLE`, `LBAGENT_ERR_NOT_AN_AGENT`,
-/// `LBAGENT_ERR_VERSION_MISMATCH`, `LBAGENT_ERR_AUTH_REQUIRED`; or `LBAGENT_ERR_NULL_ARGUMENT`
+/// `LBAGENT_ERR_VERSION_MISMATCH`, `LBAGENT_ERR_AUTH_REQUIRED`, `LBAGENT_ERR_WRONG_KEY`; or
+/// `LBAGENT_ERR_NULL_ARGUMENT`
 /// (`target` or `out`), `LBAGENT_ERR_INVALID_ARGUMENT` (a bad target or service name),
 /// `LBAGENT_ERR_CONFIG` (bad options), `LBAGENT_ERR_SYSTEM`. Every failure sets the last
 /// error, which says what happened.
@@ -207,7 +209,9 @@ fn live_prober<'a>(handle: *const lbagent_prober) -> Result<&'a lbagent_prober, 
 /// any number of probes can be in flight.
 ///
 /// `options`: NULL, or `key=value` pairs: `timeout_ms=N` (1..=60000, default 1000), the
-/// timeout of every probe sent through it.
+/// timeout of every probe sent through it; `key_file=PATH` [`key_id=N`], a key that seals
+/// every probe (only answers sealed with it count; otherwise a probe finishes as
+/// `LBAGENT_ERR_WRONG_KEY` or `LBAGENT_ERR_TIMEOUT`).
 ///
 /// On success writes the handle to `*out` (owned by the caller, released with
 /// `lbagent_prober_free`). Returns `LBAGENT_OK`, `LBAGENT_ERR_NULL_ARGUMENT` (`out`),

@@ -25,7 +25,7 @@ Targets file: one real server per line, fields separated by spaces:
   NAME  ADDRESS  [service=NAME]  [key=PATH]      # comment
 NAME names the track file DIR/NAME (letters, digits, _ . -); ADDRESS is numeric,
 IPv4[:PORT] or [IPv6]:PORT, port 4950 by default; service= asks about one service instead
-of the whole server; key= names a key file for authenticated probes (read and kept; used
+of the whole server; key= names a key file for authenticated probes (its first key; used
 once the agent's authentication is available).
 
 Track files: DIR/NAME holds 0 while the server should receive new connections (state up,
@@ -96,7 +96,7 @@ fn main() -> ExitCode {
         }
     };
     let log = Log::from_env();
-    let targets = match targets::load(&cli.targets) {
+    let (targets, keys) = match targets::load(&cli.targets) {
         Ok(t) => t,
         Err(e) => {
             log.line(Level::Error, format_args!("{e}"));
@@ -146,7 +146,7 @@ fn main() -> ExitCode {
         stats_every: Duration::from_secs(cli.stats_interval),
     };
     let result =
-        Poller::new(settings, log, track, cli.targets.clone(), targets).and_then(Poller::run);
+        Poller::new(settings, log, track, cli.targets.clone(), targets, keys).and_then(Poller::run);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -94,6 +94,8 @@ pub struct Poller {
     log: Log,
     track: TrackDir,
     targets_path: PathBuf,
+    /// The targets' keys, by key file.
+    keys: targets::Keys,
     slots: Vec<Slot>,
     index: HashMap<u64, usize>,
     schedule: BinaryHeap<Reverse<(Instant, u64)>>,
@@ -162,6 +164,7 @@ impl Poller {
         track: TrackDir,
         targets_path: PathBuf,
         targets: Vec<Target>,
+        keys: targets::Keys,
     ) -> Result<Poller, String> {
         let options = ProbeOptions {
             timeout: settings.timeout,
@@ -175,6 +178,7 @@ impl Poller {
             log,
             track,
             targets_path,
+            keys,
             slots: Vec::new(),
             index: HashMap::new(),
             schedule: BinaryHeap::new(),
@@ -346,7 +350,16 @@ impl Poller {
                 self.counts.skipped += 1;
                 continue;
             }
-            match self.prober.send(slot.target.addr, &slot.target.service, id) {
+            let key = slot
+                .target
+                .key
+                .as_ref()
+                .and_then(|p| self.keys.get(p))
+                .cloned();
+            match self
+                .prober
+                .send_keyed(slot.target.addr, &slot.target.service, id, key)
+            {
                 Ok(()) => slot.in_flight = true,
                 // Not sent (no route, for example): that is this check's result.
                 Err(e) => self.record(i, Err(e)),
@@ -398,7 +411,10 @@ impl Poller {
 
     fn reload(&mut self) {
         let new = match targets::load(&self.targets_path) {
-            Ok(t) => t,
+            Ok((t, keys)) => {
+                self.keys = keys;
+                t
+            }
             Err(e) => {
                 self.log.line(
                     Level::Error,

@@ -17,6 +17,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use lbagent::client;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use lbagent::auth::Key;
 use lbagent::config::{MAX_SERVICE_NAME, is_service_name_byte};
 
 /// Most targets one file may hold (memory stays bounded whatever the file says).
@@ -33,7 +37,8 @@ pub struct Target {
     pub addr: SocketAddr,
     /// The service asked about; empty for the whole server.
     pub service: String,
-    /// A key file for authenticated probes (`key=PATH`). Parsed and kept; not used yet.
+    /// A key file for authenticated probes (`key=PATH`): its first key seals this target's
+    /// probes (see [`load_keys`]).
     pub key: Option<PathBuf>,
     /// The line it was read from.
     pub line: usize,
@@ -66,11 +71,39 @@ impl fmt::Display for TargetsError {
     }
 }
 
-/// Reads and parses a targets file.
-pub fn load(path: &Path) -> Result<Vec<Target>, TargetsError> {
+/// Reads and parses a targets file, and loads the key files it names.
+pub fn load(path: &Path) -> Result<(Vec<Target>, Keys), TargetsError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| TargetsError(format!("{}: cannot read: {e}", path.display())))?;
-    parse(&path.display().to_string(), &text)
+    let origin = path.display().to_string();
+    let targets = parse(&origin, &text)?;
+    let keys = load_keys(&origin, &targets)?;
+    Ok((targets, keys))
+}
+
+/// The keys of the targets, by key file (each file read once).
+pub type Keys = HashMap<PathBuf, Arc<Key>>;
+
+/// Loads each key file named by `targets` (its first key signs); an error names the line.
+pub fn load_keys(origin: &str, targets: &[Target]) -> Result<Keys, TargetsError> {
+    let mut keys = Keys::new();
+    for t in targets {
+        let Some(path) = &t.key else {
+            continue;
+        };
+        if keys.contains_key(path) {
+            continue;
+        }
+        let key = lbagent::client::load_key(path, None).map_err(|why| {
+            TargetsError(format!(
+                "{origin}:{}: key=\"{}\": {why}",
+                t.line,
+                path.display()
+            ))
+        })?;
+        keys.insert(path.clone(), key);
+    }
+    Ok(keys)
 }
 
 fn valid_name(name: &str) -> bool {

@@ -22,7 +22,7 @@ Exit status, by mode:
   (default)             0 serving (state up, weight above 0); 1 any other state (starting,
                         drain, maint, down, stopping, unknown service); 2 no valid answer
                         (timeout, refused, unreachable, not an lbagent, version mismatch,
-                        authentication required); 64 usage error.
+                        authentication required, wrong key); 64 usage error.
   --json                the same exit status; one JSON object on stdout.
   VIP VPORT RIP RPORT   ldirectord `checktype = external` (checkcommand = this program):
                         probes RIP at --agent-port; the same exit status (non-zero = down).
@@ -36,7 +36,7 @@ Exit status, by mode:
   --nagios              Nagios/Icinga plugin: 0 OK serving; 1 WARNING drain, maint, up at
                         weight 0; 2 CRITICAL starting, down, stopping, timeout, refused,
                         unreachable; 3 UNKNOWN unknown service, not an lbagent, version
-                        mismatch, authentication required, usage error. One status line with
+                        mismatch, authentication required, wrong key, usage error. One status line with
                         performance data on stdout.
   --watch               a live view: probes every TARGET each --interval and prints a line
                         with a timestamp for each target's first answer and for every change
@@ -55,6 +55,7 @@ Examples:
   lbagent-probe 10.0.0.100 7000 10.0.0.5 7000     # as ldirectord runs it
   lbagent-probe --nagios 10.0.0.5
   lbagent-probe --watch --interval 500 10.0.0.5 10.0.0.6 [fd00::7]:4950
+  lbagent-probe --key-file /etc/lbagent/keys 10.0.0.5   # authenticated (docs/SECURITY.md)
 See docs/DIRECTORS.md for the checker configurations.";
 
 #[derive(Parser, Debug)]
@@ -113,6 +114,15 @@ struct Cli {
     /// With --watch: milliseconds between rounds of probes.
     #[arg(long, value_name = "MS", default_value_t = 1000, requires = "watch", value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     interval: u64,
+
+    /// Seal probes with a key from this key file (lines "ID SECRET_HEX", mode 600) and accept
+    /// only answers sealed with it; the agent needs the same key in its key_file.
+    #[arg(long, value_name = "PATH")]
+    key_file: Option<std::path::PathBuf>,
+
+    /// With --key-file: the id of the key to use (default: the file's first key).
+    #[arg(long, value_name = "ID", requires = "key_file")]
+    key_id: Option<u32>,
 }
 
 impl Cli {
@@ -180,9 +190,17 @@ fn run(args: Vec<OsString>, fallback: Mode) -> u8 {
     if let Err(e) = client::check_service(&cli.service) {
         return usage_error(mode, &format!("--service: {e}"));
     }
+    let key = match &cli.key_file {
+        None => None,
+        Some(path) => match client::load_key(path, cli.key_id) {
+            Ok(key) => Some(key),
+            Err(why) => return usage_error(mode, &format!("--key-file: {why}")),
+        },
+    };
     let options = ProbeOptions {
         service: cli.service.clone(),
         timeout: Duration::from_millis(cli.timeout),
+        key,
         ..ProbeOptions::default()
     };
     if cli.watch {

@@ -1,0 +1,374 @@
+//! Authentication, prober side: the client API, lbagent-probe, lbagent-director and the C
+//! prober seal their probes and accept only answers sealed with the same key; a wrong key, an
+//! agent without keys, and forged answers are each reported for what they are.
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::*;
+use lbagent::client::{self, ProbeError, ProbeOptions, load_key};
+use lbagent::wire::{self, Reply};
+use lbagent::{Counter, State};
+
+const SECRET: &str = "a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebfc0";
+const OTHER: &str = "0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f20";
+
+fn key_file(name: &str, text: &str) -> PathBuf {
+    let dir = scratch_dir(&format!("auth-probers-{name}"));
+    let path = dir.join("keys");
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+fn options(key: Option<&PathBuf>, timeout_ms: u64) -> ProbeOptions {
+    ProbeOptions {
+        timeout: Duration::from_millis(timeout_ms),
+        key: key.map(|p| load_key(p, None).unwrap()),
+        ..ProbeOptions::default()
+    }
+}
+
+#[test]
+fn client_api_with_the_right_key_the_wrong_key_and_no_key() {
+    let agent_keys = key_file("agent", &format!("7 {SECRET}\n"));
+    let right = key_file("right", &format!("7 {SECRET}\n"));
+    let wrong_secret = key_file("wrong-secret", &format!("7 {OTHER}\n"));
+    let wrong_id = key_file("wrong-id", &format!("9 {SECRET}\n"));
+    let (agent, addr) = agent(&format!(
+        "key_file={} initial_state=up",
+        agent_keys.display()
+    ));
+
+    let a = client::probe(addr, &options(Some(&right), 1000)).unwrap();
+    assert!(a.is_serving());
+    // No key, auth=required: the agent says so.
+    let e = client::probe(addr, &options(None, 1000)).unwrap_err();
+    assert!(matches!(e, ProbeError::AuthRequired), "{e}");
+    // A wrong secret or key id: the agent drops the probe silently; the prober's unsealed
+    // diagnostic half-way shows the agent is alive, so this is a wrong key, not a timeout.
+    for path in [&wrong_secret, &wrong_id] {
+        let started = Instant::now();
+        let e = client::probe(addr, &options(Some(path), 600)).unwrap_err();
+        assert!(matches!(e, ProbeError::WrongKey(_)), "{e}");
+        assert!(e.to_string().starts_with("wrong key: "), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+    assert!(eventually(Duration::from_secs(2), || agent
+        .counter(Counter::DroppedAuthFailed)
+        == 2));
+    // An agent without keys answers unsealed: not accepted from a prober with a key.
+    let (_plain, plain_addr) = common::agent("initial_state=up");
+    let e = client::probe(plain_addr, &options(Some(&right), 400)).unwrap_err();
+    assert!(
+        matches!(&e, ProbeError::WrongKey(w) if w.contains("not sealed")),
+        "{e}"
+    );
+    // A dead agent is a timeout, not a wrong key.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let e = client::probe(silent.local_addr().unwrap(), &options(Some(&right), 300)).unwrap_err();
+    assert!(matches!(e, ProbeError::Timeout(_)), "{e}");
+}
+
+/// A fake agent that answers every PROBE with a STATUS for its nonce saying UP, sealed with
+/// `forger_key` (None: not sealed), the way an attacker on the network would.
+fn forger(forger_key: Option<&PathBuf>) -> (SocketAddr, std::thread::JoinHandle<()>) {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    let key = forger_key.map(|p| load_key(p, None).unwrap());
+    socket
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let handle = std::thread::spawn(move || {
+        let mut buf = [0u8; 1024];
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            let Ok(wire::Request::Probe(p)) = wire::decode_request(&buf[..n]) else {
+                continue;
+            };
+            let fields = wire::StatusFields {
+                flags: 0,
+                nonce: p.nonce,
+                instance_id: 1,
+                generation: 1,
+                state: State::Up as u8,
+                reason: 0,
+                weight_pct: 100,
+                since_ms: 0,
+                in_use: 0,
+                capacity: 0,
+                message: b"forged",
+            };
+            let mut out = [0u8; 512];
+            let mut len =
+                wire::encode_status(&fields, p.len - wire::AUTH_TRAILER_LEN, &mut out).unwrap();
+            if let Some(key) = &key {
+                len = lbagent::auth::seal(key, &mut out, len, lbagent::auth::unix_ms());
+            }
+            let _ = socket.send_to(&out[..len], from);
+        }
+    });
+    (addr, handle)
+}
+
+#[test]
+fn forged_answers_are_never_accepted() {
+    let right = key_file("forge-right", &format!("7 {SECRET}\n"));
+    let forgers_key = key_file("forge-forger", &format!("7 {OTHER}\n"));
+    for forged_with in [None, Some(&forgers_key)] {
+        let (addr, handle) = forger(forged_with);
+        // Without a key the forgery works: that is what keys are for.
+        assert_eq!(
+            client::probe(addr, &options(None, 500)).unwrap().message,
+            "forged"
+        );
+        let e = client::probe(addr, &options(Some(&right), 500)).unwrap_err();
+        assert!(matches!(e, ProbeError::WrongKey(_)), "{e}");
+        handle.join().unwrap();
+    }
+    // A replayed genuine answer carries another nonce: it matches no probe.
+    let agent_keys = key_file("replay", &format!("7 {SECRET}\n"));
+    let (_agent, addr) = agent(&format!(
+        "key_file={} initial_state=up",
+        agent_keys.display()
+    ));
+    let key = load_key(&right, None).unwrap();
+    let s = connected(addr);
+    let mut probe = [0u8; 512];
+    let body = wire::encode_probe(1, b"", 128 - wire::AUTH_TRAILER_LEN, &mut probe);
+    let n = lbagent::auth::seal(&key, &mut probe, body, lbagent::auth::unix_ms());
+    s.send(&probe[..n]).unwrap();
+    let mut genuine = [0u8; 512];
+    let m = s.recv(&mut genuine).unwrap();
+    assert!(matches!(
+        wire::decode_reply(&genuine[..m]),
+        Ok(Reply::Status(_))
+    ));
+    assert!(matches!(
+        client::read_answer_keyed(&genuine[..m], 1, Duration::ZERO, Some(&key)),
+        Ok(Some(_))
+    ));
+    assert!(matches!(
+        client::read_answer_keyed(&genuine[..m], 2, Duration::ZERO, Some(&key)),
+        Ok(None)
+    ));
+    let mut tampered = genuine;
+    tampered[8..16].copy_from_slice(&2u64.to_be_bytes());
+    assert!(matches!(
+        client::read_answer_keyed(&tampered[..m], 2, Duration::ZERO, Some(&key)),
+        Err(ProbeError::WrongKey(_))
+    ));
+}
+
+fn probe_cli(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lbagent-probe"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn lbagent_probe_key_file_in_every_mode() {
+    let agent_keys = key_file("cli-agent", &format!("1 {OTHER}\n7 {SECRET}\n"));
+    let right = key_file("cli-right", &format!("7 {SECRET}\n"));
+    let wrong = key_file("cli-wrong", &format!("7 {OTHER}\n"));
+    let (_agent, addr) = agent(&format!(
+        "key_file={} initial_state=up",
+        agent_keys.display()
+    ));
+    let target = addr.to_string();
+    let r = right.to_str().unwrap();
+    let w = wrong.to_str().unwrap();
+    let a = agent_keys.to_str().unwrap();
+    let code = |o: &Output| o.status.code().unwrap();
+    assert_eq!(code(&probe_cli(&[&target, "--key-file", r])), 0);
+    // Key rotation: the agent's file has both; --key-id picks one.
+    assert_eq!(
+        code(&probe_cli(&[&target, "--key-file", a, "--key-id", "7"])),
+        0
+    );
+    assert_eq!(
+        code(&probe_cli(&[&target, "--key-file", a, "--key-id", "1"])),
+        0
+    );
+    let out = probe_cli(&[&target, "--key-file", w, "--timeout", "600"]);
+    assert_eq!(code(&out), 2);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("wrong key"),
+        "{out:?}"
+    );
+    assert_eq!(
+        code(&probe_cli(&[
+            &target,
+            "--key-file",
+            w,
+            "--timeout",
+            "400",
+            "--keepalived"
+        ])),
+        1
+    );
+    let out = probe_cli(&[&target, "--key-file", w, "--timeout", "400", "--nagios"]);
+    assert_eq!(
+        code(&out),
+        3,
+        "a wrong key is a configuration problem: UNKNOWN"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("wrong key"));
+    assert_eq!(
+        code(&probe_cli(&[
+            &target,
+            "--key-file",
+            r,
+            "--keepalived-dynamic"
+        ])),
+        102
+    );
+    // No key against auth=required.
+    let out = probe_cli(&[&target]);
+    assert_eq!(code(&out), 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("authentication required"));
+    // Bad key files are usage errors that say why.
+    let out = probe_cli(&[&target, "--key-file", "/nonexistent/keys"]);
+    assert_eq!(code(&out), 64);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/keys"));
+    std::fs::set_permissions(&right, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = probe_cli(&[&target, "--key-file", r]);
+    assert_eq!(code(&out), 64);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
+    let out = probe_cli(&[&target, "--key-file", a, "--key-id", "99"]);
+    assert_eq!(code(&out), 64);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no key with id 99"));
+}
+
+#[test]
+fn lbagent_director_seals_each_targets_probes_with_its_key() {
+    let agent_keys = key_file("dir-agent", &format!("7 {SECRET}\n"));
+    let right = key_file("dir-right", &format!("7 {SECRET}\n"));
+    let wrong = key_file("dir-wrong", &format!("7 {OTHER}\n"));
+    let (_agent, addr) = agent(&format!(
+        "key_file={} initial_state=up",
+        agent_keys.display()
+    ));
+    let dir = scratch_dir("auth-director");
+    let targets = dir.join("targets");
+    std::fs::write(
+        &targets,
+        format!(
+            "good {addr} key={}\nbad {addr} key={}\nnone {addr}\n",
+            right.display(),
+            wrong.display()
+        ),
+    )
+    .unwrap();
+    let track = dir.join("track");
+    std::fs::create_dir_all(&track).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lbagent-director"))
+        .args([
+            "--interval",
+            "300",
+            "--timeout",
+            "200",
+            "--rise",
+            "1",
+            "--fall",
+            "1",
+        ])
+        .arg("--targets")
+        .arg(&targets)
+        .arg("--track-dir")
+        .arg(&track)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let read = |name: &str| std::fs::read_to_string(track.join(name)).unwrap_or_default();
+    let ok = eventually(Duration::from_secs(10), || read("good").trim() == "0");
+    let (good, bad, none) = (read("good"), read("bad"), read("none"));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ok, "good={good:?}");
+    assert_eq!(bad.trim(), "1", "a wrong key never makes a target healthy");
+    assert_eq!(
+        none.trim(),
+        "1",
+        "an agent with auth=required does not answer unsealed probes"
+    );
+    // A key file that cannot be read is a targets error that names the line.
+    std::fs::write(&targets, format!("x {addr} key=/nonexistent/k\n")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lbagent-director"))
+        .arg("--targets")
+        .arg(&targets)
+        .arg("--check")
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(":1:") && err.contains("/nonexistent/k"),
+        "{err}"
+    );
+}
+
+#[test]
+fn c_probe_with_key_file_option() {
+    use std::ffi::{CString, c_char, c_int};
+    #[repr(C)]
+    struct Status {
+        state: c_int,
+        reason: c_int,
+        weight_pct: u32,
+        in_use: u32,
+        capacity: u32,
+        generation: u32,
+        since_ms: u32,
+        instance_id: u64,
+        message: [c_char; 256],
+    }
+    unsafe extern "C" {
+        fn lbagent_probe(
+            target: *const c_char,
+            service: *const c_char,
+            options: *const c_char,
+            out: *mut Status,
+        ) -> c_int;
+    }
+    let agent_keys = key_file("c-agent", &format!("7 {SECRET}\n"));
+    let wrong = key_file("c-wrong", &format!("7 {OTHER}\n"));
+    let (_agent, addr) = agent(&format!(
+        "key_file={} initial_state=up",
+        agent_keys.display()
+    ));
+    let target = CString::new(addr.to_string()).unwrap();
+    let run = |options: String| {
+        let options = CString::new(options).unwrap();
+        // SAFETY: zeroed memory is a valid status; valid NUL-terminated strings.
+        let mut out: Status = unsafe { std::mem::zeroed() };
+        let rc = unsafe {
+            lbagent_probe(
+                target.as_ptr(),
+                std::ptr::null(),
+                options.as_ptr(),
+                &mut out,
+            )
+        };
+        (rc, out.state)
+    };
+    assert_eq!(
+        run(format!("key_file={} timeout_ms=500", agent_keys.display())),
+        (0, State::Up as c_int)
+    );
+    assert_eq!(
+        run(format!("key_file={} timeout_ms=400", wrong.display())).0,
+        20,
+        "LBAGENT_ERR_WRONG_KEY"
+    );
+    assert_eq!(
+        run(format!("key_file={} key_id=3", agent_keys.display())).0,
+        4,
+        "LBAGENT_ERR_CONFIG"
+    );
+}
