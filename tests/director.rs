@@ -130,9 +130,6 @@ fn targets_text(fleet: &Responder, count: usize) -> String {
         if i % 10 == 3 {
             line.push_str("  service=game");
         }
-        if i % 100 == 7 {
-            line.push_str("  key=/etc/lbagent/director.key");
-        }
         text.push_str(&line);
         text.push('\n');
     }
