@@ -79,7 +79,7 @@ fuzz:
 	done
 
 ## lvs-test: real keepalived driving the kernel's IPVS table in a VM with UDP_CHECK, MISC_CHECK
-## and lbagent-director's track files (about 2 min 20 s; installs qemu, keepalived, ipvsadm,
+## and lbagent-director's track files (about 2 min 30 s; installs qemu, keepalived, ipvsadm,
 ## busybox-static and fetches a Debian kernel on first use).
 lvs-test: tools
 	$(CARGO) build
