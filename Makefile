@@ -78,8 +78,9 @@ fuzz:
 		test $${PIPESTATUS[0]} -eq 0 || exit 1; \
 	done
 
-## lvs-test: real keepalived driving the kernel's IPVS table in a VM (under 2 min; installs
-## qemu, keepalived, ipvsadm, busybox-static and fetches a Debian kernel on first use).
+## lvs-test: real keepalived driving the kernel's IPVS table in a VM with UDP_CHECK, MISC_CHECK
+## and lbagent-director's track files (about 2 min 30 s; installs qemu, keepalived, ipvsadm,
+## busybox-static and fetches a Debian kernel on first use).
 lvs-test: tools
 	$(CARGO) build
 	tests/lvs/run.sh

@@ -4,10 +4,12 @@
 #
 # Two real servers embed lbagent (c-examples/demo_server.c), each with its agent on its own
 # loopback address; keepalived (the host's binary) checks them and drives the kernel's IPVS
-# table for the virtual service 127.0.0.1:9000. For each checker (a file in checkers/ saying
-# how keepalived checks a real server: UDP_CHECK, MISC_CHECK, ...), the servers are walked
-# through the transitions of run_steps, and after each one the IPVS table (`ipvsadm -Ln`)
-# must show every server as expected within LVS_BOUND seconds.
+# table for the virtual service 127.0.0.1:7000. For each checker (a file in checkers/ naming
+# one of docs/DIRECTORS.md's keepalived configurations: UDP_CHECK, MISC_CHECK, FILE_CHECK with
+# lbagent-director, ...), the servers are walked through the transitions of run_steps, and
+# after each one the IPVS table (`ipvsadm -Ln`) must show every server as expected within
+# LVS_BOUND seconds. Then the kernel's count of the processes that keepalived and the poller
+# forked during the steps is checked (none, unless the checker forks per check).
 #
 #   server A  127.0.0.2  real_server with inhibit_on_failure: out of service = weight 0
 #   server B  127.0.0.3  real_server without it:              out of service = removed
@@ -15,26 +17,35 @@
 # Output, one line per server and transition (tests/lvs/run.sh reads them off the console):
 #   LVS-RESULT CHECKER STEP SERVER EXPECTED SECONDS pass|fail
 # SECONDS is the measured detection time: from the change on the server to the table showing
-# it. Other lines (LVS-INFO, keepalived's and the servers' logs) are for debugging.
+# it. And one line per checker for the forks:
+#   LVS-FORKS CHECKER SECONDS COUNT EXPECTED pass|fail     (COUNT forks in SECONDS of steps)
+# Other lines (LVS-INFO, keepalived's, the poller's and the servers' logs) are for debugging.
 #
 # Environment (from run.sh, through init): LVS_REPO (the repository), LVS_DEMO_SERVER,
-# LVS_BIN (cargo's target/debug: lbagent-probe and any other binary of the crate),
-# LVS_CHECKERS (names of files in checkers/, default all), LVS_BOUND (seconds allowed per
-# transition), LVS_HANG_MS (length of the simulated hang).
+# LVS_BIN (lbagent-probe and lbagent-director, copied to LVS_BIN_DIR at start), LVS_CHECKERS
+# (names of files in checkers/, default all), LVS_BOUND (seconds allowed per transition),
+# LVS_HANG_MS (length of the simulated hang).
 #
-# A checker file defines how keepalived checks the servers. All functions are optional:
-#   checker_block NAME          the health check inside real_server NAME (default: README's)
-#   checker_globals             top-level keepalived config (for example track_file blocks)
-#   checker_start, checker_stop director-side daemons, started before keepalived, stopped after
-#   checker_ipvs_weight PERCENT the IPVS weight for a host weight in percent; defining it
-#                               says that the checker conveys weights, and adds the weight steps
+# A checker file says how keepalived checks the servers:
+#   checker_snippet             required: NAME of the ```keepalived NAME block of
+#                               docs/DIRECTORS.md (made into the test's configuration by
+#                               keepalived_conf.sh: addresses and paths only)
+#   checker_agent_config NAME   optional: more LBAGENT_CONFIG for server NAME (services=...)
+#   checker_start, checker_stop optional: director-side daemons, started before keepalived,
+#                               stopped after
+#   checker_ipvs_weight PERCENT optional: the IPVS weight for a host weight in percent;
+#                               defining it says that the checker conveys weights: it adds the
+#                               weight steps, and a draining server stays in the table at
+#                               weight `checker_ipvs_weight 0` instead of going out
+#   checker_forks               optional: "per-check" when keepalived forks for every check;
+#                               otherwise no fork of keepalived or the poller is allowed
 set -u
 
 lvs=$LVS_REPO/tests/lvs
 VIP=127.0.0.1
-VPORT=9000
+VPORT=7000 # the documentation's
 AGENT_PORT=4950
-RS_WEIGHT=100 # `weight` of the README's real_server
+RS_WEIGHT=100 # `weight` of the documented real_server
 WATCHDOG_MS=1000
 
 SERVERS=(A B)
@@ -42,25 +53,34 @@ declare -A RS_ADDR=([A]=127.0.0.2 [B]=127.0.0.3)
 declare -A RS_ADMIN_PORT=([A]=7002 [B]=7003) # the demo server's TCP port, on 127.0.0.1
 declare -A RS_INHIBIT=([A]=yes [B]=no)
 declare -A RS_PID=()
+TRACE=/sys/kernel/tracing # tracefs, mounted by init
 
 # shellcheck source=keepalived_conf.sh
 . "$lvs/keepalived_conf.sh"
 
 checker= # the checker being run
-hang_started=0
+hang_ends=0 # when the event loops of hang_all come back (microseconds)
 failures=0
 
 now_us() { echo "${EPOCHREALTIME/./}"; }
 seconds() { printf '%d.%d' $(($1 / 1000000)) $(($1 / 100000 % 10)); }
-info() { echo "LVS-INFO $*"; }
+# LVS-INFO [seconds since the guest booted] message
+info() {
+    local up _
+    read -r up _ </proc/uptime
+    echo "LVS-INFO [$up] $*"
+}
 result() { echo "LVS-RESULT $checker $*"; }
 
 # --- the real servers ------------------------------------------------------------------------
 
 start_server() {
-    local name=$1
-    LBAGENT_CONFIG="listen=${RS_ADDR[$name]}:$AGENT_PORT watchdog_ms=$WATCHDOG_MS" \
-        "$LVS_DEMO_SERVER" "${RS_ADMIN_PORT[$name]}" &
+    local name=$1 config
+    config="listen=${RS_ADDR[$name]}:$AGENT_PORT watchdog_ms=$WATCHDOG_MS"
+    if declare -F checker_agent_config >/dev/null; then
+        config+=" $(checker_agent_config "$name")"
+    fi
+    LBAGENT_CONFIG=$config "$LVS_DEMO_SERVER" "${RS_ADMIN_PORT[$name]}" &
     RS_PID[$name]=$!
 }
 
@@ -68,7 +88,7 @@ start_server() {
 wait_serving() {
     local name=$1 deadline=$((SECONDS + LVS_BOUND))
     while [ $SECONDS -lt $deadline ]; do
-        "$LVS_BIN/lbagent-probe" "${RS_ADDR[$name]}:$AGENT_PORT" --timeout 500 >/dev/null 2>&1 && return 0
+        "$LVS_BIN_DIR/lbagent-probe" "${RS_ADDR[$name]}:$AGENT_PORT" --timeout 500 >/dev/null 2>&1 && return 0
         sleep 0.2
     done
     info "server $name did not report UP within $LVS_BOUND s"
@@ -119,15 +139,19 @@ signal() { kill -"$2" "${RS_PID[$1]}"; }
 admin_all() { local name; for name in "${SERVERS[@]}"; do admin "$name" "$@" || return 1; done; }
 signal_all() { local name; for name in "${SERVERS[@]}"; do signal "$name" "$1" || return 1; done; }
 
+# hang_all [MS]: every server's event loop stops for MS (default LVS_HANG_MS) milliseconds.
+# The effect ends by itself: ACTION_EXPIRES_US tells transition when.
 hang_all() {
-    hang_started=$(now_us)
-    admin_all hang "$LVS_HANG_MS"
+    local ms=${1:-$LVS_HANG_MS}
+    hang_ends=$(($(now_us) + ms * 1000))
+    admin_all hang "$ms" || return 1
+    ACTION_EXPIRES_US=$hang_ends
 }
 
 # The event loops come back by themselves: wait for the end of the hang, so that the
 # detection time counts from the recovery.
 wait_hang_over() {
-    local left_us=$((hang_started + LVS_HANG_MS * 1000 - $(now_us)))
+    local left_us=$((hang_ends - $(now_us)))
     [ $left_us -gt 0 ] && sleep "$(seconds "$left_us")"
     return 0
 }
@@ -163,12 +187,20 @@ observed() {
 }
 
 # What the table must show for server NAME in STATE: in (serving, host weight 100 %),
-# in@PERCENT (serving at that host weight), out (not to get new connections).
+# in@PERCENT (serving at that host weight), out (not to get new connections), drained (the
+# host drains: out, or kept at weight 0 by a checker that conveys weights).
 expected() {
     local name=$1 state=$2
     case $state in
         out) [ "${RS_INHIBIT[$name]}" = yes ] && echo weight=0 || echo absent ;;
         in) expected "$name" in@100 ;;
+        drained)
+            if declare -F checker_ipvs_weight >/dev/null; then
+                echo "weight=$(checker_ipvs_weight 0)"
+            else
+                expected "$name" out
+            fi
+            ;;
         in@*)
             if declare -F checker_ipvs_weight >/dev/null; then
                 echo "weight=$(checker_ipvs_weight "${state#in@}")"
@@ -179,47 +211,70 @@ expected() {
     esac
 }
 
-# transition STEP STATE ACTION...: runs ACTION, then polls the table until every server shows
-# STATE (or LVS_BOUND seconds pass), and reports each server with its detection time (from
-# the end of ACTION, when the servers have changed). The whole table is checked once more at
-# the end: every server must show STATE at once.
-transition() {
-    local step=$1 state=$2 start now deadline name table pending
-    shift 2
-    local -A took=()
-    if ! "$@"; then
-        result "$step" - - - fail
-        info "step $step: the action '$*' failed"
-        return 1
-    fi
-    start=$(now_us) # the action has taken effect on the servers
-    deadline=$((start + LVS_BOUND * 1000000))
+# await_table START DEADLINE: polls the table until every server shows WANT[server] or
+# DEADLINE passes (microseconds); TOOK[server] is the time from START until it first did.
+# Fails when some server did not.
+declare -A WANT=() TOOK=()
+ACTION_EXPIRES_US=0
+await_table() {
+    local start=$1 deadline=$2 now table name pending
+    TOOK=()
     while :; do
         table=$(ipvs_table)
         now=$(now_us)
         pending=0
         for name in "${SERVERS[@]}"; do
-            [ -n "${took[$name]:-}" ] && continue
-            if [ "$(observed "$name" "$table")" = "$(expected "$name" "$state")" ]; then
-                took[$name]=$((now - start))
+            [ -n "${TOOK[$name]:-}" ] && continue
+            if [ "$(observed "$name" "$table")" = "${WANT[$name]}" ]; then
+                TOOK[$name]=$((now - start))
             else
                 pending=1
             fi
         done
-        [ $pending -eq 0 ] || [ "$now" -ge $deadline ] && break
+        [ $pending -eq 0 ] && return 0
+        [ "$now" -ge "$deadline" ] && return 1
         sleep 0.2
     done
+}
 
-    local failed=0 got want
+# transition STEP STATE ACTION...: runs ACTION, then polls the table until every server shows
+# STATE (or LVS_BOUND seconds pass), and reports each server with its detection time (from
+# the end of ACTION, when the servers have changed). The whole table is checked once more at
+# the end: every server must show STATE at once.
+#
+# An action whose effect ends by itself (a hang) sets ACTION_EXPIRES_US. When the effect ends
+# before the table shows it, the machine is slower than the effect is long: that is no wrong
+# table. Once every server is back in, the action runs again with LVS_BOUND seconds as its
+# last argument (for hang_all: a hang that long), and that attempt counts.
+transition() {
+    local step=$1 state=$2 start name
+    shift 2
+    want_all "$state"
+    ACTION_EXPIRES_US=0
+    "$@" || { transition_failed "$step" "the action '$*' failed"; return 1; }
+    start=$(now_us) # the action has taken effect on the servers
+    if [ "$ACTION_EXPIRES_US" -eq 0 ]; then
+        await_table "$start" $((start + LVS_BOUND * 1000000))
+    elif ! await_table "$start" "$ACTION_EXPIRES_US"; then
+        info "step $step: the effect of '$*' ended before the table showed it; once more, for $LVS_BOUND s"
+        want_all in
+        await_table "$(now_us)" $(($(now_us) + LVS_BOUND * 1000000)) ||
+            { transition_failed "$step" "the servers are not back in after '$*'"; return 1; }
+        want_all "$state"
+        "$@" $((LVS_BOUND * 1000)) || { transition_failed "$step" "the action '$*' failed"; return 1; }
+        start=$(now_us)
+        await_table "$start" $((start + LVS_BOUND * 1000000))
+    fi
+
+    local failed=0 got table
     table=$(ipvs_table)
     for name in "${SERVERS[@]}"; do
         got=$(observed "$name" "$table")
-        want=$(expected "$name" "$state")
-        if [ -n "${took[$name]:-}" ] && [ "$got" = "$want" ]; then
-            result "$step" "$name" "$want" "$(seconds "${took[$name]}")" pass
+        if [ -n "${TOOK[$name]:-}" ] && [ "$got" = "${WANT[$name]}" ]; then
+            result "$step" "$name" "${WANT[$name]}" "$(seconds "${TOOK[$name]}")" pass
         else
-            result "$step" "$name" "$want" - fail
-            info "step $step: server $name shows $got, expected $want within $LVS_BOUND s"
+            result "$step" "$name" "${WANT[$name]}" - fail
+            info "step $step: server $name shows $got, expected ${WANT[$name]} within $LVS_BOUND s"
             failed=1
         fi
     done
@@ -230,9 +285,59 @@ transition() {
     return $failed
 }
 
+want_all() {
+    local name
+    for name in "${SERVERS[@]}"; do WANT[$name]=$(expected "$name" "$1"); done
+}
+
+transition_failed() {
+    result "$1" - - - fail
+    info "step $1: $2"
+}
+
+# --- forks --------------------------------------------------------------------------------
+
+# The kernel's sched_process_fork event (tracefs) for the processes named keepalived (all of
+# keepalived's: parent, checker, and the children it forks before they execute a script) and
+# lbagent-director (15 characters of it, as the kernel keeps names): it counts every fork and
+# every thread they create, however short-lived, with no sampling.
+FORK_EVENT=$TRACE/events/sched/sched_process_fork
+fork_trace_started=0
+
+fork_trace_start() {
+    if ! { echo 0 >"$TRACE/tracing_on" &&
+        echo 'parent_comm == "keepalived" || parent_comm == "lbagent-directo"' >"$FORK_EVENT/filter" &&
+        echo 1 >"$FORK_EVENT/enable" && : >"$TRACE/trace" && echo 1 >"$TRACE/tracing_on"; }; then
+        info "cannot trace forks in $TRACE"
+        return 1
+    fi
+    fork_trace_started=$(now_us)
+}
+
+# Stops the trace and checks the forks seen since fork_trace_start against checker_forks.
+fork_check() {
+    local elapsed=$(($(now_us) - fork_trace_started)) expect=none count by_name lost verdict=pass
+    echo 0 >"$TRACE/tracing_on"
+    echo 0 >"$FORK_EVENT/enable"
+    count=$(grep -c 'sched_process_fork:' "$TRACE/trace")
+    by_name=$(grep -o 'sched_process_fork: comm=[^ ]*' "$TRACE/trace" | sort | uniq -c |
+        awk '{ sub(/.*comm=/, "", $3); printf "%s%s=%d", sep, $3, $1; sep = "," }')
+    lost=$(awk '$1 == "overrun:" { n += $2 } END { print n + 0 }' "$TRACE"/per_cpu/cpu*/stats)
+    if declare -F checker_forks >/dev/null; then expect=$(checker_forks); fi
+    case $expect in
+        none) [ "$count" -eq 0 ] || verdict=fail ;;
+        per-check) [ "$count" -gt 0 ] || verdict=fail ;; # the count sees forks when there are
+        *) verdict=fail ;;
+    esac
+    [ "$lost" -eq 0 ] || verdict=fail
+    echo "LVS-FORKS $checker $(seconds $elapsed) $count $expect $verdict"
+    info "forks during the steps: ${by_name:-none}; trace events lost: $lost"
+    [ $verdict = pass ]
+}
+
 # --- the scenario ----------------------------------------------------------------------------
 
-# The transitions every checker goes through, in order: STEP STATE ACTION.
+# The transitions every checker goes through after `start`, in order: STEP STATE ACTION.
 run_steps() {
     local step state action
     while read -r step state action; do
@@ -243,10 +348,9 @@ run_steps() {
         transition "$step" "$state" $action || return 1
     done <<'EOF'
 # step            state   action
-start             in      true
 host-down         out     admin_all down
 host-up           in      admin_all up
-drain             out     admin_all drain
+drain             drained admin_all drain
 undrain           in      admin_all up
 weight-half       in@50   admin_all weight 50
 weight-full       in@100  admin_all weight 100
@@ -261,39 +365,49 @@ EOF
 
 run_checker() {
     local conf=/run/lvs/$checker.conf keepalived_pid status=0 name
-    unset -f checker_block checker_globals checker_start checker_stop checker_ipvs_weight
+    unset -f checker_snippet checker_agent_config checker_start checker_stop \
+        checker_ipvs_weight checker_forks
     # shellcheck source=/dev/null
-    if ! . "$lvs/checkers/$checker.sh"; then
+    if ! . "$lvs/checkers/$checker.sh" || ! declare -F checker_snippet >/dev/null; then
         result config - - - fail
-        info "checkers/$checker.sh cannot be read"
+        info "checkers/$checker.sh cannot be read or defines no checker_snippet"
         return 1
     fi
 
-    if ! keepalived_conf >"$conf"; then
-        result config - - - fail
-        return 1
-    fi
-    info "keepalived configuration for $checker:"
-    sed 's/^/  | /' "$conf"
-    if ! keepalived -t -f "$conf"; then
-        result config - - - fail
-        info "keepalived -t rejects the configuration"
-        return 1
-    fi
-
+    # The servers warm up (1.5 s) while keepalived's configuration is made and checked.
     for name in "${SERVERS[@]}"; do start_server "$name"; done
-    for name in "${SERVERS[@]}"; do wait_serving "$name" || status=1; done
-    if declare -F checker_start >/dev/null; then checker_start || status=1; fi
+    if ! keepalived_conf "$(checker_snippet)" >"$conf"; then
+        result config - - - fail
+        status=1
+    else
+        info "keepalived configuration for $checker (docs/DIRECTORS.md, $(checker_snippet)):"
+        sed 's/^/  | /' "$conf"
+        if ! keepalived -t -f "$conf"; then
+            result config - - - fail
+            info "keepalived -t rejects the configuration"
+            status=1
+        fi
+    fi
     if [ $status -eq 0 ]; then
+        for name in "${SERVERS[@]}"; do wait_serving "$name" || status=1; done
+        if [ $status -eq 0 ] && declare -F checker_start >/dev/null; then checker_start || status=1; fi
+        [ $status -eq 0 ] || result startup - - - fail
+    fi
+    if [ $status -eq 0 ]; then
+        info "servers up; starting keepalived"
         # Health checkers only (-C), in the foreground (-n), logging to the console only
         # (-l -D -G).
         keepalived -n -l -D -G -C -f "$conf" -p /run/lvs/keepalived.pid -c /run/lvs/checkers.pid &
         keepalived_pid=$!
-        run_steps || status=1
+        # Forks are counted once keepalived has started and filled the table.
+        if transition start in true && fork_trace_start; then
+            run_steps || status=1
+            fork_check || status=1
+        else
+            status=1
+        fi
         kill -TERM $keepalived_pid
         wait_exit $keepalived_pid 10 || info "keepalived did not stop on SIGTERM"
-    else
-        result startup - - - fail
     fi
     if declare -F checker_stop >/dev/null; then checker_stop; fi
     for name in "${SERVERS[@]}"; do stop_server "$name"; done
@@ -303,8 +417,12 @@ run_checker() {
 
 main() {
     ip link set lo up || return 1
-    mkdir -p /run/lvs
-    info "guest up after $(cut -d' ' -f1 /proc/uptime) s; $(keepalived --version 2>&1 | head -n1)"
+    # The crate's binaries, where no user but root can replace them (keepalived's
+    # enable_script_security checks every directory of a script's path).
+    install -d -m 0755 /run/lvs "$LVS_BIN_DIR" &&
+        install -m 0755 "$LVS_BIN/lbagent-probe" "$LVS_BIN/lbagent-director" "$LVS_BIN_DIR/" ||
+        return 1
+    info "guest up; $(keepalived --version 2>&1 | head -n1)"
     local checkers=${LVS_CHECKERS:-}
     if [ -z "$checkers" ]; then
         checkers=$(cd "$lvs/checkers" && ls ./*.sh | sed 's|^\./||; s|\.sh$||')
@@ -313,7 +431,7 @@ main() {
         info "=== checker $checker"
         run_checker || failures=$((failures + 1))
     done
-    info "guest done after $(cut -d' ' -f1 /proc/uptime) s"
+    info "guest done"
     return $((failures > 0))
 }
 

@@ -4,16 +4,19 @@
 #
 #   host (this script)                          guest (qemu, TCG, no network device)
 #   provision packages and a Debian kernel      init: modules, host root over virtio-9p (ro)
-#   build demo_server and an initramfs    ──►   guest.sh: demo servers, keepalived, ipvsadm
-#   read the serial console, judge        ◄──   LVS-RESULT lines on the console, power off
+#   build demo_server and an initramfs    ──►   guest.sh: demo servers, keepalived,
+#                                               lbagent-director, ipvsadm, fork trace
+#   read the serial console, judge        ◄──   LVS-RESULT and LVS-FORKS lines on the
+#                                               console, power off
 #
 # Everything in the guest runs on its own loopback; the console and qemu's exit are its only
 # way out. A hard time limit (timeout, which kills qemu's whole process group) bounds the run;
 # every process started here is ended and waited for on exit, failure or interrupt.
 #
-# Environment: LVS_TIME_LIMIT (seconds, default 300), LVS_CHECKERS (default: every file in
+# Environment: LVS_TIME_LIMIT (seconds, default 360), LVS_CHECKERS (default: every file in
 # tests/lvs/checkers/), LVS_BOUND (seconds allowed per transition, default 30),
-# LVS_HANG_MS (how long the event loop hangs in the watchdog step, default 12000),
+# LVS_HANG_MS (how long the event loop hangs in the watchdog step, default 8000; a machine
+# too slow to see the hang in that time gets a hang of LVS_BOUND seconds),
 # LVS_VERBOSE=1 (print the whole console, not only the results).
 # Needs the debug build of the crate (`cargo build`); `make lvs-test` does that first.
 set -euo pipefail
@@ -22,7 +25,7 @@ repo=$PWD
 here=$repo/tests/lvs
 lvs_dir=$repo/build/lvs
 target_dir=$(realpath "${CARGO_TARGET_DIR:-target}")/debug
-time_limit=${LVS_TIME_LIMIT:-300}
+time_limit=${LVS_TIME_LIMIT:-360}
 started=$SECONDS
 
 # Modules loaded by the guest's init: the 9p transport for the host root, IPVS and the
@@ -45,12 +48,17 @@ provision_kernel "$lvs_dir/kernel"
 mkdir -p "$lvs_dir"
 
 # The real server under test: the C demo server, linked statically with the library just
-# built, so that the guest needs nothing but the host's libc.
-for file in "$target_dir/liblbagent.a" "$target_dir/lbagent-probe"; do
+# built, so that the guest needs nothing but the host's libc. The director's tools, without
+# their debug information (a tenth of the size: quicker to copy into the guest).
+for file in "$target_dir/liblbagent.a" "$target_dir/lbagent-probe" "$target_dir/lbagent-director"; do
     [ -e "$file" ] || die "$file is missing: run cargo build first (make lvs-test does)"
 done
 gcc -std=c11 -Wall -Wextra -Werror -pedantic -O1 -g -Iinclude c-examples/demo_server.c \
     "$target_dir/liblbagent.a" -lpthread -ldl -lm -o "$lvs_dir/demo_server"
+mkdir -p "$lvs_dir/bin"
+for file in lbagent-probe lbagent-director; do
+    strip --strip-debug -o "$lvs_dir/bin/$file" "$target_dir/$file"
+done
 
 # Prints the modules.dep entries (module: dependencies) of the given modules and of every
 # module they depend on (depmod writes each module's full closure on its line).
@@ -83,10 +91,10 @@ build_initramfs() {
 LVS_MODULES="$GUEST_MODULES"
 LVS_REPO="$repo"
 LVS_DEMO_SERVER="$lvs_dir/demo_server"
-LVS_BIN="$target_dir"
+LVS_BIN="$lvs_dir/bin"
 LVS_CHECKERS="${LVS_CHECKERS:-}"
 LVS_BOUND="${LVS_BOUND:-30}"
-LVS_HANG_MS="${LVS_HANG_MS:-12000}"
+LVS_HANG_MS="${LVS_HANG_MS:-8000}"
 EOF
     (cd "$root" && find . | busybox cpio -o -H newc 2>/dev/null) >"$lvs_dir/initramfs.cpio"
 }
@@ -126,7 +134,10 @@ tail -n +1 -s 0.3 -F --pid="$vm" "$console" 2>/dev/null |
     awk -v verbose="${LVS_VERBOSE:-0}" '
         { sub(/\r$/, "") }
         verbose == 1 { print; fflush(); next }
-        $1 == "LVS-RESULT" { printf "  %-10s %-15s %-2s %-11s %7s  %s\n", $2, $3, $4, $5, $6 == "-" ? "-" : $6 " s", $7
+        $1 == "LVS-RESULT" { printf "  %-12s %-15s %-2s %-11s %7s  %s\n", $2, $3, $4, $5, $6 == "-" ? "-" : $6 " s", $7
+                              fflush() }
+        $1 == "LVS-FORKS" { printf "  %-12s %-15s %-2s %-11s %7s  %s  (%d forks by keepalived and the poller in %s s)\n",
+                                   $2, "forks", "-", $5, "-", $6, $4, $3
                               fflush() }
         $1 == "LVS-ABORT" { print "  " $0; fflush() }' &
 
@@ -137,8 +148,8 @@ wait # the console reader
 elapsed=$((SECONDS - started))
 
 results=$(tr -d '\r' <"$console" | grep '^LVS-' || true)
-passed=$(grep -c '^LVS-RESULT .* pass$' <<<"$results" || true)
-failed=$(grep -c '^LVS-RESULT .* fail$' <<<"$results" || true)
+passed=$(grep -Ec '^LVS-(RESULT|FORKS) .* pass$' <<<"$results" || true)
+failed=$(grep -Ec '^LVS-(RESULT|FORKS) .* fail$' <<<"$results" || true)
 problem=
 if [ "$vm_status" -eq 124 ] || [ "$vm_status" -eq 137 ]; then
     problem="the VM did not finish within ${time_limit} s"
@@ -151,6 +162,28 @@ elif [ "$failed" -eq 0 ] && ! grep -q '^LVS-GUEST-EXIT 0$' <<<"$results"; then
 elif [ "$passed" -eq 0 ]; then
     problem="no scenario step ran"
 fi
+# Detection times side by side: a step per line, a checker per column, the slower server.
+detection_table() {
+    awk '
+        $1 != "LVS-RESULT" || $4 == "-" { next }
+        !($2 in seen) { seen[$2] = 1; checkers[++nc] = $2 }
+        !($3 in known) { known[$3] = 1; steps[++ns] = $3 }
+        { t = $6 == "-" ? "fail" : $6
+          if (!(($2, $3) in time) || t == "fail" || (time[$2, $3] != "fail" && t + 0 > time[$2, $3] + 0))
+              time[$2, $3] = t }
+        END {
+            if (nc == 0) exit
+            printf "  %-15s", "seconds"; for (c = 1; c <= nc; c++) printf " %12s", checkers[c]; print ""
+            for (s = 1; s <= ns; s++) {
+                printf "  %-15s", steps[s]
+                for (c = 1; c <= nc; c++) printf " %12s", ((checkers[c], steps[s]) in time) ? time[checkers[c], steps[s]] : "-"
+                print ""
+            }
+        }' <<<"$results"
+}
+
+say "detection times (until ipvsadm -Ln shows the change; the slower of the two servers):"
+detection_table
 say "the VM ran $((SECONDS - vm_started)) s, ${elapsed} s in all (console: ${console#"$repo"/})"
 if [ "$failed" -ne 0 ] || [ -n "$problem" ]; then
     if [ "${LVS_VERBOSE:-0}" != 1 ]; then

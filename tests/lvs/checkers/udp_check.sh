@@ -1,6 +1,7 @@
 # shellcheck shell=bash
-# keepalived's native UDP_CHECK, exactly as README.md documents it (require_reply 7570 "up",
-# min_reply_length 2): the real_server blocks are the README's example with only the
-# addresses adapted, so this checker defines no checker_block. It does not convey weights
-# (a reply either starts with "up" or not), so the weight steps do not apply.
-# The functions a checker may define are described at the top of guest.sh.
+# keepalived's native UDP_CHECK with require_reply "up": docs/DIRECTORS.md's (and README.md's)
+# ```keepalived udp-check block. No helper, no fork. A reply either starts with "up" or not,
+# so it does not convey weights (no weight steps), and a drain takes the server out like DOWN.
+# The functions a checker defines are described at the top of guest.sh.
+
+checker_snippet() { echo udp-check; }
