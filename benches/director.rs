@@ -327,6 +327,22 @@ fn main() {
         .write_all(report.as_bytes())
         .unwrap();
     eprintln!("director bench: written to {}", path.display());
+    // The figures docs/BENCHMARKS.md quotes (scripts/bench-report.sh).
+    let values = [
+        ("director_targets", targets.to_string()),
+        ("director_rate", format!("{rate:.0}")),
+        ("director_core", format!("{core_pct:.2} %")),
+        ("director_per_1000", format!("{per_1000_pct:.3} %")),
+        ("director_per_check", format!("{:.2} us", us(per_check))),
+        ("director_echo", format!("{:.2} us", us(echo))),
+        ("director_fork", format!("{:.0} us", us(fork))),
+        ("director_ratio_echo", format!("{ratio_echo:.2}")),
+        ("director_ratio_fork", format!("{ratio_fork:.0}")),
+        ("director_fork_core", format!("{fork_core_pct:.0} %")),
+        ("director_rss", format!("{} MiB", rss / 1024)),
+    ];
+    let values: String = values.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    std::fs::write(path.with_extension("values"), values).unwrap();
 
     // Sustained means: every check made, none lost, every target up, on less than one core.
     assert!(

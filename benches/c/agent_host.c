@@ -3,12 +3,13 @@
  *
  *   agent_host 'CONFIG'
  *
- * At start it prints "rss_before KIB" (resident memory before lbagent_start), starts the
- * agent with CONFIG, prints "rss_after KIB", then "udp PORT", "tcp PORT" and "http PORT" (0
- * when not configured) and "ready". Then it obeys one command per line on stdin, and answers
- * each with one line:
+ * At start it prints "memory_before RSS ANON FILE SHMEM" (resident memory before
+ * lbagent_start, in KiB: all of it, then its anonymous, file-backed and shared-memory parts,
+ * from /proc/self/status), starts the agent with CONFIG, prints "memory_after ..." likewise,
+ * then "udp PORT", "tcp PORT" and "http PORT" (0 when not configured) and "ready". Then it
+ * obeys one command per line on stdin, and answers each with one line:
  *
- *   rss     "rss KIB": resident memory now
+ *   memory  "memory RSS ANON FILE SHMEM": resident memory now
  *   down    lbagent_set_state(DOWN); "at NS": CLOCK_MONOTONIC just before the call
  *   up      lbagent_set_state(UP) and a heartbeat; "at NS" likewise
  *   beat    lbagent_heartbeat; "at NS" likewise (then no heartbeat until the next command:
@@ -27,19 +28,23 @@
 
 #include "lbagent.h"
 
-static long rss_kib(void) {
+static void print_memory(const char *key) {
+    static const char *const fields[] = {"VmRSS:", "RssAnon:", "RssFile:", "RssShmem:"};
+    long kib[4] = {-1, -1, -1, -1};
     char line[256];
-    long kib = -1;
     FILE *f = fopen("/proc/self/status", "r");
     while (f != NULL && fgets(line, sizeof line, f) != NULL) {
-        if (strncmp(line, "VmRSS:", 6) == 0) {
-            kib = strtol(line + 6, NULL, 10);
+        for (int i = 0; i < 4; i++) {
+            size_t n = strlen(fields[i]);
+            if (strncmp(line, fields[i], n) == 0) {
+                kib[i] = strtol(line + n, NULL, 10);
+            }
         }
     }
     if (f != NULL) {
         fclose(f);
     }
-    return kib;
+    printf("%s %ld %ld %ld %ld\n", key, kib[0], kib[1], kib[2], kib[3]);
 }
 
 static uint64_t now_ns(void) {
@@ -60,22 +65,22 @@ int main(int argc, char **argv) {
         return 2;
     }
     lbagent *agent = NULL;
-    printf("rss_before %ld\n", rss_kib());
+    print_memory("memory_before");
     if (lbagent_start(argv[1], &agent) != LBAGENT_OK) {
         char msg[256];
         lbagent_last_error(msg, sizeof msg);
         fprintf(stderr, "agent_host: %s\n", msg);
         return 1;
     }
-    printf("rss_after %ld\n", rss_kib());
+    print_memory("memory_after");
     printf("udp %u\ntcp %u\nhttp %u\nready\n", port(lbagent_local_port, agent),
            port(lbagent_tcp_agent_port, agent), port(lbagent_http_port, agent));
     fflush(stdout);
     char cmd[64];
     while (fgets(cmd, sizeof cmd, stdin) != NULL) {
         uint64_t at = now_ns();
-        if (strcmp(cmd, "rss\n") == 0) {
-            printf("rss %ld\n", rss_kib());
+        if (strcmp(cmd, "memory\n") == 0) {
+            print_memory("memory");
         } else if (strcmp(cmd, "down\n") == 0) {
             (void)lbagent_set_state(agent, NULL, LBAGENT_STATE_DOWN, NULL);
             printf("at %llu\n", (unsigned long long)at);

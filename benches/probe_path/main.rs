@@ -57,7 +57,7 @@ const BENCH: Scale = Scale {
     throughput_warm_up: Duration::from_millis(300),
     throughput_window: Duration::from_millis(1500),
     idle: Duration::from_secs(5),
-    paced: Duration::from_secs(4),
+    paced: Duration::from_millis(1500),
     detections: 15,
 };
 
@@ -119,6 +119,31 @@ impl Program {
         value
     }
 
+    /// The next line, which must be "KEY RSS ANON FILE SHMEM" (KiB); returns the four.
+    fn read_memory(&mut self, key: &str) -> Memory {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        let values: Vec<u64> = line
+            .strip_prefix(key)
+            .map(|v| {
+                v.split_whitespace()
+                    .filter_map(|n| n.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(
+            values.len(),
+            4,
+            "expected {key:?} and four sizes, got {line:?}"
+        );
+        Memory {
+            rss: values[0],
+            anon: values[1],
+            file: values[2],
+            shmem: values[3],
+        }
+    }
+
     /// Sends a command; returns the value of its one-line answer "KEY VALUE".
     fn command(&mut self, command: &str, key: &str) -> u64 {
         let stdin = self.stdin.as_mut().unwrap();
@@ -149,6 +174,15 @@ impl Drop for Program {
     }
 }
 
+/// Resident memory of the host, KiB (from its /proc/self/status).
+#[derive(Clone, Copy)]
+struct Memory {
+    rss: u64,
+    anon: u64,
+    file: u64,
+    shmem: u64,
+}
+
 /// A C baseline responder: prints "port N".
 fn responder(exe: &std::path::Path, args: &[&str]) -> (Program, SocketAddr) {
     let mut p = Program::start(exe, args);
@@ -159,8 +193,8 @@ fn responder(exe: &std::path::Path, args: &[&str]) -> (Program, SocketAddr) {
 /// The agent in its C host, with the ports of its three listeners.
 struct Hosted {
     program: Program,
-    rss_before: u64,
-    rss_after: u64,
+    before: Memory,
+    after: Memory,
     udp: SocketAddr,
     tcp: SocketAddr,
     http: SocketAddr,
@@ -168,8 +202,8 @@ struct Hosted {
 
 fn host_agent(exe: &std::path::Path, config: &str) -> Hosted {
     let mut program = Program::start(exe, &[config]);
-    let rss_before = program.read("rss_before");
-    let rss_after = program.read("rss_after");
+    let before = program.read_memory("memory_before");
+    let after = program.read_memory("memory_after");
     let udp = Program::addr(program.read("udp"));
     let tcp = Program::addr(program.read("tcp"));
     let http = Program::addr(program.read("http"));
@@ -178,8 +212,8 @@ fn host_agent(exe: &std::path::Path, config: &str) -> Hosted {
     assert_eq!(ready, "ready\n");
     Hosted {
         program,
-        rss_before,
-        rss_after,
+        before,
+        after,
         udp,
         tcp,
         http,
@@ -272,9 +306,11 @@ fn main() {
     let (_http_answer, http_base) = responder(&tcp_answer, &["http"]);
 
     eprintln!("probe path: idle agent for {:?}", scale.idle);
+    r.section("idle");
     idle(&mut r, &host, scale);
 
     eprintln!("probe path: round trips");
+    r.section("round_trips");
     r.table(&[
         "round trip on loopback",
         "p50",
@@ -325,6 +361,7 @@ fn main() {
     );
 
     eprintln!("probe path: throughput");
+    r.section("throughput");
     throughput(
         &mut r,
         &host,
@@ -334,14 +371,20 @@ fn main() {
     );
 
     eprintln!("probe path: CPU at {PACED_RATE} probes/s");
+    r.section("paced");
     paced(&mut r, &host, (&echo_program, echo), scale);
 
-    let rss_loaded = host.program.command("rss", "rss");
-    memory_and_size(&mut r, &host, rss_loaded);
+    let stdin = host.program.stdin.as_mut().unwrap();
+    writeln!(stdin, "memory").unwrap();
+    stdin.flush().unwrap();
+    let loaded = host.program.read_memory("memory");
+    r.section("memory");
+    memory_and_size(&mut r, &host, loaded);
     host.program.quit();
     drop(host);
 
     eprintln!("probe path: detection");
+    r.section("detection");
     detection(&mut r, &agent_host, scale);
     r.write();
 }
@@ -476,6 +519,7 @@ fn throughput(
         r.value(&format!("tput_{key}_ratio"), format!("{ratio:.2}"));
     }
     r.value("tput_verdict", support::verdict(ratios[1] >= 0.8));
+    r.value("probers", PROBERS);
 }
 
 /// CPU of the monitor thread at a steady 1,000 probes per second, against the echo's.
@@ -487,7 +531,7 @@ fn paced(
 ) {
     let (host_pid, monitor) = (host.program.pid(), host.monitor_thread());
     let echo_pid = echo_program.pid();
-    let (agent, baseline) = alternate(scale.reps.min(2), |agent| {
+    let (agent, baseline) = alternate(scale.reps + 1, |agent| {
         let (target, cpu): (SocketAddr, Box<dyn Fn() -> Duration>) = if agent {
             (host.udp, Box::new(|| support::task_cpu(host_pid, monitor)))
         } else {
@@ -539,7 +583,7 @@ fn paced(
     r.value("paced_ratio", format!("{ratio:.2}"));
 }
 
-fn memory_and_size(r: &mut Report, host: &Hosted, rss_loaded: u64) {
+fn memory_and_size(r: &mut Report, host: &Hosted, loaded: Memory) {
     let lib = support::shared_library();
     let stripped = support::bench_dir().join("liblbagent.stripped.so");
     let status = Command::new("strip")
@@ -557,22 +601,48 @@ fn memory_and_size(r: &mut Report, host: &Hosted, rss_loaded: u64) {
     .iter()
     .find_map(|p| std::fs::metadata(p).ok())
     .map(|m| m.len());
-    r.table(&["what hosting the agent costs", "value"]);
-    let kib = |v: u64| format!("{v} KiB");
-    r.row(&[
-        "host's resident memory before `lbagent_start` (library loaded)".into(),
-        kib(host.rss_before),
+    let before = host.before;
+    r.table(&[
+        "resident memory of the C host, KiB",
+        "all (VmRSS)",
+        "private (RssAnon)",
+        "shared memory (RssShmem)",
+        "mapped files (RssFile)",
     ]);
+    let row = |r: &mut Report, title: &str, m: Memory| {
+        r.row(&[
+            title.to_string(),
+            m.rss.to_string(),
+            m.anon.to_string(),
+            m.shmem.to_string(),
+            m.file.to_string(),
+        ]);
+    };
+    let minus = |a: Memory, b: Memory| Memory {
+        rss: a.rss.saturating_sub(b.rss),
+        anon: a.anon.saturating_sub(b.anon),
+        file: a.file.saturating_sub(b.file),
+        shmem: a.shmem.saturating_sub(b.shmem),
+    };
+    row(r, "before `lbagent_start` (library loaded)", before);
+    let started = minus(host.after, before);
+    let after_load = minus(loaded, before);
+    row(
+        r,
+        "added by `lbagent_start` (UDP, TCP agent-check, HTTP)",
+        started,
+    );
+    row(r, "added, after the whole benchmark's load", after_load);
+    r.table(&["size", "value"]);
     r.row(&[
-        "added by `lbagent_start` (UDP, TCP agent-check and HTTP listeners)".into(),
-        kib(host.rss_after - host.rss_before),
-    ]);
-    r.row(&[
-        "added after the whole benchmark's load".into(),
-        kib(rss_loaded - host.rss_before),
-    ]);
-    r.row(&[
-        "`liblbagent.so`, release build, stripped".into(),
+        format!(
+            "`liblbagent.so`, {} build, stripped",
+            if support::is_bench_run() {
+                "release"
+            } else {
+                "debug"
+            }
+        ),
         format!("{} KiB", size / 1024),
     ]);
     if let Some(s) = systemd {
@@ -581,9 +651,23 @@ fn memory_and_size(r: &mut Report, host: &Hosted, rss_loaded: u64) {
             format!("{} KiB", s / 1024),
         ]);
     }
-    r.value("rss_added", kib(host.rss_after - host.rss_before));
-    r.value("rss_loaded", kib(rss_loaded - host.rss_before));
+    r.value("rss_added", format!("{} KiB", started.rss));
+    r.value(
+        "private_added",
+        format!("{} KiB", started.anon + started.shmem),
+    );
+    r.value("rss_loaded", format!("{} KiB", after_load.rss));
+    r.value(
+        "private_loaded",
+        format!("{} KiB", after_load.anon + after_load.shmem),
+    );
     r.value("lib_size", format!("{} KiB", size / 1024));
+    r.value(
+        "libsystemd_size",
+        systemd.map_or("(not installed)".to_string(), |s| {
+            format!("{} KiB", s / 1024)
+        }),
+    );
 }
 
 /// From `lbagent_set_state(DOWN)` to the first answer saying DOWN, and from the last heartbeat
@@ -637,6 +721,7 @@ fn detection(r: &mut Report, agent_host: &std::path::Path, scale: Scale) {
         format!("{wmax:.1} ms"),
         format!("{WATCHDOG_MS} ms"),
     ]);
+    r.value("detections", scale.detections);
     r.value("detect_state_p50", us(s50));
     r.value("detect_state_max", us(smax));
     r.value("detect_watchdog_p50", format!("{w50:.1} ms"));

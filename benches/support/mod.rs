@@ -26,8 +26,13 @@ pub fn bench_dir() -> PathBuf {
     dir
 }
 
-/// The shared library built with this benchmark (target/<profile>/liblbagent.so).
+/// The shared library built with this benchmark (target/<profile>/liblbagent.so), or the one
+/// `LBAGENT_BENCH_LIBRARY` names (to measure another build, such as an older commit's, with
+/// the same benchmark: docs/BENCHMARKS.md's before/after figures were made so).
 pub fn shared_library() -> PathBuf {
+    if let Some(path) = std::env::var_os("LBAGENT_BENCH_LIBRARY") {
+        return PathBuf::from(path);
+    }
     let exe = std::env::current_exe().unwrap();
     exe.parent()
         .unwrap()
@@ -126,10 +131,11 @@ pub fn spread(values: &[f64], digits: usize) -> String {
     format!("{min:.digits$}-{max:.digits$}")
 }
 
-/// One benchmark's results: a Markdown table (or several), and named figures.
+/// One benchmark's results: Markdown tables in named sections, and named figures.
 pub struct Report {
     name: String,
-    markdown: String,
+    /// (section name, its tables).
+    sections: Vec<(String, String)>,
     values: Vec<(String, String)>,
 }
 
@@ -137,19 +143,30 @@ impl Report {
     pub fn new(name: &str) -> Report {
         Report {
             name: name.to_string(),
-            markdown: String::new(),
+            sections: vec![(String::new(), String::new())],
             values: Vec::new(),
         }
     }
 
+    /// Starts a section: the tables that follow go to target/bench/NAME.SECTION.md, which
+    /// docs/BENCHMARKS.md places as `{{table NAME.SECTION}}`.
+    pub fn section(&mut self, section: &str) {
+        self.sections.push((section.to_string(), String::new()));
+    }
+
+    fn markdown(&mut self) -> &mut String {
+        &mut self.sections.last_mut().unwrap().1
+    }
+
     /// Starts a table with these column titles.
     pub fn table(&mut self, columns: &[&str]) {
-        if !self.markdown.is_empty() {
-            self.markdown.push('\n');
+        let markdown = self.markdown();
+        if !markdown.is_empty() {
+            markdown.push('\n');
         }
-        let _ = writeln!(self.markdown, "| {} |", columns.join(" | "));
+        let _ = writeln!(markdown, "| {} |", columns.join(" | "));
         let _ = writeln!(
-            self.markdown,
+            markdown,
             "|{}",
             columns
                 .iter()
@@ -160,7 +177,7 @@ impl Report {
     }
 
     pub fn row(&mut self, cells: &[String]) {
-        let _ = writeln!(self.markdown, "| {} |", cells.join(" | "));
+        let _ = writeln!(self.markdown(), "| {} |", cells.join(" | "));
     }
 
     /// A named figure, quoted by the document's text as `{{name}}`.
@@ -168,14 +185,29 @@ impl Report {
         self.values.push((key.to_string(), value.to_string()));
     }
 
-    /// Prints the tables and writes target/bench/NAME.md and NAME.values (a smoke run writes
-    /// NAME-smoke.*, leaving a real run's results alone).
+    /// Prints the tables and writes target/bench/NAME.md (every table), NAME.SECTION.md (each
+    /// section's) and NAME.values (a smoke run writes NAME-smoke.*, leaving a real run's
+    /// results alone).
     pub fn write(&self) {
-        println!("{}", self.markdown);
         let suffix = if is_bench_run() { "" } else { "-smoke" };
         let dir = bench_dir();
+        let mut all = String::new();
+        for (section, markdown) in &self.sections {
+            if markdown.is_empty() {
+                continue;
+            }
+            if !all.is_empty() {
+                all.push('\n');
+            }
+            all.push_str(markdown);
+            if !section.is_empty() {
+                let path = dir.join(format!("{}{suffix}.{section}.md", self.name));
+                std::fs::write(path, markdown).unwrap();
+            }
+        }
+        println!("{all}");
         let md = dir.join(format!("{}{suffix}.md", self.name));
-        std::fs::write(&md, &self.markdown).unwrap();
+        std::fs::write(&md, &all).unwrap();
         let mut values = String::new();
         for (k, v) in &self.values {
             let _ = writeln!(values, "{k}={v}");
