@@ -142,12 +142,16 @@ fn echo_baseline(fleet: &Responder, exchanges: usize) -> Duration {
     (thread_cpu() - start) / exchanges as u32
 }
 
-/// keepalived's MISC_CHECK: fork + exec of the probe per check; CPU per check. Measured
-/// before the fleet's 10,000 sockets exist: a child copies its parent's descriptor table and
-/// closes it at exec, which would inflate the cost.
+/// keepalived's MISC_CHECK: fork + exec of the probe per check; CPU per check (the agent
+/// has no rate limits: hundreds of probes a second from one address would exceed them).
+/// Measured before the fleet's 10,000 sockets exist: a child copies its parent's descriptor
+/// table and closes it at exec, which would inflate the cost.
 fn fork_baseline(forks: usize) -> Duration {
     let probe = env!("CARGO_BIN_EXE_lbagent-probe");
-    let agent = lbagent::Agent::start("listen=127.0.0.1:0 initial_state=up").unwrap();
+    let agent = lbagent::Agent::start(
+        "listen=127.0.0.1:0 initial_state=up rate_per_source=0 rate_global=0",
+    )
+    .unwrap();
     let target = agent.local_addrs()[0].to_string();
     let start_children = children_cpu();
     let start_self = thread_cpu();

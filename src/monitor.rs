@@ -69,15 +69,15 @@ impl Listener {
         let socket: UdpSocket = socket.into();
         // Sets non-blocking mode and asks for each datagram's destination address.
         let state = UdpSocketState::new((&socket).into()).map_err(bind_error)?;
-        // quinn-udp also asks for a receive timestamp, which the agent never reads: it costs a
-        // clock read and a control message per datagram, and, while any socket asks, the
-        // kernel timestamps every packet the host receives.
-        nix::sys::socket::setsockopt(
-            &socket,
-            nix::sys::socket::sockopt::ReceiveTimestampns,
-            &false,
-        )
-        .map_err(|e| bind_error(e.into()))?;
+        // quinn-udp also asks for a receive timestamp and the TOS byte (for ECN), which the
+        // agent never reads: each costs a control message per datagram, and, while any socket
+        // asks for timestamps, the kernel timestamps every packet the host receives.
+        use nix::sys::socket::{setsockopt, sockopt};
+        let unwanted = |e: nix::Error| bind_error(e.into());
+        setsockopt(&socket, sockopt::ReceiveTimestampns, &false).map_err(unwanted)?;
+        if addr.is_ipv4() {
+            setsockopt(&socket, sockopt::IpRecvTos, &false).map_err(unwanted)?;
+        }
         Ok(Listener { socket, state })
     }
 

@@ -74,6 +74,34 @@ pub fn process_cpu(pid: u32) -> Duration {
     threads(pid).iter().map(|t| task_cpu(pid, *t)).sum()
 }
 
+/// Runs the calling thread on `cpus` only (None: on every CPU again).
+pub fn pin_self(cpus: Option<usize>) {
+    pin(0, cpus);
+}
+
+/// Runs every thread of process `pid` on `cpus` only (None: on every CPU again).
+pub fn pin_process(pid: u32, cpus: Option<usize>) {
+    for tid in threads(pid) {
+        pin(tid as libc::pid_t, cpus);
+    }
+}
+
+fn pin(tid: libc::pid_t, cpu: Option<usize>) {
+    // SAFETY: an all-zero cpu_set_t is the empty set; CPU_SET and sched_setaffinity write and
+    // read only this local set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        // Every CPU the system has (available_parallelism would count only the caller's).
+        let count = libc::sysconf(libc::_SC_NPROCESSORS_ONLN).max(1) as usize;
+        for c in 0..count {
+            if cpu.is_none_or(|only| only == c) {
+                libc::CPU_SET(c, &mut set);
+            }
+        }
+        libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
 /// The thread ids of a process.
 pub fn threads(pid: u32) -> Vec<u32> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
