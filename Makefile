@@ -85,8 +85,20 @@ lvs-test: tools
 	$(CARGO) build
 	tests/lvs/run.sh
 
-## bench: benchmarks; results in target/bench/ (recorded in docs/BENCHMARKS.md).
-bench: bench-director
+# Tools the benchmarks need (they build small C programs and strip the library).
+BENCH_TOOLS := gcc:gcc strip:binutils
+
+## bench: every benchmark, then docs/BENCHMARKS.md from their results (target/bench/): host
+## calls (criterion), the probe path against minimal C responders, the director (about 3
+## minutes on 2 cores, after the release build).
+bench:
+	@scripts/ensure-tools.sh $(BENCH_TOOLS)
+	@mkdir -p target/bench && cut -d' ' -f1-3 /proc/loadavg > target/bench/load-before
+	$(CARGO) bench --no-run
+	$(CARGO) bench --bench host_calls
+	$(CARGO) bench --bench probe_path
+	$(CARGO) bench --bench director
+	scripts/bench-report.sh
 
 ## bench-director: lbagent-director polling 10,000 simulated agents at 1 s, against a plain
 ## UDP exchange loop and MISC_CHECK's fork+exec per check (about a minute).

@@ -142,12 +142,16 @@ fn echo_baseline(fleet: &Responder, exchanges: usize) -> Duration {
     (thread_cpu() - start) / exchanges as u32
 }
 
-/// keepalived's MISC_CHECK: fork + exec of the probe per check; CPU per check. Measured
-/// before the fleet's 10,000 sockets exist: a child copies its parent's descriptor table and
-/// closes it at exec, which would inflate the cost.
+/// keepalived's MISC_CHECK: fork + exec of the probe per check; CPU per check (the agent
+/// has no rate limits: hundreds of probes a second from one address would exceed them).
+/// Measured before the fleet's 10,000 sockets exist: a child copies its parent's descriptor
+/// table and closes it at exec, which would inflate the cost.
 fn fork_baseline(forks: usize) -> Duration {
     let probe = env!("CARGO_BIN_EXE_lbagent-probe");
-    let agent = lbagent::Agent::start("listen=127.0.0.1:0 initial_state=up").unwrap();
+    let agent = lbagent::Agent::start(
+        "listen=127.0.0.1:0 initial_state=up rate_per_source=0 rate_global=0",
+    )
+    .unwrap();
     let target = agent.local_addrs()[0].to_string();
     let start_children = children_cpu();
     let start_self = thread_cpu();
@@ -327,6 +331,22 @@ fn main() {
         .write_all(report.as_bytes())
         .unwrap();
     eprintln!("director bench: written to {}", path.display());
+    // The figures docs/BENCHMARKS.md quotes (scripts/bench-report.sh).
+    let values = [
+        ("director_targets", targets.to_string()),
+        ("director_rate", format!("{rate:.0}")),
+        ("director_core", format!("{core_pct:.2} %")),
+        ("director_per_1000", format!("{per_1000_pct:.3} %")),
+        ("director_per_check", format!("{:.2} us", us(per_check))),
+        ("director_echo", format!("{:.2} us", us(echo))),
+        ("director_fork", format!("{:.0} us", us(fork))),
+        ("director_ratio_echo", format!("{ratio_echo:.2}")),
+        ("director_ratio_fork", format!("{ratio_fork:.0}")),
+        ("director_fork_core", format!("{fork_core_pct:.0} %")),
+        ("director_rss", format!("{} MiB", rss / 1024)),
+    ];
+    let values: String = values.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    std::fs::write(path.with_extension("values"), values).unwrap();
 
     // Sustained means: every check made, none lost, every target up, on less than one core.
     assert!(

@@ -256,7 +256,7 @@ impl Agent {
         let text = reason.map(Text::from_reason);
         self.shared
             .board
-            .set_state(target, state, Reason::Host, text.as_ref(), clock::now_ms());
+            .set_state_now(target, state, Reason::Host, text.as_ref());
         Ok(())
     }
 

@@ -320,7 +320,7 @@ impl Streams {
 
     fn admit(
         &mut self,
-        mut stream: TcpStream,
+        stream: TcpStream,
         peer: SocketAddr,
         kind: Kind,
         shared: &Shared,
@@ -345,15 +345,6 @@ impl Streams {
             }
         };
         self.fds.set(index, stream.as_raw_fd());
-        let token = Token(CONNECTION_TOKENS + index);
-        if registry
-            .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
-            .is_err()
-        {
-            self.fds.set(index, -1);
-            shared.counters.add(Counter::ConnFailed);
-            return;
-        }
         let now = Instant::now();
         let wait = match kind {
             Kind::Agent => AGENT_SEND_WAIT,
@@ -370,12 +361,35 @@ impl Streams {
             answer_now: kind == Kind::Agent && !self.wait_for_agent_send,
         });
         self.open[kind.index()] += 1;
-        self.progress_guarded(index, shared, now);
+        // Answer first (the request is often there already, and an agent-check without
+        // services needs none), then register for what is left: the registration is then off
+        // the path of the answer. Registering reports readiness that came meanwhile, so no
+        // event is missed.
+        if !self.progress_guarded(index, shared, now) {
+            return;
+        }
+        let Some(conn) = self.slots[index].connection.as_mut() else {
+            return;
+        };
+        let token = Token(CONNECTION_TOKENS + index);
+        // Once answered, only the peer's close is awaited: asking for WRITABLE too would bring
+        // one more wake-up at once, since a new socket is writable.
+        let interest = match conn.phase {
+            Phase::Lingering => Interest::READABLE,
+            _ => Interest::READABLE | Interest::WRITABLE,
+        };
+        if registry
+            .register(&mut conn.stream, token, interest)
+            .is_err()
+        {
+            let answered = matches!(conn.phase, Phase::Lingering);
+            self.close(index, (!answered).then_some(Counter::ConnFailed), shared);
+        }
     }
 
     /// Moves a connection on as far as its socket allows; a panic closes only this connection
-    /// and is reported like one while answering a datagram.
-    fn progress_guarded(&mut self, index: usize, shared: &Shared, now: Instant) {
+    /// and is reported like one while answering a datagram. Returns whether it is still open.
+    fn progress_guarded(&mut self, index: usize, shared: &Shared, now: Instant) -> bool {
         let result = catch_unwind(AssertUnwindSafe(|| self.progress(index, shared, now)));
         let next = result.unwrap_or_else(|_| {
             shared.counters.add(Counter::Faults);
@@ -390,7 +404,9 @@ impl Streams {
         });
         if let Next::Close(counter) = next {
             self.close(index, counter, shared);
+            return false;
         }
+        true
     }
 
     fn progress(&mut self, index: usize, shared: &Shared, now: Instant) -> Next {
@@ -410,11 +426,22 @@ impl Streams {
                         Kind::Agent => AGENT_REQUEST,
                         Kind::Http => BUFFER,
                     };
-                    // Edge-triggered: read until the socket is empty (or the buffer full).
-                    while conn.received < limit && !conn.peer_closed {
+                    // Without services an agent-check needs no request: answer at once, with no
+                    // read that would only say WouldBlock.
+                    let nothing_to_read = conn.answer_now && !self.wait_for_agent_send;
+                    // Edge-triggered: read until the socket is empty (or the buffer full), or
+                    // until the request is whole: what follows it is read (and discarded) once
+                    // the answer is written, so no readiness is lost, and the read that would
+                    // only say WouldBlock is saved.
+                    while conn.received < limit && !conn.peer_closed && !nothing_to_read {
                         match read_some(&mut conn.stream, &mut slot.buf[conn.received..limit]) {
                             Ok(0) => conn.peer_closed = true,
-                            Ok(n) => conn.received += n,
+                            Ok(n) => {
+                                conn.received += n;
+                                if request_complete(conn.kind, &slot.buf[..conn.received]) {
+                                    break;
+                                }
+                            }
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                             Err(_) => return Next::Close(Some(Counter::ConnFailed)),
                         }
@@ -423,9 +450,7 @@ impl Streams {
                     let (kind, peer_closed) = (conn.kind, conn.peer_closed);
                     match kind {
                         Kind::Agent => {
-                            let line_ended = slot.buf[..conn.received]
-                                .iter()
-                                .any(|b| b"\r\n\0".contains(b));
+                            let line_ended = request_complete(kind, &slot.buf[..conn.received]);
                             if !(line_ended || full || peer_closed || conn.answer_now) {
                                 return Next::Wait;
                             }
@@ -588,6 +613,17 @@ impl Streams {
     }
 }
 
+/// Whether `request` holds a whole request: an agent-check line, or an HTTP request head
+/// (ended by an empty line; httparse accepts bare LF line ends too).
+fn request_complete(kind: Kind, request: &[u8]) -> bool {
+    match kind {
+        Kind::Agent => request.iter().any(|b| b"\r\n\0".contains(b)),
+        Kind::Http => {
+            request.windows(3).any(|w| w == b"\n\r\n") || request.windows(2).any(|w| w == b"\n\n")
+        }
+    }
+}
+
 /// One read, retrying on EINTR.
 fn read_some(stream: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     loop {
@@ -595,5 +631,28 @@ fn read_some(stream: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             other => return other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Kind, request_complete};
+
+    #[test]
+    fn a_request_is_whole_at_its_end_and_not_before() {
+        assert!(!request_complete(Kind::Agent, b""));
+        assert!(!request_complete(Kind::Agent, b"game"));
+        assert!(request_complete(Kind::Agent, b"game\n"));
+        assert!(request_complete(Kind::Agent, b"game\r"));
+        assert!(!request_complete(
+            Kind::Http,
+            b"GET /health HTTP/1.1\r\nHost: x\r\n"
+        ));
+        assert!(request_complete(
+            Kind::Http,
+            b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+        ));
+        assert!(request_complete(Kind::Http, b"GET /health HTTP/1.0\n\n"));
+        assert!(!request_complete(Kind::Http, b"GET /health HTTP/1.0\r\n"));
     }
 }

@@ -412,3 +412,32 @@ fn config_errors_name_the_key_and_the_value() {
         .to_string();
     assert!(e.contains(&addr.to_string()) && e.contains("in use"), "{e}");
 }
+
+#[test]
+fn a_burst_larger_than_a_batch_is_answered_in_full() {
+    // The monitor reads up to a batch of datagrams per call and ends its turn on a short
+    // batch, trusting epoll to report the next arrival: nothing may be left unanswered.
+    let (agent, addr) = agent("initial_state=up rate_global=0");
+    let socket = connected(addr);
+    let mut probe = [0u8; lbagent::wire::PROBE_MAX_LEN];
+    let len = lbagent::wire::encode_probe(9, b"", 64, &mut probe);
+    let mut buf = [0u8; 512];
+    for round in 0..20 {
+        // 1 to 96 datagrams (a batch is 32); few enough for the default socket buffers.
+        let burst = 1 + round * 5;
+        for _ in 0..burst {
+            socket.send(&probe[..len]).unwrap();
+        }
+        for i in 0..burst {
+            let n = socket
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("answer {i} of a burst of {burst}: {e}"));
+            assert!(n > 0);
+        }
+    }
+    // Counted once sent, which can be just after the prober read the last answer.
+    let sent = (0..20).map(|r| 1 + r * 5).sum::<u64>();
+    assert!(eventually(Duration::from_secs(2), || {
+        agent.counter(Counter::AnsweredStatus) == sent
+    }));
+}

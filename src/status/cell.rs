@@ -328,6 +328,43 @@ impl Cell {
     /// Sets state, reason and message (`None` clears it). A call that changes nothing does not
     /// bump the generation.
     pub(crate) fn set(&self, state: State, reason: Reason, message: Option<&Text>, now: u64) {
+        self.set_with_clock(state, reason, message, || now);
+    }
+
+    /// `set`, reading the clock only when the state changes (most host calls repeat the state
+    /// already set, and the clock is a third of such a call's cost).
+    #[inline]
+    pub(crate) fn set_with_clock(
+        &self,
+        state: State,
+        reason: Reason,
+        message: Option<&Text>,
+        now: impl FnOnce() -> u64,
+    ) {
+        // The call a host makes in its loop: this state, no message, already set. One load.
+        const STATE_REASON_SLOT: u64 = 0xFF00_FFFF;
+        let unchanged = Word {
+            state,
+            reason,
+            weight: 0,
+            slot: NO_SLOT,
+            generation: 0,
+        }
+        .pack();
+        if message.is_none() && self.word.load(Ordering::Acquire) & STATE_REASON_SLOT == unchanged {
+            return;
+        }
+        self.set_changing(state, reason, message, now);
+    }
+
+    #[inline(never)]
+    fn set_changing(
+        &self,
+        state: State,
+        reason: Reason,
+        message: Option<&Text>,
+        now: impl FnOnce() -> u64,
+    ) {
         let mut claimed = NO_SLOT;
         loop {
             let bits = self.word.load(Ordering::Acquire);
@@ -358,7 +395,7 @@ impl Cell {
                 .is_ok()
             {
                 if current.state != state {
-                    self.changed_at.store(now, Ordering::Relaxed);
+                    self.changed_at.store(now(), Ordering::Relaxed);
                 }
                 self.release(claimed);
                 return;

@@ -196,6 +196,23 @@ impl Board {
         }
     }
 
+    /// `set_state` at the current clock time, read only when the state changes.
+    pub(crate) fn set_state_now(
+        &self,
+        target: Target,
+        state: State,
+        reason: Reason,
+        message: Option<&Text>,
+    ) -> bool {
+        match self.cell(target) {
+            Some(cell) => {
+                cell.set_with_clock(state, reason, message, crate::clock::now_ms);
+                true
+            }
+            None => false,
+        }
+    }
+
     pub(crate) fn set_weight(&self, target: Target, weight: u8) -> bool {
         self.cell(target).map(|c| c.set_weight(weight)).is_some()
     }
@@ -207,7 +224,13 @@ impl Board {
     }
 
     pub(crate) fn heartbeat(&self, now: u64) {
-        self.header().heartbeat_at.store(now, Ordering::Release);
+        let at = &self.header().heartbeat_at;
+        // The clock moves once per tick (1-4 ms): most heartbeats store what is there already.
+        // Skipping those keeps the cache line shared between the host's threads instead of
+        // moving it from core to core at every call.
+        if at.load(Ordering::Relaxed) != now {
+            at.store(now, Ordering::Release);
+        }
     }
 
     /// Marks the board stopped, if the calling process owns it; returns whether it does.
@@ -700,6 +723,29 @@ mod tests {
         assert_eq!(b.status(game, 5000).reason, Reason::CheckFailed);
         b.checks.remove(j);
         assert!(b.status(game, 5000).is_serving());
+        // Records are reused: the active set follows removals and additions.
+        let added: Vec<(usize, u64)> = [&b"a"[..], b"b", b"c"]
+            .iter()
+            .map(|n| b.checks.add(0, n, 0, 6000).unwrap())
+            .collect();
+        b.checks.remove(added[1].0);
+        assert_eq!(b.checks.find(b"b"), None);
+        assert_eq!(b.checks.find(b"c"), Some(added[2].0));
+        let d = b.checks.add(0, b"d", 0, 6000).unwrap();
+        assert_eq!(d.0, added[1].0, "the freed record is taken again");
+        assert_eq!(b.checks.find(b"d"), Some(d.0));
+        assert_eq!(b.status(game, 6000).reason, Reason::CheckFailed);
+        for (i, t) in [added[0], added[2], d] {
+            b.checks.finish_run(i, t, true, b"", 6100);
+        }
+        assert!(
+            b.status(game, 6100).is_serving(),
+            "every active check passes"
+        );
+        for (i, _) in [added[0], added[2], d] {
+            b.checks.remove(i);
+        }
+        assert_eq!(b.checks.find(b"d"), None);
     }
 
     /// Writers publish (state, message) pairs that belong together; the reader must never see
