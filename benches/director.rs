@@ -16,6 +16,7 @@
 #[path = "../tests/common/responder.rs"]
 #[allow(dead_code)]
 mod responder;
+mod support;
 
 use std::io::Write;
 use std::net::UdpSocket;
@@ -65,17 +66,7 @@ const SMOKE: Scale = Scale {
 };
 
 fn out_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/release/deps/<bench> -> target/bench/director
-    let dir = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("bench")
-        .join("director");
+    let dir = support::bench_dir().join("director");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -91,27 +82,6 @@ fn process_cpu(pid: u32) -> Duration {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
     Duration::from_nanos(ticks * 1_000_000_000 / hz)
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
-/// CPU time of the calling thread.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: writes the calling thread's CPU clock into a local timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// CPU time of the children waited for so far.
@@ -132,14 +102,14 @@ fn echo_baseline(fleet: &Responder, exchanges: usize) -> Duration {
     let mut request = [0u8; wire::PROBE_MAX_LEN];
     let len = wire::encode_probe(7, b"", lbagent::client::DEFAULT_PROBE_LEN, &mut request);
     let mut buf = [0u8; 2048];
-    let start = thread_cpu();
+    let start = support::thread_cpu();
     for i in 0..exchanges {
         socket
             .send_to(&request[..len], fleet.addr(i % fleet.len()))
             .unwrap();
         socket.recv_from(&mut buf).expect("an answer");
     }
-    (thread_cpu() - start) / exchanges as u32
+    (support::thread_cpu() - start) / exchanges as u32
 }
 
 /// keepalived's MISC_CHECK: fork + exec of the probe per check; CPU per check (the agent
@@ -154,7 +124,7 @@ fn fork_baseline(forks: usize) -> Duration {
     .unwrap();
     let target = agent.local_addrs()[0].to_string();
     let start_children = children_cpu();
-    let start_self = thread_cpu();
+    let start_self = support::thread_cpu();
     for _ in 0..forks {
         let status = Command::new(probe)
             .args(["--keepalived-dynamic", &target])
@@ -164,7 +134,7 @@ fn fork_baseline(forks: usize) -> Duration {
             .unwrap();
         assert_eq!(status.code(), Some(102), "the probe saw a serving agent");
     }
-    (children_cpu() - start_children + (thread_cpu() - start_self)) / forks as u32
+    (children_cpu() - start_children + (support::thread_cpu() - start_self)) / forks as u32
 }
 
 /// The track directory on tmpfs, as in production (/run/lbagent): elsewhere every write is
@@ -268,7 +238,7 @@ fn main() {
     let cpu = process_cpu(pid) - cpu0;
     let checks = fleet.answered() - answered0;
     let wall = t0.elapsed();
-    let rss = rss_kb(pid);
+    let rss = support::rss_kib(pid);
     let up = all_up(&poller.track, targets);
     // SAFETY: a signal to our own child.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };

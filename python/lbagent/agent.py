@@ -14,6 +14,7 @@ import weakref
 from typing import Any, Callable, Dict, Optional, Type, TypeVar, Union
 
 from . import _native, callbacks
+from ._handle import HandleOwner
 from .enums import Counter, LogLevel, Reason, Result, State
 from .errors import ClosedError, ConfigError, InvalidArgumentError, error_for
 
@@ -114,7 +115,7 @@ def _int(what: str, value: int, bits: int, signed: bool = False) -> int:
     return value
 
 
-class Agent:
+class Agent(HandleOwner):
     """A running agent: started by the constructor, stopped and freed by :meth:`close`.
 
     ``Agent("listen=127.0.0.1:4950 watchdog_ms=3000")``, or with keyword settings
@@ -166,22 +167,6 @@ class Agent:
             # releases its own entry, from its thread, after its last run.)
             callbacks.release(self._log_key)
             self._log_key = None
-
-    @property
-    def closed(self) -> bool:
-        return self._handle is None
-
-    def __enter__(self) -> "Agent":
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # at interpreter exit the module may be half torn down
-            pass
 
     def __repr__(self) -> str:
         if self._handle is None:

@@ -21,6 +21,7 @@ import weakref
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from . import _native
+from ._handle import HandleOwner
 from .agent import Status, _config_text, _text, strerror
 from .enums import Result
 from .errors import ClosedError, ConfigError, Error, error_for
@@ -111,7 +112,7 @@ class Completion:
         return self.status
 
 
-class Prober:
+class Prober(HandleOwner):
     """A non-blocking prober: one UDP socket on which any number of probes are in flight.
 
     ``Prober(timeout=1.0, key_file=None, key_id=None)``: every probe sent through it has that
@@ -162,22 +163,6 @@ class Prober:
             self._sent.clear()
             if handle is not None:
                 self._lib.lbagent_prober_free(handle)
-
-    @property
-    def closed(self) -> bool:
-        return self._handle is None
-
-    def __enter__(self) -> "Prober":
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # at interpreter exit the module may be half torn down
-            pass
 
     def __repr__(self) -> str:
         if self._handle is None:
