@@ -50,10 +50,10 @@ struct lbagent_api {
     lbagent_result (*set_state)(lbagent *agent, const char *service, int state,
                                 const char *reason);
     lbagent_result (*heartbeat)(lbagent *agent);
-    lbagent_result (*local_port)(const lbagent *agent, uintptr_t index, uint16_t *out);
+    lbagent_result (*local_port)(const lbagent *agent, size_t index, uint16_t *out);
     lbagent_result (*stop)(lbagent *agent, uint32_t timeout_ms);
     void (*free)(lbagent *agent);
-    uintptr_t (*last_error)(char *buf, uintptr_t len);
+    size_t (*last_error)(char *buf, size_t len);
     const char *(*version)(void);
 };
 

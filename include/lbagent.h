@@ -9,8 +9,8 @@
  * - Out-parameters are written only on success.
  * - Threads: every function is thread-safe. The monitor thread never calls host code.
  * - Async-signal-safe: lbagent_heartbeat(); lbagent_set_state() with service and reason NULL;
- *   lbagent_set_weight() and lbagent_set_load() with service NULL; lbagent_strerror();
- *   lbagent_version(); lbagent_state_name().
+ *   lbagent_set_weight() and lbagent_set_load() with service NULL; lbagent_worker_heartbeat();
+ *   lbagent_strerror(); lbagent_version(); lbagent_state_name().
  * - The library cannot be unloaded: dlclose() leaves it mapped (linked with -z nodelete).
  */
 
@@ -426,7 +426,7 @@ typedef struct lbagent_status {
  * NUL-terminated reason into `message` (`message_len` bytes, at least 256). Called on the
  * check's own thread, never concurrently with itself.
  */
-typedef int (*lbagent_check_fn)(void *userdata, char *message, uintptr_t message_len);
+typedef int (*lbagent_check_fn)(void *userdata, char *message, size_t message_len);
 
 /**
  * Releases a check's userdata once the check is removed and its last run has returned.
@@ -583,21 +583,21 @@ enum lbagent_result lbagent_get_counter(const struct lbagent *agent, int counter
  * Returns `LBAGENT_OK`, `LBAGENT_ERR_INVALID_ARGUMENT` when `index` is past the last address,
  * or `LBAGENT_ERR_NULL_ARGUMENT` / `LBAGENT_ERR_BAD_HANDLE`. Thread-safe.
  */
-enum lbagent_result lbagent_local_port(const struct lbagent *agent, uintptr_t index, uint16_t *out);
+enum lbagent_result lbagent_local_port(const struct lbagent *agent, size_t index, uint16_t *out);
 
 /**
  * Writes the TCP port actually bound for the `index`-th `tcp_agent=` address (HAProxy
  * agent-check) to `*out`. Same contract as `lbagent_local_port`.
  */
 enum lbagent_result lbagent_tcp_agent_port(const struct lbagent *agent,
-                                           uintptr_t index,
+                                           size_t index,
                                            uint16_t *out);
 
 /**
  * Writes the TCP port actually bound for the `index`-th `http=` address (HTTP health
  * endpoint) to `*out`. Same contract as `lbagent_local_port`.
  */
-enum lbagent_result lbagent_http_port(const struct lbagent *agent, uintptr_t index, uint16_t *out);
+enum lbagent_result lbagent_http_port(const struct lbagent *agent, size_t index, uint16_t *out);
 
 /**
  * Stops the agent: from this call on every answer says STOPPING; the monitor thread answers
@@ -708,7 +708,7 @@ const char *lbagent_strerror(int result);
  * `lbagent_set_weight`, `lbagent_set_load`) report through their return code only and never
  * touch the last error.
  */
-uintptr_t lbagent_last_error(char *buf, uintptr_t len);
+size_t lbagent_last_error(char *buf, size_t len);
 
 /**
  * The library version as a static string, such as "0.1.0" (equal to `LBAGENT_VERSION`).
@@ -808,8 +808,8 @@ enum lbagent_result lbagent_prober_send(struct lbagent_prober *prober,
  */
 enum lbagent_result lbagent_prober_receive(struct lbagent_prober *prober,
                                            struct lbagent_probe_result *results,
-                                           uintptr_t capacity,
-                                           uintptr_t *count);
+                                           size_t capacity,
+                                           size_t *count);
 
 /**
  * Milliseconds until `lbagent_prober_receive` has a probe to expire (rounded up), 0 when
@@ -823,7 +823,7 @@ int lbagent_prober_timeout_ms(struct lbagent_prober *prober);
  * Probes sent and not yet collected by `lbagent_prober_receive` (in flight, or finished and
  * waiting). 0 for NULL or a handle that is not live. Thread-safe.
  */
-uintptr_t lbagent_prober_pending(const struct lbagent_prober *prober);
+size_t lbagent_prober_pending(const struct lbagent_prober *prober);
 
 /**
  * Closes the prober's socket and frees it; probes in flight are dropped. NULL is a no-op; a

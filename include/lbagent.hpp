@@ -445,7 +445,7 @@ private:
     struct Adopt {};
     Agent(lbagent *handle, Adopt) noexcept : agent_(handle) {}
 
-    using PortFn = lbagent_result (*)(const lbagent *, std::uintptr_t, std::uint16_t *);
+    using PortFn = lbagent_result (*)(const lbagent *, std::size_t, std::uint16_t *);
     std::uint16_t port(PortFn fn, const char *call, std::size_t index) const {
         std::uint16_t value = 0;
         lbagent_result r = fn(agent_, index, &value);
@@ -456,7 +456,7 @@ private:
     }
 
     // The C callbacks behind add_check and set_log_callback: never let an exception out.
-    static int run_check(void *userdata, char *message, std::uintptr_t message_len) noexcept {
+    static int run_check(void *userdata, char *message, std::size_t message_len) noexcept {
         std::string reason;
         bool passed = false;
         try {

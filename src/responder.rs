@@ -190,3 +190,68 @@ fn is_unicast(addr: IpAddr) -> bool {
         IpAddr::V6(v6) => !v6.is_multicast(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::State;
+    use crate::status::BoardConfig;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    /// The outcome of a valid text probe from 127.0.0.1:40000 sent to `destination`.
+    fn outcome_for(destination: IpAddr) -> Outcome {
+        let board = Board::new(
+            &BoardConfig {
+                initial: State::Up,
+                services: &[],
+                watchdog_ms: 0,
+                workers: 0,
+                worker_timeout_ms: 1000,
+                worker_policy: crate::status::WorkerPolicy::Any,
+            },
+            0,
+        )
+        .unwrap();
+        let policy = Policy::from_config(&Config::default());
+        let responder = Responder {
+            board: &board,
+            policy: &policy,
+            instance_id: 1,
+        };
+        let mut out = [0u8; wire::PROBE_MAX_LEN];
+        responder.respond(
+            &mut RateLimiter::new(0, 0),
+            ([127, 0, 0, 1], 40000).into(),
+            Some(destination),
+            &[b'x'; 32],
+            &mut out,
+            1000,
+        )
+    }
+
+    #[test]
+    fn only_unicast_destinations_are_answered() {
+        for unicast in [
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5)),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ] {
+            assert!(
+                matches!(outcome_for(unicast), Outcome::Reply(..)),
+                "{unicast}"
+            );
+        }
+        for group in [
+            IpAddr::V4(Ipv4Addr::BROADCAST),
+            IpAddr::V4(Ipv4Addr::new(224, 0, 0, 1)),
+            IpAddr::V4(Ipv4Addr::new(239, 1, 2, 3)),
+            IpAddr::V6(Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1)),
+        ] {
+            assert_eq!(
+                outcome_for(group),
+                Outcome::Drop(Counter::DroppedNotUnicast),
+                "{group}"
+            );
+        }
+    }
+}

@@ -264,11 +264,29 @@ fn log_to_stderr_reports_lifecycle_and_drops_at_a_bounded_rate() {
 /// release function, driven through its stdin.
 #[test]
 fn worker_pool_threads_slots_and_checks() {
+    worker_pool_walkthrough(false);
+}
+
+#[test]
+fn worker_pool_under_valgrind() {
+    worker_pool_walkthrough(true);
+}
+
+fn worker_pool_walkthrough(under_valgrind: bool) {
     let exe = build("c-examples/worker_pool.c", Link::Dynamic);
-    let mut child = Command::new(&exe)
+    // valgrind runs one thread at a time, much slower: longer limits, same assertions.
+    let (mut cmd, worker_timeout_ms, limit) = if under_valgrind {
+        (valgrind(&exe), 2000, Duration::from_secs(30))
+    } else {
+        (Command::new(&exe), 400, Duration::from_secs(5))
+    };
+    let mut child = cmd
         .env(
             "LBAGENT_CONFIG",
-            "listen=127.0.0.1:0 workers=4 worker_timeout_ms=400 rate_per_source=0",
+            format!(
+                "listen=127.0.0.1:0 workers=4 worker_timeout_ms={worker_timeout_ms} \
+                 rate_per_source=0"
+            ),
         )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -294,21 +312,21 @@ fn worker_pool_threads_slots_and_checks() {
         assert_eq!(lines.next().unwrap().unwrap(), "ok");
     };
     // The first run of the check must pass before the server serves.
-    assert!(eventually(Duration::from_secs(5), || status().is_serving()));
+    assert!(eventually(limit, || status().is_serving()));
     say("hang 2");
-    assert!(eventually(Duration::from_secs(5), || status().state == State::Down));
+    assert!(eventually(limit, || status().state == State::Down));
     let hung = status();
     assert_eq!(hung.reason, Some(Reason::WorkerStalled));
     assert!(hung.message.starts_with("worker 2 "), "{}", hung.message);
     say("release");
-    assert!(eventually(Duration::from_secs(5), || status().is_serving()));
+    assert!(eventually(limit, || status().is_serving()));
     say("backend down");
-    assert!(eventually(Duration::from_secs(5), || status().state == State::Down));
+    assert!(eventually(limit, || status().state == State::Down));
     let failing = status();
     assert_eq!(failing.reason, Some(Reason::CheckFailed));
     assert_eq!(failing.message, "backend: backend unavailable");
     say("backend up");
-    assert!(eventually(Duration::from_secs(5), || status().is_serving()));
+    assert!(eventually(limit, || status().is_serving()));
     stdin.write_all(b"quit\n").unwrap();
     drop(stdin);
     let status = child.wait().unwrap();

@@ -550,6 +550,40 @@ fn compiles(file: &str, source: &str) {
 }
 
 #[test]
+fn readme_c_quick_start_and_self_check_compile_with_warnings_as_errors() {
+    // The quick start is the body of a main(); the self-check a function and a statement.
+    let quick_start = readme_block("## C quick start", "c");
+    let (includes, body): (Vec<&str>, Vec<&str>) =
+        quick_start.lines().partition(|l| l.starts_with("#include"));
+    compiles(
+        "readme_quick_start.c",
+        &format!(
+            "#include <stdio.h>\n#include <stdlib.h>\n{}\n\
+             static void serve_one_batch(void) {{}}\n\
+             static uint32_t clients = 0, max_clients = 64;\n\
+             int main(void) {{\n{}\n    return 0;\n}}\n",
+            includes.join("\n"),
+            body.join("\n")
+        ),
+    );
+    let self_check = readme_block("### Self-checks, worker watchdogs, logging", "c");
+    let (function, statement) = self_check
+        .split_once("\nif (")
+        .expect("the self-check snippet: a function, then `if (lbagent_add_check(...`");
+    compiles(
+        "readme_self_check.c",
+        &format!(
+            "#include <stdio.h>\n#include \"lbagent.h\"\n\
+             static int db_ping(void *db) {{ return db != NULL; }}\n\
+             static const char *db_error(void *db) {{ (void)db; return \"down\"; }}\n\
+             {function}\n\
+             int main(void) {{\n    lbagent *agent = NULL;\n    void *db = NULL;\n\
+             if ({statement}\n    return 0;\n}}\n"
+        ),
+    );
+}
+
+#[test]
 fn readme_cpp_and_signal_handler_snippets_compile_with_warnings_as_errors() {
     let cpp = readme_block("### C++: `include/lbagent.hpp`", "cpp");
     let (includes, body): (Vec<&str>, Vec<&str>) =

@@ -37,6 +37,7 @@ fn install_and_build_a_consumer_with_pkg_config() {
     }
     assert!(lib.join(format!("liblbagent.so.{version}")).is_file());
     assert!(prefix.join("include/lbagent.h").is_file());
+    assert!(prefix.join("include/lbagent.hpp").is_file());
     assert!(prefix.join("bin/lbagent-probe").is_file());
     assert!(prefix.join("bin/lbagent-director").is_file());
 

@@ -23,9 +23,6 @@ LIBRARY_ENV = "LBAGENT_LIBRARY"
 #: The shared library's soname.
 SONAME = "liblbagent.so.0"
 
-# uintptr_t has no ctypes name; on the platforms lbagent supports it is size_t.
-c_uintptr = c_size_t
-assert ctypes.sizeof(c_uintptr) == ctypes.sizeof(ctypes.c_void_p)
 
 
 class lbagent(ctypes.Structure):
@@ -66,8 +63,8 @@ class lbagent_probe_result(ctypes.Structure):
 AGENT_P = POINTER(lbagent)
 PROBER_P = POINTER(lbagent_prober)
 
-#: `lbagent_check_fn`: int (*)(void *userdata, char *message, uintptr_t message_len)
-CHECK_FN = ctypes.CFUNCTYPE(c_int, c_void_p, POINTER(c_char), c_uintptr)
+#: `lbagent_check_fn`: int (*)(void *userdata, char *message, size_t message_len)
+CHECK_FN = ctypes.CFUNCTYPE(c_int, c_void_p, POINTER(c_char), c_size_t)
 #: `lbagent_free_fn`: void (*)(void *userdata)
 FREE_FN = ctypes.CFUNCTYPE(None, c_void_p)
 #: `lbagent_log_fn`: void (*)(void *userdata, int level, const char *message)
@@ -82,14 +79,14 @@ PROTOTYPES: Dict[str, Tuple[object, List[object]]] = {
     "lbagent_heartbeat": (c_int, [AGENT_P]),
     "lbagent_get_status": (c_int, [AGENT_P, c_char_p, POINTER(lbagent_status)]),
     "lbagent_get_counter": (c_int, [AGENT_P, c_int, POINTER(c_uint64)]),
-    "lbagent_local_port": (c_int, [AGENT_P, c_uintptr, POINTER(c_uint16)]),
-    "lbagent_tcp_agent_port": (c_int, [AGENT_P, c_uintptr, POINTER(c_uint16)]),
-    "lbagent_http_port": (c_int, [AGENT_P, c_uintptr, POINTER(c_uint16)]),
+    "lbagent_local_port": (c_int, [AGENT_P, c_size_t, POINTER(c_uint16)]),
+    "lbagent_tcp_agent_port": (c_int, [AGENT_P, c_size_t, POINTER(c_uint16)]),
+    "lbagent_http_port": (c_int, [AGENT_P, c_size_t, POINTER(c_uint16)]),
     "lbagent_stop": (c_int, [AGENT_P, c_uint32]),
     "lbagent_free": (None, [AGENT_P]),
     "lbagent_state_name": (c_char_p, [c_int]),
     "lbagent_strerror": (c_char_p, [c_int]),
-    "lbagent_last_error": (c_uintptr, [POINTER(c_char), c_uintptr]),
+    "lbagent_last_error": (c_size_t, [POINTER(c_char), c_size_t]),
     "lbagent_version": (c_char_p, []),
     "lbagent_add_check": (c_int, [AGENT_P, c_char_p, c_char_p, CHECK_FN, c_void_p, c_uint32,
                                   c_uint32]),
@@ -107,10 +104,10 @@ PROTOTYPES: Dict[str, Tuple[object, List[object]]] = {
     "lbagent_prober_new": (c_int, [c_char_p, POINTER(PROBER_P)]),
     "lbagent_prober_fd": (c_int, [PROBER_P]),
     "lbagent_prober_send": (c_int, [PROBER_P, c_char_p, c_char_p, c_uint64]),
-    "lbagent_prober_receive": (c_int, [PROBER_P, POINTER(lbagent_probe_result), c_uintptr,
-                                       POINTER(c_uintptr)]),
+    "lbagent_prober_receive": (c_int, [PROBER_P, POINTER(lbagent_probe_result), c_size_t,
+                                       POINTER(c_size_t)]),
     "lbagent_prober_timeout_ms": (c_int, [PROBER_P]),
-    "lbagent_prober_pending": (c_uintptr, [PROBER_P]),
+    "lbagent_prober_pending": (c_size_t, [PROBER_P]),
     "lbagent_prober_free": (None, [PROBER_P]),
 }
 

@@ -203,7 +203,7 @@ class Prober(HandleOwner):
         """Every probe finished since the last call, each exactly once (answers, ICMP errors,
         expired timeouts); never blocks. An empty list when none has finished."""
         finished: List[Completion] = []
-        count = _native.c_uintptr()
+        count = ctypes.c_size_t()
         with self._lock:
             handle = self._live()
             while True:

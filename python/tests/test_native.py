@@ -7,8 +7,8 @@ import ctypes
 import os
 import re
 import shutil
-from ctypes import (POINTER, c_char, c_char_p, c_int, c_uint, c_uint16, c_uint32, c_uint64,
-                    c_void_p)
+from ctypes import (POINTER, c_char, c_char_p, c_int, c_size_t, c_uint, c_uint16, c_uint32,
+                    c_uint64, c_void_p)
 from pathlib import Path
 
 import lbagent
@@ -31,7 +31,7 @@ C_TYPES = {
     "int": c_int,
     "unsigned int": c_uint,
     "uint32_t": c_uint32,
-    "uintptr_t": _native.c_uintptr,
+    "size_t": c_size_t,
     "enum lbagent_result": c_int,
     "const char *": c_char_p,
     "char *": POINTER(c_char),
@@ -44,7 +44,7 @@ C_TYPES = {
     "const struct lbagent_prober *": _native.PROBER_P,
     "struct lbagent_prober **": POINTER(_native.PROBER_P),
     "struct lbagent_probe_result *": POINTER(_native.lbagent_probe_result),
-    "uintptr_t *": POINTER(_native.c_uintptr),
+    "size_t *": POINTER(c_size_t),
     "uint16_t *": POINTER(c_uint16),
     "uint64_t *": POINTER(c_uint64),
     "uint64_t": c_uint64,

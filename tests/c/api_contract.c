@@ -55,10 +55,18 @@ static int exchange(uint16_t port, const char *request, size_t len, char *answer
     return (int)n;
 }
 
+static int passing_check(void *userdata, char *message, size_t message_len) {
+    (void)userdata;
+    (void)message;
+    (void)message_len;
+    return 0;
+}
+
 static void null_arguments(void) {
     lbagent_status st;
     uint64_t v;
     uint16_t port;
+    unsigned slot = 0;
     lbagent *a = NULL;
 
     CHECK(lbagent_start(NULL, NULL) == LBAGENT_ERR_NULL_ARGUMENT);
@@ -76,6 +84,35 @@ static void null_arguments(void) {
     lbagent_free(NULL); /* a no-op */
     CHECK(lbagent_last_error(NULL, 0) > 0);
     CHECK(a == NULL);
+
+    /* Checks, logging, worker slots and fork, with no agent. */
+    CHECK(lbagent_add_check(NULL, NULL, "c", passing_check, NULL, 100, 0) ==
+          LBAGENT_ERR_NULL_ARGUMENT);
+    CHECK(lbagent_add_check_with_free(NULL, NULL, "c", passing_check, NULL, NULL, 100, 0) ==
+          LBAGENT_ERR_NULL_ARGUMENT);
+    CHECK(lbagent_remove_check(NULL, "c") == LBAGENT_ERR_NULL_ARGUMENT);
+    CHECK(lbagent_set_log_callback(NULL, NULL, NULL) == LBAGENT_ERR_NULL_ARGUMENT);
+    CHECK(lbagent_worker_register(NULL, &slot) == LBAGENT_ERR_NULL_ARGUMENT);
+    CHECK(lbagent_worker_heartbeat(NULL, 0) == LBAGENT_ERR_NULL_ARGUMENT);
+    CHECK(lbagent_worker_unregister(NULL, 0) == LBAGENT_ERR_NULL_ARGUMENT);
+    CHECK(lbagent_worker_release_pid(NULL, 1, &slot) == LBAGENT_ERR_NULL_ARGUMENT);
+    CHECK(lbagent_after_fork_child(NULL) == LBAGENT_ERR_NULL_ARGUMENT);
+    CHECK(lbagent_after_fork_worker(NULL) == LBAGENT_ERR_NULL_ARGUMENT);
+
+    /* A live agent, NULL where a pointer is required. */
+    CHECK(lbagent_start("listen=127.0.0.1:0 workers=1", &a) == LBAGENT_OK);
+    CHECK(lbagent_get_status(a, NULL, NULL) == LBAGENT_ERR_NULL_ARGUMENT);
+    CHECK(lbagent_get_counter(a, 0, NULL) == LBAGENT_ERR_NULL_ARGUMENT);
+    CHECK(lbagent_local_port(a, 0, NULL) == LBAGENT_ERR_NULL_ARGUMENT);
+    CHECK(lbagent_add_check(a, NULL, NULL, passing_check, NULL, 100, 0) ==
+          LBAGENT_ERR_NULL_ARGUMENT);
+    CHECK(lbagent_add_check(a, NULL, "c", NULL, NULL, 100, 0) == LBAGENT_ERR_INVALID_ARGUMENT);
+    CHECK(last_error_contains("callback"));
+    CHECK(lbagent_remove_check(a, NULL) == LBAGENT_ERR_NULL_ARGUMENT);
+    CHECK(lbagent_worker_register(a, NULL) == LBAGENT_ERR_NULL_ARGUMENT);
+    CHECK(lbagent_worker_release_pid(a, getpid(), NULL) == LBAGENT_OK); /* count optional */
+    CHECK(lbagent_set_log_callback(a, NULL, NULL) == LBAGENT_OK); /* NULL: no callback */
+    lbagent_free(a);
 }
 
 static void config_errors(void) {

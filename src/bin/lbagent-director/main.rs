@@ -25,8 +25,8 @@ Targets file: one real server per line, fields separated by spaces:
   NAME  ADDRESS  [service=NAME]  [key=PATH]      # comment
 NAME names the track file DIR/NAME (letters, digits, _ . -); ADDRESS is numeric,
 IPv4[:PORT] or [IPv6]:PORT, port 4950 by default; service= asks about one service instead
-of the whole server; key= names a key file for authenticated probes (its first key; used
-once the agent's authentication is available).
+of the whole server; key= names a key file for authenticated probes (its first key seals every
+probe, and only answers sealed with it count).
 
 Track files: DIR/NAME holds 0 while the server should receive new connections (state up,
 weight above 0) and 1 otherwise, after --rise successful or --fall failed checks in a row.
