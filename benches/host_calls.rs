@@ -70,7 +70,9 @@ impl Lib {
         let path = support::shared_library();
         let handle = open(path.to_str().unwrap())
             .unwrap_or_else(|| panic!("dlopen {} (cargo builds it)", path.display()));
-        // SAFETY: each symbol has the prototype of include/lbagent.h written here.
+        // SAFETY: each symbol has the prototype of include/lbagent.h written here (each
+        // transmute's target is the field's declared function pointer type).
+        #[allow(clippy::missing_transmute_annotations)]
         unsafe {
             Lib {
                 start: std::mem::transmute(symbol(handle, "lbagent_start")),

@@ -120,7 +120,7 @@ pub fn write_reply(status: &Status, max_len: usize, out: &mut [u8]) -> usize {
     }
     let mut weight = [0u8; 5];
     let weight = format_percent(status.weight_pct, &mut weight);
-    let weight_fits = line.room() >= weight.len() + 1;
+    let weight_fits = line.room() > weight.len();
     if weight_fits {
         line.push(b" ");
         line.push(weight);

@@ -112,11 +112,9 @@ impl Program {
     fn read(&mut self, key: &str) -> u64 {
         let mut line = String::new();
         self.stdout.read_line(&mut line).unwrap();
-        let value = line
-            .strip_prefix(key)
+        line.strip_prefix(key)
             .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("expected {key:?}, got {line:?}"));
-        value
+            .unwrap_or_else(|| panic!("expected {key:?}, got {line:?}"))
     }
 
     /// The next line, which must be "KEY RSS ANON FILE SHMEM" (KiB); returns the four.

@@ -762,13 +762,12 @@ mod tests {
         ];
         let stop = Arc::new(AtomicBool::new(false));
         let mut writers = Vec::new();
-        for w in 0..5usize {
+        for state in states {
             let b = b.clone();
             let stop = stop.clone();
             writers.push(std::thread::spawn(move || {
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    let state = states[w];
                     // Long messages make torn reads likely if the protocol were wrong.
                     let msg = format!("{}:{}:{}", state.name(), i, state.name().repeat(30));
                     b.set_state(

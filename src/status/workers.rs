@@ -33,8 +33,10 @@ pub(crate) struct WorkerSlot {
 // SAFETY: only atomics.
 unsafe impl Zeroable for WorkerSlot {}
 
-/// What the workers say now.
+/// What the workers say now. Large (the message is inline) but `Copy` and built on the monitor
+/// thread for every answer: a boxed message would allocate per probe.
 #[derive(Clone, Copy, Debug)]
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum WorkersEffect {
     /// No slot registered, or all live: no effect.
     None,
