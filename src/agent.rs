@@ -21,6 +21,7 @@ use crate::responder::Policy;
 use crate::state::{Reason, State};
 use crate::status::checks::AddError;
 use crate::status::{Board, BoardConfig, Status, Target, Text};
+use crate::streams::AgentCheckOptions;
 use crate::streams::{Kind, StreamListener};
 
 /// How long dropping an agent waits for its threads before leaving them to finish alone.
@@ -43,8 +44,8 @@ pub struct Agent {
     http_addrs: Vec<SocketAddr>,
     rate: (u32, u32),
     log_drops_ms: u32,
-    /// Whether the TCP agent-check waits for an `agent-send` line (`services=` is set).
-    wait_for_agent_send: bool,
+    /// How the TCP agent-check answers.
+    agent_check: AgentCheckOptions,
 }
 
 /// What only host threads touch (never the monitor thread).
@@ -151,7 +152,10 @@ impl Agent {
             http_addrs,
             rate: (config.rate_per_source, config.rate_global),
             log_drops_ms: config.log_drops_ms,
-            wait_for_agent_send: !config.services.is_empty(),
+            agent_check: AgentCheckOptions {
+                wait_for_agent_send: !config.services.is_empty(),
+                maxconn: config.agent_maxconn,
+            },
         };
         {
             let mut control = agent.control.lock();
@@ -201,7 +205,7 @@ impl Agent {
             self.shared.clone(),
             listeners,
             stream_listeners,
-            self.wait_for_agent_send,
+            self.agent_check,
             limiter,
             self.log_drops_ms,
         )?;

@@ -43,6 +43,7 @@ pub const KEYS: &[&str] = &[
     "worker_timeout_ms",
     "worker_policy",
     "tcp_agent",
+    "agent_maxconn",
     "http",
 ];
 
@@ -101,6 +102,9 @@ pub struct Config {
     pub worker_policy: WorkerPolicy,
     /// TCP addresses that answer HAProxy's agent-check (`tcp_agent=`); empty: off.
     pub tcp_agent: Vec<SocketAddr>,
+    /// Whether the agent-check line carries `maxconn:N`, N the capacity the host reports
+    /// (`agent_maxconn=on|off`, default off; nothing is sent while the capacity is 0).
+    pub agent_maxconn: bool,
     /// TCP addresses that answer HTTP health checks (`http=`); empty: off.
     pub http: Vec<SocketAddr>,
 }
@@ -125,6 +129,7 @@ impl Default for Config {
             worker_timeout_ms: 5_000,
             worker_policy: WorkerPolicy::Any,
             tcp_agent: Vec::new(),
+            agent_maxconn: false,
             http: Vec::new(),
         }
     }
@@ -288,6 +293,7 @@ impl Config {
                 }
             }
             "tcp_agent" => self.tcp_agent = parse_tcp(key, value)?,
+            "agent_maxconn" => self.agent_maxconn = parse_switch(key, value)?,
             "http" => self.http = parse_tcp(key, value)?,
             _ => {
                 return Err(ConfigError::new(format!(
@@ -459,6 +465,17 @@ fn parse_switch(key: &str, value: &str) -> Result<bool, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_key_is_in_the_readme_table() {
+        let readme = include_str!("../README.md");
+        for key in KEYS {
+            assert!(
+                readme.contains(&format!("\n| `{key}` |")),
+                "README's configuration table has no row for {key:?}"
+            );
+        }
+    }
 
     fn err(text: &str) -> String {
         Config::parse(text).unwrap_err().to_string()

@@ -32,7 +32,7 @@ use crate::limit::RateLimiter;
 use crate::log::{Level, Logger, log_line};
 use crate::responder::{Outcome, Policy, Responder};
 use crate::status::Board;
-use crate::streams::{ConnectionFds, LISTENER_TOKENS, StreamListener, Streams};
+use crate::streams::{AgentCheckOptions, ConnectionFds, LISTENER_TOKENS, StreamListener, Streams};
 use crate::wire;
 
 /// State shared by the host-facing handle and the monitor thread.
@@ -141,12 +141,11 @@ struct Handler {
 
 impl Monitor {
     /// Registers the sockets with a new poller; returns the monitor and how to wake it.
-    /// `wait_for_agent_send`: see `Streams::new`.
     pub(crate) fn new(
         shared: Arc<Shared>,
         listeners: Arc<[Listener]>,
         stream_listeners: Arc<[StreamListener]>,
-        wait_for_agent_send: bool,
+        agent_check: AgentCheckOptions,
         limiter: RateLimiter,
         report_drops_every_ms: u32,
     ) -> Result<(Monitor, Wake), Error> {
@@ -166,7 +165,7 @@ impl Monitor {
                 )
                 .map_err(io_error("register a socket with the poller"))?;
         }
-        let streams = Streams::new(stream_listeners, wait_for_agent_send);
+        let streams = Streams::new(stream_listeners, agent_check);
         streams
             .register(poll.registry())
             .map_err(io_error("register a socket with the poller"))?;

@@ -214,20 +214,28 @@ pub(crate) struct Streams {
     open: [usize; 2],
     /// Answers are built here, then copied into the connection's buffer.
     scratch: Box<[u8; http::MAX_RESPONSE]>,
-    /// Whether an `agent-send` line is worth waiting for (`services=` is not empty).
-    wait_for_agent_send: bool,
+    agent_check: AgentCheckOptions,
     fds: Arc<ConnectionFds>,
 }
 
+/// How the agent-check line is answered (from the configuration).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AgentCheckOptions {
+    /// Whether an `agent-send` line is worth waiting for (`services=` is not empty).
+    pub wait_for_agent_send: bool,
+    /// Whether the line carries `maxconn:CAPACITY` (`agent_maxconn=on`).
+    pub maxconn: bool,
+}
+
 impl Streams {
-    pub(crate) fn new(listeners: Arc<[StreamListener]>, wait_for_agent_send: bool) -> Streams {
+    pub(crate) fn new(listeners: Arc<[StreamListener]>, agent_check: AgentCheckOptions) -> Streams {
         Streams {
             pending_accept: vec![false; listeners.len()],
             listeners,
             slots: Vec::new(),
             open: [0; 2],
             scratch: Box::new([0; http::MAX_RESPONSE]),
-            wait_for_agent_send,
+            agent_check,
             fds: Arc::new(ConnectionFds::new()),
         }
     }
@@ -358,7 +366,7 @@ impl Streams {
             received: 0,
             peer_closed: false,
             // Without services there is nothing an `agent-send` line could ask: answer now.
-            answer_now: kind == Kind::Agent && !self.wait_for_agent_send,
+            answer_now: kind == Kind::Agent && !self.agent_check.wait_for_agent_send,
         });
         self.open[kind.index()] += 1;
         // Answer first (the request is often there already, and an agent-check without
@@ -428,7 +436,7 @@ impl Streams {
                     };
                     // Without services an agent-check needs no request: answer at once, with no
                     // read that would only say WouldBlock.
-                    let nothing_to_read = conn.answer_now && !self.wait_for_agent_send;
+                    let nothing_to_read = conn.answer_now && !self.agent_check.wait_for_agent_send;
                     // Edge-triggered: read until the socket is empty (or the buffer full), or
                     // until the request is whole: what follows it is read (and discarded) once
                     // the answer is written, so no readiness is lost, and the read that would
@@ -538,7 +546,8 @@ impl Streams {
         let status = board.status(board.target(service), clock::now_ms());
         // TCP has no request-length limit: the whole line, ending in "\n" (HAProxy ignores a
         // line without an end).
-        let len = text::write_reply(&status, text::MAX_LINE, &mut self.scratch[..]);
+        let maxconn = (self.agent_check.maxconn && status.capacity > 0).then_some(status.capacity);
+        let len = text::write_agent_reply(&status, maxconn, text::MAX_LINE, &mut self.scratch[..]);
         self.start_writing(index, len, Counter::AnsweredAgent, now);
     }
 

@@ -11,6 +11,8 @@
 //! - It is never longer than the request, nor than 255 bytes (keepalived's default
 //!   `max_reply_length`); parts are left out from the end to fit.
 
+use std::io::Write as _;
+
 use crate::state::State;
 use crate::status::Status;
 
@@ -95,6 +97,17 @@ pub const MAX_LINE: usize = 255;
 /// and at most `MAX_LINE`, ending in `\n` when there is room for it, and returns its length. Longer answers are cut from the end: first the reason, then the weight, then the
 /// other words; the first word is always kept whole when at least its length plus one fits.
 pub fn write_reply(status: &Status, max_len: usize, out: &mut [u8]) -> usize {
+    write_agent_reply(status, None, max_len, out)
+}
+
+/// `write_reply` with `maxconn:N` after the weight (HAProxy's agent-check sets the server's
+/// maxconn from it), when `maxconn` is given and there is room for it before the reason.
+pub fn write_agent_reply(
+    status: &Status,
+    maxconn: Option<u32>,
+    max_len: usize,
+    out: &mut [u8],
+) -> usize {
     let max_len = max_len.min(out.len()).min(MAX_LINE);
     let words = words(status);
     let first = words[0].as_bytes();
@@ -125,8 +138,18 @@ pub fn write_reply(status: &Status, max_len: usize, out: &mut [u8]) -> usize {
         line.push(b" ");
         line.push(weight);
     }
+    let mut maxconn_fits = true;
+    if let Some(n) = maxconn.filter(|_| weight_fits) {
+        let mut word = [0u8; 18];
+        let word = format_maxconn(n, &mut word);
+        maxconn_fits = line.room() > word.len();
+        if maxconn_fits {
+            line.push(b" ");
+            line.push(word);
+        }
+    }
     let message = status.message.as_str();
-    if weight_fits && !message.is_empty() && line.room() >= 3 {
+    if weight_fits && maxconn_fits && !message.is_empty() && line.room() >= 3 {
         line.push(b" #");
         for c in message.chars() {
             if line.room() == 0 {
@@ -144,6 +167,15 @@ pub fn write_reply(status: &Status, max_len: usize, out: &mut [u8]) -> usize {
     let len = line.len;
     out[len] = b'\n';
     len + 1
+}
+
+/// Formats `maxconn:N` (no allocation: `io::Write` over the slice).
+fn format_maxconn(n: u32, buf: &mut [u8; 18]) -> &[u8] {
+    let mut rest = &mut buf[..];
+    // "maxconn:" and at most 10 digits always fit in 18 bytes.
+    let _ = write!(rest, "maxconn:{n}");
+    let len = 18 - rest.len();
+    &buf[..len]
 }
 
 /// Formats `0..=100` followed by `%`.
@@ -224,6 +256,28 @@ mod tests {
             line(&status(State::Up, 100, "naïve\u{1F600}"), 512),
             "up ready 100% #na?ve?\n"
         );
+    }
+
+    #[test]
+    fn agent_lines_with_maxconn() {
+        let agent_line = |s: &Status, maxconn, max| {
+            let mut out = [0u8; 512];
+            let n = write_agent_reply(s, maxconn, max, &mut out);
+            String::from_utf8(out[..n].to_vec()).unwrap()
+        };
+        let up = status(State::Up, 50, "ready");
+        assert_eq!(
+            agent_line(&up, Some(64), 255),
+            "up ready 50% maxconn:64 #ready\n"
+        );
+        assert_eq!(
+            agent_line(&up, Some(u32::MAX), 255),
+            "up ready 50% maxconn:4294967295 #ready\n"
+        );
+        assert_eq!(agent_line(&up, None, 255), "up ready 50% #ready\n");
+        // Cut like the rest: the reason goes first, then maxconn, never the weight for it.
+        assert_eq!(agent_line(&up, Some(64), 24), "up ready 50% maxconn:64\n");
+        assert_eq!(agent_line(&up, Some(64), 20), "up ready 50%\n");
     }
 
     #[test]

@@ -243,7 +243,8 @@ fn listener_pair() -> (TcpListener, TcpListener) {
 fn agent_pair() -> (Agent, Agent) {
     for _ in 0..50 {
         let a = Agent::start(&format!(
-            "listen={S1}:0 tcp_agent={S1}:0 http={S1}:0 services=game initial_state=up"
+            "listen={S1}:0 tcp_agent={S1}:0 http={S1}:0 services=game initial_state=up \
+             agent_maxconn=on"
         ))
         .unwrap();
         let (tcp, http) = (a.tcp_agent_addrs()[0].port(), a.http_addrs()[0].port());
@@ -420,6 +421,19 @@ fn haproxy_follows_the_embedded_agent() {
         "weight 100%",
         haproxy.wait_for("game", "s1", "UP", Some(100)),
     ));
+
+    // agent_maxconn=on (s1 only): the capacity the host reports for the service HAProxy asks
+    // about (agent-send) becomes HAProxy's maxconn for the server (`slim` in show stat); s2
+    // says nothing and keeps none.
+    agent1.set_load("game", 3, 7).unwrap();
+    assert!(
+        eventually(WAIT, || haproxy.stat("game", "s1")["slim"] == "7"),
+        "s1's maxconn never became 7: {:?}",
+        haproxy.stat("game", "s1")
+    );
+    agent1.set_load("game", 3, 9).unwrap();
+    assert!(eventually(WAIT, || haproxy.stat("game", "s1")["slim"] == "9"));
+    assert_eq!(haproxy.stat("game", "s2")["slim"], "");
 
     // The service named by agent-send: draining "game" alone shows in the agent-check
     // backend, not in the HTTP backend that asks about the whole server.
