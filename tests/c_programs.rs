@@ -260,6 +260,24 @@ fn log_to_stderr_reports_lifecycle_and_drops_at_a_bounded_rate() {
     assert!(seen.iter().any(|l| l.contains("info: stopped")), "{seen:?}");
 }
 
+/// tests/c/no_syscalls.c: the host calls made from a thread in seccomp strict mode, where
+/// any system call but read, write and exit kills the process.
+#[test]
+fn host_calls_make_no_system_call() {
+    for link in [Link::Dynamic, Link::Static] {
+        let exe = build("tests/c/no_syscalls.c", link);
+        let out = Command::new(&exe).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {} (SIGKILL means a host call made a system call)\n{}",
+            exe.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: "));
+    }
+}
+
 /// c-examples/worker_pool.c: one watchdog slot per worker thread and a self-check with a
 /// release function, driven through its stdin.
 #[test]
