@@ -12,7 +12,8 @@
 //! A probe sealed with a key completes only with an answer that authenticates with that key.
 //! An agent drops a probe with a wrong key silently, so, like [`probe`](super::probe), a keyed
 //! probe still without a valid answer half-way through its timeout is followed by one
-//! unsealed diagnostic PROBE (same service and length, a fresh nonce). If the agent answers
+//! unsealed diagnostic PROBE (same service and length, a fresh nonce), unless an answer that
+//! did not authenticate has come (that already makes it a wrong key). If the agent answers
 //! that, the probe completes at its deadline as `WrongKey` (the agent is alive and dropped the
 //! sealed probe), not as `Timeout`. Those half-way events share the deadlines heap, so
 //! [`Prober::next_timeout`] counts them too: the diagnostic is sent by the first `receive`
