@@ -531,9 +531,10 @@ struct ProbeResult {
 // number of probes are in flight. The event loop: send() for each target; wait until fd()
 // is readable (POLLIN) or timeout_ms() have passed; receive() every finished probe (each
 // exactly once, answered, failed or timed out); repeat while pending() > 0. With a key, an
-// answer that does not authenticate finishes as LBAGENT_ERR_WRONG_KEY, but a probe the agent
-// drops (it lacks the key) as LBAGENT_ERR_TIMEOUT. A moved-from Prober holds nothing: fd()
-// is -1, pending() 0, and send/receive throw (LBAGENT_ERR_NULL_ARGUMENT).
+// answer that does not authenticate finishes as LBAGENT_ERR_WRONG_KEY, and so does a probe
+// the agent drops (it lacks the key) if it answers the one unsealed probe sent half-way
+// through the timeout; a silent agent is LBAGENT_ERR_TIMEOUT. A moved-from Prober holds
+// nothing: fd() is -1, pending() 0, and send/receive throw (LBAGENT_ERR_NULL_ARGUMENT).
 class Prober {
 public:
     // `options` as for probe(): "timeout_ms=N" (every probe's timeout), "key_file=PATH"

@@ -398,7 +398,7 @@ pub fn probe(target: SocketAddr, options: &ProbeOptions) -> Result<Answer, Probe
         let left = deadline.saturating_duration_since(now);
         if left.is_zero() {
             let alive = diagnostic.is_some_and(|d| d.answered);
-            return Err(no_valid_answer(options, rejected, alive));
+            return Err(no_valid_answer(key, options.timeout, rejected, alive));
         }
         let wait = match &diagnostic {
             Some(d) if !d.sent => left.min(d.at.saturating_duration_since(now)),
@@ -446,24 +446,28 @@ struct Diagnostic {
     answered: bool,
 }
 
-/// What to report when the deadline passes without a valid answer.
-fn no_valid_answer(
-    options: &ProbeOptions,
+/// What to report when the deadline of a probe sealed with `key` (None: unsealed) passes
+/// without a valid answer: why an answer was refused, if one was; a wrong key if the agent
+/// answered the unsealed diagnostic (`agent_alive`); else a timeout. Shared by `probe` and
+/// the non-blocking `Prober`.
+pub(crate) fn no_valid_answer(
+    key: Option<&Key>,
+    timeout: Duration,
     rejected: Option<String>,
     agent_alive: bool,
 ) -> ProbeError {
-    match (rejected, &options.key) {
+    match (rejected, key) {
         (Some(why), _) => ProbeError::WrongKey(why),
         (None, Some(key)) if agent_alive => ProbeError::WrongKey(format!(
             "the agent answers unauthenticated probes but dropped the sealed one (key id {} unknown there, another secret, or clocks further apart than its auth_window_ms)",
             key.id()
         )),
-        _ => ProbeError::Timeout(options.timeout),
+        _ => ProbeError::Timeout(timeout),
     }
 }
 
 /// The nonce of a protocol v1 answer, if `datagram` is one.
-fn answer_nonce(datagram: &[u8]) -> Option<u64> {
+pub(crate) fn answer_nonce(datagram: &[u8]) -> Option<u64> {
     (datagram.len() >= 16 && datagram.starts_with(&wire::MAGIC)).then(|| {
         let mut n = [0u8; 8];
         n.copy_from_slice(&datagram[8..16]);

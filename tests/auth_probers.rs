@@ -1,17 +1,20 @@
-//! Authentication, prober side: the client API, lbagent-probe, lbagent-director and the C
-//! prober seal their probes and accept only answers sealed with the same key; a wrong key, an
-//! agent without keys, and forged answers are each reported for what they are.
+//! Authentication, prober side: the client API (blocking `probe` and non-blocking `Prober`),
+//! lbagent-probe, lbagent-director and the C probe and prober seal their probes and accept
+//! only answers sealed with the same key; a wrong key (told from a dead agent by the unsealed
+//! diagnostic half-way), an agent without keys, and forged answers are each reported for what
+//! they are.
 
 mod common;
 
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::*;
-use lbagent::client::{self, ProbeError, ProbeOptions, load_key};
+use lbagent::client::{self, Completion, ProbeError, ProbeOptions, Prober, load_key};
 use lbagent::wire::{self, Reply};
 use lbagent::{Counter, State};
 
@@ -73,6 +76,119 @@ fn client_api_with_the_right_key_the_wrong_key_and_no_key() {
     let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
     let e = client::probe(silent.local_addr().unwrap(), &options(Some(&right), 300)).unwrap_err();
     assert!(matches!(e, ProbeError::Timeout(_)), "{e}");
+}
+
+/// An event loop around `prober`, as a director writes it: wait until the socket is readable
+/// or `next_timeout` has passed (and no longer), then `receive`; until nothing is in flight.
+fn event_loop(prober: &mut Prober) -> Vec<Completion> {
+    let mut out = Vec::new();
+    let give_up = Instant::now() + Duration::from_secs(20);
+    while prober.in_flight() > 0 && Instant::now() < give_up {
+        let wait = prober.next_timeout().unwrap_or(Duration::from_secs(1));
+        let mut fds = [libc::pollfd {
+            fd: prober.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        let ms = wait.as_nanos().div_ceil(1_000_000).min(1000) as libc::c_int;
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) };
+        prober.receive(&mut out);
+    }
+    out
+}
+
+fn result_of(out: &[Completion], token: u64) -> &Result<client::Answer, ProbeError> {
+    &out.iter()
+        .find(|c| c.token == token)
+        .expect("completed")
+        .result
+}
+
+#[test]
+fn prober_tells_a_wrong_key_from_a_dead_agent() {
+    let agent_keys = key_file("prober-agent", &format!("7 {SECRET}\n"));
+    let right = key_file("prober-right", &format!("7 {SECRET}\n"));
+    let wrong_secret = key_file("prober-wrong-secret", &format!("7 {OTHER}\n"));
+    let wrong_id = key_file("prober-wrong-id", &format!("9 {SECRET}\n"));
+    let (agent, addr) = agent(&format!(
+        "key_file={} initial_state=up",
+        agent_keys.display()
+    ));
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let key = |p: &PathBuf| Some(load_key(p, None).unwrap());
+    // The options' key (send) and a key per target (send_keyed).
+    let mut prober = Prober::new(options(Some(&wrong_secret), 600)).unwrap();
+    let started = Instant::now();
+    prober.send(addr, "", 1).unwrap();
+    prober.send_keyed(addr, "", 2, key(&wrong_id)).unwrap();
+    prober
+        .send_keyed(silent.local_addr().unwrap(), "", 3, key(&wrong_secret))
+        .unwrap();
+    prober.send_keyed(addr, "", 4, key(&right)).unwrap();
+    let out = event_loop(&mut prober);
+    assert_eq!(out.len(), 4, "{out:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The agent drops the sealed probes silently but answers the unsealed diagnostics sent
+    // half-way (with ERROR 2, auth=required): alive, so a wrong key, as client::probe says.
+    for token in [1, 2] {
+        let e = result_of(&out, token).as_ref().unwrap_err();
+        assert!(matches!(e, ProbeError::WrongKey(_)), "{e}");
+        assert!(e.to_string().starts_with("wrong key: "), "{e}");
+        assert!(e.to_string().contains("dropped the sealed one"), "{e}");
+    }
+    // Nothing answers at all: a timeout, diagnostic or not.
+    let e = result_of(&out, 3).as_ref().unwrap_err();
+    assert!(matches!(e, ProbeError::Timeout(_)), "{e}");
+    assert!(result_of(&out, 4).as_ref().unwrap().is_serving());
+    let stats = prober.stats();
+    assert_eq!(
+        (
+            stats.sent,
+            stats.diagnostics,
+            stats.answered,
+            stats.failed,
+            stats.timed_out,
+            stats.ignored
+        ),
+        (4, 3, 1, 2, 1, 0),
+        "{stats:?}"
+    );
+    assert!(eventually(Duration::from_secs(2), || {
+        agent.counter(Counter::DroppedAuthFailed) == 2 && agent.counter(Counter::AnsweredError) == 2
+    }));
+    assert_eq!(prober.next_timeout(), None);
+}
+
+#[test]
+fn prober_with_the_right_key_sends_no_diagnostic() {
+    let agent_keys = key_file("prober-quiet-agent", &format!("7 {SECRET}\n"));
+    let (agent, addr) = agent(&format!(
+        "key_file={} initial_state=up",
+        agent_keys.display()
+    ));
+    let mut prober = Prober::new(options(Some(&agent_keys), 1000)).unwrap();
+    let sent = Instant::now();
+    for (token, service) in [(1, ""), (2, "web"), (3, "")] {
+        prober.send(addr, service, token).unwrap();
+    }
+    let out = event_loop(&mut prober);
+    assert_eq!(out.len(), 3, "{out:?}");
+    assert!(out.iter().all(|c| c.result.is_ok()), "{out:?}");
+    // Past the half-way point of every probe: nothing more is sent.
+    std::thread::sleep(
+        (sent + Duration::from_millis(700)).saturating_duration_since(Instant::now()),
+    );
+    prober.receive(&mut Vec::new());
+    assert_eq!(prober.next_timeout(), None);
+    let stats = prober.stats();
+    assert_eq!(
+        (stats.sent, stats.diagnostics, stats.answered, stats.ignored),
+        (3, 0, 3, 0),
+        "{stats:?}"
+    );
+    assert_eq!(agent.counter(Counter::Received), 3);
+    assert_eq!(agent.counter(Counter::AnsweredError), 0);
 }
 
 /// A fake agent that answers every PROBE with a STATUS for its nonce saying UP, sealed with
@@ -267,6 +383,8 @@ fn lbagent_director_seals_each_targets_probes_with_its_key() {
     .unwrap();
     let track = dir.join("track");
     std::fs::create_dir_all(&track).unwrap();
+    // "bad" starts up, so its first failed check is a logged transition with its reason.
+    std::fs::write(track.join("bad"), "0\n").unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_lbagent-director"))
         .args([
             "--interval",
@@ -282,15 +400,52 @@ fn lbagent_director_seals_each_targets_probes_with_its_key() {
         .arg(&targets)
         .arg("--track-dir")
         .arg(&track)
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let log = log.clone();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                log.lock().unwrap().push(line);
+            }
+        })
+    };
+    let logged = |needles: &[&str]| {
+        log.lock()
+            .unwrap()
+            .iter()
+            .find(|l| needles.iter().all(|n| l.contains(n)))
+            .cloned()
+    };
     let read = |name: &str| std::fs::read_to_string(track.join(name)).unwrap_or_default();
-    let ok = eventually(Duration::from_secs(10), || read("good").trim() == "0");
+    let ok = eventually(Duration::from_secs(10), || {
+        read("good").trim() == "0" && read("bad").trim() == "1"
+    });
+    // The agent drops bad's sealed probes but answers the unsealed diagnostic: the
+    // transition says wrong key, not timeout.
+    let wrong_key = eventually(Duration::from_secs(10), || {
+        logged(&["bad ", "up -> down", "wrong key: "]).is_some()
+    });
     let (good, bad, none) = (read("good"), read("bad"), read("none"));
-    let _ = child.kill();
+    // SAFETY: kill(2) on our child's pid.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     let _ = child.wait();
-    assert!(ok, "good={good:?}");
+    reader.join().unwrap();
+    let lines = log.lock().unwrap().join("\n");
+    assert!(ok, "good={good:?} bad={bad:?}\n{lines}");
+    assert!(wrong_key, "{lines}");
+    let stop = logged(&["stopping on SIGTERM"]).expect(&lines);
+    assert!(
+        stop.contains("wrong-key diagnostics sent") && !stop.contains(" 0 wrong-key"),
+        "{stop}"
+    );
     assert_eq!(bad.trim(), "1", "a wrong key never makes a target healthy");
     assert_eq!(
         none.trim(),
@@ -313,21 +468,32 @@ fn lbagent_director_seals_each_targets_probes_with_its_key() {
     );
 }
 
+/// `lbagent_status`.
+#[repr(C)]
+struct Status {
+    state: std::ffi::c_int,
+    reason: std::ffi::c_int,
+    weight_pct: u32,
+    in_use: u32,
+    capacity: u32,
+    generation: u32,
+    since_ms: u32,
+    instance_id: u64,
+    message: [std::ffi::c_char; 256],
+}
+
+/// `lbagent_probe_result`.
+#[repr(C)]
+struct ProbeResult {
+    token: u64,
+    result: std::ffi::c_int,
+    rtt_us: u32,
+    status: Status,
+}
+
 #[test]
 fn c_probe_with_key_file_option() {
     use std::ffi::{CString, c_char, c_int};
-    #[repr(C)]
-    struct Status {
-        state: c_int,
-        reason: c_int,
-        weight_pct: u32,
-        in_use: u32,
-        capacity: u32,
-        generation: u32,
-        since_ms: u32,
-        instance_id: u64,
-        message: [c_char; 256],
-    }
     unsafe extern "C" {
         fn lbagent_probe(
             target: *const c_char,
@@ -370,5 +536,89 @@ fn c_probe_with_key_file_option() {
         run(format!("key_file={} key_id=3", agent_keys.display())).0,
         4,
         "LBAGENT_ERR_CONFIG"
+    );
+}
+
+#[test]
+fn c_prober_with_key_file_option() {
+    use std::ffi::{CString, c_char, c_int, c_void};
+    unsafe extern "C" {
+        fn lbagent_prober_new(options: *const c_char, out: *mut *mut c_void) -> c_int;
+        fn lbagent_prober_send(
+            prober: *mut c_void,
+            target: *const c_char,
+            service: *const c_char,
+            token: u64,
+        ) -> c_int;
+        fn lbagent_prober_receive(
+            prober: *mut c_void,
+            results: *mut ProbeResult,
+            capacity: usize,
+            count: *mut usize,
+        ) -> c_int;
+        fn lbagent_prober_timeout_ms(prober: *mut c_void) -> c_int;
+        fn lbagent_prober_pending(prober: *const c_void) -> usize;
+        fn lbagent_prober_fd(prober: *const c_void) -> c_int;
+        fn lbagent_prober_free(prober: *mut c_void);
+    }
+    let agent_keys = key_file("c-prober-agent", &format!("7 {SECRET}\n"));
+    let wrong = key_file("c-prober-wrong", &format!("7 {OTHER}\n"));
+    let (_agent, addr) = agent(&format!(
+        "key_file={} initial_state=up",
+        agent_keys.display()
+    ));
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    // Probes each target (token = index) through a C prober with `options`, in the event loop
+    // of the header's documentation; returns each token's result code.
+    let run = |options: String, targets: &[SocketAddr]| -> Vec<(u64, c_int)> {
+        let options = CString::new(options).unwrap();
+        let mut prober: *mut c_void = std::ptr::null_mut();
+        // SAFETY: valid strings and out pointer; the handle is used until freed below.
+        unsafe {
+            assert_eq!(lbagent_prober_new(options.as_ptr(), &mut prober), 0);
+            for (token, target) in targets.iter().enumerate() {
+                let target = CString::new(target.to_string()).unwrap();
+                let rc =
+                    lbagent_prober_send(prober, target.as_ptr(), std::ptr::null(), token as u64);
+                assert_eq!(rc, 0);
+            }
+            let mut done = Vec::new();
+            let give_up = Instant::now() + Duration::from_secs(20);
+            while lbagent_prober_pending(prober) > 0 && Instant::now() < give_up {
+                let mut fds = [libc::pollfd {
+                    fd: lbagent_prober_fd(prober),
+                    events: libc::POLLIN,
+                    revents: 0,
+                }];
+                let ms = lbagent_prober_timeout_ms(prober).min(1000);
+                libc::poll(fds.as_mut_ptr(), 1, ms);
+                let mut results: [ProbeResult; 4] = std::mem::zeroed();
+                let mut count = 0usize;
+                assert_eq!(
+                    lbagent_prober_receive(prober, results.as_mut_ptr(), 4, &mut count),
+                    0
+                );
+                done.extend(results[..count].iter().map(|r| (r.token, r.result)));
+            }
+            lbagent_prober_free(prober);
+            done.sort();
+            done
+        }
+    };
+    // The agent drops the probe sealed with another secret but answers the diagnostic:
+    // LBAGENT_ERR_WRONG_KEY (20); a silent port: LBAGENT_ERR_TIMEOUT (9).
+    assert_eq!(
+        run(
+            format!("key_file={} timeout_ms=600", wrong.display()),
+            &[addr, silent.local_addr().unwrap()]
+        ),
+        [(0, 20), (1, 9)]
+    );
+    assert_eq!(
+        run(
+            format!("key_file={} timeout_ms=600", agent_keys.display()),
+            &[addr]
+        ),
+        [(0, 0)]
     );
 }

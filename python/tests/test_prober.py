@@ -155,7 +155,7 @@ def test_probe_rejects_bad_input_clearly(make_agent, tmp_path):
 
 # ---- Keys ----------------------------------------------------------------------------------
 
-def test_keys_the_right_one_the_wrong_one_and_none(make_agent, tmp_path):
+def test_keys_the_right_one_the_wrong_one_and_none(make_agent, tmp_path, silent_port):
     agent_keys = keys_file(tmp_path / "agent", f"1 {OTHER}\n7 {SECRET}\n")
     right = keys_file(tmp_path / "right", f"7 {SECRET}\n")
     wrong = keys_file(tmp_path / "wrong", f"7 {OTHER}\n")
@@ -177,19 +177,24 @@ def test_keys_the_right_one_the_wrong_one_and_none(make_agent, tmp_path):
     with pytest.raises(lbagent.ConfigError, match=f"{right}: no key with id 9"):
         lbagent.probe(target, key_file=right, key_id=9)
 
-    # The non-blocking prober sends no unsealed diagnostic: a probe the agent drops for its
-    # key times out; an answer that does not authenticate is a wrong key.
+    # The non-blocking prober tells them apart the same way: a probe the agent drops for its
+    # key is a wrong key, as is an answer that does not authenticate; a silent port times out.
     keyless = make_agent("initial_state=up")
     with lbagent.Prober(timeout=0.5, key_file=right) as good, \
             lbagent.Prober(timeout=0.5, key_file=wrong) as bad:
         good.send(target, token="right key")
         good.send(f"127.0.0.1:{keyless.port}", token="agent without keys")
         bad.send(target, token="wrong key")
-        done = {c.token: c for c in collect(good) + collect(bad)}
+        bad.send(f"127.0.0.1:{silent_port}", token="silent")
+        # `bad` first: its diagnostics are sent by a receive() half-way through the timeout
+        # (good's answers wait on its socket meanwhile).
+        done = {c.token: c for c in collect(bad) + collect(good)}
     assert done["right key"].ok and done["right key"].status.serving
     unsealed = done["agent without keys"].error
     assert isinstance(unsealed, lbagent.WrongKeyError) and unsealed.code == Result.ERR_WRONG_KEY
-    assert isinstance(done["wrong key"].error, lbagent.TimedOutError)
+    dropped = done["wrong key"].error
+    assert isinstance(dropped, lbagent.WrongKeyError) and dropped.code == Result.ERR_WRONG_KEY
+    assert isinstance(done["silent"].error, lbagent.TimedOutError)
 
 
 def test_a_keys_file_readable_by_others_is_refused(tmp_path):

@@ -8,6 +8,16 @@
 //!
 //! Answers are matched by the PROBE's random nonce and must come from the address probed
 //! (like keepalived's connected socket); anything else is counted as ignored.
+//!
+//! A probe sealed with a key completes only with an answer that authenticates with that key.
+//! An agent drops a probe with a wrong key silently, so, like [`probe`](super::probe), a keyed
+//! probe still without a valid answer half-way through its timeout is followed by one
+//! unsealed diagnostic PROBE (same service and length, a fresh nonce), unless an answer that
+//! did not authenticate has come (that already makes it a wrong key). If the agent answers
+//! that, the probe completes at its deadline as `WrongKey` (the agent is alive and dropped the
+//! sealed probe), not as `Timeout`. Those half-way events share the deadlines heap, so
+//! [`Prober::next_timeout`] counts them too: the diagnostic is sent by the first `receive`
+//! at or after half-way, and not at all if that call comes after the probe's deadline.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -18,7 +28,8 @@ use std::time::{Duration, Instant};
 
 use super::icmp::{self, Family};
 use super::{
-    Answer, ProbeError, ProbeOptions, build_probe, check_service, io_error, read_answer_keyed,
+    Answer, ProbeError, ProbeOptions, answer_nonce, build_probe, check_service, io_error,
+    no_valid_answer, read_answer_keyed,
 };
 use crate::auth::Key;
 use crate::wire;
@@ -38,16 +49,21 @@ pub struct Completion {
 /// What a prober has done since it was created.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProberStats {
-    /// PROBEs sent.
+    /// Probes sent (by `send` and `send_keyed`; diagnostics are not counted here).
     pub sent: u64,
+    /// Unsealed diagnostic PROBEs sent half-way through the timeout of keyed probes that had
+    /// no valid answer yet (see the module documentation).
+    pub diagnostics: u64,
     /// Probes finished with an answer.
     pub answered: u64,
     /// Probes finished with an error other than a timeout (refused, not an agent, ...).
     pub failed: u64,
     /// Probes finished by their timeout.
     pub timed_out: u64,
-    /// Datagrams that matched no probe in flight: late answers to probes that timed out, or
-    /// answers from an address other than the one probed.
+    /// Datagrams that matched no probe in flight: late answers to probes (or to their
+    /// diagnostics) that had finished, answers from an address other than the one probed,
+    /// and answers to a keyed probe that did not authenticate. An answer to the diagnostic
+    /// of a probe in flight is not counted here: it is what the diagnostic is for.
     pub ignored: u64,
 }
 
@@ -59,6 +75,48 @@ struct InFlight {
     key: Option<Arc<Key>>,
     /// Why an answer with the right nonce was refused (reported if nothing valid comes).
     rejected: Option<String>,
+    /// With a key: the unsealed diagnostic PROBE sent half-way.
+    diagnostic: Diagnostic,
+}
+
+/// A keyed probe's unsealed diagnostic: an answer to it shows that the agent is alive and
+/// dropped the sealed probe (a wrong key), not dead. Kept inline (no allocation per probe).
+struct Diagnostic {
+    /// The probe's service, to ask about the same one.
+    service: [u8; wire::MAX_NAME_LEN],
+    service_len: u8,
+    /// Its nonce, once sent (also a key of `Prober::diagnostics` while the probe is in flight).
+    nonce: Option<u64>,
+    /// The agent answered it.
+    answered: bool,
+}
+
+impl Diagnostic {
+    fn new(service: &str) -> Diagnostic {
+        // `check_service` has limited the name to MAX_NAME_LEN bytes.
+        let len = service.len().min(wire::MAX_NAME_LEN);
+        let mut d = Diagnostic {
+            service: [0; wire::MAX_NAME_LEN],
+            service_len: len as u8,
+            nonce: None,
+            answered: false,
+        };
+        d.service[..len].copy_from_slice(&service.as_bytes()[..len]);
+        d
+    }
+
+    fn service(&self) -> &[u8] {
+        &self.service[..usize::from(self.service_len)]
+    }
+}
+
+/// What an entry of the deadlines heap stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    /// Half the timeout of a keyed probe: send its diagnostic if it still has no valid answer.
+    Diagnose,
+    /// The timeout: the probe completes as `WrongKey` or `Timeout`.
+    Expire,
 }
 
 /// Random nonces, drawn from the system in batches (one `getrandom` call per 512 probes).
@@ -102,7 +160,11 @@ pub struct Prober {
     family: Family,
     options: ProbeOptions,
     in_flight: HashMap<u64, InFlight>,
-    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// The nonces of the diagnostics sent for probes in flight, with their probes' nonces.
+    diagnostics: HashMap<u64, u64>,
+    /// When each probe in flight times out and, for keyed probes, when its diagnostic is due.
+    /// Entries of probes that finished early stay until they come up and are skipped.
+    deadlines: BinaryHeap<Reverse<(Instant, u64, Event)>>,
     nonces: Nonces,
     request: Box<[u8; wire::PROBE_MAX_LEN]>,
     buf: Box<[u8; 2048]>,
@@ -124,6 +186,7 @@ impl Prober {
             family,
             options,
             in_flight: HashMap::new(),
+            diagnostics: HashMap::new(),
             deadlines: BinaryHeap::new(),
             nonces: Nonces::new(),
             request: Box::new([0; wire::PROBE_MAX_LEN]),
@@ -155,8 +218,12 @@ impl Prober {
     }
 
     /// `send`, sealed with `key` (None: unsealed) whatever the options say: a poller with one
-    /// key per target. Only answers that authenticate with that key complete the probe; if
-    /// none does before the timeout, it completes as `WrongKey` or `Timeout`.
+    /// key per target. Only answers that authenticate with that key complete the probe. With a
+    /// key, if none has come by half the timeout, one unsealed diagnostic PROBE is sent too
+    /// (counted in [`ProberStats::diagnostics`], not in `sent`); at the timeout the probe
+    /// completes as `WrongKey` if an answer did not authenticate or the agent answered the
+    /// diagnostic (it is alive but dropped the sealed probe: unknown key id, another secret,
+    /// clocks too far apart), else as `Timeout`.
     pub fn send_keyed(
         &mut self,
         target: SocketAddr,
@@ -171,21 +238,12 @@ impl Prober {
                 "{target}: not a destination (port 0 or unspecified address)"
             )));
         }
-        let destination = match (self.family, target) {
-            (Family::DualStack, SocketAddr::V4(v4)) => {
-                SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
-            }
-            (Family::V4Only, SocketAddr::V6(_)) => {
-                return Err(ProbeError::BadTarget(format!(
-                    "{target}: IPv6 is not available on this host"
-                )));
-            }
-            _ => target,
+        let Some(destination) = destination(self.family, target) else {
+            return Err(ProbeError::BadTarget(format!(
+                "{target}: IPv6 is not available on this host"
+            )));
         };
-        let mut nonce = self.nonces.next();
-        while self.in_flight.contains_key(&nonce) {
-            nonce = self.nonces.next();
-        }
+        let nonce = self.fresh_nonce();
         let len = build_probe(
             nonce,
             service.as_bytes(),
@@ -193,21 +251,19 @@ impl Prober {
             key.as_deref(),
             &mut self.request[..],
         );
-        let mut retries = 0;
-        loop {
-            match self.socket.send_to(&self.request[..len], destination) {
-                Ok(_) => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // An ICMP error for an earlier probe is reported by this call; it is also
-                // queued and read by `receive`. Send again.
-                Err(e) if icmp::is_pending_icmp(&e) && retries < 8 => {
-                    self.icmp_pending = true;
-                    retries += 1;
-                }
-                Err(e) => return Err(io_error(e)),
-            }
-        }
+        send_datagram(
+            &self.socket,
+            &self.request[..len],
+            destination,
+            &mut self.icmp_pending,
+        )
+        .map_err(io_error)?;
         let sent = Instant::now();
+        let timeout = self.options.timeout;
+        if key.is_some() {
+            self.deadlines
+                .push(Reverse((sent + timeout / 2, nonce, Event::Diagnose)));
+        }
         self.in_flight.insert(
             nonce,
             InFlight {
@@ -216,12 +272,23 @@ impl Prober {
                 sent,
                 key,
                 rejected: None,
+                diagnostic: Diagnostic::new(service),
             },
         );
         self.deadlines
-            .push(Reverse((sent + self.options.timeout, nonce)));
+            .push(Reverse((sent + timeout, nonce, Event::Expire)));
         self.stats.sent += 1;
         Ok(())
+    }
+
+    /// A random nonce used by no probe or diagnostic in flight.
+    fn fresh_nonce(&mut self) -> u64 {
+        loop {
+            let nonce = self.nonces.next();
+            if !self.in_flight.contains_key(&nonce) && !self.diagnostics.contains_key(&nonce) {
+                return nonce;
+            }
+        }
     }
 
     /// Reads every answer and ICMP error waiting on the socket and expires the probes whose
@@ -240,21 +307,30 @@ impl Prober {
             }
         }
         self.read_icmp_errors(out);
-        self.expire(Instant::now(), out);
+        self.on_deadlines(Instant::now(), out);
         out.len() - before
     }
 
-    /// How long until the next probe times out (zero when one already has); `None` when no
-    /// probe is in flight. Wait no longer than this before calling `receive`.
+    /// How long until the next probe times out or a keyed probe's diagnostic is due (zero
+    /// when one already is); `None` when no probe is in flight. Wait no longer than this
+    /// before calling `receive`, which also sends the diagnostics due.
     pub fn next_timeout(&mut self) -> Option<Duration> {
-        while let Some(Reverse((deadline, nonce))) = self.deadlines.peek() {
-            if self.in_flight.contains_key(nonce) {
-                return Some(deadline.saturating_duration_since(Instant::now()));
+        while let Some(&Reverse((at, nonce, event))) = self.deadlines.peek() {
+            if self.is_pending(nonce, event) {
+                return Some(at.saturating_duration_since(Instant::now()));
             }
-            // Finished before its deadline: drop the stale entry.
+            // Finished before its deadline, or no diagnostic needed: drop the stale entry.
             self.deadlines.pop();
         }
         None
+    }
+
+    /// Whether a deadlines entry still has something to do.
+    fn is_pending(&self, nonce: u64, event: Event) -> bool {
+        self.in_flight.get(&nonce).is_some_and(|p| match event {
+            Event::Expire => true,
+            Event::Diagnose => p.needs_diagnostic(),
+        })
     }
 
     /// Probes sent and not finished yet.
@@ -276,6 +352,10 @@ impl Prober {
         let Some(probe) = self.in_flight.remove(&nonce) else {
             return;
         };
+        if let Some(d) = probe.diagnostic.nonce {
+            // Later answers to it are late answers: ignored.
+            self.diagnostics.remove(&d);
+        }
         match &result {
             Ok(_) => self.stats.answered += 1,
             Err(ProbeError::Timeout(_)) => self.stats.timed_out += 1,
@@ -290,10 +370,18 @@ impl Prober {
 
     fn on_datagram(&mut self, len: usize, from: SocketAddr, out: &mut Vec<Completion>) {
         let datagram = &self.buf[..len];
-        if datagram.len() >= 16 && datagram.starts_with(&wire::MAGIC) {
-            let mut n = [0u8; 8];
-            n.copy_from_slice(&datagram[8..16]);
-            let nonce = u64::from_be_bytes(n);
+        if let Some(nonce) = answer_nonce(datagram) {
+            if let Some(probe) = self
+                .diagnostics
+                .get(&nonce)
+                .and_then(|probe| self.in_flight.get_mut(probe))
+                .filter(|p| p.target == from)
+            {
+                // Whatever the agent answered (a STATUS, or an ERROR with auth=required), it
+                // is alive.
+                probe.diagnostic.answered = true;
+                return;
+            }
             match self.in_flight.get_mut(&nonce) {
                 Some(probe) if probe.target == from => {
                     let rtt = probe.sent.elapsed();
@@ -363,6 +451,8 @@ impl Prober {
         let errors = std::mem::take(&mut self.icmp_errors);
         for &(destination, errno, nonce) in &errors {
             let error = || io_error(io::Error::from_raw_os_error(errno));
+            // An error caused by a diagnostic is about its probe.
+            let nonce = nonce.map(|n| self.diagnostics.get(&n).copied().unwrap_or(n));
             match nonce.filter(|n| {
                 self.in_flight
                     .get(n)
@@ -380,22 +470,106 @@ impl Prober {
         self.icmp_errors = errors;
     }
 
-    fn expire(&mut self, now: Instant, out: &mut Vec<Completion>) {
-        while let Some(&Reverse((deadline, nonce))) = self.deadlines.peek() {
-            if deadline > now {
+    /// Sends the diagnostics due and expires the probes whose timeout has passed.
+    fn on_deadlines(&mut self, now: Instant, out: &mut Vec<Completion>) {
+        let timeout = self.options.timeout;
+        while let Some(&Reverse((at, nonce, event))) = self.deadlines.peek() {
+            if at > now {
                 break;
             }
             self.deadlines.pop();
-            let timeout = self.options.timeout;
-            let error = match self
-                .in_flight
-                .get_mut(&nonce)
-                .and_then(|p| p.rejected.take())
-            {
-                Some(why) => ProbeError::WrongKey(why),
-                None => ProbeError::Timeout(timeout),
+            let Some(probe) = self.in_flight.get_mut(&nonce) else {
+                continue; // finished early
             };
-            self.finish(nonce, Err(error), out);
+            match event {
+                // Too late to be of use if the probe expires in this same call.
+                Event::Diagnose if probe.sent + timeout > now && probe.needs_diagnostic() => {
+                    self.send_diagnostic(nonce);
+                }
+                Event::Diagnose => {}
+                Event::Expire => {
+                    let error = no_valid_answer(
+                        probe.key.as_deref(),
+                        timeout,
+                        probe.rejected.take(),
+                        probe.diagnostic.answered,
+                    );
+                    self.finish(nonce, Err(error), out);
+                }
+            }
+        }
+    }
+
+    /// Sends the unsealed diagnostic PROBE of the keyed probe `nonce` (in flight). A failure
+    /// to send is not the probe's result: it then just completes as it would without one.
+    fn send_diagnostic(&mut self, nonce: u64) {
+        let diagnostic = self.fresh_nonce();
+        let Some(probe) = self.in_flight.get_mut(&nonce) else {
+            return;
+        };
+        let len = wire::encode_probe(
+            diagnostic,
+            probe.diagnostic.service(),
+            self.options.probe_len,
+            &mut self.request[..],
+        );
+        let Some(to) = destination(self.family, probe.target) else {
+            return; // not sent in the first place
+        };
+        if send_datagram(
+            &self.socket,
+            &self.request[..len],
+            to,
+            &mut self.icmp_pending,
+        )
+        .is_ok()
+        {
+            probe.diagnostic.nonce = Some(diagnostic);
+            self.diagnostics.insert(diagnostic, nonce);
+            self.stats.diagnostics += 1;
+        }
+    }
+}
+
+impl InFlight {
+    /// A keyed probe with no diagnostic sent yet and no answer refused (that already makes
+    /// it a wrong key).
+    fn needs_diagnostic(&self) -> bool {
+        self.key.is_some() && self.diagnostic.nonce.is_none() && self.rejected.is_none()
+    }
+}
+
+/// Where to send to reach `target` through a socket of `family`; `None` for an IPv6 target
+/// on a host without IPv6.
+fn destination(family: Family, target: SocketAddr) -> Option<SocketAddr> {
+    match (family, target) {
+        (Family::DualStack, SocketAddr::V4(v4)) => Some(SocketAddr::new(
+            IpAddr::V6(v4.ip().to_ipv6_mapped()),
+            v4.port(),
+        )),
+        (Family::V4Only, SocketAddr::V6(_)) => None,
+        _ => Some(target),
+    }
+}
+
+/// Sends one datagram, again after EINTR or an ICMP error reported for an earlier one
+/// (which sets `icmp_pending`: the error is also queued and read by `receive`).
+fn send_datagram(
+    socket: &UdpSocket,
+    datagram: &[u8],
+    to: SocketAddr,
+    icmp_pending: &mut bool,
+) -> io::Result<()> {
+    let mut retries = 0;
+    loop {
+        match socket.send_to(datagram, to) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if icmp::is_pending_icmp(&e) && retries < 8 => {
+                *icmp_pending = true;
+                retries += 1;
+            }
+            Err(e) => return Err(e),
         }
     }
 }
@@ -482,6 +656,170 @@ mod tests {
             "{out:?}"
         );
         assert_eq!(out[0].token, 7);
+    }
+
+    /// A fake agent: reads the next PROBE (calling `receive` meanwhile, so that diagnostics
+    /// due are sent), returning its flags, nonce, service, length and source.
+    fn next_probe(
+        prober: &mut Prober,
+        fake: &UdpSocket,
+        out: &mut Vec<Completion>,
+    ) -> (u16, u64, Vec<u8>, usize, SocketAddr) {
+        fake.set_read_timeout(Some(Duration::from_millis(5)))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut buf = [0u8; 1024];
+        while Instant::now() < deadline {
+            prober.receive(out);
+            if let Ok((n, from)) = fake.recv_from(&mut buf) {
+                let Ok(wire::Request::Probe(p)) = wire::decode_request(&buf[..n]) else {
+                    panic!("not a PROBE: {:?}", &buf[..n]);
+                };
+                return (p.flags, p.nonce, p.service.to_vec(), p.len, from);
+            }
+        }
+        panic!("no PROBE came");
+    }
+
+    /// A STATUS (UP) for `nonce`, sealed with `key` if given, sent from `from` to `to`.
+    fn answer(from: &UdpSocket, to: SocketAddr, nonce: u64, key: Option<&Key>) {
+        let fields = wire::StatusFields {
+            flags: 0,
+            nonce,
+            instance_id: 1,
+            generation: 1,
+            state: crate::State::Up as u8,
+            reason: 0,
+            weight_pct: 100,
+            since_ms: 0,
+            in_use: 0,
+            capacity: 0,
+            message: b"",
+        };
+        let mut out = [0u8; 512];
+        let mut len = wire::encode_status(&fields, 200, &mut out).unwrap();
+        if let Some(key) = key {
+            len = crate::auth::seal(key, &mut out, len, crate::auth::unix_ms());
+        }
+        from.send_to(&out[..len], to).unwrap();
+    }
+
+    fn keyed_prober(timeout_ms: u64) -> (Prober, Arc<Key>) {
+        let key = Arc::new(Key::new(7, &[0x5a; 32]).unwrap());
+        let prober = Prober::new(ProbeOptions {
+            timeout: Duration::from_millis(timeout_ms),
+            ..ProbeOptions::default()
+        })
+        .unwrap();
+        (prober, key)
+    }
+
+    #[test]
+    fn diagnostic_is_unsealed_fresh_and_only_its_target_counts() {
+        let (mut prober, key) = keyed_prober(400);
+        let fake = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = fake.local_addr().unwrap();
+        let mut out = Vec::new();
+        prober.send_keyed(to, "game", 1, Some(key)).unwrap();
+        // The event loop is woken for the diagnostic, not only for the timeout.
+        assert!(prober.next_timeout().unwrap() <= Duration::from_millis(200));
+        let (flags, sealed, service, _, _) = next_probe(&mut prober, &fake, &mut out);
+        assert_eq!(
+            (flags & wire::FLAG_AUTH, service.as_slice()),
+            (wire::FLAG_AUTH, &b"game"[..])
+        );
+        // Dropped, like an agent with another key does. Half-way comes the diagnostic.
+        let (flags, diagnostic, service, len, from) = next_probe(&mut prober, &fake, &mut out);
+        assert_eq!((flags, service.as_slice()), (0, &b"game"[..]));
+        assert_eq!(len, prober.options().probe_len.max(17 + 4));
+        assert_ne!(diagnostic, sealed);
+        assert_eq!(prober.stats().diagnostics, 1);
+        assert_eq!(prober.stats().sent, 1);
+        // An answer to it from another address does not count.
+        answer(&stranger, from, diagnostic, None);
+        let out = wait_all(&mut prober, 1);
+        assert!(
+            matches!(out[0].result, Err(ProbeError::Timeout(_))),
+            "{out:?}"
+        );
+        assert_eq!(prober.stats().ignored, 1);
+        // Late answers, to the diagnostic or the probe, are ignored.
+        answer(&fake, from, diagnostic, None);
+        answer(&fake, from, sealed, None);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while prober.stats().ignored < 3 && Instant::now() < deadline {
+            prober.receive(&mut Vec::new());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let stats = prober.stats();
+        assert_eq!(
+            (
+                stats.sent,
+                stats.diagnostics,
+                stats.timed_out,
+                stats.failed,
+                stats.ignored
+            ),
+            (1, 1, 1, 0, 3)
+        );
+        assert_eq!(prober.next_timeout(), None);
+    }
+
+    #[test]
+    fn answered_diagnostic_is_a_wrong_key_and_a_valid_answer_still_wins() {
+        let (mut prober, key) = keyed_prober(400);
+        let fake = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = fake.local_addr().unwrap();
+        let mut out = Vec::new();
+        // The agent answers only the unsealed diagnostic: a wrong key, with the message of
+        // the blocking probe.
+        prober.send_keyed(to, "", 1, Some(key.clone())).unwrap();
+        let _ = next_probe(&mut prober, &fake, &mut out);
+        let (_, diagnostic, _, _, from) = next_probe(&mut prober, &fake, &mut out);
+        answer(&fake, from, diagnostic, None);
+        out.extend(wait_all(&mut prober, 1));
+        let Err(ProbeError::WrongKey(why)) = &out[0].result else {
+            panic!("{out:?}");
+        };
+        let expected = super::super::no_valid_answer(Some(&key), Duration::ZERO, None, true);
+        assert!(
+            matches!(&expected, ProbeError::WrongKey(w) if w == why),
+            "{why}"
+        );
+        assert_eq!(
+            prober.stats().ignored,
+            0,
+            "the diagnostic's answer is not ignored"
+        );
+        // A valid sealed answer after the diagnostic still completes the probe.
+        out.clear();
+        prober.send_keyed(to, "", 2, Some(key.clone())).unwrap();
+        let (_, sealed, _, _, _) = next_probe(&mut prober, &fake, &mut out);
+        let (_, diagnostic, _, _, from) = next_probe(&mut prober, &fake, &mut out);
+        answer(&fake, from, diagnostic, None);
+        answer(&fake, from, sealed, Some(&key));
+        out.extend(wait_all(&mut prober, 1));
+        assert!(out[0].result.is_ok(), "{out:?}");
+        let stats = prober.stats();
+        assert_eq!(
+            (
+                stats.sent,
+                stats.diagnostics,
+                stats.answered,
+                stats.failed,
+                stats.ignored
+            ),
+            (2, 2, 1, 1, 0)
+        );
+        // Without a key there is no diagnostic.
+        prober.send_keyed(to, "", 3, None).unwrap();
+        let out = wait_all(&mut prober, 1);
+        assert!(
+            matches!(out[0].result, Err(ProbeError::Timeout(_))),
+            "{out:?}"
+        );
+        assert_eq!(prober.stats().diagnostics, 2);
     }
 
     #[test]

@@ -45,8 +45,8 @@ pub struct lbagent_probe_result {
     pub token: u64,
     /// An `lbagent_result`: `LBAGENT_OK` when `status` holds the agent's answer; otherwise why
     /// there is none: `LBAGENT_ERR_TIMEOUT`, `LBAGENT_ERR_REFUSED`, `LBAGENT_ERR_UNREACHABLE`,
-    /// `LBAGENT_ERR_NOT_AN_AGENT`, `LBAGENT_ERR_VERSION_MISMATCH`, `LBAGENT_ERR_AUTH_REQUIRED`
-    /// or `LBAGENT_ERR_SYSTEM`.
+    /// `LBAGENT_ERR_NOT_AN_AGENT`, `LBAGENT_ERR_VERSION_MISMATCH`, `LBAGENT_ERR_AUTH_REQUIRED`,
+    /// `LBAGENT_ERR_WRONG_KEY` (a prober with a key) or `LBAGENT_ERR_SYSTEM`.
     pub result: c_int,
     /// Round-trip time in microseconds (0 when there is no answer).
     pub rtt_us: u32,
@@ -211,7 +211,11 @@ fn live_prober<'a>(handle: *const lbagent_prober) -> Result<&'a lbagent_prober, 
 /// `options`: NULL, or `key=value` pairs: `timeout_ms=N` (1..=60000, default 1000), the
 /// timeout of every probe sent through it; `key_file=PATH` [`key_id=N`], a key that seals
 /// every probe (only answers sealed with it count; otherwise a probe finishes as
-/// `LBAGENT_ERR_WRONG_KEY` or `LBAGENT_ERR_TIMEOUT`).
+/// `LBAGENT_ERR_WRONG_KEY` or `LBAGENT_ERR_TIMEOUT`). With a key, a probe with no valid
+/// answer by half its timeout is followed by one unsealed probe: if the agent answers that,
+/// it is alive but dropped the sealed probe, and the probe finishes as
+/// `LBAGENT_ERR_WRONG_KEY`, not `LBAGENT_ERR_TIMEOUT`. `lbagent_prober_timeout_ms` counts
+/// those half-way sends too.
 ///
 /// On success writes the handle to `*out` (owned by the caller, released with
 /// `lbagent_prober_free`). Returns `LBAGENT_OK`, `LBAGENT_ERR_NULL_ARGUMENT` (`out`),
@@ -379,7 +383,8 @@ pub extern "C" fn lbagent_prober_receive(
     })
 }
 
-/// Milliseconds until `lbagent_prober_receive` has a probe to expire (rounded up), 0 when
+/// Milliseconds until `lbagent_prober_receive` has a probe to expire or, with a key, an
+/// unsealed diagnostic probe to send (rounded up), 0 when
 /// finished probes are waiting to be collected, -1 when nothing is in flight (wait on the
 /// descriptor alone, or not at all). Use it as the timeout of poll()/epoll_wait(). -1 for NULL
 /// or a handle that is not live. Thread-safe.

@@ -500,7 +500,8 @@ impl Poller {
             Level::Info,
             format_args!(
                 "{what}: {} targets, {up} up, {} down; probes sent {}, answered {}, failed {}, \
-                 timed out {}, ignored {}; {} transitions; {} skipped; {:.0} s",
+                 timed out {}, ignored {}; {} wrong-key diagnostics sent; {} transitions; \
+                 {} skipped; {:.0} s",
                 self.slots.len(),
                 self.slots.len() - up,
                 st.sent,
@@ -508,6 +509,7 @@ impl Poller {
                 st.failed,
                 st.timed_out,
                 st.ignored,
+                st.diagnostics,
                 self.counts.transitions,
                 self.counts.skipped,
                 self.started.elapsed().as_secs_f64()
