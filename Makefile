@@ -18,7 +18,10 @@ TEST_TOOLS := gcc:gcc g++:g++ valgrind:valgrind nm:binutils readelf:binutils pkg
               haproxy:haproxy curl:curl python3:python3 \
               keepalived:keepalived ldirectord:ldirectord systemd-analyze:systemd perl:perl
 
-.PHONY: all build examples demo test lvs-test fuzz bench bench-director header install tools clean
+# What `make demo` needs: a C and a C++ compiler for the examples (bash talks to the agent).
+DEMO_TOOLS := gcc:gcc g++:g++
+
+.PHONY: all build examples demo test lvs-test fuzz bench bench-director header install tools demo-tools demo-check clean
 
 all: build
 
@@ -43,18 +46,30 @@ $(BUILD)/bin/%: c-examples/%.cpp include/lbagent.hpp include/lbagent.h $(RELEASE
 	$(CXX) $(CXXFLAGS) -Iinclude $< -o $@ -L$(BUILD)/lib -Wl,-rpath,'$$ORIGIN/../lib' -llbagent
 
 ## demo: a C server with the agent embedded, probed through its state changes (~20 s).
-demo: tools build
+demo: demo-tools build
 	scripts/demo.sh
 
 ## test: every test (unit, loopback UDP, TCP and HTTP, protocol vectors, header, symbols, C
-## and C++ hosts under valgrind, HAProxy, amplification, soak), the Python package in a fresh
-## virtual environment, the fuzzers for a bounded time, then the LVS director test.
+## and C++ hosts under valgrind, HAProxy, amplification, soak), make demo's walk-through, the
+## Python package in a fresh virtual environment, the fuzzers for a bounded time, then the LVS
+## director test.
 test: tools
 	$(CARGO) build --all-targets
 	$(CARGO) test --all-targets -- --test-threads=2
+	$(MAKE) --no-print-directory demo-check
 	scripts/python-test.sh target/debug
 	$(MAKE) --no-print-directory fuzz
 	$(MAKE) --no-print-directory lvs-test
+
+# make demo's walk-through, without pauses, on the debug build that the tests just used.
+demo-check:
+	@mkdir -p target/demo-check
+	ln -sf ../debug/liblbagent.so target/demo-check/liblbagent.so.$(SOMAJOR)
+	$(CC) $(CFLAGS) -Iinclude c-examples/demo_server.c -o target/demo-check/demo_server \
+		-Ltarget/debug -Wl,-rpath,'$$ORIGIN' -llbagent
+	DEMO_PAUSE=0 DEMO_PROBE=target/debug/lbagent-probe DEMO_SERVER=target/demo-check/demo_server \
+		scripts/demo.sh >target/demo-check/log 2>&1 || { cat target/demo-check/log; exit 1; }
+	@tail -n 1 target/demo-check/log
 
 # libFuzzer targets (fuzz/), built with cargo-fuzz's instrumentation flags on the stable
 # toolchain (no cargo-fuzz install, no nightly features), each run for FUZZ_SECONDS.
@@ -115,6 +130,9 @@ header:
 
 tools:
 	@scripts/ensure-tools.sh $(TEST_TOOLS)
+
+demo-tools:
+	@scripts/ensure-tools.sh $(DEMO_TOOLS)
 
 clean:
 	$(CARGO) clean

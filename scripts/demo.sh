@@ -5,8 +5,8 @@
 set -u
 cd "$(dirname "$0")/.."
 
-PROBE=target/release/lbagent-probe
-SERVER=build/bin/demo_server
+PROBE=${DEMO_PROBE:-target/release/lbagent-probe}
+SERVER=${DEMO_SERVER:-build/bin/demo_server}
 AGENT_PORT=${DEMO_AGENT_PORT:-4950}
 TCP_PORT=${DEMO_TCP_PORT:-7070}
 AGENT=127.0.0.1:$AGENT_PORT
