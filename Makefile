@@ -16,7 +16,8 @@ BUILD    := build
 # Tools the tests need: command:debian-package.
 TEST_TOOLS := gcc:gcc g++:g++ valgrind:valgrind nm:binutils readelf:binutils pkg-config:pkg-config \
               haproxy:haproxy curl:curl python3:python3 \
-              keepalived:keepalived ldirectord:ldirectord systemd-analyze:systemd perl:perl
+              keepalived:keepalived ldirectord:ldirectord systemd-analyze:systemd perl:perl \
+              ip:iproute2
 
 # What `make demo` needs: a C and a C++ compiler for the examples (bash talks to the agent).
 DEMO_TOOLS := gcc:gcc g++:g++

@@ -3,6 +3,7 @@
 mod common;
 
 use std::net::{SocketAddr, UdpSocket};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -96,6 +97,54 @@ fn wildcard_agent_answers_from_the_address_probed() {
         // And a connected socket, as keepalived uses, accepts it.
         assert!(probe(to, "").is_serving());
     }
+}
+
+/// The same over IPv6 (IPV6_RECVPKTINFO). The host's loopback has only ::1, so this runs in a
+/// network namespace of its own: a thread unshares its network namespace (only that thread
+/// moves; the `ip` commands and the agent's thread it starts inherit it) and gives its
+/// loopback two more addresses.
+#[test]
+fn wildcard_ipv6_agent_answers_from_the_address_probed() {
+    std::thread::spawn(|| {
+        // SAFETY: unshare(CLONE_NEWNET) moves only the calling thread, which owns no sockets.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(
+            rc,
+            0,
+            "unshare(CLONE_NEWNET): {}",
+            std::io::Error::last_os_error()
+        );
+        let ips = ["::1", "fd00:6c62::2", "fd00:6c62::3"];
+        let ip_command = |args: &[&str]| {
+            let status = Command::new("ip")
+                .args(args)
+                .status()
+                .expect("ip (iproute2)");
+            assert!(status.success(), "ip {args:?}: {status}");
+        };
+        ip_command(&["link", "set", "lo", "up"]);
+        for ip in &ips[1..] {
+            ip_command(&["-6", "addr", "add", ip, "dev", "lo", "nodad"]);
+        }
+        let agent = Agent::start("listen=[::]:0 initial_state=up").unwrap();
+        let port = agent.local_addrs()[0].port();
+        for (i, ip) in ips.iter().enumerate() {
+            let to = SocketAddr::new(ip.parse().unwrap(), port);
+            // From another of the addresses: without IPV6_PKTINFO the answer would leave from
+            // the address nearest the prober, not from the one probed.
+            let from_ip: std::net::IpAddr = ips[(i + 1) % ips.len()].parse().unwrap();
+            let s = UdpSocket::bind(SocketAddr::new(from_ip, 0)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            s.send_to(KEEPALIVED_PAYLOAD, to).unwrap();
+            let mut buf = [0u8; 64];
+            let (n, from) = s.recv_from(&mut buf).expect("an answer");
+            assert_eq!(from, to, "answer to a probe sent to {to} came from {from}");
+            assert!(buf[..n].starts_with(b"up"));
+            assert!(probe(to, "").is_serving());
+        }
+    })
+    .join()
+    .unwrap();
 }
 
 #[test]
