@@ -177,6 +177,24 @@ fn http_head_json_and_other_methods() {
     assert!(v["since_ms"].is_u64());
     assert_eq!(v["message"], "");
     assert_eq!(v["instance_id"], format!("{:016x}", agent.instance_id()));
+    assert_eq!((&v["service"], &v["reason_code"]), (&"".into(), &0.into()));
+    // docs/HAPROXY.md shows an answer: it has exactly these fields.
+    let doc = std::fs::read_to_string(repo().join("docs/HAPROXY.md")).unwrap();
+    let example = doc
+        .lines()
+        .find(|l| l.starts_with("{\"service\""))
+        .expect("the JSON example in docs/HAPROXY.md");
+    let example: serde_json::Value = serde_json::from_str(example).unwrap();
+    let fields = |v: &serde_json::Value| {
+        let mut keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(
+        fields(&example),
+        fields(&v),
+        "docs/HAPROXY.md's JSON example"
+    );
     let a = http_exchange(http, "DELETE /health HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!((a.code, a.header("allow")), (405, Some("GET, HEAD")));
     // HTTP/1.0 (HAProxy's httpchk default) is answered the same way.

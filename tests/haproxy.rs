@@ -553,6 +553,30 @@ fn curl_sees_the_http_codes() {
     assert_eq!(text, "maint down 100% #backup\n");
 }
 
+/// Every code block of docs/HAPROXY.md is one a test reads: the four tagged ones (this file)
+/// and the JSON answer (tests/agent_tcp_http.rs compares its fields with a real answer).
+#[test]
+fn every_block_of_the_haproxy_doc_is_tested() {
+    let doc = std::fs::read_to_string(repo().join("docs/HAPROXY.md")).unwrap();
+    let openings: Vec<&str> = doc
+        .lines()
+        .filter(|l| l.starts_with("```"))
+        .step_by(2)
+        .collect();
+    assert_eq!(
+        openings,
+        [
+            "```c start",
+            "```haproxy haproxy.cfg",
+            "```",
+            "```yaml kubernetes-readiness",
+            "```nginx nginx-plus",
+        ],
+        "a block was added to docs/HAPROXY.md: give it a tag and a test"
+    );
+    assert!(doc.contains("```\n$ curl -s -H 'Accept: application/json'"));
+}
+
 /// The configuration at the top of docs/HAPROXY.md is valid, with the documented ports.
 #[test]
 fn documented_configuration_parses() {
