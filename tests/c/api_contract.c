@@ -128,6 +128,30 @@ static void config_errors(void) {
     CHECK(a == NULL);
 }
 
+/* config == NULL: LBAGENT_CONFIG if set, else the defaults (every address, UDP port 4950). */
+static void config_from_the_environment(void) {
+    lbagent *a = NULL;
+    uint16_t port = 0;
+    lbagent_result r;
+    CHECK(setenv("LBAGENT_CONFIG", "listen=127.0.0.1:0 watchdog_ms=soon", 1) == 0);
+    CHECK(lbagent_start(NULL, &a) == LBAGENT_ERR_CONFIG && a == NULL);
+    CHECK(last_error_contains("\"watchdog_ms\"") && last_error_contains("\"soon\""));
+    CHECK(setenv("LBAGENT_CONFIG", "listen=127.0.0.1:0 initial_state=up", 1) == 0);
+    CHECK(lbagent_start(NULL, &a) == LBAGENT_OK);
+    CHECK(lbagent_local_port(a, 0, &port) == LBAGENT_OK && port != 4950);
+    lbagent_free(a);
+    a = NULL;
+    CHECK(unsetenv("LBAGENT_CONFIG") == 0);
+    r = lbagent_start(NULL, &a);
+    if (r == LBAGENT_OK) {
+        CHECK(lbagent_local_port(a, 0, &port) == LBAGENT_OK && port == 4950);
+        lbagent_free(a);
+    } else {
+        /* Another program holds the port: the error still shows the default address. */
+        CHECK(r == LBAGENT_ERR_BIND && last_error_contains("0.0.0.0:4950"));
+    }
+}
+
 static void bind_error(void) {
     lbagent *a = NULL, *b = NULL;
     uint16_t port = 0;
@@ -282,6 +306,7 @@ static void static_strings(void) {
 int main(void) {
     null_arguments();
     config_errors();
+    config_from_the_environment();
     bind_error();
     tcp_ports();
     lifecycle();
