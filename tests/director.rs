@@ -471,3 +471,243 @@ fn configuration_errors() {
         assert!(help.contains(needle), "{needle}");
     }
 }
+
+/// Simulated agents on loopback that answer every PROBE with UP and record when each one
+/// arrived: one socket and one thread per agent, so that an arrival is stamped as soon as the
+/// datagram is there.
+struct Recorder {
+    addrs: Vec<std::net::SocketAddr>,
+    arrivals: Arc<Mutex<Vec<Vec<Instant>>>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Recorder {
+    fn start(count: usize) -> Recorder {
+        let arrivals = Arc::new(Mutex::new(vec![Vec::new(); count]));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut addrs = Vec::new();
+        let mut threads = Vec::new();
+        for i in 0..count {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_millis(50)))
+                .unwrap();
+            addrs.push(socket.local_addr().unwrap());
+            let (arrivals, stop) = (arrivals.clone(), stop.clone());
+            threads.push(std::thread::spawn(move || {
+                let mut buf = [0u8; 2048];
+                let mut out = [0u8; lbagent::wire::PROBE_MAX_LEN];
+                while !stop.load(Ordering::Acquire) {
+                    let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                        continue;
+                    };
+                    let at = Instant::now();
+                    let Ok(lbagent::wire::Request::Probe(probe)) =
+                        lbagent::wire::decode_request(&buf[..n])
+                    else {
+                        continue;
+                    };
+                    arrivals.lock().unwrap()[i].push(at);
+                    let fields = lbagent::wire::StatusFields {
+                        flags: 0,
+                        nonce: probe.nonce,
+                        instance_id: 0x7a7a_0000 + i as u64,
+                        generation: 1,
+                        state: State::Up as u8,
+                        reason: lbagent::Reason::Host as u8,
+                        weight_pct: 100,
+                        since_ms: 0,
+                        in_use: 0,
+                        capacity: 0,
+                        message: b"recorded",
+                    };
+                    if let Some(len) = lbagent::wire::encode_status(&fields, probe.len, &mut out) {
+                        let _ = socket.send_to(&out[..len], from);
+                    }
+                }
+            }));
+        }
+        Recorder {
+            addrs,
+            arrivals,
+            stop,
+            threads,
+        }
+    }
+
+    /// Stops the agents; the arrival times of each one's probes.
+    fn finish(mut self) -> Vec<Vec<Instant>> {
+        self.stop.store(true, Ordering::Release);
+        for t in self.threads.drain(..) {
+            t.join().unwrap();
+        }
+        std::mem::take(&mut *self.arrivals.lock().unwrap())
+    }
+}
+
+/// The arrival times of the probes of `count` recorded agents, polled for `run_for` by a
+/// director with `--interval interval_ms --jitter jitter_pct`.
+fn probe_arrivals(
+    name: &str,
+    count: usize,
+    interval_ms: u64,
+    jitter_pct: u32,
+    run_for: Duration,
+) -> Vec<Vec<Instant>> {
+    let dir = scratch_dir(name);
+    let track = dir.join("track");
+    std::fs::create_dir(&track).unwrap();
+    let agents = Recorder::start(count);
+    let targets = dir.join("targets.conf");
+    let text: String = (0..count)
+        .map(|i| format!("j{i:02} {}\n", agents.addrs[i]))
+        .collect();
+    std::fs::write(&targets, text).unwrap();
+    let director = Director::start(
+        &targets,
+        &track,
+        &[
+            "--interval",
+            &interval_ms.to_string(),
+            "--jitter",
+            &jitter_pct.to_string(),
+            "--timeout",
+            "100",
+            "--stats-interval",
+            "0",
+        ],
+    );
+    director.wait_log(&[
+        &format!("started: {count} targets"),
+        &format!("interval {interval_ms} ms +-{jitter_pct}%"),
+    ]);
+    std::thread::sleep(run_for);
+    let (code, last) = director.stop();
+    assert_eq!(code, 0, "{last}");
+    // No check was skipped (the previous one still in flight): every due check was sent.
+    assert!(last.contains(" 0 skipped"), "{last}");
+    agents.finish()
+}
+
+/// The gaps between consecutive probes of each target, in milliseconds, all targets together.
+fn gaps_ms(arrivals: &[Vec<Instant>]) -> Vec<f64> {
+    arrivals
+        .iter()
+        .flat_map(|a| a.windows(2).map(|w| (w[1] - w[0]).as_secs_f64() * 1000.0))
+        .collect()
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// How far the first probes of the targets are spread: the last first probe's arrival less
+/// the earliest's, in milliseconds.
+fn first_probes_span_ms(arrivals: &[Vec<Instant>]) -> f64 {
+    let firsts: Vec<Instant> = arrivals.iter().map(|a| a[0]).collect();
+    let (min, max) = (firsts.iter().min().unwrap(), firsts.iter().max().unwrap());
+    (*max - *min).as_secs_f64() * 1000.0
+}
+
+/// --jitter spreads the checks of each target around the interval: consecutive probes of one
+/// target arrive interval +-jitter% apart (uniformly, not drifting), and not interval apart
+/// to the millisecond as with --jitter 0; with either, the targets' first probes fall at
+/// random points of the first interval rather than in one burst. Bounds are generous: the
+/// machine running the tests may be busy, so most assertions are on medians and proportions.
+#[test]
+fn jitter_spreads_each_targets_checks() {
+    const TARGETS: usize = 12;
+    const INTERVAL: f64 = 300.0;
+    const SLACK: f64 = 150.0;
+    let describe = |gaps: &[f64]| {
+        let mut g = gaps.to_vec();
+        g.sort_by(f64::total_cmp);
+        format!("{} gaps (ms, sorted): {g:.1?}", g.len())
+    };
+
+    // --jitter 30: each interval is 210..=390 ms.
+    let arrivals = probe_arrivals(
+        "director-jitter-on",
+        TARGETS,
+        300,
+        30,
+        Duration::from_millis(3300),
+    );
+    for (i, a) in arrivals.iter().enumerate() {
+        assert!(a.len() >= 6, "target {i}: only {} probes in 3.3 s", a.len());
+    }
+    let span = first_probes_span_ms(&arrivals);
+    assert!(
+        (INTERVAL / 4.0..=INTERVAL + SLACK).contains(&span),
+        "first probes spread over {span:.1} ms"
+    );
+    let gaps = gaps_ms(&arrivals);
+    let what = describe(&gaps);
+    let (low, high) = (INTERVAL * 0.7, INTERVAL * 1.3);
+    // (a) Jitter is there: gaps are not all the interval to the millisecond; they spread.
+    let exact = gaps.iter().filter(|g| (*g - INTERVAL).abs() <= 1.0).count();
+    assert!(
+        exact * 4 < gaps.len(),
+        "{exact} gaps of exactly the interval; {what}"
+    );
+    let deviation: Vec<f64> = gaps.iter().map(|g| (g - INTERVAL).abs()).collect();
+    assert!(
+        median(&deviation) >= 20.0,
+        "median deviation from the interval {:.1} ms (+-30% uniform: about 45); {what}",
+        median(&deviation)
+    );
+    let spread = gaps.iter().copied().fold(f64::MIN, f64::max)
+        - gaps.iter().copied().fold(f64::MAX, f64::min);
+    assert!(
+        spread >= 90.0,
+        "gaps spread over {spread:.1} ms only; {what}"
+    );
+    // (b) Within interval +-jitter: every gap with a generous slack, nearly all with a small
+    // one.
+    assert!(
+        gaps.iter()
+            .all(|g| (low - SLACK..=high + SLACK).contains(g)),
+        "{what}"
+    );
+    let inside = gaps
+        .iter()
+        .filter(|g| (low - 30.0..=high + 30.0).contains(*g))
+        .count();
+    assert!(inside * 10 >= gaps.len() * 9, "{inside} inside; {what}");
+    // The jitter is centred on the interval: the checks do not drift.
+    let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
+    assert!(
+        (mean - INTERVAL).abs() <= 25.0,
+        "mean gap {mean:.1} ms; {what}"
+    );
+
+    // (c) --jitter 0: gaps cluster at the interval; the first probes are still spread.
+    let arrivals = probe_arrivals(
+        "director-jitter-off",
+        TARGETS,
+        300,
+        0,
+        Duration::from_millis(2700),
+    );
+    let span = first_probes_span_ms(&arrivals);
+    assert!(
+        (INTERVAL / 4.0..=INTERVAL + SLACK).contains(&span),
+        "first probes spread over {span:.1} ms with --jitter 0"
+    );
+    let gaps = gaps_ms(&arrivals);
+    let what = describe(&gaps);
+    assert!(gaps.len() >= TARGETS * 5, "{what}");
+    assert!((median(&gaps) - INTERVAL).abs() <= 10.0, "{what}");
+    let deviation: Vec<f64> = gaps.iter().map(|g| (g - INTERVAL).abs()).collect();
+    assert!(median(&deviation) <= 10.0, "{what}");
+    let close = deviation.iter().filter(|d| **d <= 20.0).count();
+    assert!(close * 10 >= gaps.len() * 8, "{close} within 20 ms; {what}");
+    assert!(
+        gaps.iter()
+            .all(|g| (INTERVAL - SLACK..=INTERVAL + SLACK).contains(g)),
+        "{what}"
+    );
+}

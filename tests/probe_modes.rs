@@ -239,6 +239,158 @@ fn exit_code_matrix_of_every_failure() {
     );
 }
 
+/// A key file (mode 600, as lbagent-probe requires) holding `line`.
+fn key_file(name: &str, line: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = scratch_dir(&format!("probe-modes-{name}")).join("keys");
+    std::fs::write(&path, format!("{line}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+const SECRET: &str = "a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebfc0";
+const OTHER: &str = "0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f20";
+
+/// A wrong key is a failure like the others in every mode: no valid answer (2), down for
+/// keepalived (1, also under misc_dynamic, where 2 and up would be a weight), UNKNOWN for
+/// Nagios (a configuration problem, not the server's), and one line naming it.
+#[test]
+fn exit_code_matrix_of_a_wrong_key() {
+    let agent_keys = key_file("agent", &format!("7 {SECRET}"));
+    let (_agent, addr) = agent(&format!("key_file={agent_keys} initial_state=up"));
+    // The right key first, so that a failure below is the key's, not the agent's.
+    row(
+        "the right key",
+        addr,
+        &["--key-file", &agent_keys],
+        [0, 0, 0, 0, 102, 12, 0],
+        None,
+    );
+    // The agent drops a probe sealed with another secret, or with a key id it does not have,
+    // and answers the unsealed diagnostic sent half-way: alive, so a wrong key, not a timeout.
+    for (what, line) in [
+        ("another secret", format!("7 {OTHER}")),
+        ("a key id the agent lacks", format!("9 {SECRET}")),
+    ] {
+        let wrong = key_file("wrong", &line);
+        row(
+            what,
+            addr,
+            &["--key-file", &wrong, "--timeout", "400"],
+            [2, 2, 2, 1, 1, 1, 3],
+            Some("wrong key: the agent answers unauthenticated probes but dropped the sealed one"),
+        );
+    }
+    // An agent without keys answers unsealed: no answer a prober with a key can trust.
+    let (_plain, plain_addr) = agent("initial_state=up");
+    row(
+        "an agent without keys",
+        plain_addr,
+        &["--key-file", &agent_keys, "--timeout", "400"],
+        [2, 2, 2, 1, 1, 1, 3],
+        Some("wrong key: the answer is not sealed"),
+    );
+}
+
+/// What --json, the ldirectord form and --watch say about a wrong key.
+#[test]
+fn wrong_key_in_json_ldirectord_and_watch() {
+    let agent_keys = key_file("json-agent", &format!("7 {SECRET}"));
+    let wrong = key_file("json-wrong", &format!("7 {OTHER}"));
+    let (_agent, addr) = agent(&format!("key_file={agent_keys} initial_state=up"));
+    let target = addr.to_string();
+    let extra = ["--key-file", wrong.as_str(), "--timeout", "400"];
+
+    let out = run(Mode::Json, addr, &extra);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            v["target"].as_str(),
+            v["serving"].as_bool(),
+            v["error"].as_str()
+        ),
+        (Some(target.as_str()), Some(false), Some("wrong-key")),
+        "{v}"
+    );
+    let detail = v["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("wrong key: ") && detail.contains("key id 7"),
+        "{v}"
+    );
+    assert!(v.get("state").is_none(), "no answer fields: {v}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.trim_end(),
+        format!("lbagent-probe: {target}: {detail}"),
+        "the same failure on stderr, on one line"
+    );
+
+    // The ldirectord form names the agent it probed (RIP at --agent-port), not the VIP.
+    let out = run(Mode::Ldirectord, addr, &extra);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "non-zero: down for ldirectord: {out:?}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!("lbagent-probe: {target}: wrong key: ")),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "{out:?}");
+
+    // keepalived misc_dynamic: down (1), never a weight; the line says why.
+    let out = run(Mode::Dynamic, addr, &extra);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("wrong key: "),
+        "{out:?}"
+    );
+
+    // --watch: the wrong-key target is shown as such, told apart from a good target (the
+    // right key) and from a dead one (a timeout), in text and in JSON lines.
+    let (_good, good_addr) = agent(&format!("key_file={wrong} initial_state=up"));
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let silent_target = silent.local_addr().unwrap().to_string();
+    let good = good_addr.to_string();
+    let watched = [
+        "--key-file",
+        wrong.as_str(),
+        "--interval",
+        "100",
+        "--timeout",
+        "300",
+        &target,
+        &good,
+        &silent_target,
+    ];
+    let watch = Watch::start(&watched);
+    let line = watch.expect(&format!("{target}: no answer: wrong key: "));
+    assert!(line.contains("key id 7"), "{line}");
+    watch.expect(&format!("{good}: up (set by host)"));
+    watch.expect(&format!("{silent_target}: no answer: timeout: "));
+    drop(watch);
+    let mut json = vec!["--json"];
+    json.extend_from_slice(&watched);
+    let watch = Watch::start(&json);
+    let v: serde_json::Value =
+        serde_json::from_str(&watch.expect(&format!("\"target\":\"{target}\""))).unwrap();
+    assert_eq!(
+        (
+            v["to"].as_str(),
+            v["error"].as_str(),
+            v["serving"].as_bool()
+        ),
+        (Some("wrong-key"), Some("wrong-key"), Some(false)),
+        "{v}"
+    );
+    assert!(
+        v["detail"].as_str().unwrap().starts_with("wrong key: "),
+        "{v}"
+    );
+}
+
 #[test]
 fn usage_errors_are_failures_in_every_mode() {
     // Under misc_dynamic any exit code from 2 up is a weight: a usage error must exit 1.
