@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -136,6 +136,7 @@ impl Agent {
             logger,
             quit: AtomicBool::new(false),
             inject_fault: AtomicBool::new(false),
+            exit_delay_ms: AtomicU32::new(0),
         });
         let agent = Agent {
             shared,
@@ -656,6 +657,14 @@ impl Agent {
     #[doc(hidden)]
     pub fn inject_fault(&self) {
         self.shared.inject_fault.store(true, Ordering::Release);
+    }
+
+    /// Test hook: makes the monitor thread take `delay` to finish once stopped, to show how
+    /// `stop` reports a timeout.
+    #[doc(hidden)]
+    pub fn inject_exit_delay(&self, delay: Duration) {
+        let ms = u32::try_from(delay.as_millis()).unwrap_or(u32::MAX);
+        self.shared.exit_delay_ms.store(ms, Ordering::Release);
     }
 }
 

@@ -16,7 +16,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use crossbeam_channel::Sender;
 use mio::net::UnixDatagram;
@@ -47,6 +47,9 @@ pub(crate) struct Shared {
     pub quit: AtomicBool,
     /// Test hook: the next datagram or connection handled panics (see `Agent::inject_fault`).
     pub inject_fault: AtomicBool,
+    /// Test hook: the thread waits this long before letting go of the sockets when it
+    /// finishes (see `Agent::inject_exit_delay`).
+    pub exit_delay_ms: AtomicU32,
 }
 
 /// One bound UDP socket.
@@ -214,6 +217,10 @@ impl Monitor {
                     }
                 }
             }
+        }
+        let delay = self.shared.exit_delay_ms.load(Ordering::Acquire);
+        if delay > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(u64::from(delay)));
         }
         // Let go of the sockets before telling `stop` that we are done (`stop` drops the last
         // reference, which closes them). Open TCP connections are closed here.

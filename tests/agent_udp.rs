@@ -402,6 +402,28 @@ fn stop_answers_stopping_closes_the_socket_and_is_idempotent() {
 }
 
 #[test]
+fn a_stop_that_times_out_says_so_and_can_be_waited_for_again() {
+    let (agent, addr) = agent("initial_state=up");
+    agent.inject_exit_delay(Duration::from_millis(1500));
+    let started = std::time::Instant::now();
+    assert!(matches!(
+        agent.stop(Some(Duration::from_millis(50))),
+        Err(lbagent::Error::Timeout)
+    ));
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "stop waited for the thread"
+    );
+    // Stopping has begun all the same: the host's updates are refused, the status is final.
+    assert_eq!(agent.status("").state, State::Stopping);
+    assert!(matches!(agent.heartbeat(), Err(lbagent::Error::Stopped)));
+    // Calling again waits again, this time until the thread has finished.
+    agent.stop(None).unwrap();
+    UdpSocket::bind(addr).expect("port released");
+    agent.stop(Some(Duration::from_millis(50))).unwrap();
+}
+
+#[test]
 fn a_panic_inside_the_agent_is_caught_and_reported() {
     let (agent, addr) = agent("initial_state=up");
     agent.inject_fault();
