@@ -259,6 +259,41 @@ mod tests {
     }
 
     #[test]
+    fn the_state_table_of_protocol_md_is_what_is_sent() {
+        let doc = include_str!("../docs/PROTOCOL.md");
+        let table = doc
+            .split_once("| state | line | keepalived `require_reply 7570` | HAProxy shows |\n")
+            .expect("the state-to-line table in docs/PROTOCOL.md")
+            .1;
+        let line_of = |s: &Status| line(s, 512);
+        let mut rows = 0;
+        for row in table.lines().skip(1).take_while(|l| l.starts_with('|')) {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let (label, line) = (cells[1], cells[2].trim_matches('`'));
+            let (state, weight, message) = match label {
+                "UP, weight > 0" => (State::Up, 100, "reason"),
+                "UP, weight 0" => (State::Up, 0, "reason"),
+                "DRAIN" => (State::Drain, 100, "reason"),
+                "MAINT" => (State::Maint, 100, "reason"),
+                "DOWN" => (State::Down, 100, "reason"),
+                "STARTING" => (State::Starting, 100, "reason"),
+                "STOPPING" => (State::Stopping, 100, "reason"),
+                "unknown service" => (State::Unknown, 0, "unknown service"),
+                other => panic!("a row the test does not know: {other:?}"),
+            };
+            assert_eq!(
+                line_of(&status(state, weight, message)),
+                format!("{line}\n"),
+                "{label}"
+            );
+            let passes = cells[3] == "passes";
+            assert_eq!(line.starts_with("up"), passes, "{label}: keepalived column");
+            rows += 1;
+        }
+        assert_eq!(rows, 8);
+    }
+
+    #[test]
     fn agent_lines_with_maxconn() {
         let agent_line = |s: &Status, maxconn, max| {
             let mut out = [0u8; 512];
