@@ -21,8 +21,7 @@ use crate::responder::Policy;
 use crate::state::{Reason, State};
 use crate::status::checks::AddError;
 use crate::status::{Board, BoardConfig, Status, Target, Text};
-use crate::streams::AgentCheckOptions;
-use crate::streams::{Kind, StreamListener};
+use crate::streams::{AgentCheckOptions, Kind, StreamListener};
 
 /// How long dropping an agent waits for its threads before leaving them to finish alone.
 const DROP_WAIT: Duration = Duration::from_secs(5);

@@ -94,8 +94,9 @@ impl Line<'_> {
 pub const MAX_LINE: usize = 255;
 
 /// Writes the line for `status` into `out`, at most `max_len` bytes (the request's length),
-/// and at most `MAX_LINE`, ending in `\n` when there is room for it, and returns its length. Longer answers are cut from the end: first the reason, then the weight, then the
-/// other words; the first word is always kept whole when at least its length plus one fits.
+/// and at most `MAX_LINE`, ending in `\n` when there is room for it, and returns its length.
+/// Longer answers are cut from the end: first the reason, then the weight, then the other
+/// words; the first word is always kept whole when at least its length plus one fits.
 pub fn write_reply(status: &Status, max_len: usize, out: &mut [u8]) -> usize {
     write_agent_reply(status, None, max_len, out)
 }
