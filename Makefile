@@ -62,14 +62,19 @@ test: tools
 	$(MAKE) --no-print-directory fuzz
 	$(MAKE) --no-print-directory lvs-test
 
-# make demo's walk-through, without pauses, on the debug build that the tests just used.
-demo-check:
+# make demo's walk-through, without pauses, on the debug build, on ports free now (another
+# checkout's tests or a real agent may hold the demo's own 4950 and 7070).
+FREE_PORTS := import socket; s = [socket.socket(socket.AF_INET, t) for t in (socket.SOCK_DGRAM, socket.SOCK_STREAM)]; [x.bind(("127.0.0.1", 0)) for x in s]; print(*[x.getsockname()[1] for x in s])
+demo-check: tools
+	$(CARGO) build
 	@mkdir -p target/demo-check
 	ln -sf ../debug/liblbagent.so target/demo-check/liblbagent.so.$(SOMAJOR)
 	$(CC) $(CFLAGS) -Iinclude c-examples/demo_server.c -o target/demo-check/demo_server \
 		-Ltarget/debug -Wl,-rpath,'$$ORIGIN' -llbagent
-	DEMO_PAUSE=0 DEMO_PROBE=target/debug/lbagent-probe DEMO_SERVER=target/demo-check/demo_server \
-		scripts/demo.sh >target/demo-check/log 2>&1 || { cat target/demo-check/log; exit 1; }
+	read -r udp tcp < <(python3 -c '$(FREE_PORTS)') && \
+	DEMO_PAUSE=0 DEMO_AGENT_PORT=$$udp DEMO_TCP_PORT=$$tcp DEMO_PROBE=target/debug/lbagent-probe \
+		DEMO_SERVER=target/demo-check/demo_server scripts/demo.sh >target/demo-check/log 2>&1 || \
+		{ cat target/demo-check/log; exit 1; }
 	@tail -n 1 target/demo-check/log
 
 # libFuzzer targets (fuzz/), built with cargo-fuzz's instrumentation flags on the stable

@@ -604,8 +604,10 @@ enum lbagent_result lbagent_http_port(const struct lbagent *agent, size_t index,
  * what is already queued, closes the sockets and exits; this call waits for it up to
  * `timeout_ms` milliseconds (0 waits for ever). Idempotent: stopping a stopped agent returns
  * `LBAGENT_OK`. The handle stays valid until `lbagent_free`; state updates then return
- * `LBAGENT_ERR_STOPPED`. The timeout covers the monitor thread; the logger thread (only with
- * `log=` or a log callback) is then joined too, so a log callback must return promptly.
+ * `LBAGENT_ERR_STOPPED`. The timeout covers the monitor thread. Then check threads are joined
+ * (with a timeout, one whose callback still runs is left to finish alone; with 0, a hung
+ * check blocks this call), and the logger thread (only with `log=` or a log callback), so a
+ * log callback must return promptly.
  *
  * Returns `LBAGENT_OK`, `LBAGENT_ERR_TIMEOUT` (the thread is still finishing; call again to
  * wait again), or `LBAGENT_ERR_NULL_ARGUMENT` / `LBAGENT_ERR_BAD_HANDLE`.

@@ -608,8 +608,9 @@ public:
         return out;
     }
 
-    // Milliseconds until receive() has a probe to expire; 0 when finished probes are
-    // waiting; -1 when nothing is in flight. The timeout for poll().
+    // Milliseconds until receive() has something to do (a probe to expire, or a keyed probe's
+    // diagnostic to send); 0 when finished probes are waiting; -1 when nothing is in flight.
+    // The timeout for poll().
     int timeout_ms() const noexcept { return lbagent_prober_timeout_ms(prober_); }
 
     // Probes sent and not yet returned by receive().

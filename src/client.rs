@@ -390,7 +390,11 @@ pub fn probe(target: SocketAddr, options: &ProbeOptions) -> Result<Answer, Probe
     let mut buf = [0u8; 2048];
     loop {
         let now = Instant::now();
-        if let Some(d) = diagnostic.as_mut().filter(|d| !d.sent && now >= d.at) {
+        // An answer that failed to authenticate already tells a wrong key: no diagnostic then.
+        if let Some(d) = diagnostic
+            .as_mut()
+            .filter(|d| !d.sent && now >= d.at && rejected.is_none())
+        {
             let n = wire::encode_probe(d.nonce, service, options.probe_len, &mut request);
             let _ = socket.send(&request[..n]);
             d.sent = true;
@@ -401,7 +405,9 @@ pub fn probe(target: SocketAddr, options: &ProbeOptions) -> Result<Answer, Probe
             return Err(no_valid_answer(key, options.timeout, rejected, alive));
         }
         let wait = match &diagnostic {
-            Some(d) if !d.sent => left.min(d.at.saturating_duration_since(now)),
+            Some(d) if !d.sent && rejected.is_none() => {
+                left.min(d.at.saturating_duration_since(now))
+            }
             _ => left,
         };
         socket

@@ -189,6 +189,13 @@ impl Config {
         if config.keys.is_some() && config.auth == AuthMode::Required && given("text").is_none() {
             config.text = false;
         }
+        if let Some(on) = given("agent_maxconn").filter(|_| config.tcp_agent.is_empty()) {
+            return Err(ConfigError::bad_value(
+                "agent_maxconn",
+                on,
+                "maxconn is sent on the agent-check line: it needs tcp_agent=ADDR:PORT",
+            ));
+        }
         config.check_tcp_addresses()?;
         Ok(config)
     }
@@ -574,6 +581,21 @@ mod tests {
             "{e}"
         );
         assert!(Config::parse("http=127.0.0.1:0 tcp_agent=127.0.0.1:0").is_ok());
+        let e = err("agent_maxconn=on");
+        assert!(
+            e.contains("\"agent_maxconn\"") && e.contains("needs tcp_agent"),
+            "{e}"
+        );
+        let e = err("agent_maxconn=sometimes tcp_agent=127.0.0.1:0");
+        assert!(
+            e.contains("\"sometimes\"") && e.contains("on or off"),
+            "{e}"
+        );
+        assert!(
+            Config::parse("agent_maxconn=on tcp_agent=127.0.0.1:0")
+                .unwrap()
+                .agent_maxconn
+        );
         let e = err("watchdog_ms=-1");
         assert!(e.contains("\"-1\""), "{e}");
         let e = err("auth=required");

@@ -546,7 +546,9 @@ impl Streams {
         let status = board.status(board.target(service), clock::now_ms());
         // TCP has no request-length limit: the whole line, ending in "\n" (HAProxy ignores a
         // line without an end).
-        let maxconn = (self.agent_check.maxconn && status.capacity > 0).then_some(status.capacity);
+        // HAProxy reads maxconn into an int: a larger capacity is sent as i32::MAX.
+        let maxconn = (self.agent_check.maxconn && status.capacity > 0)
+            .then_some(status.capacity.min(i32::MAX as u32));
         let len = text::write_agent_reply(&status, maxconn, text::MAX_LINE, &mut self.scratch[..]);
         self.start_writing(index, len, Counter::AnsweredAgent, now);
     }

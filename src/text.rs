@@ -102,7 +102,8 @@ pub fn write_reply(status: &Status, max_len: usize, out: &mut [u8]) -> usize {
 }
 
 /// `write_reply` with `maxconn:N` after the weight (HAProxy's agent-check sets the server's
-/// maxconn from it), when `maxconn` is given and there is room for it before the reason.
+/// maxconn from it), when `maxconn` is given. When the line must be cut, it goes after the
+/// reason and before the weight: when it does not fit, neither does the reason.
 pub fn write_agent_reply(
     status: &Status,
     maxconn: Option<u32>,
@@ -308,7 +309,8 @@ mod tests {
         );
         assert_eq!(
             agent_line(&up, Some(u32::MAX), 255),
-            "up ready 50% maxconn:4294967295 #ready\n"
+            "up ready 50% maxconn:4294967295 #ready\n",
+            "the longest number fits (the TCP agent caps it for HAProxy)"
         );
         assert_eq!(agent_line(&up, None, 255), "up ready 50% #ready\n");
         // Cut like the rest: the reason goes first, then maxconn, never the weight for it.

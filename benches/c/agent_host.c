@@ -53,7 +53,7 @@ static uint64_t now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-static unsigned port(lbagent_result (*get)(const lbagent *, uintptr_t, uint16_t *), lbagent *a) {
+static unsigned port(lbagent_result (*get)(const lbagent *, size_t, uint16_t *), lbagent *a) {
     uint16_t p = 0;
     return get(a, 0, &p) == LBAGENT_OK ? p : 0;
 }

@@ -24,7 +24,6 @@ LIBRARY_ENV = "LBAGENT_LIBRARY"
 SONAME = "liblbagent.so.0"
 
 
-
 class lbagent(ctypes.Structure):
     """`struct lbagent`: the opaque agent handle (only pointers to it exist)."""
 

@@ -230,8 +230,9 @@ class Prober(HandleOwner):
                           0.0)
 
     def timeout(self) -> Optional[float]:
-        """Seconds until :meth:`receive` has a probe to expire; 0.0 when finished probes are
-        waiting; None when nothing is in flight. The timeout for ``selector.select()``."""
+        """Seconds until :meth:`receive` has something to do (a probe to expire, or a keyed
+        probe's diagnostic to send); 0.0 when finished probes are waiting; None when nothing is
+        in flight. The timeout for ``selector.select()``."""
         with self._lock:
             ms = self._lib.lbagent_prober_timeout_ms(self._live())
         return None if ms < 0 else ms / 1000
