@@ -757,7 +757,7 @@ enum lbagent_result lbagent_probe(const char *target,
  * every probe (only answers sealed with it count; otherwise a probe finishes as
  * `LBAGENT_ERR_WRONG_KEY` or `LBAGENT_ERR_TIMEOUT`). With a key, a probe with no valid
  * answer by half its timeout is followed by one unsealed probe: if the agent answers that,
- * it is alive but dropped the sealed probe, and the probe finishes as
+ * it is alive but dropped the sealed probe, and the probe finishes at once as
  * `LBAGENT_ERR_WRONG_KEY`, not `LBAGENT_ERR_TIMEOUT`. `lbagent_prober_timeout_ms` counts
  * those half-way sends too.
  *

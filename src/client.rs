@@ -362,8 +362,9 @@ fn random_nonce() -> u64 {
 /// the probed address count; answers with another nonce are ignored.
 ///
 /// With a key, answers that do not authenticate are ignored; if nothing valid has come by half
-/// the timeout, one unsealed probe is sent too, to tell a wrong key (the agent answers that)
-/// from a dead agent (a timeout).
+/// the timeout, one unsealed probe is sent too, to tell a wrong key from a dead agent: an
+/// answer to it ends the probe at once as `WrongKey` (the agent answered the sealed probe
+/// first if it could), silence as `Timeout`.
 pub fn probe(target: SocketAddr, options: &ProbeOptions) -> Result<Answer, ProbeError> {
     check_service(&options.service)?;
     let local: SocketAddr = match target {
@@ -384,7 +385,6 @@ pub fn probe(target: SocketAddr, options: &ProbeOptions) -> Result<Answer, Probe
         at: started + options.timeout / 2,
         nonce: random_nonce(),
         sent: false,
-        answered: false,
     });
     let mut rejected: Option<String> = None;
     let mut buf = [0u8; 2048];
@@ -401,8 +401,7 @@ pub fn probe(target: SocketAddr, options: &ProbeOptions) -> Result<Answer, Probe
         }
         let left = deadline.saturating_duration_since(now);
         if left.is_zero() {
-            let alive = diagnostic.is_some_and(|d| d.answered);
-            return Err(no_valid_answer(key, options.timeout, rejected, alive));
+            return Err(no_valid_answer(key, options.timeout, rejected, false));
         }
         let wait = match &diagnostic {
             Some(d) if !d.sent && rejected.is_none() => {
@@ -427,12 +426,9 @@ pub fn probe(target: SocketAddr, options: &ProbeOptions) -> Result<Answer, Probe
             Err(e) => return Err(io_error(e)),
         };
         let rtt = started.elapsed();
-        if let Some(d) = diagnostic
-            .as_mut()
-            .filter(|d| answer_nonce(&buf[..n]) == Some(d.nonce))
-        {
-            d.answered = true;
-            continue;
+        if diagnostic.is_some_and(|d| answer_nonce(&buf[..n]) == Some(d.nonce)) {
+            // Alive, and it answered the sealed probe first if it could.
+            return Err(no_valid_answer(key, options.timeout, rejected, true));
         }
         match read_answer_keyed(&buf[..n], nonce, rtt, key) {
             Ok(Some(answer)) => return Ok(answer),
@@ -445,16 +441,17 @@ pub fn probe(target: SocketAddr, options: &ProbeOptions) -> Result<Answer, Probe
 
 /// With a key: one unsealed probe sent half-way through the timeout; an answer to it shows
 /// that the agent is alive and dropped the sealed probe (a wrong key), not dead.
+#[derive(Clone, Copy)]
 struct Diagnostic {
     at: Instant,
     nonce: u64,
     sent: bool,
-    answered: bool,
 }
 
-/// What to report when the deadline of a probe sealed with `key` (None: unsealed) passes
-/// without a valid answer: why an answer was refused, if one was; a wrong key if the agent
-/// answered the unsealed diagnostic (`agent_alive`); else a timeout. Shared by `probe` and
+/// What to report when a probe sealed with `key` (None: unsealed) ends without a valid answer
+/// (its deadline passed, or the agent answered the unsealed diagnostic): why an answer was
+/// refused, if one was; a wrong key if the agent answered the diagnostic (`agent_alive`); else
+/// a timeout. Shared by `probe` and
 /// the non-blocking `Prober`.
 pub(crate) fn no_valid_answer(
     key: Option<&Key>,

@@ -167,7 +167,7 @@ fn prober_with_the_right_key_sends_no_diagnostic() {
         "key_file={} initial_state=up",
         agent_keys.display()
     ));
-    let mut prober = Prober::new(options(Some(&agent_keys), 1000)).unwrap();
+    let mut prober = Prober::new(options(Some(&agent_keys), 4000)).unwrap();
     let sent = Instant::now();
     for (token, service) in [(1, ""), (2, "web"), (3, "")] {
         prober.send(addr, service, token).unwrap();
@@ -177,7 +177,7 @@ fn prober_with_the_right_key_sends_no_diagnostic() {
     assert!(out.iter().all(|c| c.result.is_ok()), "{out:?}");
     // Past the half-way point of every probe: nothing more is sent.
     std::thread::sleep(
-        (sent + Duration::from_millis(700)).saturating_duration_since(Instant::now()),
+        (sent + Duration::from_millis(2100)).saturating_duration_since(Instant::now()),
     );
     prober.receive(&mut Vec::new());
     assert_eq!(prober.next_timeout(), None);
@@ -311,7 +311,7 @@ fn lbagent_probe_key_file_in_every_mode() {
         code(&probe_cli(&[&target, "--key-file", a, "--key-id", "1"])),
         0
     );
-    let out = probe_cli(&[&target, "--key-file", w, "--timeout", "600"]);
+    let out = probe_cli(&[&target, "--key-file", w, "--timeout", "1000"]);
     assert_eq!(code(&out), 2);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("wrong key"),
@@ -323,12 +323,12 @@ fn lbagent_probe_key_file_in_every_mode() {
             "--key-file",
             w,
             "--timeout",
-            "400",
+            "1000",
             "--keepalived"
         ])),
         1
     );
-    let out = probe_cli(&[&target, "--key-file", w, "--timeout", "400", "--nagios"]);
+    let out = probe_cli(&[&target, "--key-file", w, "--timeout", "1000", "--nagios"]);
     assert_eq!(
         code(&out),
         3,
@@ -528,7 +528,7 @@ fn c_probe_with_key_file_option() {
         (0, State::Up as c_int)
     );
     assert_eq!(
-        run(format!("key_file={} timeout_ms=400", wrong.display())).0,
+        run(format!("key_file={} timeout_ms=1000", wrong.display())).0,
         20,
         "LBAGENT_ERR_WRONG_KEY"
     );
@@ -609,7 +609,7 @@ fn c_prober_with_key_file_option() {
     // LBAGENT_ERR_WRONG_KEY (20); a silent port: LBAGENT_ERR_TIMEOUT (9).
     assert_eq!(
         run(
-            format!("key_file={} timeout_ms=600", wrong.display()),
+            format!("key_file={} timeout_ms=1000", wrong.display()),
             &[addr, silent.local_addr().unwrap()]
         ),
         [(0, 20), (1, 9)]

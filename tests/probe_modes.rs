@@ -276,7 +276,7 @@ fn exit_code_matrix_of_a_wrong_key() {
         row(
             what,
             addr,
-            &["--key-file", &wrong, "--timeout", "400"],
+            &["--key-file", &wrong, "--timeout", "1000"],
             [2, 2, 2, 1, 1, 1, 3],
             Some("wrong key: the agent answers unauthenticated probes but dropped the sealed one"),
         );
@@ -299,7 +299,7 @@ fn wrong_key_in_json_ldirectord_and_watch() {
     let wrong = key_file("json-wrong", &format!("7 {OTHER}"));
     let (_agent, addr) = agent(&format!("key_file={agent_keys} initial_state=up"));
     let target = addr.to_string();
-    let extra = ["--key-file", wrong.as_str(), "--timeout", "400"];
+    let extra = ["--key-file", wrong.as_str(), "--timeout", "1000"];
 
     let out = run(Mode::Json, addr, &extra);
     assert_eq!(out.status.code(), Some(2), "{out:?}");

@@ -180,8 +180,8 @@ def test_keys_the_right_one_the_wrong_one_and_none(make_agent, tmp_path, silent_
     # The non-blocking prober tells them apart the same way: a probe the agent drops for its
     # key is a wrong key, as is an answer that does not authenticate; a silent port times out.
     keyless = make_agent("initial_state=up")
-    with lbagent.Prober(timeout=0.5, key_file=right) as good, \
-            lbagent.Prober(timeout=0.5, key_file=wrong) as bad:
+    with lbagent.Prober(timeout=1.0, key_file=right) as good, \
+            lbagent.Prober(timeout=1.0, key_file=wrong) as bad:
         good.send(target, token="right key")
         good.send(f"127.0.0.1:{keyless.port}", token="agent without keys")
         bad.send(target, token="wrong key")

@@ -14,8 +14,8 @@
 //! probe still without a valid answer half-way through its timeout is followed by one
 //! unsealed diagnostic PROBE (same service and length, a fresh nonce), unless an answer that
 //! did not authenticate has come (that already makes it a wrong key). If the agent answers
-//! that, the probe completes at its deadline as `WrongKey` (the agent is alive and dropped the
-//! sealed probe), not as `Timeout`. Those half-way events share the deadlines heap, so
+//! that, the probe completes at once as `WrongKey` (the agent is alive and dropped the sealed
+//! probe: it answers in order, so a valid answer would have come first), not as `Timeout`. Those half-way events share the deadlines heap, so
 //! [`Prober::next_timeout`] counts them too: the diagnostic is sent by the first `receive`
 //! at or after half-way, and not at all if that call comes after the probe's deadline.
 
@@ -87,8 +87,6 @@ struct Diagnostic {
     service_len: u8,
     /// Its nonce, once sent (also a key of `Prober::diagnostics` while the probe is in flight).
     nonce: Option<u64>,
-    /// The agent answered it.
-    answered: bool,
 }
 
 impl Diagnostic {
@@ -99,7 +97,6 @@ impl Diagnostic {
             service: [0; wire::MAX_NAME_LEN],
             service_len: len as u8,
             nonce: None,
-            answered: false,
         };
         d.service[..len].copy_from_slice(&service.as_bytes()[..len]);
         d
@@ -220,10 +217,10 @@ impl Prober {
     /// `send`, sealed with `key` (None: unsealed) whatever the options say: a poller with one
     /// key per target. Only answers that authenticate with that key complete the probe. With a
     /// key, if none has come by half the timeout, one unsealed diagnostic PROBE is sent too
-    /// (counted in [`ProberStats::diagnostics`], not in `sent`); at the timeout the probe
-    /// completes as `WrongKey` if an answer did not authenticate or the agent answered the
-    /// diagnostic (it is alive but dropped the sealed probe: unknown key id, another secret,
-    /// clocks too far apart), else as `Timeout`.
+    /// (counted in [`ProberStats::diagnostics`], not in `sent`). An answer to it completes the
+    /// probe at once as `WrongKey` (the agent is alive but dropped the sealed probe: unknown
+    /// key id, another secret, clocks too far apart); at the timeout the probe completes as
+    /// `WrongKey` if an answer did not authenticate, else as `Timeout`.
     pub fn send_keyed(
         &mut self,
         target: SocketAddr,
@@ -371,15 +368,20 @@ impl Prober {
     fn on_datagram(&mut self, len: usize, from: SocketAddr, out: &mut Vec<Completion>) {
         let datagram = &self.buf[..len];
         if let Some(nonce) = answer_nonce(datagram) {
-            if let Some(probe) = self
-                .diagnostics
-                .get(&nonce)
-                .and_then(|probe| self.in_flight.get_mut(probe))
-                .filter(|p| p.target == from)
+            let diagnosed = self.diagnostics.get(&nonce).copied();
+            if let Some((probe_nonce, probe)) = diagnosed
+                .and_then(|n| Some((n, self.in_flight.get_mut(&n)?)))
+                .filter(|(_, p)| p.target == from)
             {
                 // Whatever the agent answered (a STATUS, or an ERROR with auth=required), it
-                // is alive.
-                probe.diagnostic.answered = true;
+                // is alive and answered the sealed probe first if it could: a wrong key.
+                let error = no_valid_answer(
+                    probe.key.as_deref(),
+                    self.options.timeout,
+                    probe.rejected.take(),
+                    true,
+                );
+                self.finish(probe_nonce, Err(error), out);
                 return;
             }
             match self.in_flight.get_mut(&nonce) {
@@ -492,7 +494,7 @@ impl Prober {
                         probe.key.as_deref(),
                         timeout,
                         probe.rejected.take(),
-                        probe.diagnostic.answered,
+                        false,
                     );
                     self.finish(nonce, Err(error), out);
                 }
@@ -767,7 +769,7 @@ mod tests {
     }
 
     #[test]
-    fn answered_diagnostic_is_a_wrong_key_and_a_valid_answer_still_wins() {
+    fn answered_diagnostic_is_a_wrong_key_and_a_valid_answer_first_wins() {
         let (mut prober, key) = keyed_prober(400);
         let fake = UdpSocket::bind("127.0.0.1:0").unwrap();
         let to = fake.local_addr().unwrap();
@@ -792,15 +794,21 @@ mod tests {
             0,
             "the diagnostic's answer is not ignored"
         );
-        // A valid sealed answer after the diagnostic still completes the probe.
+        // A valid sealed answer that comes before the diagnostic's answer (a slow agent
+        // answering in order) completes the probe; the diagnostic's answer is then late.
         out.clear();
         prober.send_keyed(to, "", 2, Some(key.clone())).unwrap();
         let (_, sealed, _, _, _) = next_probe(&mut prober, &fake, &mut out);
         let (_, diagnostic, _, _, from) = next_probe(&mut prober, &fake, &mut out);
-        answer(&fake, from, diagnostic, None);
         answer(&fake, from, sealed, Some(&key));
+        answer(&fake, from, diagnostic, None);
         out.extend(wait_all(&mut prober, 1));
         assert!(out[0].result.is_ok(), "{out:?}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while prober.stats().ignored < 1 && Instant::now() < deadline {
+            prober.receive(&mut Vec::new());
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let stats = prober.stats();
         assert_eq!(
             (
@@ -810,7 +818,7 @@ mod tests {
                 stats.failed,
                 stats.ignored
             ),
-            (2, 2, 1, 1, 0)
+            (2, 2, 1, 1, 1)
         );
         // Without a key there is no diagnostic.
         prober.send_keyed(to, "", 3, None).unwrap();

@@ -213,7 +213,7 @@ fn live_prober<'a>(handle: *const lbagent_prober) -> Result<&'a lbagent_prober, 
 /// every probe (only answers sealed with it count; otherwise a probe finishes as
 /// `LBAGENT_ERR_WRONG_KEY` or `LBAGENT_ERR_TIMEOUT`). With a key, a probe with no valid
 /// answer by half its timeout is followed by one unsealed probe: if the agent answers that,
-/// it is alive but dropped the sealed probe, and the probe finishes as
+/// it is alive but dropped the sealed probe, and the probe finishes at once as
 /// `LBAGENT_ERR_WRONG_KEY`, not `LBAGENT_ERR_TIMEOUT`. `lbagent_prober_timeout_ms` counts
 /// those half-way sends too.
 ///
