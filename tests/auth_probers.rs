@@ -14,9 +14,9 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::*;
-use lbagent::client::{self, Completion, ProbeError, ProbeOptions, Prober, load_key};
+use lbagent::client::{self, Completion, ProbeError, ProbeOptions, Prober, ProberStats, load_key};
 use lbagent::wire::{self, Reply};
-use lbagent::{Counter, State};
+use lbagent::{Agent, Counter, State};
 
 const SECRET: &str = "a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebfc0";
 const OTHER: &str = "0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f20";
@@ -29,6 +29,13 @@ fn key_file(name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// An agent (UP) whose key file holds key 7 with SECRET: the agent, its address, the file.
+fn keyed_agent(name: &str) -> (Agent, SocketAddr, PathBuf) {
+    let keys = key_file(name, &format!("7 {SECRET}\n"));
+    let (agent, addr) = agent(&format!("key_file={} initial_state=up", keys.display()));
+    (agent, addr, keys)
+}
+
 fn options(key: Option<&PathBuf>, timeout_ms: u64) -> ProbeOptions {
     ProbeOptions {
         timeout: Duration::from_millis(timeout_ms),
@@ -39,14 +46,10 @@ fn options(key: Option<&PathBuf>, timeout_ms: u64) -> ProbeOptions {
 
 #[test]
 fn client_api_with_the_right_key_the_wrong_key_and_no_key() {
-    let agent_keys = key_file("agent", &format!("7 {SECRET}\n"));
     let right = key_file("right", &format!("7 {SECRET}\n"));
     let wrong_secret = key_file("wrong-secret", &format!("7 {OTHER}\n"));
     let wrong_id = key_file("wrong-id", &format!("9 {SECRET}\n"));
-    let (agent, addr) = agent(&format!(
-        "key_file={} initial_state=up",
-        agent_keys.display()
-    ));
+    let (agent, addr, _) = keyed_agent("agent");
 
     let a = client::probe(addr, &options(Some(&right), 1000)).unwrap();
     assert!(a.is_serving());
@@ -107,14 +110,10 @@ fn result_of(out: &[Completion], token: u64) -> &Result<client::Answer, ProbeErr
 
 #[test]
 fn prober_tells_a_wrong_key_from_a_dead_agent() {
-    let agent_keys = key_file("prober-agent", &format!("7 {SECRET}\n"));
     let right = key_file("prober-right", &format!("7 {SECRET}\n"));
     let wrong_secret = key_file("prober-wrong-secret", &format!("7 {OTHER}\n"));
     let wrong_id = key_file("prober-wrong-id", &format!("9 {SECRET}\n"));
-    let (agent, addr) = agent(&format!(
-        "key_file={} initial_state=up",
-        agent_keys.display()
-    ));
+    let (agent, addr, _) = keyed_agent("prober-agent");
     let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
     let key = |p: &PathBuf| Some(load_key(p, None).unwrap());
     // The options' key (send) and a key per target (send_keyed).
@@ -141,18 +140,16 @@ fn prober_tells_a_wrong_key_from_a_dead_agent() {
     let e = result_of(&out, 3).as_ref().unwrap_err();
     assert!(matches!(e, ProbeError::Timeout(_)), "{e}");
     assert!(result_of(&out, 4).as_ref().unwrap().is_serving());
-    let stats = prober.stats();
     assert_eq!(
-        (
-            stats.sent,
-            stats.diagnostics,
-            stats.answered,
-            stats.failed,
-            stats.timed_out,
-            stats.ignored
-        ),
-        (4, 3, 1, 2, 1, 0),
-        "{stats:?}"
+        prober.stats(),
+        ProberStats {
+            sent: 4,
+            diagnostics: 3,
+            answered: 1,
+            failed: 2,
+            timed_out: 1,
+            ignored: 0,
+        }
     );
     assert!(eventually(Duration::from_secs(2), || {
         agent.counter(Counter::DroppedAuthFailed) == 2 && agent.counter(Counter::AnsweredError) == 2
@@ -162,11 +159,7 @@ fn prober_tells_a_wrong_key_from_a_dead_agent() {
 
 #[test]
 fn prober_with_the_right_key_sends_no_diagnostic() {
-    let agent_keys = key_file("prober-quiet-agent", &format!("7 {SECRET}\n"));
-    let (agent, addr) = agent(&format!(
-        "key_file={} initial_state=up",
-        agent_keys.display()
-    ));
+    let (agent, addr, agent_keys) = keyed_agent("prober-quiet-agent");
     let mut prober = Prober::new(options(Some(&agent_keys), 4000)).unwrap();
     let sent = Instant::now();
     for (token, service) in [(1, ""), (2, "web"), (3, "")] {
@@ -181,11 +174,13 @@ fn prober_with_the_right_key_sends_no_diagnostic() {
     );
     prober.receive(&mut Vec::new());
     assert_eq!(prober.next_timeout(), None);
-    let stats = prober.stats();
     assert_eq!(
-        (stats.sent, stats.diagnostics, stats.answered, stats.ignored),
-        (3, 0, 3, 0),
-        "{stats:?}"
+        prober.stats(),
+        ProberStats {
+            sent: 3,
+            answered: 3,
+            ..ProberStats::default()
+        }
     );
     assert_eq!(agent.counter(Counter::Received), 3);
     assert_eq!(agent.counter(Counter::AnsweredError), 0);
@@ -247,11 +242,7 @@ fn forged_answers_are_never_accepted() {
         handle.join().unwrap();
     }
     // A replayed genuine answer carries another nonce: it matches no probe.
-    let agent_keys = key_file("replay", &format!("7 {SECRET}\n"));
-    let (_agent, addr) = agent(&format!(
-        "key_file={} initial_state=up",
-        agent_keys.display()
-    ));
+    let (_agent, addr, _) = keyed_agent("replay");
     let key = load_key(&right, None).unwrap();
     let s = connected(addr);
     let mut probe = [0u8; 512];
@@ -363,13 +354,9 @@ fn lbagent_probe_key_file_in_every_mode() {
 
 #[test]
 fn lbagent_director_seals_each_targets_probes_with_its_key() {
-    let agent_keys = key_file("dir-agent", &format!("7 {SECRET}\n"));
     let right = key_file("dir-right", &format!("7 {SECRET}\n"));
     let wrong = key_file("dir-wrong", &format!("7 {OTHER}\n"));
-    let (_agent, addr) = agent(&format!(
-        "key_file={} initial_state=up",
-        agent_keys.display()
-    ));
+    let (_agent, addr, agent_keys) = keyed_agent("dir-agent");
     let dir = scratch_dir("auth-director");
     let targets = dir.join("targets");
     std::fs::write(
@@ -502,12 +489,8 @@ fn c_probe_with_key_file_option() {
             out: *mut Status,
         ) -> c_int;
     }
-    let agent_keys = key_file("c-agent", &format!("7 {SECRET}\n"));
     let wrong = key_file("c-wrong", &format!("7 {OTHER}\n"));
-    let (_agent, addr) = agent(&format!(
-        "key_file={} initial_state=up",
-        agent_keys.display()
-    ));
+    let (_agent, addr, agent_keys) = keyed_agent("c-agent");
     let target = CString::new(addr.to_string()).unwrap();
     let run = |options: String| {
         let options = CString::new(options).unwrap();
@@ -561,12 +544,8 @@ fn c_prober_with_key_file_option() {
         fn lbagent_prober_fd(prober: *const c_void) -> c_int;
         fn lbagent_prober_free(prober: *mut c_void);
     }
-    let agent_keys = key_file("c-prober-agent", &format!("7 {SECRET}\n"));
     let wrong = key_file("c-prober-wrong", &format!("7 {OTHER}\n"));
-    let (_agent, addr) = agent(&format!(
-        "key_file={} initial_state=up",
-        agent_keys.display()
-    ));
+    let (_agent, addr, agent_keys) = keyed_agent("c-prober-agent");
     let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
     // Probes each target (token = index) through a C prober with `options`, in the event loop
     // of the header's documentation; returns each token's result code.

@@ -706,6 +706,15 @@ mod tests {
         from.send_to(&out[..len], to).unwrap();
     }
 
+    /// Receives (and drops) until `ignored` datagrams are counted, or 10 s have passed.
+    fn receive_until_ignored(prober: &mut Prober, ignored: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while prober.stats().ignored < ignored && Instant::now() < deadline {
+            prober.receive(&mut Vec::new());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     fn keyed_prober(timeout_ms: u64) -> (Prober, Arc<Key>) {
         let key = Arc::new(Key::new(7, &[0x5a; 32]).unwrap());
         let prober = Prober::new(ProbeOptions {
@@ -749,21 +758,16 @@ mod tests {
         // Late answers, to the diagnostic or the probe, are ignored.
         answer(&fake, from, diagnostic, None);
         answer(&fake, from, sealed, None);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while prober.stats().ignored < 3 && Instant::now() < deadline {
-            prober.receive(&mut Vec::new());
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let stats = prober.stats();
+        receive_until_ignored(&mut prober, 3);
         assert_eq!(
-            (
-                stats.sent,
-                stats.diagnostics,
-                stats.timed_out,
-                stats.failed,
-                stats.ignored
-            ),
-            (1, 1, 1, 0, 3)
+            prober.stats(),
+            ProberStats {
+                sent: 1,
+                diagnostics: 1,
+                timed_out: 1,
+                ignored: 3,
+                ..ProberStats::default()
+            }
         );
         assert_eq!(prober.next_timeout(), None);
     }
@@ -804,21 +808,17 @@ mod tests {
         answer(&fake, from, diagnostic, None);
         out.extend(wait_all(&mut prober, 1));
         assert!(out[0].result.is_ok(), "{out:?}");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while prober.stats().ignored < 1 && Instant::now() < deadline {
-            prober.receive(&mut Vec::new());
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let stats = prober.stats();
+        receive_until_ignored(&mut prober, 1);
         assert_eq!(
-            (
-                stats.sent,
-                stats.diagnostics,
-                stats.answered,
-                stats.failed,
-                stats.ignored
-            ),
-            (2, 2, 1, 1, 1)
+            prober.stats(),
+            ProberStats {
+                sent: 2,
+                diagnostics: 2,
+                answered: 1,
+                failed: 1,
+                ignored: 1,
+                ..ProberStats::default()
+            }
         );
         // Without a key there is no diagnostic.
         prober.send_keyed(to, "", 3, None).unwrap();
