@@ -356,7 +356,7 @@ fn lbagent_probe_key_file_in_every_mode() {
 fn lbagent_director_seals_each_targets_probes_with_its_key() {
     let right = key_file("dir-right", &format!("7 {SECRET}\n"));
     let wrong = key_file("dir-wrong", &format!("7 {OTHER}\n"));
-    let (_agent, addr, agent_keys) = keyed_agent("dir-agent");
+    let (_agent, addr, _) = keyed_agent("dir-agent");
     let dir = scratch_dir("auth-director");
     let targets = dir.join("targets");
     std::fs::write(
