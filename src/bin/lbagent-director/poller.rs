@@ -16,8 +16,10 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use lbagent::auth::Key;
 use lbagent::client::{Answer, Completion, ProbeError, ProbeOptions, Prober};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -69,6 +71,8 @@ impl Jitter {
 
 struct Slot {
     target: Target,
+    /// The key that seals its probes (`key=` in the targets file), looked up once.
+    key: Option<Arc<Key>>,
     /// The prober token; stays the same while the target is unchanged across reloads.
     id: u64,
     health: Health,
@@ -238,14 +242,21 @@ impl Poller {
     /// caller knows better), or down when the file says nothing, in which case the file is
     /// written at once (keepalived reads a missing file as OK). Its first check falls at a
     /// random point of the next interval.
+    /// The loaded key of `target`'s key file, if it names one.
+    fn key_of(&self, target: &Target) -> Option<Arc<Key>> {
+        target.key.as_ref().and_then(|p| self.keys.get(p)).cloned()
+    }
+
     fn new_slot(&mut self, target: Target, initial: Option<bool>, now: Instant) -> Slot {
         let file_ok = self.track.read(&target.name);
         let up = initial.or(file_ok).unwrap_or(false);
         let id = self.next_id;
         self.next_id += 1;
         self.schedule_first(id, now);
+        let key = self.key_of(&target);
         let mut slot = Slot {
             target,
+            key,
             id,
             health: Health::new(up),
             in_flight: false,
@@ -350,12 +361,7 @@ impl Poller {
                 self.counts.skipped += 1;
                 continue;
             }
-            let key = slot
-                .target
-                .key
-                .as_ref()
-                .and_then(|p| self.keys.get(p))
-                .cloned();
+            let key = slot.key.clone();
             match self
                 .prober
                 .send_keyed(slot.target.addr, &slot.target.service, id, key)
@@ -437,6 +443,8 @@ impl Poller {
         for target in new {
             match old.remove(&target.name) {
                 Some(mut slot) if slot.target.same_check(&target) => {
+                    // The same file, perhaps with a new key in it (read again at reload).
+                    slot.key = self.key_of(&target);
                     slot.target = target;
                     unchanged += 1;
                     slots.push(slot);

@@ -12,15 +12,14 @@
 //! director must not depend on DNS to take a server out). Every error names the file, the
 //! line, the field and its text.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-
-use lbagent::client;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use lbagent::auth::Key;
+use lbagent::client;
 use lbagent::config::{MAX_SERVICE_NAME, is_service_name_byte};
 
 /// Most targets one file may hold (memory stays bounded whatever the file says).
@@ -94,7 +93,7 @@ pub fn load_keys(origin: &str, targets: &[Target]) -> Result<Keys, TargetsError>
         if keys.contains_key(path) {
             continue;
         }
-        let key = lbagent::client::load_key(path, None).map_err(|why| {
+        let key = client::load_key(path, None).map_err(|why| {
             TargetsError(format!(
                 "{origin}:{}: key=\"{}\": {why}",
                 t.line,

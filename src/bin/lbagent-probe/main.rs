@@ -36,8 +36,8 @@ Exit status, by mode:
   --nagios              Nagios/Icinga plugin: 0 OK serving; 1 WARNING drain, maint, up at
                         weight 0; 2 CRITICAL starting, down, stopping, timeout, refused,
                         unreachable; 3 UNKNOWN unknown service, not an lbagent, version
-                        mismatch, authentication required, wrong key, usage error. One status line with
-                        performance data on stdout.
+                        mismatch, authentication required, wrong key, usage error. One status
+                        line with performance data on stdout.
   --watch               a live view: probes every TARGET each --interval and prints a line
                         with a timestamp for each target's first answer and for every change
                         (state, reason, weight, message, restart, kind of failure), with the
