@@ -64,16 +64,22 @@ static_assert(std::is_nothrow_move_assignable<Prober>::value, "noexcept move");
 static_assert(noexcept(std::declval<Prober &>().fd()), "noexcept");
 static_assert(noexcept(std::declval<Prober &>().timeout_ms()), "noexcept");
 
+// 127.0.0.1:port as a socket address.
+sockaddr_in loopback(std::uint16_t port) {
+    sockaddr_in a;
+    std::memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    return a;
+}
+
 // Sends keepalived's default payload to 127.0.0.1:port; returns the answer ("" for none).
 std::string ask(std::uint16_t port) {
     const char request[] = "keepalived check - keepalived ch";
     char answer[64];
     int fd = socket(AF_INET, SOCK_DGRAM, 0);
-    sockaddr_in to;
-    std::memset(&to, 0, sizeof to);
-    to.sin_family = AF_INET;
-    to.sin_port = htons(port);
-    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    sockaddr_in to = loopback(port);
     timeval tv = {2, 0};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     ssize_t n = -1;
@@ -88,11 +94,8 @@ std::string ask(std::uint16_t port) {
 // A UDP socket bound to 127.0.0.1 on a port chosen by the system (its port in `port`).
 int udp_socket(std::uint16_t &port) {
     int fd = socket(AF_INET, SOCK_DGRAM, 0);
-    sockaddr_in a;
+    sockaddr_in a = loopback(0);
     socklen_t len = sizeof a;
-    std::memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     bind(fd, reinterpret_cast<sockaddr *>(&a), sizeof a);
     getsockname(fd, reinterpret_cast<sockaddr *>(&a), &len);
     port = ntohs(a.sin_port);
@@ -102,11 +105,7 @@ int udp_socket(std::uint16_t &port) {
 // Connects over TCP to 127.0.0.1:port, sends `request`, reads until the agent closes.
 std::string tcp_exchange(std::uint16_t port, const std::string &request) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in to;
-    std::memset(&to, 0, sizeof to);
-    to.sin_family = AF_INET;
-    to.sin_port = htons(port);
-    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    sockaddr_in to = loopback(port);
     timeval tv = {5, 0};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     std::string answer;
