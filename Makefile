@@ -22,7 +22,7 @@ TEST_TOOLS := gcc:gcc g++:g++ valgrind:valgrind nm:binutils readelf:binutils pkg
 # What `make demo` needs: a C and a C++ compiler for the examples (bash talks to the agent).
 DEMO_TOOLS := gcc:gcc g++:g++
 
-.PHONY: all build examples demo test lvs-test fuzz bench bench-director header install tools demo-tools demo-check clean
+.PHONY: all build examples demo test lint lvs-test fuzz bench bench-director header install tools demo-tools demo-check clean
 
 all: build
 
@@ -54,7 +54,7 @@ demo: demo-tools build
 ## and C++ hosts under valgrind, HAProxy, amplification, soak), make demo's walk-through, the
 ## Python package in a fresh virtual environment, the fuzzers for a bounded time, then the LVS
 ## director test.
-test: tools
+test: tools lint
 	$(CARGO) build --all-targets
 	$(CARGO) test --all-targets -- --test-threads=2
 	$(MAKE) --no-print-directory demo-check
@@ -133,6 +133,12 @@ install: build
 ## header: regenerate include/lbagent.h from the Rust source (commit the result).
 header:
 	LBAGENT_BLESS=1 $(CARGO) test --test header committed_header_is_up_to_date
+
+## lint: formatting and clippy with warnings as errors (this enforces the crate's `deny`
+## attributes: no `unsafe` outside src/ffi and src/sys, none undocumented there).
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
 
 tools:
 	@scripts/ensure-tools.sh $(TEST_TOOLS)

@@ -1,6 +1,6 @@
 //! `make bench-director`: what the fork-free poller costs, against two baselines measured in
 //! the same run on the same simulated fleet (10,000 UDP sockets on loopback answering with
-//! lbagent::wire, in this process):
+//! lbagent::proto::wire, in this process):
 //!
 //! - the poller: `lbagent-director` (release) polling 10,000 targets at a 1 s interval; its
 //!   CPU time (user + system, from /proc) over a measured window, per check and per 1,000
@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lbagent::wire;
+use lbagent::proto::wire;
 use responder::Responder;
 
 const INTERVAL_MS: u64 = 1000;

@@ -91,7 +91,10 @@ int main(void) {
         fprintf(stderr, "worker_pool: %s\n", msg);
         return 1;
     }
-    (void)lbagent_local_port(agent, 0, &port);
+    if (lbagent_local_port(agent, 0, &port) != LBAGENT_OK) {
+        fprintf(stderr, "worker_pool: no UDP port\n");
+        return 1;
+    }
     for (i = 0; i < WORKERS; i++) {
         if (lbagent_worker_register(agent, &workers[i].slot) != LBAGENT_OK) {
             fprintf(stderr, "worker_pool: no worker slot (set workers=%d)\n", WORKERS);

@@ -3,10 +3,13 @@
  *
  * Conventions (see README.md for the whole guide):
  * - Every function that can fail returns an lbagent_result; LBAGENT_OK is 0.
- * - Detail for a failed call is kept per thread: lbagent_last_error().
+ * - Every failed call leaves "function_name: what was wrong" in a per-thread last error:
+ *   lbagent_last_error(). The hot path (heartbeat, set_state, set_weight, set_load, worker
+ *   heartbeat) is the exception: its code alone says what failed.
  * - Pointers: NULL is checked and rejected with LBAGENT_ERR_NULL_ARGUMENT (or is documented
  *   as meaning a default). Strings passed in are copied; the library never keeps them.
- * - Out-parameters are written only on success.
+ * - Arguments are checked in the order they are declared. Out-parameters are written only
+ *   on success, and those functions are LBAGENT_MUST_USE.
  * - Threads: every function is thread-safe. The monitor thread never calls host code.
  * - Async-signal-safe: lbagent_heartbeat(); lbagent_set_state() with service and reason NULL;
  *   lbagent_set_weight() and lbagent_set_load() with service NULL; lbagent_worker_heartbeat();
@@ -574,7 +577,10 @@ enum lbagent_result lbagent_get_status(const struct lbagent *agent,
  * Returns `LBAGENT_OK`, `LBAGENT_ERR_INVALID_ARGUMENT` for an unknown counter, or
  * `LBAGENT_ERR_NULL_ARGUMENT` / `LBAGENT_ERR_BAD_HANDLE`. Thread-safe.
  */
-enum lbagent_result lbagent_get_counter(const struct lbagent *agent, int counter, uint64_t *out);
+LBAGENT_MUST_USE
+enum lbagent_result lbagent_get_counter(const struct lbagent *agent,
+                                        int counter,
+                                        uint64_t *out);
 
 /**
  * Writes the UDP port actually bound for the `index`-th `listen=` address (useful with port
@@ -583,12 +589,16 @@ enum lbagent_result lbagent_get_counter(const struct lbagent *agent, int counter
  * Returns `LBAGENT_OK`, `LBAGENT_ERR_INVALID_ARGUMENT` when `index` is past the last address,
  * or `LBAGENT_ERR_NULL_ARGUMENT` / `LBAGENT_ERR_BAD_HANDLE`. Thread-safe.
  */
-enum lbagent_result lbagent_local_port(const struct lbagent *agent, size_t index, uint16_t *out);
+LBAGENT_MUST_USE
+enum lbagent_result lbagent_local_port(const struct lbagent *agent,
+                                       size_t index,
+                                       uint16_t *out);
 
 /**
  * Writes the TCP port actually bound for the `index`-th `tcp_agent=` address (HAProxy
  * agent-check) to `*out`. Same contract as `lbagent_local_port`.
  */
+LBAGENT_MUST_USE
 enum lbagent_result lbagent_tcp_agent_port(const struct lbagent *agent,
                                            size_t index,
                                            uint16_t *out);
@@ -597,7 +607,10 @@ enum lbagent_result lbagent_tcp_agent_port(const struct lbagent *agent,
  * Writes the TCP port actually bound for the `index`-th `http=` address (HTTP health
  * endpoint) to `*out`. Same contract as `lbagent_local_port`.
  */
-enum lbagent_result lbagent_http_port(const struct lbagent *agent, size_t index, uint16_t *out);
+LBAGENT_MUST_USE
+enum lbagent_result lbagent_http_port(const struct lbagent *agent,
+                                      size_t index,
+                                      uint16_t *out);
 
 /**
  * Stops the agent: from this call on every answer says STOPPING; the monitor thread answers
@@ -619,9 +632,11 @@ enum lbagent_result lbagent_stop(struct lbagent *agent, uint32_t timeout_ms);
 
 /**
  * Stops the agent if needed (waiting up to 5 s for its thread) and frees the handle. NULL is
- * a no-op. Freeing a handle twice is detected and ignored (the last error says so). The
- * handle must not be used again (only `lbagent_free` and `lbagent_stop` detect a freed
- * handle safely; other calls on it are undefined), nor concurrently with this call.
+ * a no-op. Freeing a handle twice, or a pointer that is not an agent, is detected without
+ * reading its memory and ignored (the last error says so). The handle must not be used
+ * again (every call outside the hot path detects a freed handle safely; the hot-path calls
+ * catch most such uses, but reading freed memory is undefined), nor concurrently with this
+ * call.
  */
 void lbagent_free(struct lbagent *agent);
 
@@ -707,9 +722,10 @@ const char *lbagent_strerror(int result);
  * Returns the full length of the message in bytes, excluding the NUL (like `snprintf`), so
  * a return value `>= len` means it was cut; 0 when no call has failed on this thread. `buf`
  * may be NULL when `len` is 0, to ask for the length. Successful calls leave the last error
- * as it was. The hot-path calls (`lbagent_heartbeat`, `lbagent_set_state`,
- * `lbagent_set_weight`, `lbagent_set_load`) report through their return code only and never
- * touch the last error.
+ * as it was. Every function that fails sets it ("lbagent_get_status: agent is NULL"), except
+ * the hot-path calls (`lbagent_heartbeat`, `lbagent_set_state`, `lbagent_set_weight`,
+ * `lbagent_set_load`, `lbagent_worker_heartbeat`), which report through their return code
+ * only and never touch the last error.
  */
 size_t lbagent_last_error(char *buf, size_t len);
 
@@ -779,7 +795,7 @@ enum lbagent_result lbagent_prober_new(const char *options,
 
 /**
  * The prober's socket, to wait on for POLLIN (or EPOLLIN) in the caller's event loop; -1 for
- * NULL or a handle that is not live. The descriptor belongs to the prober: do not read,
+ * NULL or a handle that is not live (the last error says which). The descriptor belongs to the prober: do not read,
  * write or close it. It is close-on-exec. Thread-safe.
  */
 int lbagent_prober_fd(const struct lbagent_prober *prober);
@@ -813,6 +829,7 @@ enum lbagent_result lbagent_prober_send(struct lbagent_prober *prober,
  * a non-zero `capacity`) / `LBAGENT_ERR_BAD_HANDLE`; `*count` is then untouched.
  * Thread-safe.
  */
+LBAGENT_MUST_USE
 enum lbagent_result lbagent_prober_receive(struct lbagent_prober *prober,
                                            struct lbagent_probe_result *results,
                                            size_t capacity,
@@ -823,19 +840,20 @@ enum lbagent_result lbagent_prober_receive(struct lbagent_prober *prober,
  * unsealed diagnostic probe to send (rounded up), 0 when
  * finished probes are waiting to be collected, -1 when nothing is in flight (wait on the
  * descriptor alone, or not at all). Use it as the timeout of poll()/epoll_wait(). -1 for NULL
- * or a handle that is not live. Thread-safe.
+ * or a handle that is not live, with the last error set. Thread-safe.
  */
 int lbagent_prober_timeout_ms(struct lbagent_prober *prober);
 
 /**
  * Probes sent and not yet collected by `lbagent_prober_receive` (in flight, or finished and
- * waiting). 0 for NULL or a handle that is not live. Thread-safe.
+ * waiting). 0 for NULL or a handle that is not live, with the last error set. Thread-safe.
  */
 size_t lbagent_prober_pending(const struct lbagent_prober *prober);
 
 /**
- * Closes the prober's socket and frees it; probes in flight are dropped. NULL is a no-op; a
- * handle already freed is ignored when detected. The handle must not be used again, nor
+ * Closes the prober's socket and frees it; probes in flight are dropped. NULL is a no-op.
+ * Freeing a handle twice, or a pointer that is not a prober, is detected without reading its
+ * memory and ignored (the last error says so). The handle must not be used again, nor
  * concurrently with this call.
  */
 void lbagent_prober_free(struct lbagent_prober *prober);

@@ -133,22 +133,30 @@ public:
     lbagent_result code() const noexcept { return code_; }
 
     // The error for a call that failed with `code`. Its text is this thread's
-    // lbagent_last_error() for the calls that set it (start, get_status, stop, probes: it
-    // names the key, value or address), otherwise "call: " and lbagent_strerror().
-    static Error from_call(lbagent_result code, const char *call, bool sets_last_error) {
-        std::size_t len = sets_last_error ? lbagent_last_error(nullptr, 0) : 0;
+    // lbagent_last_error(), which every failing call sets as "call: what was wrong" (it names
+    // the key, value, address or argument); the hot-path calls never touch it, so for them
+    // it is "call: " and lbagent_strerror().
+    static Error from_call(lbagent_result code, const char *call) {
+        std::size_t len = lbagent_last_error(nullptr, 0);
+        std::string prefix = std::string(call) + ":";
         if (len > 0) {
             std::vector<char> detail(len + 1);
             lbagent_last_error(detail.data(), detail.size());
-            return Error(code, std::string(detail.data(), len));
+            std::string text(detail.data(), len);
+            if (text.compare(0, prefix.size(), prefix) == 0) {
+                return Error(code, text);
+            }
         }
-        return Error(code, std::string(call) + ": " + lbagent_strerror(static_cast<int>(code)));
+        return Error(code, prefix + " " + lbagent_strerror(static_cast<int>(code)));
     }
 
-    // The same, about a probe target: what() starts with "TARGET: ".
+    // The same, about a probe target: what() is "TARGET: what happened" (the target
+    // replaces the call's name, which says less).
     static Error from_probe(lbagent_result code, const char *call, const char *target) {
-        Error e = from_call(code, call, true);
-        return Error(code, std::string(target != nullptr ? target : "(null)") + ": " + e.what());
+        std::string text = from_call(code, call).what();
+        std::string::size_type colon = text.find(": ");
+        std::string detail = colon == std::string::npos ? text : text.substr(colon + 2);
+        return Error(code, std::string(target != nullptr ? target : "(null)") + ": " + detail);
     }
 
 private:
@@ -208,7 +216,7 @@ public:
     explicit Agent(Text config) : agent_(nullptr) {
         lbagent_result r = lbagent_start(config.c_str(), &agent_);
         if (r != LBAGENT_OK) {
-            throw Error::from_call(r, "lbagent_start", true);
+            throw Error::from_call(r, "lbagent_start");
         }
     }
 
@@ -281,7 +289,7 @@ public:
         lbagent_status raw;
         lbagent_result r = lbagent_get_status(agent_, service.c_str(), &raw);
         if (r != LBAGENT_OK) {
-            throw Error::from_call(r, "lbagent_get_status", true);
+            throw Error::from_call(r, "lbagent_get_status");
         }
         return Status::from_c(raw);
     }
@@ -291,7 +299,7 @@ public:
         std::uint64_t value = 0;
         lbagent_result r = lbagent_get_counter(agent_, static_cast<int>(which), &value);
         if (r != LBAGENT_OK) {
-            throw Error::from_call(r, "lbagent_get_counter", false);
+            throw Error::from_call(r, "lbagent_get_counter");
         }
         return value;
     }
@@ -318,7 +326,7 @@ public:
     void stop(std::uint32_t timeout_ms = 1000) {
         lbagent_result r = lbagent_stop(agent_, timeout_ms);
         if (r != LBAGENT_OK) {
-            throw Error::from_call(r, "lbagent_stop", true);
+            throw Error::from_call(r, "lbagent_stop");
         }
     }
 
@@ -341,7 +349,7 @@ public:
             lbagent_add_check_with_free(agent_, service.c_str(), name.c_str(), &run_check,
                                         owned.get(), &destroy_check, interval_ms, timeout_ms);
         if (r != LBAGENT_OK) {
-            throw Error::from_call(r, "lbagent_add_check", true);  // `owned` is still ours
+            throw Error::from_call(r, "lbagent_add_check_with_free");  // `owned` is still ours
         }
         owned.release();  // the library's now
     }
@@ -351,7 +359,7 @@ public:
     void remove_check(Text name) {
         lbagent_result r = lbagent_remove_check(agent_, name.c_str());
         if (r != LBAGENT_OK) {
-            throw Error::from_call(r, "lbagent_remove_check", false);
+            throw Error::from_call(r, "lbagent_remove_check");
         }
     }
 
@@ -374,7 +382,7 @@ public:
             }
         }
         if (r != LBAGENT_OK) {
-            throw Error::from_call(r, "lbagent_set_log_callback", true);
+            throw Error::from_call(r, "lbagent_set_log_callback");
         }
     }
 
@@ -386,7 +394,7 @@ public:
         unsigned slot = 0;
         lbagent_result r = lbagent_worker_register(agent_, &slot);
         if (r != LBAGENT_OK) {
-            throw Error::from_call(r, "lbagent_worker_register", false);
+            throw Error::from_call(r, "lbagent_worker_register");
         }
         return slot;
     }
@@ -406,7 +414,7 @@ public:
         unsigned released = 0;
         lbagent_result r = lbagent_worker_release_pid(agent_, pid, &released);
         if (r != LBAGENT_OK) {
-            throw Error::from_call(r, "lbagent_worker_release_pid", false);
+            throw Error::from_call(r, "lbagent_worker_release_pid");
         }
         return released;
     }
@@ -416,7 +424,7 @@ public:
     void after_fork_child() {
         lbagent_result r = lbagent_after_fork_child(agent_);
         if (r != LBAGENT_OK) {
-            throw Error::from_call(r, "lbagent_after_fork_child", true);
+            throw Error::from_call(r, "lbagent_after_fork_child");
         }
     }
 
@@ -424,7 +432,7 @@ public:
     void after_fork_worker() {
         lbagent_result r = lbagent_after_fork_worker(agent_);
         if (r != LBAGENT_OK) {
-            throw Error::from_call(r, "lbagent_after_fork_worker", true);
+            throw Error::from_call(r, "lbagent_after_fork_worker");
         }
     }
 
@@ -450,7 +458,7 @@ private:
         std::uint16_t value = 0;
         lbagent_result r = fn(agent_, index, &value);
         if (r != LBAGENT_OK) {
-            throw Error::from_call(r, call, false);
+            throw Error::from_call(r, call);
         }
         return value;
     }
@@ -542,7 +550,7 @@ public:
     explicit Prober(Text options = nullptr) : prober_(nullptr) {
         lbagent_result r = lbagent_prober_new(options.c_str(), &prober_);
         if (r != LBAGENT_OK) {
-            throw Error::from_call(r, "lbagent_prober_new", true);
+            throw Error::from_call(r, "lbagent_prober_new");
         }
     }
 
@@ -584,7 +592,7 @@ public:
         do {
             lbagent_result r = lbagent_prober_receive(prober_, batch, capacity, &count);
             if (r != LBAGENT_OK) {
-                throw Error::from_call(r, "lbagent_prober_receive", false);
+                throw Error::from_call(r, "lbagent_prober_receive");
             }
             for (std::size_t i = 0; i < count; i++) {
                 ProbeResult result;

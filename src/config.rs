@@ -5,9 +5,10 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::time::Duration;
 
-use crate::allow::{AllowList, Cidr};
-use crate::auth::KeySet;
+use crate::guard::allow::{AllowList, Cidr};
+use crate::keys::KeySet;
 use crate::log::LogTarget;
 use crate::state::State;
 use crate::status::WorkerPolicy;
@@ -49,6 +50,21 @@ pub const KEYS: &[&str] = &[
 
 /// Most worker watchdog slots.
 pub const MAX_WORKERS: usize = 4096;
+
+// Fixed limits of the TCP endpoints (`tcp_agent=`, `http=`).
+
+/// Most open connections per kind (agent-check, HTTP).
+pub const MAX_CONNECTIONS: usize = 64;
+/// How long the agent waits for HAProxy's `agent-send` line before answering about the whole
+/// server. Only when `services=` names a service: otherwise there is nothing to ask about and
+/// the answer is written as soon as the connection is accepted.
+pub const AGENT_SEND_WAIT: Duration = Duration::from_millis(100);
+/// How long an HTTP client has to send its request head.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the answer may take to be written.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the agent reads after its answer, waiting for the peer to close.
+pub const LINGER: Duration = Duration::from_secs(1);
 
 /// Whether protocol v1 probes must be authenticated (only with `key_file`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

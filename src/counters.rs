@@ -12,7 +12,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::shm::ShmSlice;
+use crate::sys::shm::ShmSlice;
 
 /// A counter. Exported to C as `lbagent_counter` (`LBAGENT_COUNTER_*`); never renumber.
 #[repr(u8)]

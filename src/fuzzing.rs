@@ -4,10 +4,12 @@
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 
-use crate::auth::KeySet;
 use crate::config::Config;
-use crate::limit::RateLimiter;
-use crate::responder::{Outcome, Policy, Responder};
+use crate::guard::Policy;
+use crate::guard::limit::RateLimiter;
+use crate::keys::KeySet;
+use crate::proto::{http, wire};
+use crate::serve::answer::{Outcome, Responder};
 use crate::state::{Reason, State};
 use crate::status::{Board, BoardConfig, Target, Text};
 
@@ -56,7 +58,7 @@ pub fn answer_datagram(datagram: &[u8]) -> Option<usize> {
         instance_id: 7,
     };
     let mut limiter = RateLimiter::new(0, 0);
-    let mut out = [0u8; crate::wire::PROBE_MAX_LEN];
+    let mut out = [0u8; wire::PROBE_MAX_LEN];
     let source: SocketAddr = ([127, 0, 0, 1], 40000).into();
     match responder.respond(
         &mut limiter,
@@ -84,16 +86,23 @@ pub fn answer_datagram(datagram: &[u8]) -> Option<usize> {
 /// request is incomplete.
 pub fn answer_http(request: &[u8], full: bool) -> Option<u16> {
     let f = fixture();
-    let mut out = [0u8; crate::http::MAX_RESPONSE];
-    match crate::http::respond(&f.board, 7, request, full, 1000, &mut out) {
-        crate::http::Answer::Incomplete => {
+    let mut out = [0u8; http::MAX_RESPONSE];
+    let board = &f.board;
+    match http::respond(
+        request,
+        full,
+        |name| board.status(board.target(name), 1000),
+        7,
+        &mut out,
+    ) {
+        http::Answer::Incomplete => {
             assert!(
                 !full,
                 "an incomplete request that cannot grow must be answered"
             );
             None
         }
-        crate::http::Answer::Reply { len, .. } => {
+        http::Answer::Reply { len, .. } => {
             let answer = &out[..len];
             let mut headers = [httparse::EMPTY_HEADER; 16];
             let mut parsed = httparse::Response::new(&mut headers);

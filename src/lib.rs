@@ -2,42 +2,45 @@
 //!
 //! The host starts an [`Agent`], reports its state, weight and load, and heart-beats from its
 //! main loop; a background monitor thread answers the director's probes over UDP (protocol v1
-//! and a text line that keepalived, HAProxy and ldirectord understand), and reports the server
-//! down by itself when the heartbeats stop.
+//! and a text line that keepalived, HAProxy and ldirectord understand), HAProxy's agent-check
+//! and HTTP, and reports the server down by itself when the heartbeats stop.
 //!
-//! Layout: the core is plain safe Rust —
-//! [`config`] (the `key=value` configuration), [`state`] (states and reasons),
-//! [`status`] (the lock-free status board), [`wire`] (protocol v1 encode/decode),
-//! [`text`] (the text line), `responder` (one datagram in, one answer out),
-//! `monitor` (the thread and its sockets), [`agent`] (the host-facing handle) and
-//! [`client`] (the prober). The C ABI lives in `ffi`, one file per C object.
+//! Where things are (`docs/DEVELOPING.md` has the whole map):
+//! - [`agent`]: the host-facing handle, and its threads across start, stop and fork;
+//! - [`status`]: the lock-free status board the host writes and the monitor reads, with the
+//!   host's self-checks;
+//! - `serve`: the monitor thread: its loop, UDP, TCP agent-check and HTTP connections;
+//! - [`proto`]: the formats on the wire, pure encode/decode: protocol v1, its authentication
+//!   trailer, the text line, the agent-check line, the HTTP answer;
+//! - [`guard`]: who gets an answer: allow-list, source checks, rate limits;
+//! - [`client`]: the prober side: blocking probe and non-blocking `Prober`;
+//! - [`config`], [`keys`], [`state`], [`counters`], [`error`], [`log`]: what the rest shares;
+//! - `ffi`: the C ABI (one file per C object) and `sys`: the OS calls, the only two places
+//!   where `unsafe` is allowed.
 
 #![warn(missing_docs)]
+#![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod agent;
-pub mod allow;
-pub mod auth;
-mod checks;
 pub mod client;
-mod clock;
 pub mod config;
 pub mod counters;
 pub mod error;
+#[allow(unsafe_code)]
 mod ffi;
 #[doc(hidden)]
 pub mod fuzzing;
-mod http;
-mod limit;
+pub mod guard;
+pub mod keys;
 pub mod log;
-mod monitor;
-mod process;
-mod responder;
-mod shm;
+pub mod proto;
+mod serve;
+mod shared;
 pub mod state;
 pub mod status;
-pub mod streams;
-pub mod text;
-pub mod wire;
+#[allow(unsafe_code)]
+mod sys;
 
 pub use agent::Agent;
 pub use config::{AuthMode, Config, ConfigError, DEFAULT_PORT};

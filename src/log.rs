@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use parking_lot::Mutex;
 
-use crate::clock;
+use nix::syslog::Severity;
+
+use crate::sys::{clock, process, syslog};
 
 /// Where log lines go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,11 +52,11 @@ impl Level {
         }
     }
 
-    fn syslog_priority(self) -> libc::c_int {
+    fn syslog_severity(self) -> Severity {
         match self {
-            Level::Error => libc::LOG_ERR,
-            Level::Warn => libc::LOG_WARNING,
-            Level::Info => libc::LOG_INFO,
+            Level::Error => Severity::LOG_ERR,
+            Level::Warn => Severity::LOG_WARNING,
+            Level::Info => Severity::LOG_INFO,
         }
     }
 }
@@ -75,7 +77,7 @@ struct Line {
 impl fmt::Write for Line {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         let room = LINE - self.len;
-        let cut = crate::wire::cut_utf8(s.as_bytes(), room);
+        let cut = crate::proto::wire::cut_utf8(s.as_bytes(), room);
         self.text[self.len..self.len + cut.len()].copy_from_slice(cut);
         self.len += cut.len();
         Ok(())
@@ -195,11 +197,10 @@ impl Logger {
 }
 
 fn write_lines(sinks: &Sinks, lines: Receiver<Line>) {
-    crate::process::block_sigpipe_in_this_thread();
+    process::block_sigpipe_in_this_thread();
     let target = sinks.target;
     if target == LogTarget::Syslog {
-        // SAFETY: the ident is a static NUL-terminated string, as openlog requires.
-        unsafe { libc::openlog(c"lbagent".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
+        syslog::open();
     }
     let pid = std::process::id();
     for line in lines {
@@ -214,11 +215,7 @@ fn write_lines(sinks: &Sinks, lines: Receiver<Line>) {
         match target {
             LogTarget::None => {}
             LogTarget::Syslog => {
-                let Ok(c) = std::ffi::CString::new(text.replace('\0', " ")) else {
-                    continue;
-                };
-                // SAFETY: "%s" with one NUL-terminated string argument.
-                unsafe { libc::syslog(line.level.syslog_priority(), c"%s".as_ptr(), c.as_ptr()) };
+                syslog::send(line.level.syslog_severity(), &text.replace('\0', " "))
             }
             LogTarget::Stderr => {
                 let _ = writeln!(

@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::*;
-use lbagent::streams::{AGENT_SEND_WAIT, MAX_CONNECTIONS};
+use lbagent::config::{AGENT_SEND_WAIT, MAX_CONNECTIONS};
 use lbagent::{Agent, Counter, State};
 
 /// An agent with UDP, the TCP agent-check and HTTP on 127.0.0.1, ports chosen by the system.
@@ -90,11 +90,16 @@ fn agent_send_names_a_service_and_is_never_required() {
     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     s.read_to_string(&mut line).unwrap();
     assert_eq!(line, "drain up 100% #deploy\n");
-    // Anything else asks about the whole server.
-    assert_eq!(tcp_exchange(tcp, b"hello\n"), "up ready 100%\n");
+    // HAProxy's own idiom, the bare name (agent-send "game\n"), names the service too.
+    assert_eq!(tcp_exchange(tcp, b"game\n"), "drain up 100% #deploy\n");
+    assert_eq!(tcp_exchange(tcp, b"\n"), "up ready 100%\n", "an empty line");
+    // Any other first line is a name that is not configured: the unknown-service answer,
+    // which fails every director, never the whole server's answer by mistake.
+    let unknown = "error down 0% #unknown service\n";
+    assert_eq!(tcp_exchange(tcp, b"hello\n"), unknown);
     assert_eq!(
         tcp_exchange(tcp, &[b'x'; 2000]),
-        "up ready 100%\n",
+        unknown,
         "a long line without an end"
     );
     assert!(outcomes_add_up(&agent));
@@ -268,8 +273,9 @@ fn connection_limits_are_per_kind_and_never_delay_udp() {
 
 #[test]
 fn a_connection_flood_does_not_stop_udp_answers() {
-    // No datagram rate limit: the probes below come fast, from one source.
-    let (agent, udp, tcp, http) = tcp_agent("initial_state=up rate_per_source=0");
+    // No datagram rate limit, per source or in all: the probes below come fast (thousands a
+    // second while the flood lasts), from one source.
+    let (agent, udp, tcp, http) = tcp_agent("initial_state=up rate_per_source=0 rate_global=0");
     let flood = std::thread::spawn(move || {
         // Bounded: 400 connections to each port, closed at once by the client.
         for _ in 0..400 {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use lbagent::client::{self, ProbeError, ProbeOptions};
-use lbagent::wire;
+use lbagent::proto::wire;
 use lbagent::{Agent, Counter, Reason, State};
 
 fn probe(addr: SocketAddr, service: &str) -> client::Answer {
@@ -490,8 +490,8 @@ fn a_burst_larger_than_a_batch_is_answered_in_full() {
     // batch, trusting epoll to report the next arrival: nothing may be left unanswered.
     let (agent, addr) = agent("initial_state=up rate_global=0");
     let socket = connected(addr);
-    let mut probe = [0u8; lbagent::wire::PROBE_MAX_LEN];
-    let len = lbagent::wire::encode_probe(9, b"", 64, &mut probe);
+    let mut probe = [0u8; lbagent::proto::wire::PROBE_MAX_LEN];
+    let len = lbagent::proto::wire::encode_probe(9, b"", 64, &mut probe);
     let mut buf = [0u8; 512];
     for round in 0..20 {
         // 1 to 96 datagrams (a batch is 32); few enough for the default socket buffers.

@@ -10,8 +10,9 @@ use std::net::UdpSocket;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use lbagent::auth::{self, KeySet};
-use lbagent::wire::{self, Reply};
+use lbagent::keys::KeySet;
+use lbagent::proto::auth;
+use lbagent::proto::wire::{self, Reply};
 use lbagent::{Agent, Counter, State};
 
 /// xorshift64*: a small deterministic generator (the seed is printed on failure).

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use lbagent::client::{self, Completion, ProbeError, ProbeOptions, Prober, ProberStats, load_key};
-use lbagent::wire::{self, Reply};
+use lbagent::proto::wire::{self, Reply};
 use lbagent::{Agent, Counter, State};
 
 const SECRET: &str = "a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebfc0";
@@ -218,7 +218,8 @@ fn forger(forger_key: Option<&PathBuf>) -> (SocketAddr, std::thread::JoinHandle<
             let mut len =
                 wire::encode_status(&fields, p.len - wire::AUTH_TRAILER_LEN, &mut out).unwrap();
             if let Some(key) = &key {
-                len = lbagent::auth::seal(key, &mut out, len, lbagent::auth::unix_ms());
+                len =
+                    lbagent::proto::auth::seal(key, &mut out, len, lbagent::proto::auth::unix_ms());
             }
             let _ = socket.send_to(&out[..len], from);
         }
@@ -247,7 +248,7 @@ fn forged_answers_are_never_accepted() {
     let s = connected(addr);
     let mut probe = [0u8; 512];
     let body = wire::encode_probe(1, b"", 128 - wire::AUTH_TRAILER_LEN, &mut probe);
-    let n = lbagent::auth::seal(&key, &mut probe, body, lbagent::auth::unix_ms());
+    let n = lbagent::proto::auth::seal(&key, &mut probe, body, lbagent::proto::auth::unix_ms());
     s.send(&probe[..n]).unwrap();
     let mut genuine = [0u8; 512];
     let m = s.recv(&mut genuine).unwrap();

@@ -497,19 +497,19 @@ impl Recorder {
             let (arrivals, stop) = (arrivals.clone(), stop.clone());
             threads.push(std::thread::spawn(move || {
                 let mut buf = [0u8; 2048];
-                let mut out = [0u8; lbagent::wire::PROBE_MAX_LEN];
+                let mut out = [0u8; lbagent::proto::wire::PROBE_MAX_LEN];
                 while !stop.load(Ordering::Acquire) {
                     let Ok((n, from)) = socket.recv_from(&mut buf) else {
                         continue;
                     };
                     let at = Instant::now();
-                    let Ok(lbagent::wire::Request::Probe(probe)) =
-                        lbagent::wire::decode_request(&buf[..n])
+                    let Ok(lbagent::proto::wire::Request::Probe(probe)) =
+                        lbagent::proto::wire::decode_request(&buf[..n])
                     else {
                         continue;
                     };
                     arrivals.lock().unwrap()[i].push(at);
-                    let fields = lbagent::wire::StatusFields {
+                    let fields = lbagent::proto::wire::StatusFields {
                         flags: 0,
                         nonce: probe.nonce,
                         instance_id: 0x7a7a_0000 + i as u64,
@@ -522,7 +522,9 @@ impl Recorder {
                         capacity: 0,
                         message: b"recorded",
                     };
-                    if let Some(len) = lbagent::wire::encode_status(&fields, probe.len, &mut out) {
+                    if let Some(len) =
+                        lbagent::proto::wire::encode_status(&fields, probe.len, &mut out)
+                    {
                         let _ = socket.send_to(&out[..len], from);
                     }
                 }

@@ -292,7 +292,7 @@ fn dlopen_host_serves_unmonitored_with_one_log_line() {
                 ("LBAGENT_LIBRARY", library.to_str().unwrap()),
                 ("LBAGENT_CONFIG", "listen=127.0.0.1:0 watchdog_ms=soon"),
             ],
-            "lbagent did not start (config: invalid value \"soon\" for key \"watchdog_ms\"",
+            "lbagent did not start (lbagent_start: config: invalid value \"soon\" for key \"watchdog_ms\"",
         ),
     ];
     for (env, expected) in cases {
@@ -386,7 +386,7 @@ fn cpp_server_reports_a_bad_configuration_from_the_exception() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.starts_with("cpp_server: lbagent: config: invalid value \"soon\""),
+        stderr.starts_with("cpp_server: lbagent: lbagent_start: config: invalid value \"soon\""),
         "{stderr}"
     );
     assert!(stderr.contains("\"watchdog_ms\""), "{stderr}");

@@ -57,8 +57,8 @@ fn host_calls_and_probe_answers_do_not_allocate() {
     socket
         .set_read_timeout(Some(Duration::from_secs(2)))
         .unwrap();
-    let mut probe = [0u8; lbagent::wire::PROBE_MAX_LEN];
-    let n = lbagent::wire::encode_probe(1, b"game", 128, &mut probe);
+    let mut probe = [0u8; lbagent::proto::wire::PROBE_MAX_LEN];
+    let n = lbagent::proto::wire::encode_probe(1, b"game", 128, &mut probe);
     let mut buf = [0u8; 512];
     let mut exchange = |request: &[u8]| {
         socket.send(request).unwrap();

@@ -11,7 +11,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::*;
-use lbagent::{State, wire};
+use lbagent::State;
+use lbagent::proto::wire;
 
 fn probe(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_lbagent-probe"))

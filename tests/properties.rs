@@ -3,10 +3,11 @@
 
 use proptest::prelude::*;
 
-use lbagent::auth::{self, KeySet};
+use lbagent::keys::KeySet;
+use lbagent::proto::auth;
+use lbagent::proto::wire::{self, Reply, Request, StatusFields};
 use lbagent::state::{Reason, State};
 use lbagent::status::{Status, Text};
-use lbagent::wire::{self, Reply, Request, StatusFields};
 
 fn any_state() -> impl Strategy<Value = State> {
     (0u8..7).prop_map(|v| State::from_u8(v).unwrap())
@@ -79,9 +80,9 @@ proptest! {
     #[test]
     fn text_line_promises(status in any_status(), max in 0usize..600) {
         let mut out = [0u8; 512];
-        let n = lbagent::text::write_reply(&status, max, &mut out);
+        let n = lbagent::proto::text::write_reply(&status, max, &mut out);
         let line = &out[..n];
-        prop_assert!(n <= max && n <= lbagent::text::MAX_LINE);
+        prop_assert!(n <= max && n <= lbagent::proto::text::MAX_LINE);
         prop_assert!(line.iter().all(|b| (0x20..0x7f).contains(b) || *b == b'\n'));
         if max >= 1 {
             prop_assert_eq!(line.starts_with(b"u"), status.is_serving());
@@ -99,7 +100,7 @@ proptest! {
     fn decoders_never_panic(datagram in proptest::collection::vec(any::<u8>(), 0..700)) {
         let _ = wire::decode_request(&datagram);
         let _ = wire::decode_reply(&datagram);
-        let _ = lbagent::text::parse_request(&datagram);
+        let _ = lbagent::proto::text::parse_request(&datagram);
         let _ = lbagent::client::read_answer(&datagram, 1, std::time::Duration::ZERO);
         let mut lbap = b"LBAP".to_vec();
         lbap.extend_from_slice(&datagram);

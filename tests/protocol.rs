@@ -6,9 +6,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use lbagent::proto::wire::{self, Reply, Request, StatusFields};
 use lbagent::state::{Reason, State};
 use lbagent::status::{Status, Text};
-use lbagent::wire::{self, Reply, Request, StatusFields};
 
 /// Every ```hex NAME block of the document, decoded.
 fn vectors() -> HashMap<String, Vec<u8>> {
@@ -177,7 +177,7 @@ fn text_vectors() {
         message: Text::from_reason(b"ready"),
     };
     let mut out = [0u8; 512];
-    let n = lbagent::text::write_reply(&status, request.len(), &mut out);
+    let n = lbagent::proto::text::write_reply(&status, request.len(), &mut out);
     assert_eq!(out[..n], v("text-keepalived-answer-up")[..]);
     // And from a real agent.
     let (agent, addr) = common::agent("");

@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
-use lbagent::auth::{self, Key, KeySet};
-use lbagent::wire::{self, Reply};
+use lbagent::keys::{Key, KeySet};
+use lbagent::proto::auth;
+use lbagent::proto::wire::{self, Reply};
 use lbagent::{Counter, State};
 
 const SECRET_1: &str = "6c626167656e742d746573742d6b65792d6f6e652d3031323334353637383930";

@@ -109,12 +109,14 @@ fn soak() {
         let mut answered = false;
         for attempt in 0..3u64 {
             let nonce = probes << 2 | attempt;
-            let n = lbagent::wire::encode_probe(nonce, b"game", 128, &mut probe);
+            let n = lbagent::proto::wire::encode_probe(nonce, b"game", 128, &mut probe);
             prober.send(&probe[..n]).unwrap();
             let got = loop {
                 match prober.recv(&mut reply) {
-                    Ok(m) => match lbagent::wire::decode_reply(&reply[..m]) {
-                        Ok(lbagent::wire::Reply::Status(s)) if s.nonce == nonce => break true,
+                    Ok(m) => match lbagent::proto::wire::decode_reply(&reply[..m]) {
+                        Ok(lbagent::proto::wire::Reply::Status(s)) if s.nonce == nonce => {
+                            break true;
+                        }
                         _ => continue, // a late answer to an earlier attempt
                     },
                     Err(_) => break false,

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use lbagent::client::DEFAULT_PROBE_LEN;
-use lbagent::wire;
+use lbagent::proto::wire;
 
 /// The request every UDP prober sends.
 pub fn probe_request() -> Vec<u8> {

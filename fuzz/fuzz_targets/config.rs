@@ -9,5 +9,5 @@ fuzz_target!(|data: &[u8]| {
         Ok(_) => {}
         Err(e) => assert!(e.to_string().starts_with("config: "), "{e}"),
     }
-    let _ = lbagent::auth::KeySet::parse(&text);
+    let _ = lbagent::keys::KeySet::parse(&text);
 });

@@ -8,8 +8,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = lbagent::fuzzing::answer_datagram(data);
     let _ = lbagent::fuzzing::answer_http(data, false);
     let _ = lbagent::fuzzing::answer_http(data, true);
-    let _ = lbagent::wire::decode_request(data);
-    let _ = lbagent::wire::decode_reply(data);
-    let _ = lbagent::text::parse_request(data);
+    let _ = lbagent::proto::wire::decode_request(data);
+    let _ = lbagent::proto::wire::decode_reply(data);
+    let _ = lbagent::proto::text::parse_request(data);
     let _ = lbagent::client::read_answer(data, 1, std::time::Duration::ZERO);
 });

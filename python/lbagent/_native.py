@@ -110,14 +110,6 @@ PROTOTYPES: Dict[str, Tuple[object, List[object]]] = {
     "lbagent_prober_free": (None, [PROBER_P]),
 }
 
-#: The calls that set this thread's last error when they fail (the others report a code only).
-SETS_LAST_ERROR = frozenset({
-    "lbagent_start", "lbagent_get_status", "lbagent_stop", "lbagent_add_check",
-    "lbagent_add_check_with_free", "lbagent_set_log_callback", "lbagent_after_fork_child",
-    "lbagent_after_fork_worker", "lbagent_probe", "lbagent_prober_new", "lbagent_prober_send",
-})
-
-
 class Library:
     """The loaded library, with every function of PROTOTYPES typed (as attributes)."""
 
@@ -139,6 +131,17 @@ class Library:
         buf = ctypes.create_string_buffer(length + 1)
         self.lbagent_last_error(buf, len(buf))
         return buf.value.decode("utf-8", "replace")
+
+    def failure(self, name: str, code: int) -> str:
+        """Why the call `name` just failed with `code`: this thread's last error, which every
+        failing call sets as "name: what was wrong", or, for the hot-path calls that never
+        touch it (heartbeat, set_state, set_weight, set_load, worker heartbeat), the code's
+        description."""
+        detail = self.last_error()
+        if detail.startswith(name + ":"):
+            return detail
+        description = self.lbagent_strerror(code).decode("utf-8", "replace")
+        return f"{name}: {description}"
 
 
 def candidates() -> List[Tuple[str, str]]:

@@ -139,7 +139,7 @@ class Agent(HandleOwner):
         handle = _native.AGENT_P()
         code = self._lib.lbagent_start(_config_text(config, settings), ctypes.byref(handle))
         if code != Result.OK:
-            raise error_for(code, self._lib.last_error())
+            raise error_for(code, self._lib.failure("lbagent_start", code))
         self._handle = handle
         _live_agents.add(self)
 
@@ -184,8 +184,8 @@ class Agent(HandleOwner):
             code = getattr(self._lib, name)(handle, *args)
             if code == 0:  # LBAGENT_OK, as a plain int: comparing with the enum costs more
                 return
-            detail = self._lib.last_error() if name in _native.SETS_LAST_ERROR else ""
-        self._raise(name, code, detail)
+            detail = self._lib.failure(name, code)
+        raise error_for(code, detail)
 
     def _call_blocking(self, name: str, *args: Any) -> None:
         """Like _call, for a call that may wait: the handle stays valid without the lock."""
@@ -196,17 +196,13 @@ class Agent(HandleOwner):
             self._busy += 1
         try:
             code = getattr(self._lib, name)(handle, *args)
-            detail = self._lib.last_error() if code != 0 else ""
+            detail = self._lib.failure(name, code) if code != 0 else ""
         finally:
             with self._lock:
                 self._busy -= 1
                 self._idle.notify_all()
         if code != 0:
-            self._raise(name, code, detail)
-
-    @staticmethod
-    def _raise(name: str, code: int, detail: str) -> None:
-        raise error_for(code, detail or f"{name}: {strerror(code)}")
+            raise error_for(code, detail)
 
     # ---- The hot path ---------------------------------------------------------------------
 

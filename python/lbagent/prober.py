@@ -41,6 +41,13 @@ def _target_text(target: Target) -> str:
     raise TypeError(f"lbagent: a probe target is a str or a (host, port) tuple, not {target!r}")
 
 
+def _about(where: str, failure: str) -> str:
+    """A probe's failure as "TARGET: what happened" (the library's "lbagent_probe: " prefix
+    gives way to the target, which says more)."""
+    _, _, detail = failure.partition(": ")
+    return f"{where}: {detail or failure}"
+
+
 def _options(timeout: float, key_file: Optional[KeyFile], key_id: Optional[int]) -> bytes:
     """The prober options string: timeout_ms=N [key_file=PATH [key_id=N]]."""
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
@@ -78,7 +85,7 @@ def probe(target: Target, service: str = "", timeout: float = 1.0,
     code = lib.lbagent_probe(_text("target", where), _text("service", service), options,
                              ctypes.byref(raw))
     if code != Result.OK:
-        raise error_for(code, f"{where}: {lib.last_error() or strerror(code)}")
+        raise error_for(code, _about(where, lib.failure("lbagent_probe", code)))
     return Status._from_c(raw)
 
 
@@ -151,7 +158,7 @@ class Prober(HandleOwner):
         handle = _native.PROBER_P()
         code = self._lib.lbagent_prober_new(options, ctypes.byref(handle))
         if code != Result.OK:
-            raise error_for(code, self._lib.last_error() or strerror(code))
+            raise error_for(code, self._lib.failure("lbagent_prober_new", code))
         self._handle = handle
         _live_probers.add(self)
 
@@ -197,8 +204,8 @@ class Prober(HandleOwner):
             if code == Result.OK:
                 self._sent[ident] = (token, where, service)
                 return
-            detail = self._lib.last_error()
-        raise error_for(code, f"{where}: {detail or strerror(code)}")
+            detail = self._lib.failure("lbagent_prober_send", code)
+        raise error_for(code, _about(where, detail))
 
     def receive(self) -> List[Completion]:
         """Every probe finished since the last call, each exactly once (answers, ICMP errors,
@@ -211,7 +218,7 @@ class Prober(HandleOwner):
                 code = self._lib.lbagent_prober_receive(handle, self._results, self._BATCH,
                                                         ctypes.byref(count))
                 if code != Result.OK:
-                    raise error_for(code, f"lbagent_prober_receive: {strerror(code)}")
+                    raise error_for(code, self._lib.failure("lbagent_prober_receive", code))
                 finished.extend(self._completion(r) for r in self._results[:count.value])
                 if count.value < self._BATCH:
                     return finished

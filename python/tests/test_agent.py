@@ -117,8 +117,8 @@ def test_bad_values_are_clear_errors(make_agent):
         (lambda: agent.set_weight(101), "lbagent_set_weight: argument out of range"),
         (lambda: agent.set_weight(-1), "weight_pct -1 is out of range"),
         (lambda: agent.set_load(2**32, 1), "in_use 4294967296 is out of range"),
-        (lambda: agent.counter(99), "lbagent_get_counter: argument out of range"),
-        (lambda: agent.local_port(1), "lbagent_local_port: argument out of range"),
+        (lambda: agent.counter(99), "lbagent_get_counter: 99 is not an LBAGENT_COUNTER_*"),
+        (lambda: agent.local_port(1), "lbagent_local_port: index 1: the configuration has 1 listen="),
         (lambda: agent.set_state(State.UP, "bad\0reason"), "contains a NUL character"),
         (lambda: agent.set_state(State.UP, service="ga\0me"), "contains a NUL character"),
     ]

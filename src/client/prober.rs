@@ -27,13 +27,13 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use super::icmp::{self, Family};
-use super::{
-    Answer, ProbeError, ProbeOptions, answer_nonce, build_probe, check_service, io_error,
-    no_valid_answer, read_answer_keyed,
-};
-use crate::auth::Key;
-use crate::wire;
 use std::sync::Arc;
+
+use super::answer::{answer_nonce, io_error};
+use super::keyed::no_valid_answer;
+use super::{Answer, ProbeError, ProbeOptions, build_probe, check_service, read_answer_keyed};
+use crate::keys::Key;
+use crate::proto::wire;
 
 /// A finished probe.
 #[derive(Debug)]
@@ -701,7 +701,7 @@ mod tests {
         let mut out = [0u8; 512];
         let mut len = wire::encode_status(&fields, 200, &mut out).unwrap();
         if let Some(key) = key {
-            len = crate::auth::seal(key, &mut out, len, crate::auth::unix_ms());
+            len = crate::proto::auth::seal(key, &mut out, len, crate::proto::auth::unix_ms());
         }
         from.send_to(&out[..len], to).unwrap();
     }
@@ -788,7 +788,7 @@ mod tests {
         let Err(ProbeError::WrongKey(why)) = &out[0].result else {
             panic!("{out:?}");
         };
-        let expected = super::super::no_valid_answer(Some(&key), Duration::ZERO, None, true);
+        let expected = no_valid_answer(Some(&key), Duration::ZERO, None, true);
         assert!(
             matches!(&expected, ProbeError::WrongKey(w) if w == why),
             "{why}"

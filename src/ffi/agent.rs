@@ -1,33 +1,16 @@
 //! `lbagent`: the C handle of a running agent.
 
 use std::ffi::{c_char, c_int, c_uint};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::error::{fail, lbagent_result, set_last_error};
-use super::{c_bytes, c_str, copy_to_c_buffer};
+use super::error::lbagent_result::{self, *};
+use super::handle::{self, Object};
+use super::status::lbagent_status;
+use super::{Failure, c_bytes, try_optional_c_str, try_out};
 use crate::agent::Agent;
 use crate::config::MAX_SERVICE_NAME;
 use crate::counters::Counter;
-use crate::error::Error;
 use crate::state::State;
-use lbagent_result::*;
-
-/// Marks a live handle; overwritten when the handle is freed, so that most uses after
-/// `lbagent_free` (and a second free) are caught instead of corrupting memory.
-const LIVE: u64 = 0x4c42_4147_454e_5421;
-const FREED: u64 = 0x4445_4144_4445_4144;
-
-/// Every live handle. `lbagent_free` and `lbagent_stop` consult it before touching a handle,
-/// so a second free (or a stop after free) is detected without reading freed memory.
-static LIVE_HANDLES: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
-
-fn registered(handle: *const lbagent) -> bool {
-    LIVE_HANDLES
-        .lock()
-        .map(|live| live.contains(&(handle as usize)))
-        .unwrap_or(false)
-}
 
 /// Longest reason text read from C: the message keeps 255 bytes; reading a little more lets a
 /// character cut at byte 255 be repaired, and a 1 MB reason costs no more than a short one.
@@ -38,52 +21,20 @@ pub struct lbagent {
     _private: [u8; 0],
 }
 
-/// What an `lbagent *` points to. repr(C) keeps `magic` first, so a foreign pointer is judged
-/// by its first 8 bytes only.
-#[repr(C)]
-struct Handle {
-    magic: AtomicU64,
-    agent: Agent,
+impl Object for Agent {
+    const LIVE: u64 = 0x4c42_4147_454e_5421;
+    const NAME: &'static str = "agent";
+    const CREATED_BY: &'static str = "lbagent_start";
 }
 
-/// The status a director is told, as filled in by `lbagent_get_status` (the agent's own view)
-/// and by `lbagent_probe` / `lbagent_prober_receive` (an answer received over the network).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct lbagent_status {
-    /// One of `LBAGENT_STATE_*`.
-    pub state: c_int,
-    /// One of `LBAGENT_REASON_*`: why the state is what it is.
-    pub reason: c_int,
-    /// Percent of the weight configured on the director, 0..=100.
-    pub weight_pct: c_uint,
-    /// Work in progress, as reported with `lbagent_set_load`.
-    pub in_use: u32,
-    /// Capacity, as reported with `lbagent_set_load` (0 = unknown).
-    pub capacity: u32,
-    /// Increases whenever the state, reason, weight or message answered changes.
-    pub generation: u32,
-    /// Milliseconds since the state answered last changed (saturating).
-    pub since_ms: u32,
-    /// Random at each `lbagent_start`; probers see a restart as a new id.
-    pub instance_id: u64,
-    /// The reason text, UTF-8, NUL-terminated.
-    pub message: [c_char; 256],
+/// The agent behind a handle, for calls outside the hot path.
+pub(super) fn try_agent<'a>(handle: *const lbagent) -> Result<&'a Agent, Failure> {
+    handle::get::<Agent, _>(handle)
 }
 
-/// Borrows the agent behind a handle.
-pub(super) fn live_agent<'a>(handle: *const lbagent) -> Result<&'a Agent, lbagent_result> {
-    if handle.is_null() {
-        return Err(LBAGENT_ERR_NULL_ARGUMENT);
-    }
-    // SAFETY: non-NULL handles come from `lbagent_start` (a `Handle`); after `lbagent_free` the
-    // magic check catches most misuse (what C cannot be stopped from doing is documented as
-    // undefined).
-    let h = unsafe { &*handle.cast::<Handle>() };
-    if h.magic.load(Ordering::Acquire) != LIVE {
-        return Err(LBAGENT_ERR_BAD_HANDLE);
-    }
-    Ok(&h.agent)
+/// The agent behind a handle, for the hot path (lock-free, no last error).
+pub(super) fn hot_agent<'a>(handle: *const lbagent) -> Result<&'a Agent, lbagent_result> {
+    handle::get_hot::<Agent, _>(handle)
 }
 
 /// A service name from C: NULL or "" is the whole server. Names longer than any configured
@@ -91,13 +42,6 @@ pub(super) fn live_agent<'a>(handle: *const lbagent) -> Result<&'a Agent, lbagen
 pub(super) fn service_bytes<'a>(name: *const c_char) -> &'a [u8] {
     // SAFETY: the caller passes NULL or a NUL-terminated string.
     unsafe { c_bytes(name, MAX_SERVICE_NAME + 1) }.unwrap_or(b"")
-}
-
-pub(super) fn result(r: Result<(), Error>) -> lbagent_result {
-    match r {
-        Ok(()) => LBAGENT_OK,
-        Err(e) => (&e).into(),
-    }
 }
 
 /// Parses `config`, binds the listen addresses and starts the monitor thread.
@@ -116,45 +60,27 @@ pub(super) fn result(r: Result<(), Error>) -> lbagent_result {
 #[unsafe(no_mangle)]
 #[must_use]
 pub extern "C" fn lbagent_start(config: *const c_char, out: *mut *mut lbagent) -> lbagent_result {
-    ffi_boundary!(LBAGENT_ERR_PANIC, {
-        if out.is_null() {
-            set_last_error("lbagent_start: out is NULL");
-            return LBAGENT_ERR_NULL_ARGUMENT;
-        }
-        // SAFETY: NULL or a NUL-terminated string, per the contract.
-        let text = match unsafe { c_str(config) } {
-            Some(c) => match c.to_str() {
-                Ok(s) => s.to_owned(),
-                Err(_) => {
-                    set_last_error("config: the configuration string is not valid UTF-8");
-                    return LBAGENT_ERR_CONFIG;
-                }
-            },
+    fallible!({
+        let config = match try_optional_c_str(config) {
+            Some(c) => c
+                .to_str()
+                .map_err(|_| Failure::new(LBAGENT_ERR_CONFIG, "config is not valid UTF-8"))?
+                .to_owned(),
             None => match std::env::var("LBAGENT_CONFIG") {
                 Ok(s) => s,
                 Err(std::env::VarError::NotPresent) => String::new(),
                 Err(std::env::VarError::NotUnicode(_)) => {
-                    set_last_error("config: LBAGENT_CONFIG is not valid UTF-8");
-                    return LBAGENT_ERR_CONFIG;
+                    return Err(Failure::new(
+                        LBAGENT_ERR_CONFIG,
+                        "LBAGENT_CONFIG is not valid UTF-8",
+                    ));
                 }
             },
         };
-        match Agent::start(&text) {
-            Ok(agent) => {
-                let handle = Box::into_raw(Box::new(Handle {
-                    magic: AtomicU64::new(LIVE),
-                    agent,
-                }))
-                .cast::<lbagent>();
-                if let Ok(mut live) = LIVE_HANDLES.lock() {
-                    live.push(handle as usize);
-                }
-                // SAFETY: `out` is non-NULL and points to writable storage for a pointer.
-                unsafe { *out = handle };
-                LBAGENT_OK
-            }
-            Err(e) => fail(&e),
-        }
+        let out = try_out(out, "out")?;
+        let agent = Agent::start(&config)?;
+        out.write(handle::new(agent));
+        Ok(())
     })
 }
 
@@ -179,17 +105,12 @@ pub extern "C" fn lbagent_set_state(
     state: c_int,
     reason: *const c_char,
 ) -> lbagent_result {
-    ffi_boundary!(LBAGENT_ERR_PANIC, {
-        let agent = match live_agent(agent) {
-            Ok(a) => a,
-            Err(r) => return r,
-        };
-        let Some(state) = State::from_i32(state) else {
-            return LBAGENT_ERR_INVALID_ARGUMENT;
-        };
+    hot!({
+        let agent = hot_agent(agent)?;
+        let state = State::from_i32(state).ok_or(LBAGENT_ERR_INVALID_ARGUMENT)?;
         // SAFETY: NULL or a NUL-terminated string, per the contract.
         let reason = unsafe { c_bytes(reason, REASON_READ_LIMIT) };
-        result(agent.set_state_bytes(service_bytes(service), state, reason))
+        Ok(agent.set_state_bytes(service_bytes(service), state, reason)?)
     })
 }
 
@@ -208,12 +129,7 @@ pub extern "C" fn lbagent_set_weight(
     service: *const c_char,
     weight_pct: c_uint,
 ) -> lbagent_result {
-    ffi_boundary!(LBAGENT_ERR_PANIC, {
-        match live_agent(agent) {
-            Ok(a) => result(a.set_weight_bytes(service_bytes(service), weight_pct)),
-            Err(r) => r,
-        }
-    })
+    hot!({ Ok(hot_agent(agent)?.set_weight_bytes(service_bytes(service), weight_pct)?) })
 }
 
 /// Reports the load of the whole server (`service` NULL or "") or of one service: `in_use`
@@ -231,12 +147,7 @@ pub extern "C" fn lbagent_set_load(
     in_use: u32,
     capacity: u32,
 ) -> lbagent_result {
-    ffi_boundary!(LBAGENT_ERR_PANIC, {
-        match live_agent(agent) {
-            Ok(a) => result(a.set_load_bytes(service_bytes(service), in_use, capacity)),
-            Err(r) => r,
-        }
-    })
+    hot!({ Ok(hot_agent(agent)?.set_load_bytes(service_bytes(service), in_use, capacity)?) })
 }
 
 /// Tells the watchdog that the host is alive; call it from the main loop. With
@@ -250,12 +161,7 @@ pub extern "C" fn lbagent_set_load(
 /// Async-signal-safe.
 #[unsafe(no_mangle)]
 pub extern "C" fn lbagent_heartbeat(agent: *mut lbagent) -> lbagent_result {
-    ffi_boundary!(LBAGENT_ERR_PANIC, {
-        match live_agent(agent) {
-            Ok(a) => result(a.heartbeat()),
-            Err(r) => r,
-        }
-    })
+    hot!({ Ok(hot_agent(agent)?.heartbeat()?) })
 }
 
 /// Fills `*out` with exactly what a director asking about `service` (NULL or "" = the whole
@@ -274,36 +180,13 @@ pub extern "C" fn lbagent_get_status(
     service: *const c_char,
     out: *mut lbagent_status,
 ) -> lbagent_result {
-    ffi_boundary!(LBAGENT_ERR_PANIC, {
-        let agent = match live_agent(agent) {
-            Ok(a) => a,
-            Err(r) => {
-                set_last_error("lbagent_get_status: agent is NULL or not a live handle");
-                return r;
-            }
-        };
-        if out.is_null() {
-            set_last_error("lbagent_get_status: out is NULL");
-            return LBAGENT_ERR_NULL_ARGUMENT;
-        }
-        let status = agent.status_bytes(service_bytes(service));
-        let mut filled = lbagent_status {
-            state: status.state as c_int,
-            reason: status.reason as c_int,
-            weight_pct: c_uint::from(status.weight_pct),
-            in_use: status.in_use,
-            capacity: status.capacity,
-            generation: status.generation,
-            since_ms: status.since_ms,
-            instance_id: agent.instance_id(),
-            message: [0; 256],
-        };
-        let message = status.message.as_bytes();
-        // SAFETY: `filled.message` is a local buffer of 256 bytes.
-        unsafe { copy_to_c_buffer(message, filled.message.as_mut_ptr(), 256) };
-        // SAFETY: `out` is non-NULL and points to a writable `lbagent_status`.
-        unsafe { *out = filled };
-        LBAGENT_OK
+    fallible!({
+        let agent = try_agent(agent)?;
+        let service = service_bytes(service);
+        let out = try_out(out, "out")?;
+        let status = agent.status_bytes(service);
+        out.write(lbagent_status::from_status(&status, agent.instance_id()));
+        Ok(())
     })
 }
 
@@ -314,25 +197,18 @@ pub extern "C" fn lbagent_get_status(
 /// Returns `LBAGENT_OK`, `LBAGENT_ERR_INVALID_ARGUMENT` for an unknown counter, or
 /// `LBAGENT_ERR_NULL_ARGUMENT` / `LBAGENT_ERR_BAD_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[must_use]
 pub extern "C" fn lbagent_get_counter(
     agent: *const lbagent,
     counter: c_int,
     out: *mut u64,
 ) -> lbagent_result {
-    ffi_boundary!(LBAGENT_ERR_PANIC, {
-        let agent = match live_agent(agent) {
-            Ok(a) => a,
-            Err(r) => return r,
-        };
-        let Some(counter) = Counter::from_i32(counter) else {
-            return LBAGENT_ERR_INVALID_ARGUMENT;
-        };
-        if out.is_null() {
-            return LBAGENT_ERR_NULL_ARGUMENT;
-        }
-        // SAFETY: `out` is non-NULL and points to a writable uint64_t.
-        unsafe { *out = agent.counter(counter) };
-        LBAGENT_OK
+    fallible!({
+        let agent = try_agent(agent)?;
+        let counter = Counter::from_i32(counter)
+            .ok_or_else(|| Failure::invalid(format!("{counter} is not an LBAGENT_COUNTER_*")))?;
+        try_out(out, "out")?.write(agent.counter(counter));
+        Ok(())
     })
 }
 
@@ -342,64 +218,53 @@ pub extern "C" fn lbagent_get_counter(
 /// Returns `LBAGENT_OK`, `LBAGENT_ERR_INVALID_ARGUMENT` when `index` is past the last address,
 /// or `LBAGENT_ERR_NULL_ARGUMENT` / `LBAGENT_ERR_BAD_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[must_use]
 pub extern "C" fn lbagent_local_port(
     agent: *const lbagent,
     index: usize,
     out: *mut u16,
 ) -> lbagent_result {
-    ffi_boundary!(LBAGENT_ERR_PANIC, {
-        let agent = match live_agent(agent) {
-            Ok(a) => a,
-            Err(r) => return r,
-        };
-        write_port(agent.local_addrs(), index, out)
-    })
+    fallible!({ write_port(try_agent(agent)?.local_addrs(), "listen", index, out) })
 }
 
 /// Writes the TCP port actually bound for the `index`-th `tcp_agent=` address (HAProxy
 /// agent-check) to `*out`. Same contract as `lbagent_local_port`.
 #[unsafe(no_mangle)]
+#[must_use]
 pub extern "C" fn lbagent_tcp_agent_port(
     agent: *const lbagent,
     index: usize,
     out: *mut u16,
 ) -> lbagent_result {
-    ffi_boundary!(LBAGENT_ERR_PANIC, {
-        let agent = match live_agent(agent) {
-            Ok(a) => a,
-            Err(r) => return r,
-        };
-        write_port(agent.tcp_agent_addrs(), index, out)
-    })
+    fallible!({ write_port(try_agent(agent)?.tcp_agent_addrs(), "tcp_agent", index, out) })
 }
 
 /// Writes the TCP port actually bound for the `index`-th `http=` address (HTTP health
 /// endpoint) to `*out`. Same contract as `lbagent_local_port`.
 #[unsafe(no_mangle)]
+#[must_use]
 pub extern "C" fn lbagent_http_port(
     agent: *const lbagent,
     index: usize,
     out: *mut u16,
 ) -> lbagent_result {
-    ffi_boundary!(LBAGENT_ERR_PANIC, {
-        let agent = match live_agent(agent) {
-            Ok(a) => a,
-            Err(r) => return r,
-        };
-        write_port(agent.http_addrs(), index, out)
-    })
+    fallible!({ write_port(try_agent(agent)?.http_addrs(), "http", index, out) })
 }
 
-fn write_port(addrs: &[std::net::SocketAddr], index: usize, out: *mut u16) -> lbagent_result {
-    let Some(addr) = addrs.get(index) else {
-        return LBAGENT_ERR_INVALID_ARGUMENT;
-    };
-    if out.is_null() {
-        return LBAGENT_ERR_NULL_ARGUMENT;
-    }
-    // SAFETY: `out` is non-NULL and points to a writable uint16_t, per the contract.
-    unsafe { *out = addr.port() };
-    LBAGENT_OK
+fn write_port(
+    addrs: &[std::net::SocketAddr],
+    key: &str,
+    index: usize,
+    out: *mut u16,
+) -> Result<(), Failure> {
+    let addr = addrs.get(index).ok_or_else(|| {
+        Failure::invalid(format!(
+            "index {index}: the configuration has {} {key}= address(es)",
+            addrs.len()
+        ))
+    })?;
+    try_out(out, "out")?.write(addr.port());
+    Ok(())
 }
 
 /// Stops the agent: from this call on every answer says STOPPING; the monitor thread answers
@@ -418,57 +283,29 @@ fn write_port(addrs: &[std::net::SocketAddr], index: usize, out: *mut u16) -> lb
 /// `lbagent_set_state` and stop from the main loop.
 #[unsafe(no_mangle)]
 pub extern "C" fn lbagent_stop(agent: *mut lbagent, timeout_ms: u32) -> lbagent_result {
-    ffi_boundary!(LBAGENT_ERR_PANIC, {
-        if !agent.is_null() && !registered(agent) {
-            set_last_error("lbagent_stop: not a live handle (already freed?)");
-            return LBAGENT_ERR_BAD_HANDLE;
-        }
-        let agent = match live_agent(agent) {
-            Ok(a) => a,
-            Err(r) => {
-                set_last_error("lbagent_stop: agent is NULL or not a live handle");
-                return r;
-            }
-        };
+    fallible!({
+        let agent = try_agent(agent)?;
         let timeout = (timeout_ms > 0).then(|| Duration::from_millis(u64::from(timeout_ms)));
-        match agent.stop(timeout) {
-            Ok(()) => LBAGENT_OK,
-            Err(e) => fail(&e),
-        }
+        Ok(agent.stop(timeout)?)
     })
 }
 
 /// Stops the agent if needed (waiting up to 5 s for its thread) and frees the handle. NULL is
-/// a no-op. Freeing a handle twice is detected and ignored (the last error says so). The
-/// handle must not be used again (only `lbagent_free` and `lbagent_stop` detect a freed
-/// handle safely; other calls on it are undefined), nor concurrently with this call.
+/// a no-op. Freeing a handle twice, or a pointer that is not an agent, is detected without
+/// reading its memory and ignored (the last error says so). The handle must not be used
+/// again (every call outside the hot path detects a freed handle safely; the hot-path calls
+/// catch most such uses, but reading freed memory is undefined), nor concurrently with this
+/// call.
 #[unsafe(no_mangle)]
 pub extern "C" fn lbagent_free(agent: *mut lbagent) {
-    ffi_boundary!((), {
-        if agent.is_null() {
-            return;
-        }
-        let removed = LIVE_HANDLES.lock().is_ok_and(|mut live| {
-            let before = live.len();
-            live.retain(|h| *h != agent as usize);
-            live.len() < before
-        });
-        if !removed {
-            set_last_error("lbagent_free: not a live handle (already freed?)");
-            return;
-        }
-        // SAFETY: a live handle from `lbagent_start`, owned by the caller, who gives it back.
-        let handle = unsafe { Box::from_raw(agent.cast::<Handle>()) };
-        handle.magic.store(FREED, Ordering::Release);
-        drop(handle);
-    })
+    fallible!((), { handle::free::<Agent, _>(agent) })
 }
 
 /// The lower-case name of a state ("up", "drain", ...), or "invalid". Static; never freed.
 /// Thread-safe and async-signal-safe.
 #[unsafe(no_mangle)]
 pub extern "C" fn lbagent_state_name(state: c_int) -> *const c_char {
-    ffi_boundary!(c"invalid".as_ptr(), {
+    infallible!(c"invalid".as_ptr(), {
         State::from_i32(state)
             .map_or(c"invalid", State::c_name)
             .as_ptr()

@@ -135,6 +135,12 @@ impl From<&Error> for lbagent_result {
     }
 }
 
+impl From<Error> for lbagent_result {
+    fn from(e: Error) -> lbagent_result {
+        (&e).into()
+    }
+}
+
 impl From<&ProbeError> for lbagent_result {
     fn from(e: &ProbeError) -> lbagent_result {
         match e {
@@ -155,8 +161,9 @@ thread_local! {
     static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
-/// Records the detail of a failed call for `lbagent_last_error` on this thread.
-pub(crate) fn set_last_error(message: impl Display) {
+/// Records the detail of a failed call for `lbagent_last_error` on this thread (only
+/// `ffi::run` calls it: see `fallible!`).
+pub(super) fn set_last_error(message: impl Display) {
     LAST_ERROR.with(|e| {
         if let Ok(mut e) = e.try_borrow_mut() {
             e.clear();
@@ -166,17 +173,11 @@ pub(crate) fn set_last_error(message: impl Display) {
     });
 }
 
-/// Records `error` as the last error and returns its code.
-pub(crate) fn fail(error: &Error) -> lbagent_result {
-    set_last_error(error);
-    error.into()
-}
-
 /// Returns a static, NUL-terminated English description of a result code (an unknown code
 /// gives "unknown result code"). The string is never freed. Thread-safe and async-signal-safe.
 #[unsafe(no_mangle)]
 pub extern "C" fn lbagent_strerror(result: c_int) -> *const c_char {
-    ffi_boundary!(c"internal error".as_ptr(), {
+    infallible!(c"internal error".as_ptr(), {
         lbagent_result::all()
             .into_iter()
             .find(|r| *r as c_int == result)
@@ -192,12 +193,13 @@ pub extern "C" fn lbagent_strerror(result: c_int) -> *const c_char {
 /// Returns the full length of the message in bytes, excluding the NUL (like `snprintf`), so
 /// a return value `>= len` means it was cut; 0 when no call has failed on this thread. `buf`
 /// may be NULL when `len` is 0, to ask for the length. Successful calls leave the last error
-/// as it was. The hot-path calls (`lbagent_heartbeat`, `lbagent_set_state`,
-/// `lbagent_set_weight`, `lbagent_set_load`) report through their return code only and never
-/// touch the last error.
+/// as it was. Every function that fails sets it ("lbagent_get_status: agent is NULL"), except
+/// the hot-path calls (`lbagent_heartbeat`, `lbagent_set_state`, `lbagent_set_weight`,
+/// `lbagent_set_load`, `lbagent_worker_heartbeat`), which report through their return code
+/// only and never touch the last error.
 #[unsafe(no_mangle)]
 pub extern "C" fn lbagent_last_error(buf: *mut c_char, len: usize) -> usize {
-    ffi_boundary!(0, {
+    infallible!(0, {
         LAST_ERROR.with(|e| match e.try_borrow() {
             Ok(e) => {
                 // SAFETY: the caller provides `len` writable bytes at `buf` (or NULL).

@@ -2,9 +2,9 @@
 
 use std::ffi::{c_int, c_uint};
 
-use super::agent::{live_agent, result};
-use super::error::{lbagent_result, set_last_error};
-use lbagent_result::*;
+use super::agent::{hot_agent, lbagent, try_agent};
+use super::error::lbagent_result;
+use super::{Failure, try_out};
 
 /// Claims a worker watchdog slot (`workers=N` in the config) for the calling thread or
 /// process and writes its number to `*slot`. Heart-beat it with `lbagent_worker_heartbeat`
@@ -18,25 +18,15 @@ use lbagent_result::*;
 #[unsafe(no_mangle)]
 #[must_use]
 pub extern "C" fn lbagent_worker_register(
-    agent: *mut super::agent::lbagent,
+    agent: *mut lbagent,
     slot: *mut c_uint,
 ) -> lbagent_result {
-    ffi_boundary!(LBAGENT_ERR_PANIC, {
-        let agent = match live_agent(agent) {
-            Ok(a) => a,
-            Err(r) => return r,
-        };
-        if slot.is_null() {
-            return LBAGENT_ERR_NULL_ARGUMENT;
-        }
-        match agent.worker_register() {
-            Ok(i) => {
-                // SAFETY: `slot` is non-NULL and points to a writable unsigned int.
-                unsafe { *slot = i as c_uint };
-                LBAGENT_OK
-            }
-            Err(e) => (&e).into(),
-        }
+    fallible!({
+        let agent = try_agent(agent)?;
+        let out = try_out(slot, "slot")?;
+        let index = agent.worker_register()?;
+        out.write(c_uint::try_from(index).unwrap_or(c_uint::MAX));
+        Ok(())
     })
 }
 
@@ -48,16 +38,8 @@ pub extern "C" fn lbagent_worker_register(
 ///
 /// Thread-safe; no lock, no system call, no allocation; async-signal-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn lbagent_worker_heartbeat(
-    agent: *mut super::agent::lbagent,
-    slot: c_uint,
-) -> lbagent_result {
-    ffi_boundary!(LBAGENT_ERR_PANIC, {
-        match live_agent(agent) {
-            Ok(a) => result(a.worker_heartbeat(slot as usize)),
-            Err(r) => r,
-        }
-    })
+pub extern "C" fn lbagent_worker_heartbeat(agent: *mut lbagent, slot: c_uint) -> lbagent_result {
+    hot!({ Ok(hot_agent(agent)?.worker_heartbeat(slot as usize)?) })
 }
 
 /// Releases the worker slot `slot` (a worker that exits cleanly).
@@ -65,16 +47,8 @@ pub extern "C" fn lbagent_worker_heartbeat(
 /// Returns `LBAGENT_OK`, `LBAGENT_ERR_NOT_FOUND`, or `LBAGENT_ERR_NULL_ARGUMENT` /
 /// `LBAGENT_ERR_BAD_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn lbagent_worker_unregister(
-    agent: *mut super::agent::lbagent,
-    slot: c_uint,
-) -> lbagent_result {
-    ffi_boundary!(LBAGENT_ERR_PANIC, {
-        match live_agent(agent) {
-            Ok(a) => result(a.worker_unregister(slot as usize)),
-            Err(r) => r,
-        }
-    })
+pub extern "C" fn lbagent_worker_unregister(agent: *mut lbagent, slot: c_uint) -> lbagent_result {
+    fallible!({ Ok(try_agent(agent)?.worker_unregister(slot as usize)?) })
 }
 
 /// Releases every worker slot registered by process `pid`: a prefork master calls it when it
@@ -85,27 +59,22 @@ pub extern "C" fn lbagent_worker_unregister(
 /// `LBAGENT_ERR_NULL_ARGUMENT` / `LBAGENT_ERR_BAD_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
 pub extern "C" fn lbagent_worker_release_pid(
-    agent: *mut super::agent::lbagent,
+    agent: *mut lbagent,
     pid: c_int,
     released: *mut c_uint,
 ) -> lbagent_result {
-    ffi_boundary!(LBAGENT_ERR_PANIC, {
-        let agent = match live_agent(agent) {
-            Ok(a) => a,
-            Err(r) => return r,
-        };
-        let Ok(pid) = u32::try_from(pid) else {
-            return LBAGENT_ERR_INVALID_ARGUMENT;
-        };
-        if pid == 0 {
-            return LBAGENT_ERR_INVALID_ARGUMENT;
-        }
+    fallible!({
+        let agent = try_agent(agent)?;
+        let pid = u32::try_from(pid)
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| Failure::invalid(format!("pid {pid} is not a process id")))?;
         let n = agent.worker_release_pid(pid);
         if !released.is_null() {
-            // SAFETY: non-NULL, points to a writable unsigned int.
-            unsafe { *released = n as c_uint };
+            // SAFETY: non-NULL, points to a writable unsigned int (optional out-parameter).
+            unsafe { *released = c_uint::try_from(n).unwrap_or(c_uint::MAX) };
         }
-        LBAGENT_OK
+        Ok(())
     })
 }
 
@@ -120,19 +89,8 @@ pub extern "C" fn lbagent_worker_release_pid(
 /// `LBAGENT_ERR_BAD_HANDLE`; the last error says why. Not async-signal-safe.
 #[unsafe(no_mangle)]
 #[must_use]
-pub extern "C" fn lbagent_after_fork_child(agent: *mut super::agent::lbagent) -> lbagent_result {
-    ffi_boundary!(LBAGENT_ERR_PANIC, {
-        match live_agent(agent) {
-            Ok(a) => match a.after_fork_child() {
-                Ok(()) => LBAGENT_OK,
-                Err(e) => super::error::fail(&e),
-            },
-            Err(r) => {
-                set_last_error("lbagent_after_fork_child: agent is NULL or not a live handle");
-                r
-            }
-        }
-    })
+pub extern "C" fn lbagent_after_fork_child(agent: *mut lbagent) -> lbagent_result {
+    fallible!({ Ok(try_agent(agent)?.after_fork_child()?) })
 }
 
 /// Call in a worker right after `fork()` (a prefork server: the master started the agent and
@@ -146,14 +104,6 @@ pub extern "C" fn lbagent_after_fork_child(agent: *mut super::agent::lbagent) ->
 /// `LBAGENT_ERR_BAD_HANDLE`. Async-signal-safe it is not; call it before anything else.
 #[unsafe(no_mangle)]
 #[must_use]
-pub extern "C" fn lbagent_after_fork_worker(agent: *mut super::agent::lbagent) -> lbagent_result {
-    ffi_boundary!(LBAGENT_ERR_PANIC, {
-        match live_agent(agent) {
-            Ok(a) => match a.after_fork_worker() {
-                Ok(()) => LBAGENT_OK,
-                Err(e) => super::error::fail(&e),
-            },
-            Err(r) => r,
-        }
-    })
+pub extern "C" fn lbagent_after_fork_worker(agent: *mut lbagent) -> lbagent_result {
+    fallible!({ Ok(try_agent(agent)?.after_fork_worker()?) })
 }

@@ -7,14 +7,14 @@
 //! sequence number (a seqlock) and the word again, so a reader never sees a half-written text
 //! or a text paired with the wrong state, and never waits for a writer.
 //!
-//! Cells live in shared memory (see `shm.rs`), so writers may be other processes: a slot
+//! Cells live in shared memory (see `sys/shm.rs`), so writers may be other processes: a slot
 //! claimed by a process that died is taken back (the only system call here, on a contended
 //! path that practically never runs).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
-use crate::shm::Zeroable;
 use crate::state::{Reason, State};
+use crate::sys::shm::Zeroable;
 
 /// Longest message kept, in bytes (the wire format's limit).
 pub const MESSAGE_CAPACITY: usize = 255;
@@ -113,6 +113,7 @@ const NO_SLOT: u8 = 0xFF;
 const WORDS: usize = MESSAGE_CAPACITY.div_ceil(8) + 1;
 
 /// One message slot: a seqlock-protected text.
+#[derive(Zeroable)]
 #[repr(C)]
 struct Slot {
     /// Even when stable, odd while being written.
@@ -206,6 +207,7 @@ pub(crate) struct CellView {
 }
 
 /// The reported status of the whole server, of one service, or a check's verdict.
+#[derive(Zeroable)]
 #[repr(C)]
 pub(crate) struct Cell {
     word: AtomicU64,
@@ -215,9 +217,6 @@ pub(crate) struct Cell {
     load: AtomicU64,
     slots: [Slot; SLOTS],
 }
-
-// SAFETY: only atomics; all-zero is a valid (if meaningless until `init`) cell.
-unsafe impl Zeroable for Cell {}
 
 impl Cell {
     /// Sets a fresh (zeroed) cell to `state`, weight 100, no message.
@@ -280,7 +279,7 @@ impl Cell {
 
     /// Claims a slot that is not published and writes `text` into it.
     fn claim_and_write(&self, text: &Text) -> u8 {
-        let me = crate::process::pid();
+        let me = crate::sys::process::pid();
         loop {
             for (i, slot) in self.slots.iter().enumerate() {
                 if slot
@@ -309,7 +308,10 @@ impl Cell {
     fn reclaim_from_dead_writers(&self) {
         for slot in &self.slots {
             let owner = slot.owner.load(Ordering::Acquire);
-            if owner != 0 && owner != crate::process::pid() && !crate::process::alive(owner) {
+            if owner != 0
+                && owner != crate::sys::process::pid()
+                && !crate::sys::process::alive(owner)
+            {
                 let _ = slot
                     .owner
                     .compare_exchange(owner, 0, Ordering::AcqRel, Ordering::Relaxed);

@@ -1,6 +1,6 @@
 //! Host self-checks, board side: each check's verdict and whether it is running, in shared
 //! memory, so that the monitor judges a check that hangs (timed out) without waiting for it.
-//! The threads that run the callbacks are in `checks.rs`.
+//! The threads that run the callbacks are in `runner.rs`.
 //!
 //! A new check starts failing ("no result yet") until its first run passes, like Consul's
 //! new checks start critical: a service that asks to be checked is not served unchecked.
@@ -8,9 +8,9 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::shm::{ShmSlice, Zeroable};
 use crate::state::{Reason, State};
 use crate::status::{Cell, Text};
+use crate::sys::shm::{ShmSlice, Zeroable};
 
 /// Most checks per agent (one bit each in the active set).
 pub const MAX_CHECKS: usize = 64;
@@ -21,6 +21,7 @@ const FREE: u64 = 0;
 const CLAIMED: u64 = 1;
 const ACTIVE: u64 = 2;
 
+#[derive(Zeroable)]
 #[repr(C)]
 pub(crate) struct CheckRecord {
     /// FREE, CLAIMED (being set up or torn down) or ACTIVE.
@@ -39,9 +40,6 @@ pub(crate) struct CheckRecord {
     /// UP while passing, DOWN while failing; the message says why.
     verdict: Cell,
 }
-
-// SAFETY: only atomics.
-unsafe impl Zeroable for CheckRecord {}
 
 impl CheckRecord {
     fn name(&self) -> Text {

@@ -4,7 +4,7 @@
 //! load, store and compare-and-swap atomics: no lock, no system call, no allocation. The
 //! monitor thread reads the board to answer probes and never waits for a host thread.
 //!
-//! The board lives in shared memory (`shm.rs`): children forked after `lbagent_start` (the
+//! The board lives in shared memory (`sys/shm.rs`): children forked after `lbagent_start` (the
 //! workers of a prefork server) report into the same board the master's monitor reads.
 //!
 //! What a director is told combines, in this order of precedence:
@@ -15,6 +15,7 @@
 
 mod cell;
 pub(crate) mod checks;
+pub(crate) mod runner;
 pub(crate) mod workers;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,8 +24,9 @@ pub(crate) use cell::Cell;
 pub use cell::{MESSAGE_CAPACITY, Text};
 pub use workers::WorkerPolicy;
 
-use crate::shm::{ShmSlice, Zeroable};
 use crate::state::{Reason, State};
+use crate::sys::shm::{ShmSlice, Zeroable};
+use crate::sys::{clock, process};
 use checks::Checks;
 use workers::{Workers, WorkersEffect};
 
@@ -79,6 +81,7 @@ impl Target {
 }
 
 /// The agent-wide part of the board, shared with forked children.
+#[derive(Zeroable)]
 #[repr(C)]
 struct Header {
     /// Clock time of the last heartbeat (the start counts as one).
@@ -98,9 +101,6 @@ struct Header {
     worker_key: AtomicU64,
     worker_changed_at: AtomicU64,
 }
-
-// SAFETY: only atomics.
-unsafe impl Zeroable for Header {}
 
 /// How the board is laid out and judged (from the configuration).
 pub(crate) struct BoardConfig<'a> {
@@ -150,7 +150,7 @@ impl Board {
         h.heartbeat_at.store(now, Ordering::Relaxed);
         h.watchdog_changed_at.store(now, Ordering::Relaxed);
         h.ownership
-            .store(u64::from(crate::process::pid()) << 1, Ordering::Release);
+            .store(u64::from(process::pid()) << 1, Ordering::Release);
         Ok(board)
     }
 
@@ -206,7 +206,7 @@ impl Board {
     ) -> bool {
         match self.cell(target) {
             Some(cell) => {
-                cell.set_with_clock(state, reason, message, crate::clock::now_ms);
+                cell.set_with_clock(state, reason, message, clock::now_ms);
                 true
             }
             None => false,
@@ -236,7 +236,7 @@ impl Board {
     /// Marks the board stopped, if the calling process owns it; returns whether it does.
     pub(crate) fn begin_stopping(&self, now: u64) -> bool {
         let h = self.header();
-        let mine = u64::from(crate::process::pid()) << 1;
+        let mine = u64::from(process::pid()) << 1;
         match h
             .ownership
             .compare_exchange(mine, mine | 1, Ordering::AcqRel, Ordering::Acquire)
@@ -258,7 +258,7 @@ impl Board {
     pub(crate) fn take_ownership(&self) {
         self.header()
             .ownership
-            .swap(u64::from(crate::process::pid()) << 1, Ordering::AcqRel);
+            .swap(u64::from(process::pid()) << 1, Ordering::AcqRel);
     }
 
     /// Records a caught internal panic: from now on the agent answers DOWN, "agent fault".

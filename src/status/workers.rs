@@ -10,8 +10,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::shm::{ShmSlice, Zeroable};
 use crate::status::Text;
+use crate::sys::shm::{ShmSlice, Zeroable};
 
 /// What a stalled worker does to the answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,6 +22,7 @@ pub enum WorkerPolicy {
     Proportional,
 }
 
+#[derive(Zeroable)]
 #[repr(C)]
 pub(crate) struct WorkerSlot {
     /// Owner process id; 0 when free.
@@ -29,9 +30,6 @@ pub(crate) struct WorkerSlot {
     /// Clock time of the last heartbeat.
     heartbeat_at: AtomicU64,
 }
-
-// SAFETY: only atomics.
-unsafe impl Zeroable for WorkerSlot {}
 
 /// What the workers say now. Large (the message is inline) but `Copy` and built on the monitor
 /// thread for every answer: a boxed message would allocate per probe.
@@ -123,7 +121,7 @@ impl Workers {
     fn release_dead(&self) {
         for s in self.slots.iter() {
             let pid = s.pid.load(Ordering::Acquire);
-            if pid != 0 && !crate::process::alive(pid as u32) {
+            if pid != 0 && !crate::sys::process::alive(pid as u32) {
                 let _ = s
                     .pid
                     .compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed);

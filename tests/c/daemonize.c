@@ -30,7 +30,10 @@ int main(void) {
         fprintf(stderr, "daemonize: %s\n", msg);
         return 1;
     }
-    (void)lbagent_local_port(agent, 0, &port);
+    if (lbagent_local_port(agent, 0, &port) != LBAGENT_OK) {
+        fprintf(stderr, "daemonize: no UDP port\n");
+        return 1;
+    }
     fflush(stdout);
     pid = fork();
     if (pid < 0) {

@@ -87,7 +87,10 @@ int main(void) {
         fprintf(stderr, "prefork: %s\n", msg);
         return 1;
     }
-    (void)lbagent_local_port(agent, 0, &port);
+    if (lbagent_local_port(agent, 0, &port) != LBAGENT_OK) {
+        fprintf(stderr, "prefork: no UDP port\n");
+        return 1;
+    }
     printf("master %d port %u\n", (int)getpid(), port);
     for (i = 0; i < WORKERS; i++) {
         children[i] = spawn();

@@ -179,7 +179,10 @@ int main(int argc, char **argv) {
     (void)lbagent_set_state(agent, NULL, LBAGENT_STATE_UP, reason_for(LBAGENT_STATE_UP));
     sigprocmask(SIG_UNBLOCK, &ours, NULL);
     setitimer(ITIMER_REAL, &every_2ms, NULL);
-    (void)lbagent_local_port(agent, 0, &port);
+    if (lbagent_local_port(agent, 0, &port) != LBAGENT_OK) {
+        fprintf(stderr, "signal_storm: no UDP port\n");
+        return 1;
+    }
     printf("signal_storm: agent on UDP port %u, pid %ld\n", port, (long)getpid());
 
     last_sequence = sequence;

@@ -1,13 +1,14 @@
 //! A simulated fleet of agents for the poller's tests and benchmark: one thread owning many
 //! UDP sockets, each on its own loopback address (127.0.x.y, a port chosen by the system),
-//! answering PROBEs with lbagent::wire as the behaviour set for that socket says.
+//! answering PROBEs with lbagent::proto::wire as the behaviour set for that socket says.
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
-use lbagent::{Reason, State, wire};
+use lbagent::proto::wire;
+use lbagent::{Reason, State};
 use mio::net::UdpSocket as MioUdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 

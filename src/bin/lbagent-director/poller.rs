@@ -19,8 +19,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lbagent::auth::Key;
 use lbagent::client::{Answer, Completion, ProbeError, ProbeOptions, Prober};
+use lbagent::keys::Key;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};

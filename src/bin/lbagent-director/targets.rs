@@ -18,9 +18,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use lbagent::auth::Key;
 use lbagent::client;
 use lbagent::config::{MAX_SERVICE_NAME, is_service_name_byte};
+use lbagent::keys::Key;
 
 /// Most targets one file may hold (memory stays bounded whatever the file says).
 pub const MAX_TARGETS: usize = 100_000;

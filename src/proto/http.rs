@@ -1,5 +1,5 @@
-//! The HTTP health endpoint (`http=`): decides the answer to one request. Pure logic over the
-//! status board, no I/O (`streams.rs` does that), like `responder.rs` for datagrams.
+//! The HTTP health endpoint (`http=`): the answer to one request, given how to look up the
+//! status of a service. Pure logic, no I/O (`serve/tcp.rs` does that).
 //!
 //! - `GET /health` asks about the whole server, `GET /health/NAME` about a service.
 //! - 200 while the answer is "serving" (UP with weight above 0), 503 otherwise, 404 for an
@@ -15,9 +15,9 @@ use std::io::{Cursor, Write};
 
 use crate::config::MAX_SERVICE_NAME;
 use crate::counters::Counter;
+use crate::proto::text;
 use crate::state::State;
-use crate::status::{Board, Status};
-use crate::text;
+use crate::status::Status;
 
 /// Largest request read (request line and headers). Health checkers send 60..200 bytes.
 pub(crate) const MAX_REQUEST: usize = 4096;
@@ -37,14 +37,14 @@ pub(crate) enum Answer {
     Reply { len: usize, counter: Counter },
 }
 
-/// Decides the answer to `request` (everything received so far). `full` says that no more
-/// bytes can be received (the buffer is full), so an incomplete request is too large.
+/// Decides the answer to `request` (everything received so far), asking `status_of` for the
+/// status of the service named in the path ("" for the whole server). `full` says that no
+/// more bytes can be received (the buffer is full), so an incomplete request is too large.
 pub(crate) fn respond(
-    board: &Board,
-    instance_id: u64,
     request: &[u8],
     full: bool,
-    now: u64,
+    status_of: impl FnOnce(&[u8]) -> Status,
+    instance_id: u64,
     out: &mut [u8; MAX_RESPONSE],
 ) -> Answer {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -85,7 +85,7 @@ pub(crate) fn respond(
         None => return plain_head(out, 404, "not found\n", head),
     };
     let json = wants_json(parsed.headers);
-    let status = board.status(board.target(service.as_bytes()), now);
+    let status = status_of(service.as_bytes());
     let code = if status.state == State::Unknown {
         404
     } else if status.is_serving() {
@@ -255,7 +255,24 @@ fn write(out: &mut [u8; MAX_RESPONSE], head: Head, body: &[u8], counter: Counter
 mod tests {
     use super::*;
     use crate::state::Reason;
-    use crate::status::{Target, Text};
+    use crate::status::{Board, Target, Text};
+
+    /// The answer as the agent gives it, from the board at clock time 1000.
+    fn respond_from(
+        board: &Board,
+        instance_id: u64,
+        request: &[u8],
+        full: bool,
+        out: &mut [u8; MAX_RESPONSE],
+    ) -> Answer {
+        respond(
+            request,
+            full,
+            |name| board.status(board.target(name), 1000),
+            instance_id,
+            out,
+        )
+    }
 
     fn board_with(service: &str) -> Board {
         let config = crate::status::BoardConfig {
@@ -275,7 +292,7 @@ mod tests {
 
     fn ask(board: &Board, request: &str) -> (Answer, String) {
         let mut out = [0u8; MAX_RESPONSE];
-        let answer = respond(board, 0xa1b2, request.as_bytes(), false, 1000, &mut out);
+        let answer = respond_from(board, 0xa1b2, request.as_bytes(), false, &mut out);
         let text = match answer {
             Answer::Reply { len, .. } => String::from_utf8(out[..len].to_vec()).unwrap(),
             Answer::Incomplete => String::new(),
@@ -396,7 +413,7 @@ mod tests {
         assert_eq!(code(&r), 400);
         let mut out = [0u8; MAX_RESPONSE];
         let partial = b"GET /health HTTP/1.1\r\nX: y\r\n";
-        let a = respond(&b, 0, partial, true, 1000, &mut out);
+        let a = respond_from(&b, 0, partial, true, &mut out);
         let Answer::Reply { len, counter } = a else {
             panic!()
         };

@@ -1,5 +1,5 @@
 //! Host self-checks, runner side: one thread per check calls the host's function every
-//! interval and records the verdict on the board (`status/checks.rs`). The monitor thread
+//! interval and records the verdict on the board (`checks.rs`). The monitor thread
 //! never runs host code: a check that hangs only holds its own thread, and the monitor sees
 //! it overdue from the board.
 
@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
-use crate::clock;
-use crate::monitor::Shared;
+use crate::shared::Shared;
+use crate::sys::clock;
 
 /// A check: `Ok(())` passes; `Err(message)` fails with that message.
 pub type CheckFn = Box<dyn FnMut() -> Result<(), String> + Send>;

@@ -1,24 +1,19 @@
 //! Decides the answer to one datagram: pure logic over the status board, no I/O.
 //!
-//! Order of checks: who is asking (allow-list, source port, unicast destination) before any
-//! other work; then the rate limits; then protocol v1 (with authentication) or text. Every
+//! Order of checks: who is asking (`guard`: allow-list, source port, unicast destination,
+//! rate limits) before any other work; then protocol v1 (with authentication) or text. Every
 //! datagram ends in exactly one counted outcome, and an answer is never longer than the
 //! datagram that caused it.
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::allow::AllowList;
-use crate::auth::{self, KeySet};
-use crate::config::Config;
 use crate::counters::Counter;
-use crate::limit::{Limited, RateLimiter};
+use crate::guard::Policy;
+use crate::guard::limit::RateLimiter;
+use crate::proto::auth;
+use crate::proto::text;
+use crate::proto::wire::{self, DecodeError, FLAG_AUTH, Request, StatusFields};
 use crate::status::{Board, Status};
-use crate::text;
-use crate::wire::{self, DecodeError, FLAG_AUTH, Request, StatusFields};
-
-/// Source ports of well-known UDP services that reflect traffic (echo, chargen, DNS, NTP,
-/// SNMP, CLDAP, SSDP, memcached); a request "from" them is a spoofed reflection attempt.
-pub const REFLECTOR_PORTS: [u16; 8] = [7, 19, 53, 123, 161, 389, 1900, 11211];
 
 /// What the agent does with a datagram.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,27 +22,6 @@ pub(crate) enum Outcome {
     Reply(usize, Counter),
     /// Drop it, counted under this counter.
     Drop(Counter),
-}
-
-/// Who gets answers and how: the parts of the configuration the responder applies.
-pub(crate) struct Policy {
-    pub allow: AllowList,
-    pub text: bool,
-    pub keys: Option<KeySet>,
-    pub auth_required: bool,
-    pub auth_window_ms: u64,
-}
-
-impl Policy {
-    pub(crate) fn from_config(config: &Config) -> Policy {
-        Policy {
-            allow: config.allow.clone(),
-            text: config.text,
-            keys: config.keys.clone(),
-            auth_required: config.auth_required(),
-            auth_window_ms: u64::from(config.auth_window_ms),
-        }
-    }
 }
 
 /// The parts of the agent the responder reads.
@@ -70,19 +44,11 @@ impl Responder<'_> {
         out: &mut [u8],
         now: u64,
     ) -> Outcome {
-        if !self.policy.allow.admits(source.ip()) {
-            return Outcome::Drop(Counter::DroppedNotAllowed);
-        }
-        if source.port() == 0 || REFLECTOR_PORTS.contains(&source.port()) {
-            return Outcome::Drop(Counter::DroppedSourcePort);
-        }
-        if destination.is_some_and(|d| !is_unicast(d)) {
-            return Outcome::Drop(Counter::DroppedNotUnicast);
-        }
-        match limiter.check(source.ip(), now) {
-            Ok(()) => {}
-            Err(Limited::Source) => return Outcome::Drop(Counter::DroppedRateLimited),
-            Err(Limited::Global) => return Outcome::Drop(Counter::DroppedGlobalLimit),
+        if let Err(counter) = self
+            .policy
+            .admit_datagram(limiter, source, destination, now)
+        {
+            return Outcome::Drop(counter);
         }
         if request.starts_with(&wire::MAGIC) {
             return self.respond_v1(request, out, now);
@@ -182,15 +148,6 @@ pub(crate) fn status_fields(status: &Status, nonce: u64, instance_id: u64) -> St
     }
 }
 
-/// False for multicast and broadcast destinations: answering them would make every agent on a
-/// network answer one datagram.
-fn is_unicast(addr: IpAddr) -> bool {
-    match addr {
-        IpAddr::V4(v4) => !v4.is_multicast() && !v4.is_broadcast(),
-        IpAddr::V6(v6) => !v6.is_multicast(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,7 +169,7 @@ mod tests {
             0,
         )
         .unwrap();
-        let policy = Policy::from_config(&Config::default());
+        let policy = Policy::from_config(&crate::config::Config::default());
         let responder = Responder {
             board: &board,
             policy: &policy,

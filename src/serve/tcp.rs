@@ -4,10 +4,10 @@
 //! until the socket would block, then returns to the loop.
 //!
 //! Bounds, so that no client can hold the thread or its memory:
-//! - at most [`MAX_CONNECTIONS`] open connections per kind; more are accepted and closed at
+//! - at most `MAX_CONNECTIONS` open connections per kind; more are accepted and closed at
 //!   once (`conn_dropped_limit`), so a flood of HTTP clients cannot starve HAProxy's agent;
-//! - a deadline per connection ([`AGENT_SEND_WAIT`], [`REQUEST_TIMEOUT`], [`WRITE_TIMEOUT`],
-//!   [`LINGER`]); reads go into a fixed buffer;
+//! - a deadline per connection (`AGENT_SEND_WAIT`, `REQUEST_TIMEOUT`, `WRITE_TIMEOUT`,
+//!   `LINGER`, in `config.rs`); reads go into a fixed buffer;
 //! - accepting is done in batches of [`ACCEPT_BATCH`], then the UDP sockets get their turn.
 //!
 //! While no connection is open the loop sleeps without a timeout (no periodic wake-ups); only
@@ -15,7 +15,7 @@
 //! time they are needed and then reused: no allocation per connection in steady state.
 //!
 //! Closing: after the answer the agent shuts its side down and reads (discarding) until the
-//! peer closes or [`LINGER`] passes. Closing a socket that still has unread input sends a
+//! peer closes or `LINGER` passes. Closing a socket that still has unread input sends a
 //! reset, which can destroy the answer before the peer reads it.
 //!
 //! Fork: the listeners are shared with the host-facing handle (like the UDP sockets), so a
@@ -29,6 +29,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
+
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
@@ -36,34 +37,22 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::clock;
+use crate::status::Target;
+
+use super::Sockets;
+use crate::config::{AGENT_SEND_WAIT, LINGER, MAX_CONNECTIONS, REQUEST_TIMEOUT, WRITE_TIMEOUT};
 use crate::counters::Counter;
 use crate::error::Error;
-use crate::http;
-use crate::log::{Level, log_line};
-use crate::monitor::Shared;
-use crate::text;
+use crate::proto::{agent_check, http};
+use crate::shared::Shared;
+use crate::sys::clock;
 
-/// Most open connections per kind (agent-check, HTTP).
-pub const MAX_CONNECTIONS: usize = 64;
-/// How long the agent waits for HAProxy's `agent-send` line before answering about the whole
-/// server. Only when `services=` names a service: otherwise there is nothing to ask about and
-/// the answer is written as soon as the connection is accepted.
-pub const AGENT_SEND_WAIT: Duration = Duration::from_millis(100);
-/// How long an HTTP client has to send its request head.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long the answer may take to be written.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long the agent reads after its answer, waiting for the peer to close.
-pub const LINGER: Duration = Duration::from_secs(1);
 /// Connections accepted per listener before the loop serves other sockets.
 const ACCEPT_BATCH: usize = 16;
 /// Bytes discarded per readiness event while lingering; a peer that sends more is reset.
 const LINGER_DISCARD: usize = 4 * BUFFER;
 /// A connection's buffer: the request, then the part of the answer not yet written.
 const BUFFER: usize = http::MAX_REQUEST;
-/// Longest `agent-send` line read.
-const AGENT_REQUEST: usize = 512;
 
 /// Tokens: UDP sockets use `0..MAX_LISTEN`, the waker `usize::MAX`.
 pub(crate) const LISTENER_TOKENS: usize = 1 << 20;
@@ -134,7 +123,7 @@ impl StreamListener {
         self.kind
     }
 
-    /// The socket's descriptor (to close a forked worker's inherited copy).
+    /// The socket's descriptor (to register it, and to close a forked worker's copy).
     pub(crate) fn raw_fd(&self) -> RawFd {
         self.listener.as_raw_fd()
     }
@@ -205,9 +194,9 @@ enum Next {
     Close(Option<Counter>),
 }
 
-/// The TCP listeners and their open connections.
+/// The TCP listeners (`Sockets::tcp`) and their open connections.
 pub(crate) struct Streams {
-    listeners: Arc<[StreamListener]>,
+    sockets: Arc<Sockets>,
     /// Listeners whose last batch did not empty the accept queue.
     pending_accept: Vec<bool>,
     slots: Vec<Slot>,
@@ -228,10 +217,10 @@ pub(crate) struct AgentCheckOptions {
 }
 
 impl Streams {
-    pub(crate) fn new(listeners: Arc<[StreamListener]>, agent_check: AgentCheckOptions) -> Streams {
+    pub(crate) fn new(sockets: Arc<Sockets>, agent_check: AgentCheckOptions) -> Streams {
         Streams {
-            pending_accept: vec![false; listeners.len()],
-            listeners,
+            pending_accept: vec![false; sockets.tcp.len()],
+            sockets,
             slots: Vec::new(),
             open: [0; 2],
             scratch: Box::new([0; http::MAX_RESPONSE]),
@@ -242,7 +231,7 @@ impl Streams {
 
     /// Registers the listeners with the poller.
     pub(crate) fn register(&self, registry: &Registry) -> io::Result<()> {
-        for (i, l) in self.listeners.iter().enumerate() {
+        for (i, l) in self.sockets.tcp.iter().enumerate() {
             registry.register(
                 &mut SourceFd(&l.raw_fd()),
                 Token(LISTENER_TOKENS + i),
@@ -304,11 +293,11 @@ impl Streams {
     }
 
     fn accept(&mut self, index: usize, shared: &Shared, registry: &Registry) {
-        let Some(kind) = self.listeners.get(index).map(|l| l.kind) else {
+        let Some(kind) = self.sockets.tcp.get(index).map(|l| l.kind) else {
             return;
         };
         for _ in 0..ACCEPT_BATCH {
-            match self.listeners[index].listener.accept() {
+            match self.sockets.tcp[index].listener.accept() {
                 Ok((stream, peer)) => {
                     shared.counters.add(Counter::ConnAccepted);
                     self.admit(stream, peer, kind, shared, registry);
@@ -400,14 +389,7 @@ impl Streams {
     fn progress_guarded(&mut self, index: usize, shared: &Shared, now: Instant) -> bool {
         let result = catch_unwind(AssertUnwindSafe(|| self.progress(index, shared, now)));
         let next = result.unwrap_or_else(|_| {
-            shared.counters.add(Counter::Faults);
-            shared.board.record_fault(clock::now_ms());
-            log_line!(
-                shared.logger,
-                Level::Error,
-                "internal fault (panic caught) while serving a TCP connection; answering DOWN \
-                 (agent fault) from now on"
-            );
+            shared.fault(format_args!("serving a TCP connection"));
             Next::Close(Some(Counter::ConnFailed))
         });
         if let Next::Close(counter) = next {
@@ -427,11 +409,9 @@ impl Streams {
             };
             match conn.phase {
                 Phase::Reading => {
-                    if shared.inject_fault.swap(false, Ordering::AcqRel) {
-                        panic!("lbagent: injected fault (test hook)");
-                    }
+                    shared.maybe_inject_fault();
                     let limit = match conn.kind {
-                        Kind::Agent => AGENT_REQUEST,
+                        Kind::Agent => agent_check::MAX_REQUEST,
                         Kind::Http => BUFFER,
                     };
                     // Without services an agent-check needs no request: answer at once, with no
@@ -465,12 +445,12 @@ impl Streams {
                             self.answer_agent(index, shared, now);
                         }
                         Kind::Http => {
+                            let board = &shared.board;
                             let answer = http::respond(
-                                &shared.board,
-                                shared.instance_id,
                                 &slot.buf[..conn.received],
                                 full,
-                                clock::now_ms(),
+                                |name| board.status(board.target(name), clock::now_ms()),
+                                shared.instance_id,
                                 &mut self.scratch,
                             );
                             match answer {
@@ -536,20 +516,17 @@ impl Streams {
         let Some(conn) = slot.connection.as_ref() else {
             return;
         };
-        let service = match text::parse_request(&slot.buf[..conn.received]) {
-            text::Request::Service(name) => name,
-            // No line, or any other line: the whole server. (Over TCP nobody can make two
-            // agents answer each other, so a line that looks like an answer is no threat.)
-            text::Request::Empty | text::Request::Server | text::Request::LooksLikeReply => &[],
-        };
         let board = &shared.board;
-        let status = board.status(board.target(service), clock::now_ms());
+        let target = match agent_check::parse_request(&slot.buf[..conn.received]) {
+            agent_check::Request::Server => Target::Server,
+            // A name that is not configured gets the unknown-service answer.
+            agent_check::Request::Service(name) => board.target(name),
+        };
+        let status = board.status(target, clock::now_ms());
         // TCP has no request-length limit: the whole line, ending in "\n" (HAProxy ignores a
         // line without an end).
-        // HAProxy reads maxconn into an int: a larger capacity is sent as i32::MAX.
-        let maxconn = (self.agent_check.maxconn && status.capacity > 0)
-            .then_some(status.capacity.min(i32::MAX as u32));
-        let len = text::write_agent_reply(&status, maxconn, text::MAX_LINE, &mut self.scratch[..]);
+        let len =
+            agent_check::write_answer(&status, self.agent_check.maxconn, &mut self.scratch[..]);
         self.start_writing(index, len, Counter::AnsweredAgent, now);
     }
 
@@ -628,7 +605,7 @@ impl Streams {
 /// (ended by an empty line; httparse accepts bare LF line ends too).
 fn request_complete(kind: Kind, request: &[u8]) -> bool {
     match kind {
-        Kind::Agent => request.iter().any(|b| b"\r\n\0".contains(b)),
+        Kind::Agent => agent_check::line_complete(request),
         Kind::Http => {
             request.windows(3).any(|w| w == b"\n\r\n") || request.windows(2).any(|w| w == b"\n\n")
         }

@@ -1,8 +1,12 @@
 //! This process's id, cached (`getpid` is a system call) and forgotten in forked children,
-//! and whether another process is alive.
+//! whether another process is alive, and the signal mask of the agent's own threads.
 
 use std::sync::Once;
 use std::sync::atomic::{AtomicU32, Ordering};
+
+use nix::errno::Errno;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, pthread_sigmask};
+use nix::unistd::Pid;
 
 static PID: AtomicU32 = AtomicU32::new(0);
 static ATFORK: Once = Once::new();
@@ -19,7 +23,7 @@ pub(crate) fn pid() -> u32 {
         return cached;
     }
     ATFORK.call_once(|| {
-        // SAFETY: registers a handler that only stores to an atomic.
+        // SAFETY: registers a handler that only stores to an atomic (nix has no wrapper).
         unsafe { libc::pthread_atfork(None, None, Some(forget_pid_in_child)) };
     });
     let pid = std::process::id();
@@ -32,21 +36,17 @@ pub(crate) fn alive(pid: u32) -> bool {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return false;
     };
-    // SAFETY: signal 0 only checks for existence.
-    if unsafe { libc::kill(pid, 0) } == 0 {
-        return true;
+    // Signal 0 only checks for existence.
+    match kill(Pid::from_raw(pid), None) {
+        Ok(()) => true,
+        Err(e) => e == Errno::EPERM,
     }
-    std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// Blocks SIGPIPE for the calling thread (an agent thread that writes to stderr): a closed
 /// pipe then fails the write instead of killing the host process.
 pub(crate) fn block_sigpipe_in_this_thread() {
-    // SAFETY: plain signal-set manipulation on local storage, then the thread's own mask.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGPIPE);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGPIPE);
+    let _ = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None);
 }

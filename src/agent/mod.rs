@@ -1,27 +1,29 @@
-//! The embeddable agent: the host-facing handle (Rust API; the C API wraps it).
+//! The embeddable agent: the host-facing handle (Rust API; the C API wraps it). The host's
+//! calls are here; the threads and sockets behind them, across start, stop and fork, are in
+//! `lifecycle.rs`.
+
+mod lifecycle;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
 use parking_lot::Mutex;
 
-use crate::checks::{CheckFn, Runner};
-use crate::clock;
 use crate::config::Config;
 use crate::counters::{Counter, Counters};
 use crate::error::Error;
-use crate::limit::RateLimiter;
+use crate::guard::Policy;
 use crate::log::{Level, LogCallback, Logger, log_line};
-use crate::monitor::{Listener, Monitor, Shared, Wake};
-use crate::process;
-use crate::responder::Policy;
+use crate::serve::{ServeOptions, Sockets};
+use crate::shared::Shared;
 use crate::state::{Reason, State};
 use crate::status::checks::AddError;
+use crate::status::runner::{CheckFn, Runner};
 use crate::status::{Board, BoardConfig, Status, Target, Text};
-use crate::streams::{AgentCheckOptions, Kind, StreamListener};
+use crate::sys::{clock, process};
+use lifecycle::Lifecycle;
 
 /// How long dropping an agent waits for its threads before leaving them to finish alone.
 const DROP_WAIT: Duration = Duration::from_secs(5);
@@ -37,33 +39,10 @@ const DROP_WAIT: Duration = Duration::from_secs(5);
 /// [`Agent::after_fork_child`].
 pub struct Agent {
     shared: Arc<Shared>,
-    control: Mutex<Control>,
+    lifecycle: Lifecycle,
     local_addrs: Vec<SocketAddr>,
     tcp_agent_addrs: Vec<SocketAddr>,
     http_addrs: Vec<SocketAddr>,
-    rate: (u32, u32),
-    log_drops_ms: u32,
-    /// How the TCP agent-check answers.
-    agent_check: AgentCheckOptions,
-}
-
-/// What only host threads touch (never the monitor thread).
-struct Control {
-    /// The process whose threads these are; after a fork the child has none of them.
-    pid: u32,
-    /// The sockets; the last reference closes them.
-    listeners: Option<Arc<[Listener]>>,
-    /// The TCP listeners (`tcp_agent=`, `http=`), likewise.
-    stream_listeners: Option<Arc<[StreamListener]>>,
-    monitor: Option<MonitorThread>,
-    log_thread: Option<std::thread::JoinHandle<()>>,
-    checks: Vec<Runner>,
-}
-
-struct MonitorThread {
-    wake: Wake,
-    done: Receiver<()>,
-    thread: std::thread::JoinHandle<()>,
 }
 
 impl Agent {
@@ -77,37 +56,12 @@ impl Agent {
     pub fn start_with(config: &Config) -> Result<Agent, Error> {
         let io = |what| move |source| Error::Io { what, source };
         // Bind everything first: a failure drops (closes) the sockets already bound.
-        let listeners = config
-            .listen
-            .iter()
-            .map(|addr| Listener::bind(*addr))
-            .collect::<Result<Vec<_>, _>>()?;
-        let local_addrs = listeners
-            .iter()
-            .map(Listener::local_addr)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(io("read a bound address"))?;
-        let listeners: Arc<[Listener]> = listeners.into();
-        let stream_listeners = config
-            .tcp_agent
-            .iter()
-            .map(|addr| StreamListener::bind(Kind::Agent, *addr))
-            .chain(
-                config
-                    .http
-                    .iter()
-                    .map(|addr| StreamListener::bind(Kind::Http, *addr)),
-            )
-            .collect::<Result<Vec<_>, _>>()?;
-        let (mut tcp_agent_addrs, mut http_addrs) = (Vec::new(), Vec::new());
-        for listener in &stream_listeners {
-            let addr = listener.local_addr().map_err(io("read a bound address"))?;
-            match listener.kind() {
-                Kind::Agent => tcp_agent_addrs.push(addr),
-                Kind::Http => http_addrs.push(addr),
-            }
-        }
-        let stream_listeners: Arc<[StreamListener]> = stream_listeners.into();
+        let sockets = Sockets::bind(config)?;
+        let (local_addrs, tcp_agent_addrs, http_addrs) = (
+            sockets.udp_addrs.clone(),
+            sockets.tcp_agent_addrs.clone(),
+            sockets.http_addrs.clone(),
+        );
         let mut id = [0u8; 8];
         getrandom::fill(&mut id).map_err(|e| Error::Io {
             what: "get a random instance id",
@@ -137,39 +91,19 @@ impl Agent {
             inject_fault: AtomicBool::new(false),
             exit_delay_ms: AtomicU32::new(0),
         });
+        let lifecycle = Lifecycle::start(
+            &shared,
+            sockets,
+            ServeOptions::from_config(config),
+            log_thread,
+        )?;
         let agent = Agent {
             shared,
-            control: Mutex::new(Control {
-                pid: process::pid(),
-                listeners: Some(listeners),
-                stream_listeners: Some(stream_listeners),
-                monitor: None,
-                log_thread,
-                checks: Vec::new(),
-            }),
+            lifecycle,
             local_addrs,
             tcp_agent_addrs,
             http_addrs,
-            rate: (config.rate_per_source, config.rate_global),
-            log_drops_ms: config.log_drops_ms,
-            agent_check: AgentCheckOptions {
-                wait_for_agent_send: !config.services.is_empty(),
-                maxconn: config.agent_maxconn,
-            },
         };
-        {
-            let mut control = agent.control.lock();
-            if let Err(e) = agent.start_monitor(&mut control) {
-                // Nothing may be left running: stop the logger, close the sockets.
-                agent.shared.logger.close();
-                if let Some(t) = control.log_thread.take() {
-                    let _ = t.join();
-                }
-                control.listeners = None;
-                control.stream_listeners = None;
-                return Err(e);
-            }
-        }
         log_line!(
             agent.shared.logger,
             Level::Info,
@@ -194,35 +128,6 @@ impl Agent {
             }
         );
         Ok(agent)
-    }
-
-    /// Starts a monitor thread over the sockets in `control`.
-    fn start_monitor(&self, control: &mut Control) -> Result<(), Error> {
-        let listeners = control.listeners.clone().ok_or(Error::Stopped)?;
-        let stream_listeners = control.stream_listeners.clone().ok_or(Error::Stopped)?;
-        let limiter = RateLimiter::new(self.rate.0, self.rate.1);
-        let (monitor, wake) = Monitor::new(
-            self.shared.clone(),
-            listeners,
-            stream_listeners,
-            self.agent_check,
-            limiter,
-            self.log_drops_ms,
-        )?;
-        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-        let thread = std::thread::Builder::new()
-            .name("lbagent-monitor".into())
-            .spawn(move || monitor.run(done_tx))
-            .map_err(|source| Error::Io {
-                what: "start the monitor thread",
-                source,
-            })?;
-        control.monitor = Some(MonitorThread {
-            wake,
-            done: done_rx,
-            thread,
-        });
-        Ok(())
     }
 
     fn target(&self, service: &[u8]) -> Result<Target, Error> {
@@ -423,7 +328,7 @@ impl Agent {
             .cell_index(target)
             .ok_or(Error::UnknownService)?;
         let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
-        let mut control = self.control.lock();
+        let mut control = self.lifecycle.lock();
         let slot = self
             .shared
             .board
@@ -452,7 +357,7 @@ impl Agent {
     /// Removes a check: it no longer counts from now on, and its function is not called
     /// again (a run in progress finishes on its own thread, which then drops the function).
     pub fn remove_check(&self, name: &str) -> Result<(), Error> {
-        let mut control = self.control.lock();
+        let mut control = self.lifecycle.lock();
         let i = control
             .checks
             .iter()
@@ -479,7 +384,7 @@ impl Agent {
                 source,
             })?;
         if let Some(thread) = started {
-            self.control.lock().log_thread = Some(thread);
+            self.lifecycle.lock().log_thread = Some(thread);
         }
         Ok(())
     }
@@ -491,35 +396,7 @@ impl Agent {
     /// this process, over the inherited sockets and the shared board. From then on this
     /// process answers and owns the agent; the parent's `stop` or `free` no longer affect it.
     pub fn after_fork_child(&self) -> Result<(), Error> {
-        let mut control = self.inherit()?;
-        self.shared.board.take_ownership();
-        self.shared.quit.store(false, Ordering::Release);
-        self.start_monitor(&mut control)?;
-        if self.shared.logger.wanted() {
-            control.log_thread = self
-                .shared
-                .logger
-                .start_thread()
-                .map_err(|source| Error::Io {
-                    what: "start the logger thread",
-                    source,
-                })?;
-        }
-        for runner in &mut control.checks {
-            runner
-                .restart(self.shared.clone())
-                .map_err(|source| Error::Io {
-                    what: "start a check thread",
-                    source,
-                })?;
-        }
-        log_line!(
-            self.shared.logger,
-            Level::Info,
-            "taken over by process {}",
-            process::pid()
-        );
-        Ok(())
+        self.lifecycle.after_fork_child(&self.shared)
     }
 
     /// In a worker forked after `start` (a prefork server): closes the worker's copies of the
@@ -527,60 +404,7 @@ impl Agent {
     /// board: the worker's `set_state`, `set_weight`, `set_load`, `heartbeat` and worker slot
     /// calls reach the master's answers.
     pub fn after_fork_worker(&self) -> Result<(), Error> {
-        let mut control = self.inherit()?;
-        if let Some(listeners) = control.listeners.take() {
-            for l in listeners.iter() {
-                // SAFETY: this process's copy of the descriptor; the Listener that owns it is
-                // never dropped here (forgotten below), so it is closed exactly once.
-                unsafe { libc::close(l.raw_fd()) };
-            }
-            std::mem::forget(listeners);
-        }
-        if let Some(listeners) = control.stream_listeners.take() {
-            for l in listeners.iter() {
-                // SAFETY: as above.
-                unsafe { libc::close(l.raw_fd()) };
-            }
-            std::mem::forget(listeners);
-        }
-        Ok(())
-    }
-
-    /// The common part of both `after_fork_*`: checks that this is a forked child, forgets
-    /// the parent's threads and closes the descriptors only they used.
-    fn inherit(&self) -> Result<parking_lot::MutexGuard<'_, Control>, Error> {
-        let mut control = self
-            .control
-            .try_lock_for(Duration::from_millis(100))
-            .ok_or(Error::WrongProcess)?;
-        let me = process::pid();
-        if control.pid == me {
-            return Err(Error::WrongProcess);
-        }
-        control.pid = me;
-        if let Some(m) = control.monitor.take() {
-            for fd in m.wake.thread_fds {
-                // SAFETY: the poller and pipe descriptors of a thread that does not exist in
-                // this process; nothing else here owns them.
-                unsafe { libc::close(fd) };
-            }
-            for fd in m.wake.connection_fds.open() {
-                // SAFETY: TCP connections that thread had open when this process was forked
-                // (see `ConnectionFds`): only it owned them, and it does not exist here.
-                unsafe { libc::close(fd) };
-            }
-            std::mem::forget(m.thread);
-            drop(m.wake);
-            drop(m.done);
-        }
-        if let Some(t) = control.log_thread.take() {
-            std::mem::forget(t);
-        }
-        self.shared.logger.close();
-        for runner in &mut control.checks {
-            runner.forget_thread();
-        }
-        Ok(control)
+        self.lifecycle.after_fork_worker(&self.shared)
     }
 
     // ----- stop -----
@@ -592,57 +416,7 @@ impl Agent {
     /// In a process that does not own the agent (a forked worker, or a parent whose child took
     /// it over) this releases only what belongs to this process and never stops the owner.
     pub fn stop(&self, timeout: Option<Duration>) -> Result<(), Error> {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let mut control = self.control.lock();
-        let me = process::pid();
-        if control.pid != me {
-            // Forked without `after_fork_*`: the threads are the parent's.
-            drop(control);
-            drop(self.inherit()?);
-            return Err(Error::WrongProcess);
-        }
-        let owner = self.shared.board.begin_stopping(clock::now_ms());
-        self.shared.quit.store(true, Ordering::Release);
-        if let Some(m) = control.monitor.take() {
-            m.wake.wake();
-            let finished = match deadline {
-                None => m.done.recv().is_ok(),
-                Some(d) => match m
-                    .done
-                    .recv_timeout(d.saturating_duration_since(Instant::now()))
-                {
-                    Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
-                    Err(RecvTimeoutError::Timeout) => false,
-                },
-            };
-            if !finished {
-                control.monitor = Some(m);
-                return Err(Error::Timeout);
-            }
-            // The thread has sent its last message: joining returns at once.
-            let _ = m.thread.join();
-        }
-        // The last reference to the sockets: closes them.
-        control.listeners = None;
-        control.stream_listeners = None;
-        for runner in control.checks.drain(..) {
-            // Only the owner takes checks off the shared board.
-            if owner {
-                self.shared.board.checks.remove(runner.index);
-            }
-            if let Some(t) = runner.finish() {
-                // A check that hangs is left to finish alone (it no longer counts).
-                if t.is_finished() || deadline.is_none() {
-                    let _ = t.join();
-                }
-            }
-        }
-        log_line!(self.shared.logger, Level::Info, "stopped");
-        self.shared.logger.close();
-        if let Some(t) = control.log_thread.take() {
-            let _ = t.join();
-        }
-        Ok(())
+        self.lifecycle.stop(&self.shared, timeout)
     }
 
     /// True once `stop` has been called (by the owner).

@@ -4,16 +4,15 @@
 //! is async-signal-safe (`clock_gettime` is on POSIX's list) and has a resolution of one
 //! kernel tick (1-4 ms), ample for watchdogs measured in hundreds of milliseconds.
 
+use nix::time::{ClockId, clock_gettime};
+
 /// Milliseconds since an arbitrary point (boot), never going backwards.
 pub fn now_ms() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC_COARSE exists on every Linux
-    // since 2.6.32, and clock_gettime cannot fail for a valid clock id and pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000
+    // Cannot fail for a valid clock id (CLOCK_MONOTONIC_COARSE exists since Linux 2.6.32).
+    match clock_gettime(ClockId::CLOCK_MONOTONIC_COARSE) {
+        Ok(ts) => (ts.tv_sec() as u64) * 1000 + (ts.tv_nsec() as u64) / 1_000_000,
+        Err(_) => 0,
+    }
 }
 
 #[cfg(test)]

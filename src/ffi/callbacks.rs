@@ -1,14 +1,16 @@
-//! Host self-checks and the log callback for `lbagent`: functions of the host that the agent
-//! calls on its own threads (never on the monitor thread).
+//! Functions of the host that the agent calls on its own threads (never on the monitor
+//! thread): self-checks, and the log callback.
 
 use std::ffi::{c_char, c_int, c_void};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use super::agent::{lbagent, live_agent, service_bytes};
-use super::c_bytes;
-use super::error::{fail, lbagent_result, set_last_error};
+use super::agent::{lbagent, service_bytes, try_agent};
+use super::error::lbagent_result;
+use super::{Failure, try_str};
 use crate::log::Level;
-use lbagent_result::*;
+use crate::status::checks::MAX_CHECK_NAME;
 
 /// A host self-check: returns 0 when it passes, anything else when it fails, and may write a
 /// NUL-terminated reason into `message` (`message_len` bytes, at least 256). Called on the
@@ -25,13 +27,12 @@ pub type lbagent_free_fn = Option<unsafe extern "C" fn(userdata: *mut c_void)>;
 pub type lbagent_log_fn =
     Option<unsafe extern "C" fn(userdata: *mut c_void, level: c_int, message: *const c_char)>;
 
-/// The host's userdata pointer, carried to the check's thread. The host promises (by
-/// registering it) that its function may use it from another thread.
+/// The host's userdata, released with its function (if any) once the agent no longer needs
+/// it, and only if the agent took it (`owned`).
 struct HostData {
     userdata: *mut c_void,
     free: lbagent_free_fn,
-    /// Set once the agent took the userdata over: before that, the host still owns it.
-    owned: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    owned: Arc<AtomicBool>,
 }
 
 // SAFETY: the host hands the pointer over for use on the check's thread (documented).
@@ -41,7 +42,7 @@ unsafe impl Sync for HostData {}
 
 impl Drop for HostData {
     fn drop(&mut self) {
-        if !self.owned.load(std::sync::atomic::Ordering::Acquire) {
+        if !self.owned.load(Ordering::Acquire) {
             return;
         }
         if let Some(free) = self.free {
@@ -52,7 +53,10 @@ impl Drop for HostData {
     }
 }
 
+/// Room for a check's failure message, with its NUL.
 const MESSAGE_BUFFER: usize = 256;
+/// Longest check name read from C (names are at most 64 bytes; longer is refused).
+const NAME_READ_LIMIT: usize = 256;
 
 /// Same as `lbagent_add_check_with_free` with no release function.
 #[unsafe(no_mangle)]
@@ -66,16 +70,18 @@ pub extern "C" fn lbagent_add_check(
     interval_ms: u32,
     timeout_ms: u32,
 ) -> lbagent_result {
-    lbagent_add_check_with_free(
-        agent,
-        service,
-        name,
-        callback,
-        userdata,
-        None,
-        interval_ms,
-        timeout_ms,
-    )
+    fallible!({
+        add_check(
+            agent,
+            service,
+            name,
+            callback,
+            userdata,
+            None,
+            interval_ms,
+            timeout_ms,
+        )
+    })
 }
 
 /// Registers a host self-check named `name` (1..=64 bytes, unique) on `service` (NULL or "":
@@ -105,63 +111,77 @@ pub extern "C" fn lbagent_add_check_with_free(
     interval_ms: u32,
     timeout_ms: u32,
 ) -> lbagent_result {
-    ffi_boundary!(LBAGENT_ERR_PANIC, {
-        let agent = match live_agent(agent) {
-            Ok(a) => a,
-            Err(r) => {
-                set_last_error("lbagent_add_check: agent is NULL or not a live handle");
-                return r;
-            }
-        };
-        let Some(callback) = callback else {
-            set_last_error("lbagent_add_check: callback is NULL");
-            return LBAGENT_ERR_INVALID_ARGUMENT;
-        };
-        // SAFETY: NULL or a NUL-terminated string, per the contract.
-        let Some(name) = (unsafe { c_bytes(name, 256) }) else {
-            set_last_error("lbagent_add_check: name is NULL");
-            return LBAGENT_ERR_NULL_ARGUMENT;
-        };
-        let Ok(name) = std::str::from_utf8(name) else {
-            set_last_error("lbagent_add_check: name is not UTF-8");
-            return LBAGENT_ERR_INVALID_ARGUMENT;
-        };
-        let owned = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let host = HostData {
-            userdata,
-            free: free_userdata,
-            owned: owned.clone(),
-        };
-        let check = move || {
-            let host = &host;
-            let mut message = [0 as c_char; MESSAGE_BUFFER];
-            // SAFETY: the host's check function with its own userdata and a writable buffer.
-            let rc = unsafe { callback(host.userdata, message.as_mut_ptr(), MESSAGE_BUFFER - 1) };
-            if rc == 0 {
-                return Ok(());
-            }
-            message[MESSAGE_BUFFER - 1] = 0;
-            // SAFETY: the buffer is NUL-terminated (set just above).
-            let text = unsafe { std::ffi::CStr::from_ptr(message.as_ptr()) };
-            Err(String::from_utf8_lossy(text.to_bytes()).into_owned())
-        };
-        let added = agent.add_check_boxed(
-            service_bytes(service),
+    fallible!({
+        add_check(
+            agent,
+            service,
             name,
-            Duration::from_millis(u64::from(interval_ms)),
-            Duration::from_millis(u64::from(timeout_ms)),
-            Box::new(check),
-        );
-        match added {
-            Ok(()) => {
-                owned.store(true, std::sync::atomic::Ordering::Release);
-                LBAGENT_OK
-            }
-            // The closure was dropped unused, without calling the release function: the
-            // host still owns its data.
-            Err(e) => fail(&e),
-        }
+            callback,
+            userdata,
+            free_userdata,
+            interval_ms,
+            timeout_ms,
+        )
     })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn add_check(
+    agent: *mut lbagent,
+    service: *const c_char,
+    name: *const c_char,
+    callback: lbagent_check_fn,
+    userdata: *mut c_void,
+    free_userdata: lbagent_free_fn,
+    interval_ms: u32,
+    timeout_ms: u32,
+) -> Result<(), Failure> {
+    let agent = try_agent(agent)?;
+    let service = service_bytes(service);
+    let name = try_str(name, NAME_READ_LIMIT, "name")?;
+    if name.is_empty() || name.len() > MAX_CHECK_NAME {
+        return Err(Failure::invalid(format!(
+            "name \"{}\" has {} bytes: 1..={MAX_CHECK_NAME}",
+            name.escape_default(),
+            name.len()
+        )));
+    }
+    let callback = callback.ok_or_else(|| Failure::invalid("callback is NULL"))?;
+    if interval_ms == 0 {
+        return Err(Failure::invalid(
+            "interval_ms is 0: a check runs every interval_ms > 0",
+        ));
+    }
+    let owned = Arc::new(AtomicBool::new(false));
+    let host = HostData {
+        userdata,
+        free: free_userdata,
+        owned: owned.clone(),
+    };
+    let check = move || {
+        let host = &host;
+        let mut message = [0 as c_char; MESSAGE_BUFFER];
+        // SAFETY: the host's check function with its own userdata and a writable buffer.
+        let rc = unsafe { callback(host.userdata, message.as_mut_ptr(), MESSAGE_BUFFER - 1) };
+        if rc == 0 {
+            return Ok(());
+        }
+        message[MESSAGE_BUFFER - 1] = 0;
+        // SAFETY: the buffer is NUL-terminated (set just above).
+        let text = unsafe { std::ffi::CStr::from_ptr(message.as_ptr()) };
+        Err(String::from_utf8_lossy(text.to_bytes()).into_owned())
+    };
+    // On failure the closure is dropped unused, without calling the release function: the
+    // host still owns its data.
+    agent.add_check_boxed(
+        service,
+        name,
+        Duration::from_millis(u64::from(interval_ms)),
+        Duration::from_millis(u64::from(timeout_ms)),
+        Box::new(check),
+    )?;
+    owned.store(true, Ordering::Release);
+    Ok(())
 }
 
 /// Removes the check named `name`: it no longer counts from now on, and its callback is not
@@ -172,19 +192,10 @@ pub extern "C" fn lbagent_add_check_with_free(
 /// `LBAGENT_ERR_BAD_HANDLE`. Thread-safe; does not wait for a running callback.
 #[unsafe(no_mangle)]
 pub extern "C" fn lbagent_remove_check(agent: *mut lbagent, name: *const c_char) -> lbagent_result {
-    ffi_boundary!(LBAGENT_ERR_PANIC, {
-        let agent = match live_agent(agent) {
-            Ok(a) => a,
-            Err(r) => return r,
-        };
-        // SAFETY: NULL or a NUL-terminated string.
-        let Some(name) = (unsafe { c_bytes(name, 256) }) else {
-            return LBAGENT_ERR_NULL_ARGUMENT;
-        };
-        match agent.remove_check(&String::from_utf8_lossy(name)) {
-            Ok(()) => LBAGENT_OK,
-            Err(e) => (&e).into(),
-        }
+    fallible!({
+        let agent = try_agent(agent)?;
+        let name = try_str(name, NAME_READ_LIMIT, "name")?;
+        Ok(agent.remove_check(name)?)
     })
 }
 
@@ -202,16 +213,13 @@ pub extern "C" fn lbagent_set_log_callback(
     callback: lbagent_log_fn,
     userdata: *mut c_void,
 ) -> lbagent_result {
-    ffi_boundary!(LBAGENT_ERR_PANIC, {
-        let agent = match live_agent(agent) {
-            Ok(a) => a,
-            Err(r) => return r,
-        };
+    fallible!({
+        let agent = try_agent(agent)?;
         let callback = callback.map(|f| {
             let host = HostData {
                 userdata,
                 free: None,
-                owned: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                owned: Arc::new(AtomicBool::new(false)),
             };
             let forward = move |level: Level, line: &str| {
                 let host = &host;
@@ -221,11 +229,8 @@ pub extern "C" fn lbagent_set_log_callback(
                 // SAFETY: the host's log function with its userdata and a NUL-terminated line.
                 unsafe { f(host.userdata, level as c_int, line.as_ptr()) };
             };
-            std::sync::Arc::new(forward) as crate::log::LogCallback
+            Arc::new(forward) as crate::log::LogCallback
         });
-        match agent.set_log_callback(callback) {
-            Ok(()) => LBAGENT_OK,
-            Err(e) => fail(&e),
-        }
+        Ok(agent.set_log_callback(callback)?)
     })
 }

@@ -98,13 +98,14 @@ pub const MAX_LINE: usize = 255;
 /// Longer answers are cut from the end: first the reason, then the weight, then the other
 /// words; the first word is always kept whole when at least its length plus one fits.
 pub fn write_reply(status: &Status, max_len: usize, out: &mut [u8]) -> usize {
-    write_agent_reply(status, None, max_len, out)
+    write_line(status, None, max_len, out)
 }
 
 /// `write_reply` with `maxconn:N` after the weight (HAProxy's agent-check sets the server's
-/// maxconn from it), when `maxconn` is given. When the line must be cut, it goes after the
-/// reason and before the weight: when it does not fit, neither does the reason.
-pub fn write_agent_reply(
+/// maxconn from it, see `agent_check.rs`), when `maxconn` is given. When the line must be cut,
+/// it goes after the reason and before the weight: when it does not fit, neither does the
+/// reason.
+pub(crate) fn write_line(
     status: &Status,
     maxconn: Option<u32>,
     max_len: usize,
@@ -262,7 +263,7 @@ mod tests {
 
     #[test]
     fn the_state_table_of_protocol_md_is_what_is_sent() {
-        let doc = include_str!("../docs/PROTOCOL.md");
+        let doc = include_str!("../../docs/PROTOCOL.md");
         let table = doc
             .split_once("| state | line | keepalived `require_reply 7570` | HAProxy shows |\n")
             .expect("the state-to-line table in docs/PROTOCOL.md")
@@ -299,7 +300,7 @@ mod tests {
     fn agent_lines_with_maxconn() {
         let agent_line = |s: &Status, maxconn, max| {
             let mut out = [0u8; 512];
-            let n = write_agent_reply(s, maxconn, max, &mut out);
+            let n = write_line(s, maxconn, max, &mut out);
             String::from_utf8(out[..n].to_vec()).unwrap()
         };
         let up = status(State::Up, 50, "ready");

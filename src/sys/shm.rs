@@ -10,29 +10,24 @@ use std::io;
 use std::ops::Deref;
 use std::ptr::NonNull;
 
-/// Types made only of atomics (and arrays of them), for which all-zero bytes are a valid
-/// value and which may be shared between threads and processes.
-///
-/// # Safety
-/// Implementors must be valid when all their bytes are zero, contain no pointers, and be
-/// `Sync`.
-pub(crate) unsafe trait Zeroable: Sync {}
-
-unsafe impl Zeroable for std::sync::atomic::AtomicU64 {}
+/// What a mapping may hold: types valid when all their bytes are zero (bytemuck's
+/// `Zeroable`, derived, so checked field by field) and shared between threads. Only atomics
+/// and arrays of them are put there: no pointers, which would mean nothing in another process.
+pub(crate) use bytemuck::Zeroable;
 
 /// A slice of `T` in a shared anonymous mapping, zero-filled at creation.
-pub(crate) struct ShmSlice<T: Zeroable> {
+pub(crate) struct ShmSlice<T: Zeroable + Sync> {
     ptr: NonNull<T>,
     len: usize,
     bytes: usize,
 }
 
-// SAFETY: `T: Zeroable` is `Sync`; the mapping is only accessed through `&[T]`.
-unsafe impl<T: Zeroable> Send for ShmSlice<T> {}
+// SAFETY: `T` is `Sync`; the mapping is only accessed through `&[T]`.
+unsafe impl<T: Zeroable + Sync> Send for ShmSlice<T> {}
 // SAFETY: as above.
-unsafe impl<T: Zeroable> Sync for ShmSlice<T> {}
+unsafe impl<T: Zeroable + Sync> Sync for ShmSlice<T> {}
 
-impl<T: Zeroable> ShmSlice<T> {
+impl<T: Zeroable + Sync> ShmSlice<T> {
     /// Maps `len` zeroed values shared with future children of this process.
     pub(crate) fn new(len: usize) -> io::Result<ShmSlice<T>> {
         let bytes = std::mem::size_of::<T>()
@@ -59,7 +54,7 @@ impl<T: Zeroable> ShmSlice<T> {
     }
 }
 
-impl<T: Zeroable> Deref for ShmSlice<T> {
+impl<T: Zeroable + Sync> Deref for ShmSlice<T> {
     type Target = [T];
 
     fn deref(&self) -> &[T] {
@@ -69,7 +64,7 @@ impl<T: Zeroable> Deref for ShmSlice<T> {
     }
 }
 
-impl<T: Zeroable> Drop for ShmSlice<T> {
+impl<T: Zeroable + Sync> Drop for ShmSlice<T> {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly what `new` mapped; no reference outlives `self`. Other
         // processes keep their own mapping.

@@ -1,0 +1,249 @@
+//! What an agent answered: decoding a datagram received for a probe into an [`Answer`], or
+//! into why it is none ([`ProbeError`]).
+
+use std::fmt;
+use std::io;
+use std::time::Duration;
+
+use crate::keys::Key;
+use crate::proto::auth::{self, AuthError};
+use crate::proto::wire::{self, Reply};
+use crate::state::{Reason, State};
+
+/// An agent's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// The state (`State::Unknown` also for a value this version does not know).
+    pub state: State,
+    /// Why, when the code is one this version knows.
+    pub reason: Option<Reason>,
+    /// The raw reason code.
+    pub reason_code: u8,
+    /// Percent of the weight configured on the director.
+    pub weight_pct: u8,
+    /// Work in progress.
+    pub in_use: u32,
+    /// Capacity (0 = unknown).
+    pub capacity: u32,
+    /// Increases on every change of state, reason or weight.
+    pub generation: u32,
+    /// Milliseconds since the state last changed.
+    pub since_ms: u32,
+    /// Random at each agent start.
+    pub instance_id: u64,
+    /// The host's reason text.
+    pub message: String,
+    /// Round-trip time of this probe.
+    pub rtt: Duration,
+}
+
+impl Answer {
+    /// True when the server should receive new connections: up, with a weight above zero.
+    pub fn is_serving(&self) -> bool {
+        self.state == State::Up && self.weight_pct > 0
+    }
+}
+
+impl fmt::Display for Answer {
+    /// The state in a few words: `up (set by host), weight 100%, load 3/64: "ready"`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (", self.state)?;
+        match self.reason {
+            Some(r) => write!(f, "{r}")?,
+            None => write!(f, "reason {}", self.reason_code)?,
+        }
+        write!(f, "), weight {}%, load {}", self.weight_pct, self.in_use)?;
+        if self.capacity > 0 {
+            write!(f, "/{}", self.capacity)?;
+        }
+        if !self.message.is_empty() {
+            write!(f, ": \"{}\"", self.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a probe got no valid answer.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ProbeError {
+    /// The target is not `HOST[:PORT]` or the name does not resolve.
+    BadTarget(String),
+    /// No answer within the timeout.
+    Timeout(Duration),
+    /// ICMP port unreachable: nothing listens on that UDP port.
+    Refused,
+    /// ICMP host or network unreachable (or no route): the host is down or cannot be reached.
+    Unreachable(io::Error),
+    /// The answer is not protocol v1: something else listens there.
+    NotAnAgent(&'static str),
+    /// The agent speaks another protocol version.
+    VersionMismatch {
+        /// Highest version the agent speaks.
+        agent_version: u8,
+    },
+    /// The agent requires authenticated probes.
+    AuthRequired,
+    /// With a key: the answers did not authenticate, or the agent answers unauthenticated
+    /// probes but dropped the sealed ones (an unknown key id, another secret, or clocks
+    /// further apart than its `auth_window_ms`).
+    WrongKey(String),
+    /// A local socket error.
+    Io(io::Error),
+}
+
+impl ProbeError {
+    /// A one-word name for scripts (`--json`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProbeError::BadTarget(_) => "bad-target",
+            ProbeError::Timeout(_) => "timeout",
+            ProbeError::Refused => "refused",
+            ProbeError::Unreachable(_) => "unreachable",
+            ProbeError::NotAnAgent(_) => "not-an-agent",
+            ProbeError::VersionMismatch { .. } => "version-mismatch",
+            ProbeError::AuthRequired => "auth-required",
+            ProbeError::WrongKey(_) => "wrong-key",
+            ProbeError::Io(_) => "io",
+        }
+    }
+}
+
+impl fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProbeError::BadTarget(why) => write!(f, "bad target: {why}"),
+            ProbeError::Timeout(t) => write!(
+                f,
+                "timeout: no answer within {} ms (agent not running, port filtered, or source not allowed)",
+                t.as_millis()
+            ),
+            ProbeError::Refused => {
+                f.write_str("refused: ICMP port unreachable (nothing listens on that UDP port)")
+            }
+            ProbeError::Unreachable(e) => write!(f, "unreachable: {e} (host down or no route)"),
+            ProbeError::NotAnAgent(what) => write!(f, "not an lbagent: {what}"),
+            ProbeError::VersionMismatch { agent_version } => write!(
+                f,
+                "version mismatch: the agent speaks protocol version {agent_version}, this prober {}",
+                wire::VERSION
+            ),
+            ProbeError::AuthRequired => f.write_str(
+                "authentication required: the agent only answers authenticated probes (use a key)",
+            ),
+            ProbeError::WrongKey(why) => write!(f, "wrong key: {why}"),
+            ProbeError::Io(e) => write!(f, "socket error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ProbeError {}
+
+/// The nonce of a protocol v1 answer, if `datagram` is one.
+pub(crate) fn answer_nonce(datagram: &[u8]) -> Option<u64> {
+    (datagram.len() >= 16 && datagram.starts_with(&wire::MAGIC)).then(|| {
+        let mut n = [0u8; 8];
+        n.copy_from_slice(&datagram[8..16]);
+        u64::from_be_bytes(n)
+    })
+}
+
+/// Maps a socket error to what it says about the target: ICMP errors reported on the socket
+/// are answers too.
+pub(crate) fn io_error(e: io::Error) -> ProbeError {
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) => ProbeError::Refused,
+        Some(libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN | libc::ENETDOWN) => {
+            ProbeError::Unreachable(e)
+        }
+        _ => ProbeError::Io(e),
+    }
+}
+
+/// Interprets a datagram received in answer to the probe with `nonce`; `Ok(None)` for a stale
+/// answer to another probe (keep waiting).
+pub fn read_answer(
+    datagram: &[u8],
+    nonce: u64,
+    rtt: Duration,
+) -> Result<Option<Answer>, ProbeError> {
+    read_answer_keyed(datagram, nonce, rtt, None)
+}
+
+/// `read_answer` for a probe sealed with `key`: an answer that does not authenticate with it
+/// is `WrongKey` (the caller keeps waiting for a valid one until its deadline).
+pub fn read_answer_keyed(
+    datagram: &[u8],
+    nonce: u64,
+    rtt: Duration,
+    key: Option<&Key>,
+) -> Result<Option<Answer>, ProbeError> {
+    match wire::decode_reply(datagram) {
+        Ok(Reply::Status(s)) => {
+            if s.nonce != nonce {
+                return Ok(None);
+            }
+            if let Some(key) = key {
+                match auth::open(datagram, |id| (id == key.id()).then_some(key)) {
+                    Ok(_) => {}
+                    Err(AuthError::Missing) => {
+                        return Err(ProbeError::WrongKey(
+                            "the answer is not sealed (the agent has no key_file?)".into(),
+                        ));
+                    }
+                    Err(AuthError::UnknownKey(id)) => {
+                        return Err(ProbeError::WrongKey(format!(
+                            "the answer is sealed with key id {id}, not {}",
+                            key.id()
+                        )));
+                    }
+                    Err(_) => {
+                        return Err(ProbeError::WrongKey(format!(
+                            "the answer does not authenticate with key id {} (forged, or another secret)",
+                            key.id()
+                        )));
+                    }
+                }
+            }
+            Ok(Some(Answer {
+                state: State::from_u8(s.state).unwrap_or(State::Unknown),
+                reason: Reason::from_u8(s.reason),
+                reason_code: s.reason,
+                weight_pct: s.weight_pct.min(100) as u8,
+                in_use: s.in_use,
+                capacity: s.capacity,
+                generation: s.generation,
+                since_ms: s.since_ms,
+                instance_id: s.instance_id,
+                message: String::from_utf8_lossy(s.message).into_owned(),
+                rtt,
+            }))
+        }
+        Ok(Reply::Error {
+            nonce: n,
+            version,
+            code,
+        }) => {
+            if n != nonce {
+                return Ok(None);
+            }
+            match code {
+                // An unauthenticated ERROR cannot override a sealed probe: keep waiting.
+                wire::ERROR_AUTH_REQUIRED if key.is_some() => Err(ProbeError::WrongKey(
+                    "the agent answered \"authentication required\" to a sealed probe".into(),
+                )),
+                wire::ERROR_AUTH_REQUIRED => Err(ProbeError::AuthRequired),
+                _ => Err(ProbeError::VersionMismatch {
+                    agent_version: version,
+                }),
+            }
+        }
+        Err(wire::DecodeError::NotProtocol) => Err(ProbeError::NotAnAgent(
+            "the answer is not lbagent protocol (another UDP service on that port?)",
+        )),
+        Err(wire::DecodeError::UnexpectedType(wire::TYPE_PROBE)) => Err(ProbeError::NotAnAgent(
+            "the probe came back unchanged (a UDP echo service?)",
+        )),
+        Err(_) => Err(ProbeError::NotAnAgent("a malformed lbagent answer")),
+    }
+}
