@@ -74,6 +74,7 @@ enum class Reason : int {
     AgentFault = LBAGENT_REASON_AGENT_FAULT,
     CheckTimedOut = LBAGENT_REASON_CHECK_TIMED_OUT,
     WorkerStalled = LBAGENT_REASON_WORKER_STALLED,
+    StartTimedOut = LBAGENT_REASON_START_TIMED_OUT,
 };
 
 // The level of a line given to a log callback (LBAGENT_LOG_LEVEL_*).
@@ -109,6 +110,7 @@ enum class Counter : int {
     ConnDroppedNotAllowed = LBAGENT_COUNTER_CONN_DROPPED_NOT_ALLOWED,
     ConnTimedOut = LBAGENT_COUNTER_CONN_TIMED_OUT,
     ConnFailed = LBAGENT_COUNTER_CONN_FAILED,
+    HostUnknownService = LBAGENT_COUNTER_HOST_UNKNOWN_SERVICE,
 };
 
 // The lower-case name of a state ("up", "drain", ...). Async-signal-safe.

@@ -84,6 +84,7 @@ PROTOTYPES: Dict[str, Tuple[object, List[object]]] = {
     "lbagent_stop": (c_int, [AGENT_P, c_uint32]),
     "lbagent_free": (None, [AGENT_P]),
     "lbagent_state_name": (c_char_p, [c_int]),
+    "lbagent_reason_name": (c_char_p, [c_int]),
     "lbagent_strerror": (c_char_p, [c_int]),
     "lbagent_last_error": (c_size_t, [POINTER(c_char), c_size_t]),
     "lbagent_version": (c_char_p, []),

@@ -404,6 +404,11 @@ def state_name(state: Union[State, int]) -> str:
     return _native.load().lbagent_state_name(_int("state", state, 32, signed=True)).decode()
 
 
+def reason_name(reason: Union[Reason, int]) -> str:
+    """The library's name of a reason ("host", "watchdog-expired", ...; "invalid" otherwise)."""
+    return _native.load().lbagent_reason_name(_int("reason", reason, 32, signed=True)).decode()
+
+
 def strerror(code: Union[Result, int]) -> str:
     """The library's text for a result code."""
     return _native.load().lbagent_strerror(_int("code", code, 32, signed=True)).decode()

@@ -210,6 +210,9 @@ def test_versions_agree():
     assert lbagent.strerror(999) == "unknown result code"
     assert lbagent.state_name(lbagent.State.DRAIN) == "drain"
     assert lbagent.state_name(42) == "invalid"
+    assert lbagent.reason_name(lbagent.Reason.START_TIMED_OUT) == "start-timed-out"
+    assert lbagent.reason_name(lbagent.Reason.HOST) == "host"
+    assert lbagent.reason_name(42) == "invalid"
 
 
 # ---- Finding the library -----------------------------------------------------------------

@@ -293,6 +293,10 @@ static void static_strings(void) {
     CHECK(strlen(lbagent_strerror(LBAGENT_ERR_BIND)) > 0);
     CHECK(strcmp(lbagent_state_name(LBAGENT_STATE_DRAIN), "drain") == 0);
     CHECK(strcmp(lbagent_state_name(99), "invalid") == 0);
+    CHECK(strcmp(lbagent_reason_name(LBAGENT_REASON_WATCHDOG_EXPIRED), "watchdog-expired") == 0);
+    CHECK(strcmp(lbagent_reason_name(LBAGENT_REASON_START_TIMED_OUT), "start-timed-out") == 0);
+    CHECK(strcmp(lbagent_reason_name(-1), "invalid") == 0);
+    CHECK(strcmp(lbagent_reason_name(256), "invalid") == 0);
     /* lbagent_last_error: snprintf-like length, NUL-terminated cut. */
     {
         lbagent *a = NULL;
