@@ -688,6 +688,104 @@ mod tests {
     }
 
     #[test]
+    fn the_watchdog_waits_for_the_start_to_end() {
+        // Warm-up without heartbeats: STARTING as the host says, however long it takes.
+        let b = board(3000);
+        let s = b.status(Target::Server, 1_000_000);
+        assert_eq!((s.state, s.reason), (State::Starting, Reason::Host));
+        assert_eq!(s.generation, 0);
+        // A host update during warm-up (STARTING, with a text) does not end the start.
+        b.set_state(
+            Target::Server,
+            State::Starting,
+            Reason::Host,
+            Some(&Text::from_static("loading 40%")),
+            1_000_000,
+        );
+        assert_eq!(b.status(Target::Server, 2_000_000).state, State::Starting);
+        // The first heartbeat arms it.
+        b.heartbeat(2_000_000);
+        assert_eq!(b.status(Target::Server, 2_003_000).state, State::Starting);
+        let s = b.status(Target::Server, 2_003_001);
+        assert_eq!((s.state, s.reason), (State::Down, Reason::WatchdogExpired));
+        assert_eq!(s.since_ms, 1);
+    }
+
+    #[test]
+    fn up_without_a_heartbeat_arms_the_watchdog() {
+        let b = board(3000);
+        b.set_state(Target::Server, State::Up, Reason::Host, None, 5000);
+        assert!(b.status(Target::Server, 8000).is_serving());
+        let s = b.status(Target::Server, 8001);
+        assert_eq!((s.state, s.reason), (State::Down, Reason::WatchdogExpired));
+        // Going back to STARTING later (a reload) does not disarm it.
+        b.heartbeat(9000);
+        b.set_state(Target::Server, State::Starting, Reason::Host, None, 9000);
+        assert_eq!(b.status(Target::Server, 12_000).state, State::Starting);
+        assert_eq!(
+            b.status(Target::Server, 12_001).reason,
+            Reason::WatchdogExpired
+        );
+        // A service's state does not end the start.
+        let c = board(3000);
+        c.set_state(Target::Service(0), State::Up, Reason::Host, None, 1000);
+        assert_eq!(c.status(Target::Server, 100_000).state, State::Starting);
+    }
+
+    #[test]
+    fn another_initial_state_is_a_start_that_ended() {
+        let services: [String; 0] = [];
+        let config = BoardConfig {
+            initial: State::Up,
+            services: &services,
+            watchdog_ms: 3000,
+            workers: 0,
+            worker_timeout_ms: 1000,
+            worker_policy: WorkerPolicy::Any,
+        };
+        let b = Board::new(&config, 1000).unwrap().with_start_timeout(500);
+        assert!(b.status(Target::Server, 4000).is_serving());
+        assert_eq!(
+            b.status(Target::Server, 4001).reason,
+            Reason::WatchdogExpired
+        );
+    }
+
+    #[test]
+    fn a_start_that_does_not_end_times_out() {
+        let b = board(3000).with_start_timeout(5000);
+        let s = b.status(Target::Server, 6000);
+        assert_eq!((s.state, s.reason, s.generation), (State::Starting, Reason::Host, 0));
+        let s = b.status(Target::Server, 6250);
+        assert_eq!(
+            (s.state, s.reason, s.message.as_str(), s.since_ms),
+            (State::Down, Reason::StartTimedOut, "start timed out", 250)
+        );
+        assert_eq!(s.generation, 1);
+        // Every service with it.
+        assert_eq!(
+            b.status(Target::Service(1), 6250).reason,
+            Reason::StartTimedOut
+        );
+        // The start ends (the first heartbeat): the host's state again, and the watchdog.
+        b.heartbeat(7000);
+        let r = b.status(Target::Server, 7100);
+        assert_eq!((r.state, r.reason), (State::Starting, Reason::Host));
+        assert_eq!((r.generation, r.since_ms), (2, 100));
+        assert_eq!(
+            b.status(Target::Server, 10_001).reason,
+            Reason::WatchdogExpired
+        );
+        // Ended by UP instead, before the deadline: never times out.
+        let b = board(0).with_start_timeout(5000);
+        b.set_state(Target::Server, State::Up, Reason::Host, None, 2000);
+        assert!(b.status(Target::Server, 1_000_000).is_serving());
+        // No bound: a start may take any time.
+        let b = board(0);
+        assert_eq!(b.status(Target::Server, u64::MAX / 2).state, State::Starting);
+    }
+
+    #[test]
     fn stopping_and_fault_override() {
         let b = board(0);
         b.set_state(Target::Server, State::Up, Reason::Host, None, 1000);
