@@ -183,7 +183,14 @@ def load() -> Library:
                 except AttributeError as e:  # a library without lbagent's functions
                     tried.append(f"{path} ({why}): not lbagent: {e}")
             else:
+                if os.environ.get(LIBRARY_ENV):
+                    fix = (f"fix {LIBRARY_ENV} (the path of {SONAME}), or unset it to search "
+                           "the system")
+                else:
+                    fix = (f"to fix it, set {LIBRARY_ENV} to the path of {SONAME} (make build "
+                           "puts it in build/lib/), or install it (make install) and run "
+                           "ldconfig, or add its directory to LD_LIBRARY_PATH")
                 raise LibraryNotFoundError(
-                    "lbagent: cannot load the library; tried " + "; ".join(tried)
+                    "lbagent: cannot load the library; tried " + "; ".join(tried) + "; " + fix
                 )
         return _library
