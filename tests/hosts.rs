@@ -642,7 +642,7 @@ fn readme_c_quick_start_and_self_check_compile_with_warnings_as_errors() {
 
 #[test]
 fn readme_cpp_and_signal_handler_snippets_compile_with_warnings_as_errors() {
-    let cpp = readme_block("### C++: `include/lbagent.hpp`", "cpp");
+    let cpp = readme_block("## C++: `include/lbagent.hpp`", "cpp");
     let (includes, body): (Vec<&str>, Vec<&str>) =
         cpp.lines().partition(|l| l.starts_with("#include"));
     compiles(

@@ -280,7 +280,7 @@ def test_a_python_signal_handler_can_call_in_while_the_main_thread_does():
 
 def test_the_readme_snippet(capsys):
     readme = (REPO / "README.md").read_text()
-    section = readme.split("\n### Python and asyncio\n", 1)[1]
+    section = readme.split("\n## Python and asyncio\n", 1)[1]
     snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
     exec(snippet.replace('"0.0.0.0:4950"', '"127.0.0.1:0"'), {})
     printed = capsys.readouterr().out
