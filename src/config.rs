@@ -243,12 +243,8 @@ impl Config {
                 })?
             }
             "start_timeout_ms" => {
-                self.start_timeout_ms = parse_number(
-                    key,
-                    value,
-                    0,
-                    "milliseconds (0: a start may take any time)",
-                )?
+                self.start_timeout_ms =
+                    parse_number(key, value, 0, "milliseconds (0: a start may take any time)")?
             }
             "initial_state" => {
                 self.initial_state = match State::from_name(value) {
@@ -409,7 +405,9 @@ pub(crate) fn nearest<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k)
         .or_else(|| {
-            let mut longer = known.iter().filter(|k| word.len() >= 4 && k.starts_with(word));
+            let mut longer = known
+                .iter()
+                .filter(|k| word.len() >= 4 && k.starts_with(word));
             match (longer.next(), longer.next()) {
                 (Some(k), None) => Some(*k),
                 _ => None,

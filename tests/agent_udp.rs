@@ -251,7 +251,8 @@ fn the_watchdog_is_armed_when_the_start_ends() {
     assert!(ask(addr, KEEPALIVED_PAYLOAD).starts_with(b"init"));
     // UP without a heartbeat arms it: a host that forgot its heartbeats is caught.
     agent.set_state("", State::Up, Some("ready")).unwrap();
-    assert!(eventually(Duration::from_secs(5), || probe(addr, "").reason
+    assert!(eventually(Duration::from_secs(5), || probe(addr, "")
+        .reason
         == Some(Reason::WatchdogExpired)));
     assert_eq!(probe(addr, "").state, State::Down);
     agent.heartbeat().unwrap();
@@ -260,7 +261,8 @@ fn the_watchdog_is_armed_when_the_start_ends() {
     // The first heartbeat arms it too, while the server still says STARTING.
     let (agent, addr) = common::agent("watchdog_ms=200");
     agent.heartbeat().unwrap();
-    assert!(eventually(Duration::from_secs(5), || probe(addr, "").reason
+    assert!(eventually(Duration::from_secs(5), || probe(addr, "")
+        .reason
         == Some(Reason::WatchdogExpired)));
 }
 
@@ -269,7 +271,8 @@ fn a_start_that_does_not_end_in_start_timeout_ms_is_down() {
     let (agent, addr) = agent("watchdog_ms=5000 start_timeout_ms=300 services=game");
     let first = probe(addr, "");
     assert!(
-        eventually(Duration::from_secs(5), || probe(addr, "").state == State::Down),
+        eventually(Duration::from_secs(5), || probe(addr, "").state
+            == State::Down),
         "first {first:?}"
     );
     let down = probe(addr, "game");
@@ -299,7 +302,9 @@ fn host_calls_naming_an_unknown_service_are_counted() {
     assert!(agent.set_load("gmae", 1, 2).is_err());
     assert!(
         agent
-            .add_check("gmae", "db", Duration::from_secs(1), Duration::ZERO, || Ok(()))
+            .add_check("gmae", "db", Duration::from_secs(1), Duration::ZERO, || Ok(
+                ()
+            ))
             .is_err()
     );
     assert_eq!(agent.counter(Counter::HostUnknownService), 4);

@@ -94,9 +94,7 @@ fn bash(dir: &Path, script: &str) -> Command {
 
 fn has_section(file: &Path, section: &str) -> bool {
     let out = run(Command::new("readelf").args(["-S", "--wide"]).arg(file));
-    stdout(&out)
-        .split_whitespace()
-        .any(|word| word == section)
+    stdout(&out).split_whitespace().any(|word| word == section)
 }
 
 /// Runs an example (`demo_server` or `cpp_server`) until a director would send it traffic,
@@ -165,7 +163,10 @@ fn install_into_a_prefix_of_ones_own_and_build_the_examples_with_pkg_config() {
     let lib = prefix.join("lib");
     for (name, link) in [
         ("liblbagent.so", Some("liblbagent.so.0")),
-        ("liblbagent.so.0", Some(format!("liblbagent.so.{VERSION}").as_str())),
+        (
+            "liblbagent.so.0",
+            Some(format!("liblbagent.so.{VERSION}").as_str()),
+        ),
         ("liblbagent.a", None),
         ("pkgconfig/lbagent.pc", None),
     ] {
@@ -185,7 +186,10 @@ fn install_into_a_prefix_of_ones_own_and_build_the_examples_with_pkg_config() {
         assert!(!has_section(&path, ".debug_info"), "{tool} is not stripped");
     }
     let pc = std::fs::read_to_string(lib.join("pkgconfig/lbagent.pc")).unwrap();
-    assert!(pc.starts_with(&format!("prefix={}\n", prefix.display())), "{pc}");
+    assert!(
+        pc.starts_with(&format!("prefix={}\n", prefix.display())),
+        "{pc}"
+    );
     assert!(pc.contains(&format!("Version: {VERSION}\n")), "{pc}");
 
     // The examples built by the README's commands find the library through their rpath...
@@ -205,7 +209,10 @@ fn install_into_a_prefix_of_ones_own_and_build_the_examples_with_pkg_config() {
     // ...and without one, as the README says: nothing, then LD_LIBRARY_PATH.
     let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
     let flat: String = readme.split_whitespace().collect::<Vec<_>>().join(" ");
-    assert!(flat.contains(NOT_FOUND), "the README shows the loader's error");
+    assert!(
+        flat.contains(NOT_FOUND),
+        "the README shows the loader's error"
+    );
     run(&mut bash(
         &dir,
         "export PKG_CONFIG_PATH=$HOME/lbagent/lib/pkgconfig\n\
@@ -256,9 +263,7 @@ fn usr_files() -> Vec<(PathBuf, Option<SystemTime>)> {
     ]
     .iter()
     .map(|p| {
-        let modified = std::fs::symlink_metadata(p)
-            .and_then(|m| m.modified())
-            .ok();
+        let modified = std::fs::symlink_metadata(p).and_then(|m| m.modified()).ok();
         (PathBuf::from(p), modified)
     })
     .collect()
@@ -278,11 +283,17 @@ fn install_into_a_staging_tree_for_a_package() {
     assert!(stage.join("include/lbagent.h").is_file());
     assert!(stage.join("bin/lbagent-director").is_file());
     let pc = std::fs::read_to_string(lib.join("pkgconfig/lbagent.pc")).unwrap();
-    assert!(pc.starts_with("prefix=/usr\n"), "the package's prefix: {pc}");
+    assert!(
+        pc.starts_with("prefix=/usr\n"),
+        "the package's prefix: {pc}"
+    );
 
     // Stripped, and still the whole API.
     let built = target_dir().join("liblbagent.so");
-    assert!(has_section(&built, ".debug_info"), "the test build has debug information");
+    assert!(
+        has_section(&built, ".debug_info"),
+        "the test build has debug information"
+    );
     assert!(!has_section(&so, ".debug_info"));
     let size = |p: &Path| std::fs::metadata(p).unwrap().len();
     assert!(size(&so) < size(&built));
@@ -299,12 +310,19 @@ fn install_into_a_staging_tree_for_a_package() {
         .arg(repo())
         .arg("install")
         .arg(format!("RELEASE={}", target_dir().display()))
-        .args(["CARGO=/nonexistent/cargo", "PREFIX=/usr", "DEBUG_INFO=separate"])
+        .args([
+            "CARGO=/nonexistent/cargo",
+            "PREFIX=/usr",
+            "DEBUG_INFO=separate",
+        ])
         .arg(format!("DESTDIR={}", separate.display())));
     let so = separate.join(format!("usr/lib/liblbagent.so.{VERSION}"));
     let probe = separate.join("usr/bin/lbagent-probe");
     for (file, debug) in [
-        (&so, separate.join(format!("usr/lib/.debug/liblbagent.so.{VERSION}.debug"))),
+        (
+            &so,
+            separate.join(format!("usr/lib/.debug/liblbagent.so.{VERSION}.debug")),
+        ),
         (&probe, separate.join("usr/bin/.debug/lbagent-probe.debug")),
     ] {
         assert!(!has_section(file, ".debug_info"), "{file:?}");

@@ -186,8 +186,7 @@ impl Board {
     /// compare-and-swap the first time only.
     fn leave_starting(&self, target: Target, state: State, now: impl FnOnce() -> u64) {
         let at = &self.header().left_starting_at;
-        if target == Target::Server && state != State::Starting && at.load(Ordering::Relaxed) == 0
-        {
+        if target == Target::Server && state != State::Starting && at.load(Ordering::Relaxed) == 0 {
             let _ = at.compare_exchange(0, now().max(1), Ordering::AcqRel, Ordering::Relaxed);
         }
     }
@@ -755,7 +754,10 @@ mod tests {
     fn a_start_that_does_not_end_times_out() {
         let b = board(3000).with_start_timeout(5000);
         let s = b.status(Target::Server, 6000);
-        assert_eq!((s.state, s.reason, s.generation), (State::Starting, Reason::Host, 0));
+        assert_eq!(
+            (s.state, s.reason, s.generation),
+            (State::Starting, Reason::Host, 0)
+        );
         let s = b.status(Target::Server, 6250);
         assert_eq!(
             (s.state, s.reason, s.message.as_str(), s.since_ms),
@@ -782,7 +784,10 @@ mod tests {
         assert!(b.status(Target::Server, 1_000_000).is_serving());
         // No bound: a start may take any time.
         let b = board(0);
-        assert_eq!(b.status(Target::Server, u64::MAX / 2).state, State::Starting);
+        assert_eq!(
+            b.status(Target::Server, u64::MAX / 2).state,
+            State::Starting
+        );
     }
 
     #[test]
