@@ -42,10 +42,9 @@
 // - ~Agent() blocks at most 5 s for the agent's monitor thread (it normally ends within
 //   milliseconds), then for a log callback that is running to return. It never waits for a
 //   check that hangs: that check's thread destroys the function when its run returns.
-// - Threads: every member function may be called from any thread at once, as the C
-//   functions may (set_log_callback takes a lock of its own). Constructing, moving, assigning
-//   and destroying an Agent or a Prober must not overlap other calls on the same object. A
-//   Prober is one event loop's: use it from one thread at a time.
+// - Threads: every member function of Agent and Prober may be called from any thread at once,
+//   as the C functions may (set_log_callback takes a lock of its own). Constructing, moving,
+//   assigning and destroying one must not overlap other calls on the same object.
 //
 // Requires C++11 (the wrapper needs nothing newer, and servers that embed lbagent are often
 // built with old standards); [[nodiscard]] is added under C++17 (and by GCC 10 or later under
