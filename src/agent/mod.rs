@@ -144,12 +144,17 @@ impl Agent {
             return Err(Error::Stopped);
         }
         match self.shared.board.target(service) {
-            Target::Unknown => {
-                self.shared.counters.add(Counter::HostUnknownService);
-                Err(Error::UnknownService)
-            }
+            Target::Unknown => Err(self.unknown_service()),
             target => Ok(target),
         }
+    }
+
+    /// Counts a host call that named an unknown service: off the hot path's straight line.
+    #[cold]
+    #[inline(never)]
+    fn unknown_service(&self) -> Error {
+        self.shared.counters.add(Counter::HostUnknownService);
+        Error::UnknownService
     }
 
     /// The service names of `services=`, in configuration order.

@@ -238,8 +238,9 @@ impl Board {
     ) -> bool {
         match self.cell(target) {
             Some(cell) => {
-                cell.set(state, reason, message, now);
-                self.leave_starting(target, state, || now);
+                if cell.set(state, reason, message, now) {
+                    self.leave_starting(target, state, || now);
+                }
                 true
             }
             None => false,
@@ -256,8 +257,11 @@ impl Board {
     ) -> bool {
         match self.cell(target) {
             Some(cell) => {
-                cell.set_with_clock(state, reason, message, clock::now_ms);
-                self.leave_starting(target, state, clock::now_ms);
+                // Leaving STARTING changes the cell: a call that changed nothing cannot end the
+                // start, and does not look at the header (another cache line).
+                if cell.set_with_clock(state, reason, message, clock::now_ms) {
+                    self.leave_starting(target, state, clock::now_ms);
+                }
                 true
             }
             None => false,
