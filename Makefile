@@ -1,5 +1,6 @@
-# lbagent: build, demo, tests. `make demo` and `make test` work on a fresh Debian machine
-# with only the Rust toolchain; the tests install the Debian packages they need.
+# lbagent: build, demo, tests, install. `make demo` and `make test` work on a fresh Debian
+# machine with only the Rust toolchain; the tests install the Debian packages they need.
+# `make help` lists the targets and the variables.
 
 SHELL    := /bin/bash
 CARGO    ?= cargo
@@ -8,7 +9,10 @@ CFLAGS   ?= -std=c11 -Wall -Wextra -Werror -pedantic -O2 -g
 CXX      ?= g++
 CXXFLAGS ?= -std=c++11 -Wall -Wextra -Werror -pedantic -O2 -g
 PREFIX   ?= /usr/local
-SOMAJOR  := $(shell sed -n 's/^version = "\([0-9]*\)\..*/\1/p' Cargo.toml | head -n1)
+DESTDIR  ?=
+DEBUG_INFO ?= strip
+VERSION  := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+SOMAJOR  := $(firstword $(subst ., ,$(VERSION)))
 
 RELEASE  := target/release
 BUILD    := build
@@ -22,38 +26,64 @@ TEST_TOOLS := gcc:gcc g++:g++ valgrind:valgrind nm:binutils readelf:binutils pkg
 # What `make demo` needs: a C and a C++ compiler for the examples (bash talks to the agent).
 DEMO_TOOLS := gcc:gcc g++:g++
 
-.PHONY: all build examples demo test lint lvs-test fuzz bench bench-director header install tools demo-tools demo-check clean
+.PHONY: all help build libs examples demo test lint lvs-test fuzz bench bench-director header install uninstall tools demo-tools demo-check clean
 
 all: build
 
-## build: the release library (.so, .a), lbagent-probe, and the C examples in build/bin.
+## help: this list.
+help:
+	@echo "make TARGET [VARIABLE=value ...]"
+	@awk '/^## [a-z][a-z-]*: /{ sub(/^## /, ""); n = index($$0, ": "); \
+		printf "  make %-15s %s\n", substr($$0, 1, n - 1), substr($$0, n + 2); next } \
+		/^## /{ sub(/^## /, ""); printf "  %-20s %s\n", "", $$0 }' $(firstword $(MAKEFILE_LIST))
+	@echo
+	@echo "Variables: PREFIX (install; default /usr/local), DESTDIR (install into a"
+	@echo "  staging directory), DEBUG_INFO=strip|separate|keep (install),"
+	@echo "  DEMO_AGENT_PORT (default 4950) and DEMO_TCP_PORT (7070) for make demo,"
+	@echo "  FUZZ_SECONDS (fuzz), CARGO, CC, CXX, CFLAGS, CXXFLAGS."
+
+## build: the release library in target/release (liblbagent.so, .a), a copy of
+## the shared library with its soname links in build/lib (relative links:
+## a copy of the directory keeps working), lbagent-probe and
+## lbagent-director in target/release, the C and C++ examples in build/bin.
 build:
 	$(CARGO) build --release
-	@mkdir -p $(BUILD)/lib $(BUILD)/bin
-	ln -sf ../../$(RELEASE)/liblbagent.so $(BUILD)/lib/liblbagent.so
-	ln -sf ../../$(RELEASE)/liblbagent.so $(BUILD)/lib/liblbagent.so.$(SOMAJOR)
-	$(MAKE) --no-print-directory examples
+	$(MAKE) --no-print-directory libs examples
+
+# build/lib: the shared library as it is installed (a file, and relative links beside it).
+libs: $(BUILD)/lib/liblbagent.so.$(VERSION)
+
+$(BUILD)/lib/liblbagent.so.$(VERSION): $(RELEASE)/liblbagent.so
+	@mkdir -p $(BUILD)/lib
+	cp -f $< $@
+	ln -sfn liblbagent.so.$(VERSION) $(BUILD)/lib/liblbagent.so.$(SOMAJOR)
+	ln -sfn liblbagent.so.$(SOMAJOR) $(BUILD)/lib/liblbagent.so
 
 examples: $(BUILD)/bin/demo_server $(BUILD)/bin/dlopen_host $(BUILD)/bin/cpp_server $(BUILD)/bin/worker_pool
 
-$(BUILD)/bin/%: c-examples/%.c include/lbagent.h $(RELEASE)/liblbagent.so
+$(BUILD)/bin/%: c-examples/%.c include/lbagent.h $(BUILD)/lib/liblbagent.so.$(VERSION)
+	@mkdir -p $(BUILD)/bin
 	$(CC) $(CFLAGS) -Iinclude $< -o $@ -L$(BUILD)/lib -Wl,-rpath,'$$ORIGIN/../lib' -llbagent
 
 # The legacy host is not linked with the library: it loads it at run time, if it is there.
 $(BUILD)/bin/dlopen_host: c-examples/dlopen_host.c include/lbagent.h
+	@mkdir -p $(BUILD)/bin
 	$(CC) $(CFLAGS) -Iinclude $< -o $@ -ldl
 
-$(BUILD)/bin/%: c-examples/%.cpp include/lbagent.hpp include/lbagent.h $(RELEASE)/liblbagent.so
+$(BUILD)/bin/%: c-examples/%.cpp include/lbagent.hpp include/lbagent.h $(BUILD)/lib/liblbagent.so.$(VERSION)
+	@mkdir -p $(BUILD)/bin
 	$(CXX) $(CXXFLAGS) -Iinclude $< -o $@ -L$(BUILD)/lib -Wl,-rpath,'$$ORIGIN/../lib' -llbagent
 
-## demo: a C server with the agent embedded, probed through its state changes (~20 s).
+## demo: a C server with the agent embedded, probed through its state changes
+## (about 20 s) on UDP 127.0.0.1:4950 and TCP 7070 (DEMO_AGENT_PORT=N and
+## DEMO_TCP_PORT=N change them).
 demo: demo-tools build
 	scripts/demo.sh
 
-## test: every test (unit, loopback UDP, TCP and HTTP, protocol vectors, header, symbols, C
-## and C++ hosts under valgrind, HAProxy, amplification, soak), make demo's walk-through, the
-## Python package in a fresh virtual environment, the fuzzers for a bounded time, then the LVS
-## director test.
+## test: every test: unit, loopback UDP, TCP and HTTP, protocol vectors, header,
+## symbols, the C and C++ hosts under valgrind, HAProxy, the install,
+## amplification, soak; make demo's walk-through; the Python package in a
+## fresh virtual environment; the fuzzers for a bounded time; the LVS VM.
 test: tools lint
 	$(CARGO) build --all-targets
 	$(CARGO) test --all-targets -- --test-threads=2
@@ -86,7 +116,7 @@ FUZZ_FLAGS   := -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
 	-Cllvm-args=-sanitizer-coverage-trace-compares -Cllvm-args=-sanitizer-coverage-stack-depth \
 	--cfg fuzzing -Cdebug-assertions
 
-## fuzz: run every fuzz target for FUZZ_SECONDS (default 30) from the committed seeds.
+## fuzz: run every fuzz target for FUZZ_SECONDS (default 30) from the seeds.
 fuzz:
 	cd fuzz && RUSTFLAGS="$(FUZZ_FLAGS)" $(CARGO) build --release --target $(FUZZ_TARGET) --bins
 	@for t in datagram config; do \
@@ -99,9 +129,10 @@ fuzz:
 		test $${PIPESTATUS[0]} -eq 0 || exit 1; \
 	done
 
-## lvs-test: real keepalived driving the kernel's IPVS table in a VM with UDP_CHECK, MISC_CHECK
-## and lbagent-director's track files (about 2 min 30 s; installs qemu, keepalived, ipvsadm,
-## busybox-static and fetches a Debian kernel on first use).
+## lvs-test: real keepalived driving the kernel's IPVS table in a VM, with
+## UDP_CHECK, MISC_CHECK and lbagent-director's track files (about 2 min
+## 30 s; installs qemu, keepalived, ipvsadm, busybox-static and fetches a
+## Debian kernel on first use).
 lvs-test: tools
 	$(CARGO) build
 	tests/lvs/run.sh
@@ -109,9 +140,9 @@ lvs-test: tools
 # Tools the benchmarks need (they build small C programs and strip the library).
 BENCH_TOOLS := gcc:gcc strip:binutils
 
-## bench: every benchmark, then docs/BENCHMARKS.md from their results (target/bench/): host
-## calls (criterion), the probe path against minimal C responders, the director (about 3
-## minutes on 2 cores, after the release build).
+## bench: every benchmark, then docs/BENCHMARKS.md from their results: host
+## calls (criterion), the probe path against minimal C responders, the
+## director (about 3 minutes on 2 cores, after the release build).
 bench:
 	@scripts/ensure-tools.sh $(BENCH_TOOLS)
 	@mkdir -p target/bench && cut -d' ' -f1-3 /proc/loadavg > target/bench/load-before
@@ -121,21 +152,36 @@ bench:
 	$(CARGO) bench --bench director
 	scripts/bench-report.sh
 
-## bench-director: lbagent-director polling 10,000 simulated agents at 1 s, against a plain
-## UDP exchange loop and MISC_CHECK's fork+exec per check (about a minute).
+## bench-director: lbagent-director polling 10,000 simulated agents at 1 s, against
+## a plain UDP exchange loop and MISC_CHECK's fork+exec per check.
 bench-director:
 	$(CARGO) bench --bench director
 
-## install: PREFIX=/usr/local: libraries with soname links, headers, pkg-config file, probe.
-install: build
-	scripts/install.sh $(PREFIX) $(RELEASE)
+## install: make build (skipped where cargo is not found, as under sudo), then
+## the libraries with their soname links, the headers, lbagent.pc,
+## lbagent-probe and lbagent-director into PREFIX (default /usr/local;
+## DESTDIR=DIR stages them), stripped (DEBUG_INFO=separate puts the debug
+## information in .debug/, DEBUG_INFO=keep leaves it in). As root, into a
+## directory the dynamic linker searches, runs ldconfig; otherwise says
+## what a program needs to find the library.
+install:
+	@if command -v $(CARGO) >/dev/null 2>&1; then \
+		$(MAKE) --no-print-directory build; \
+	else \
+		echo "install: $(CARGO) not found (under sudo?): installing what make build left in $(RELEASE)"; \
+	fi
+	DESTDIR="$(DESTDIR)" DEBUG_INFO="$(DEBUG_INFO)" scripts/install.sh $(PREFIX) $(RELEASE)
 
-## header: regenerate include/lbagent.h from the Rust source (commit the result).
+## uninstall: removes what make install put into PREFIX (same PREFIX, DESTDIR).
+uninstall:
+	DESTDIR="$(DESTDIR)" scripts/install.sh --uninstall $(PREFIX)
+
+## header: regenerate include/lbagent.h from the Rust source (commit it).
 header:
 	LBAGENT_BLESS=1 $(CARGO) test --test header committed_header_is_up_to_date
 
-## lint: formatting and clippy with warnings as errors (this enforces the crate's `deny`
-## attributes: no `unsafe` outside src/ffi and src/sys, none undocumented there).
+## lint: formatting and clippy with warnings as errors (this enforces the
+## crate's deny attributes, such as no unsafe outside src/ffi, src/sys).
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings

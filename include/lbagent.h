@@ -13,7 +13,13 @@
  * - Threads: every function is thread-safe. The monitor thread never calls host code.
  * - Async-signal-safe: lbagent_heartbeat(); lbagent_set_state() with service and reason NULL;
  *   lbagent_set_weight() and lbagent_set_load() with service NULL; lbagent_worker_heartbeat();
- *   lbagent_strerror(); lbagent_version(); lbagent_state_name().
+ *   lbagent_strerror(); lbagent_version(); lbagent_state_name(); lbagent_reason_name().
+ * - Startup: directors see STARTING (or initial_state=) until the host says otherwise. The
+ *   watchdog (watchdog_ms=) is armed when the start ends: at the first lbagent_heartbeat(),
+ *   or when the whole server's state is first set to anything but STARTING. A start that has
+ *   not ended within start_timeout_ms= answers DOWN, reason "start timed out".
+ * - A misspelt service name returns LBAGENT_ERR_UNKNOWN_SERVICE, and the counter
+ *   LBAGENT_COUNTER_HOST_UNKNOWN_SERVICE counts such calls (also where the result is ignored).
  * - The library cannot be unloaded: dlclose() leaves it mapped (linked with -z nodelete).
  */
 
@@ -236,6 +242,12 @@ enum lbagent_counter
    * failed (also counts a caught panic while handling the connection).
    */
   LBAGENT_COUNTER_CONN_FAILED = 23,
+  /**
+   * Host calls (`set_state`, `set_weight`, `set_load`, `add_check`) that named a service
+   * not listed in `services=` (each returned `LBAGENT_ERR_UNKNOWN_SERVICE`): a typo in a
+   * service name that the host's code ignored still shows here.
+   */
+  LBAGENT_COUNTER_HOST_UNKNOWN_SERVICE = 24,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -332,6 +344,11 @@ enum lbagent_reason
    * A worker stopped heart-beating its watchdog slot.
    */
   LBAGENT_REASON_WORKER_STALLED = 7,
+  /**
+   * The start did not end (no heartbeat, and the whole server still STARTING) within
+   * `start_timeout_ms`.
+   */
+  LBAGENT_REASON_START_TIMED_OUT = 8,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -497,8 +514,13 @@ LBAGENT_MUST_USE enum lbagent_result lbagent_start(const char *config, struct lb
  * copied, up to 255 bytes; invalid UTF-8 is repaired and control characters become spaces).
  * Setting what is already set changes nothing (the generation does not move).
  *
+ * Setting the whole server to any state but STARTING ends the start: the watchdog
+ * (`watchdog_ms`) is armed from then on, if the first heartbeat has not armed it already.
+ *
  * Returns `LBAGENT_OK`; `LBAGENT_ERR_INVALID_ARGUMENT` for `LBAGENT_STATE_UNKNOWN` or a value
- * that is no state; `LBAGENT_ERR_UNKNOWN_SERVICE`; `LBAGENT_ERR_STOPPED` after `lbagent_stop`;
+ * that is no state; `LBAGENT_ERR_UNKNOWN_SERVICE` for a name not listed in `services=` (also
+ * counted in `LBAGENT_COUNTER_HOST_UNKNOWN_SERVICE`, so that a typo is seen even where the
+ * result is ignored); `LBAGENT_ERR_STOPPED` after `lbagent_stop`;
  * `LBAGENT_ERR_NULL_ARGUMENT` / `LBAGENT_ERR_BAD_HANDLE` for a bad handle. Never sets the
  * last error.
  *
@@ -542,8 +564,14 @@ enum lbagent_result lbagent_set_load(struct lbagent *agent,
 
 /**
  * Tells the watchdog that the host is alive; call it from the main loop. With
- * `watchdog_ms=N`, when the last heartbeat (or the start) is more than N ms old, every answer
- * says DOWN, reason "watchdog expired", until the next heartbeat.
+ * `watchdog_ms=N`, once the watchdog is armed, when the last heartbeat is more than N ms old
+ * every answer says DOWN, reason "watchdog expired", until the next heartbeat.
+ *
+ * The watchdog is armed when the start ends: at the first heartbeat, or when the whole
+ * server's state is first set to anything but STARTING (at once with another
+ * `initial_state`), whichever comes first. So a host that warms up without heart-beating is
+ * answered STARTING, however long that takes (bound it with `start_timeout_ms`), and a host
+ * that sets UP without ever heart-beating is DOWN N ms later.
  *
  * Returns `LBAGENT_OK`, `LBAGENT_ERR_STOPPED` after `lbagent_stop`, or
  * `LBAGENT_ERR_NULL_ARGUMENT` / `LBAGENT_ERR_BAD_HANDLE`. Never sets the last error.
@@ -645,6 +673,13 @@ void lbagent_free(struct lbagent *agent);
  * Thread-safe and async-signal-safe.
  */
 const char *lbagent_state_name(int state);
+
+/**
+ * The lower-case name of a reason, with dashes ("host", "watchdog-expired",
+ * "start-timed-out", ...; as in `lbagent-probe --json`), or "invalid". Static; never freed.
+ * Thread-safe and async-signal-safe.
+ */
+const char *lbagent_reason_name(int reason);
 
 /**
  * Same as `lbagent_add_check_with_free` with no release function.

@@ -24,11 +24,31 @@
 //   handler.
 // - Checks and the log callback are std::functions, owned by the agent; an exception they
 //   throw never reaches the library (a check that throws fails with what() as its reason).
-// - Service names and reasons are taken as `const char *` or `std::string` (lbagentpp::Text);
-//   nullptr means the whole server, or no reason. The library copies them.
+// - Service names and reasons are taken as `const char *`, `std::string` or, under C++17,
+//   `std::string_view` (lbagentpp::Text); nullptr means the whole server, or no reason. The
+//   library copies them. A string_view is first copied into a buffer inside the Text, on the
+//   caller's stack (no allocation on the hot path), cut to 255 bytes at a character boundary
+//   (what the library keeps of a reason; a service name has 64 bytes at most). A name or
+//   reason with a NUL inside is refused (LBAGENT_ERR_INVALID_ARGUMENT): C would cut it there.
+// - One rule for names in C, C++ and Python: a call that reports about a service not listed
+//   in services= fails with LBAGENT_ERR_UNKNOWN_SERVICE (here: the code from set_state,
+//   set_weight, set_load, which are [[nodiscard]] when they take a service, so that a
+//   misspelt name is not silently ignored; an Error from add_check); reading about one
+//   (status, probe) answers State::Unknown, Reason::UnknownService, as a director is told.
+//   Every such failed call is also counted (Counter::HostUnknownService).
+// - An empty Agent holds no agent: default-constructed (to start one later by assigning,
+//   `agent = lbagentpp::Agent(config);`), moved-from or released. Its hot-path calls return
+//   LBAGENT_ERR_NULL_ARGUMENT, the others throw Error with that code.
+// - ~Agent() blocks at most 5 s for the agent's monitor thread (it normally ends within
+//   milliseconds), then for a log callback that is running to return. It never waits for a
+//   check that hangs: that check's thread destroys the function when its run returns.
+// - Threads: every member function of Agent and Prober may be called from any thread at once,
+//   as the C functions may (set_log_callback takes a lock of its own). Constructing, moving,
+//   assigning and destroying one must not overlap other calls on the same object.
 //
 // Requires C++11 (the wrapper needs nothing newer, and servers that embed lbagent are often
-// built with old standards); [[nodiscard]] is added under C++17.
+// built with old standards); [[nodiscard]] is added under C++17 (and by GCC 10 or later under
+// C++11), std::string_view under C++17.
 #ifndef LBAGENT_HPP
 #define LBAGENT_HPP
 
@@ -38,15 +58,23 @@
 #include <exception>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
 
+#if __cplusplus >= 201703L
+#include <string_view>
+#define LBAGENT_HPP_STRING_VIEW 1
+#endif
+
 #include "lbagent.h"
 
 #if __cplusplus >= 201703L
 #define LBAGENT_NODISCARD [[nodiscard]]
+#elif defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 10
+#define LBAGENT_NODISCARD [[nodiscard]]  // GCC takes it under C++11, without a warning
 #else
 #define LBAGENT_NODISCARD
 #endif
@@ -74,6 +102,7 @@ enum class Reason : int {
     AgentFault = LBAGENT_REASON_AGENT_FAULT,
     CheckTimedOut = LBAGENT_REASON_CHECK_TIMED_OUT,
     WorkerStalled = LBAGENT_REASON_WORKER_STALLED,
+    StartTimedOut = LBAGENT_REASON_START_TIMED_OUT,
 };
 
 // The level of a line given to a log callback (LBAGENT_LOG_LEVEL_*).
@@ -109,11 +138,18 @@ enum class Counter : int {
     ConnDroppedNotAllowed = LBAGENT_COUNTER_CONN_DROPPED_NOT_ALLOWED,
     ConnTimedOut = LBAGENT_COUNTER_CONN_TIMED_OUT,
     ConnFailed = LBAGENT_COUNTER_CONN_FAILED,
+    HostUnknownService = LBAGENT_COUNTER_HOST_UNKNOWN_SERVICE,
 };
 
 // The lower-case name of a state ("up", "drain", ...). Async-signal-safe.
 inline const char *state_name(State state) noexcept {
     return lbagent_state_name(static_cast<int>(state));
+}
+
+// The lower-case name of a reason ("host", "watchdog-expired", "start-timed-out", ...; as in
+// lbagent-probe --json), or "invalid". Async-signal-safe.
+inline const char *reason_name(Reason reason) noexcept {
+    return lbagent_reason_name(static_cast<int>(reason));
 }
 
 // Static English text for a result code. Async-signal-safe.
@@ -164,17 +200,96 @@ private:
 };
 
 // A service name or a reason: a `const char *` (nullptr allowed) or a `std::string`, passed
-// on without copying. Only for arguments: it must not outlive the string it points to.
+// on without copying, or (C++17) a `std::string_view`, copied into a buffer inside the Text
+// (it need not end with a NUL), cut to 255 bytes at a UTF-8 character boundary. Only for
+// arguments: it must not outlive the string it was made from.
 class Text {
 public:
     Text(std::nullptr_t) noexcept : s_(nullptr) {}
     Text(const char *s) noexcept : s_(s) {}
-    Text(const std::string &s) noexcept : s_(s.c_str()) {}
-    const char *c_str() const noexcept { return s_; }
+    Text(const std::string &s) noexcept
+        : s_(s.c_str()), nul_(std::strlen(s.c_str()) != s.size()) {}
+#ifdef LBAGENT_HPP_STRING_VIEW
+    Text(std::string_view s) noexcept
+        : s_(nullptr), nul_(s.find('\0') != s.npos), view_(true), whole_(s) {
+        std::size_t n = s.size() < sizeof buf_ ? s.size() : sizeof buf_ - 1;
+        if (n < s.size()) {
+            // Cut before a character's continuation bytes, never inside the character.
+            while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) {
+                n--;
+            }
+        }
+        std::memcpy(buf_, s.data(), n);
+        buf_[n] = '\0';
+    }
+#endif
+
+    // The NUL-terminated text (nullptr for nullptr).
+    const char *c_str() const noexcept {
+#ifdef LBAGENT_HPP_STRING_VIEW
+        if (view_) {
+            return buf_;
+        }
+#endif
+        return s_;
+    }
+
+    // True when the string has a NUL inside (C would see only what comes before it).
+    bool has_nul() const noexcept { return nul_; }
+
+    // The whole text, even a string_view longer than the buffer: for the calls that are no
+    // hot path (a configuration may be long).
+    std::string whole() const {
+#ifdef LBAGENT_HPP_STRING_VIEW
+        if (view_) {
+            return std::string(whole_);
+        }
+#endif
+        return s_ != nullptr ? std::string(s_) : std::string();
+    }
+
+    // True when c_str() is not the whole text (a string_view of 256 bytes or more).
+    bool cut() const noexcept {
+#ifdef LBAGENT_HPP_STRING_VIEW
+        return view_ && whole_.size() >= sizeof buf_;
+#else
+        return false;
+#endif
+    }
 
 private:
     const char *s_;
+    bool nul_ = false;
+#ifdef LBAGENT_HPP_STRING_VIEW
+    bool view_ = false;
+    std::string_view whole_;
+    char buf_[256];
+#endif
 };
+
+namespace detail {
+
+// Throws Error(LBAGENT_ERR_INVALID_ARGUMENT) when `text` has a NUL inside.
+inline void check_no_nul(const Text &text, const char *call, const char *what) {
+    if (text.has_nul()) {
+        throw Error(LBAGENT_ERR_INVALID_ARGUMENT,
+                    std::string(call) + ": " + what + " contains a NUL character");
+    }
+}
+
+// A Text for a call outside the hot path: refused with a NUL inside; a string_view too long
+// for Text's buffer is passed whole (copied into `spare`).
+inline const char *whole(const Text &text, std::string &spare, const char *call,
+                         const char *what) {
+    check_no_nul(text, call, what);
+    if (!text.cut()) {
+        return text.c_str();
+    }
+    spare = text.whole();
+    return spare.c_str();
+}
+
+}  // namespace detail
 
 // What a director asking about the server or a service would be told (lbagent_status).
 struct Status {
@@ -210,11 +325,18 @@ struct Status {
 // A running agent, owned: started by the constructor, stopped and freed by the destructor.
 class Agent {
 public:
+    // An empty Agent, holding no agent (nothing starts, nothing is bound): for a member or a
+    // variable whose agent is started later, by assigning one (`agent = Agent(config);`).
+    // Its hot-path calls return LBAGENT_ERR_NULL_ARGUMENT; the others throw Error with it.
+    Agent() noexcept : agent_(nullptr) {}
+
     // Starts an agent with `config` (key=value pairs, see the README); nullptr reads the
     // LBAGENT_CONFIG environment variable. Throws Error (LBAGENT_ERR_CONFIG, _BIND, _SYSTEM)
     // whose what() names the bad key and value or the address that could not be bound.
     explicit Agent(Text config) : agent_(nullptr) {
-        lbagent_result r = lbagent_start(config.c_str(), &agent_);
+        std::string spare;
+        const char *text = detail::whole(config, spare, "lbagent_start", "config");
+        lbagent_result r = lbagent_start(text, &agent_);
         if (r != LBAGENT_OK) {
             throw Error::from_call(r, "lbagent_start");
         }
@@ -226,6 +348,7 @@ public:
     Agent(const Agent &) = delete;
     Agent &operator=(const Agent &) = delete;
 
+    // Moving is not thread-safe: no other call on either Agent may run meanwhile.
     Agent(Agent &&other) noexcept
         : agent_(other.agent_), log_callbacks_(std::move(other.log_callbacks_)) {
         other.agent_ = nullptr;
@@ -241,8 +364,9 @@ public:
         return *this;
     }
 
-    // Stops the agent (waiting up to 5 s for its threads) and frees it; then the log
-    // callbacks are destroyed (checks release their own when their last run has returned).
+    // Stops the agent and frees it, then destroys the log callbacks (checks release their
+    // own when their last run has returned). Blocks at most 5 s for the monitor thread, then
+    // until a log callback that is running returns; never for a check that hangs.
     ~Agent() { lbagent_free(agent_); }
 
     // ---- The hot path: noexcept, return the code (LBAGENT_OK on success). ----
@@ -250,13 +374,23 @@ public:
     // Tells the watchdog the host is alive. Async-signal-safe.
     lbagent_result heartbeat() noexcept { return lbagent_heartbeat(agent_); }
 
-    // Sets the whole server's state; async-signal-safe when `reason` is nullptr.
+    // Sets the whole server's state; async-signal-safe when `reason` is nullptr. Setting any
+    // state but Starting ends the start: the watchdog is armed from then on (as it is by the
+    // first heartbeat).
     lbagent_result set_state(State state, Text reason = nullptr) noexcept {
+        if (reason.has_nul()) {
+            return LBAGENT_ERR_INVALID_ARGUMENT;
+        }
         return lbagent_set_state(agent_, nullptr, static_cast<int>(state), reason.c_str());
     }
 
-    // Sets one configured service's state (LBAGENT_ERR_UNKNOWN_SERVICE for another name).
-    lbagent_result set_state(Text service, State state, Text reason = nullptr) noexcept {
+    // Sets one configured service's state. [[nodiscard]]: a name not listed in services=
+    // returns LBAGENT_ERR_UNKNOWN_SERVICE (cast to void to ignore it on purpose).
+    LBAGENT_NODISCARD lbagent_result set_state(Text service, State state,
+                                               Text reason = nullptr) noexcept {
+        if (service.has_nul() || reason.has_nul()) {
+            return LBAGENT_ERR_INVALID_ARGUMENT;
+        }
         return lbagent_set_state(agent_, service.c_str(), static_cast<int>(state),
                                  reason.c_str());
     }
@@ -266,8 +400,11 @@ public:
         return lbagent_set_weight(agent_, nullptr, weight_pct);
     }
 
-    // Sets one service's weight.
-    lbagent_result set_weight(Text service, unsigned weight_pct) noexcept {
+    // Sets one service's weight ([[nodiscard]], as set_state with a service).
+    LBAGENT_NODISCARD lbagent_result set_weight(Text service, unsigned weight_pct) noexcept {
+        if (service.has_nul()) {
+            return LBAGENT_ERR_INVALID_ARGUMENT;
+        }
         return lbagent_set_weight(agent_, service.c_str(), weight_pct);
     }
 
@@ -276,8 +413,12 @@ public:
         return lbagent_set_load(agent_, nullptr, in_use, capacity);
     }
 
-    // Reports one service's load.
-    lbagent_result set_load(Text service, std::uint32_t in_use, std::uint32_t capacity) noexcept {
+    // Reports one service's load ([[nodiscard]], as set_state with a service).
+    LBAGENT_NODISCARD lbagent_result set_load(Text service, std::uint32_t in_use,
+                                              std::uint32_t capacity) noexcept {
+        if (service.has_nul()) {
+            return LBAGENT_ERR_INVALID_ARGUMENT;
+        }
         return lbagent_set_load(agent_, service.c_str(), in_use, capacity);
     }
 
@@ -286,6 +427,7 @@ public:
     // What a director asking about `service` (nullptr: the whole server) is told now. An
     // unknown service gives State::Unknown, Reason::UnknownService.
     LBAGENT_NODISCARD Status status(Text service = nullptr) const {
+        detail::check_no_nul(service, "lbagent_get_status", "service");
         lbagent_status raw;
         lbagent_result r = lbagent_get_status(agent_, service.c_str(), &raw);
         if (r != LBAGENT_OK) {
@@ -344,6 +486,8 @@ public:
     // (LBAGENT_ERR_EXISTS, _FULL, _INVALID_ARGUMENT, _UNKNOWN_SERVICE, _STOPPED).
     void add_check(Text service, Text name, Check check, std::uint32_t interval_ms,
                    std::uint32_t timeout_ms = 0) {
+        detail::check_no_nul(service, "lbagent_add_check_with_free", "service");
+        detail::check_no_nul(name, "lbagent_add_check_with_free", "name");
         std::unique_ptr<Check> owned(new Check(std::move(check)));
         lbagent_result r =
             lbagent_add_check_with_free(agent_, service.c_str(), name.c_str(), &run_check,
@@ -357,6 +501,7 @@ public:
     // Removes a check; a run in progress finishes on its own. Throws Error
     // (LBAGENT_ERR_NOT_FOUND).
     void remove_check(Text name) {
+        detail::check_no_nul(name, "lbagent_remove_check", "name");
         lbagent_result r = lbagent_remove_check(agent_, name.c_str());
         if (r != LBAGENT_OK) {
             throw Error::from_call(r, "lbagent_remove_check");
@@ -368,13 +513,14 @@ public:
     // Sends the agent's log lines (rate-limited) to `callback`, called on the agent's logger
     // thread; an empty function stops it. Exceptions it throws are swallowed. Every callback
     // set is kept until the Agent is destroyed (the logger may still be running one that was
-    // just replaced).
+    // just replaced). Thread-safe (a lock of the Agent's guards the callbacks it keeps).
     void set_log_callback(LogCallback callback) {
         lbagent_result r;
         if (!callback) {
             r = lbagent_set_log_callback(agent_, nullptr, nullptr);
         } else {
             std::unique_ptr<LogCallback> owned(new LogCallback(std::move(callback)));
+            std::lock_guard<std::mutex> hold(log_mutex_);
             log_callbacks_.reserve(log_callbacks_.size() + 1);  // no throw once it is set
             r = lbagent_set_log_callback(agent_, &run_log, owned.get());
             if (r == LBAGENT_OK) {
@@ -495,6 +641,7 @@ private:
     }
 
     lbagent *agent_;
+    std::mutex log_mutex_;  // each Agent its own, never moved
     std::vector<std::unique_ptr<LogCallback>> log_callbacks_;
 };
 
@@ -508,8 +655,12 @@ private:
 // _AUTH_REQUIRED, _WRONG_KEY) and what() "TARGET: " and the library's text; also
 // LBAGENT_ERR_INVALID_ARGUMENT (bad target or service) and _CONFIG (bad options).
 inline Status probe(Text target, Text service = nullptr, Text options = nullptr) {
+    detail::check_no_nul(target, "lbagent_probe", "target");
+    detail::check_no_nul(service, "lbagent_probe", "service");
+    std::string spare;
+    const char *opts = detail::whole(options, spare, "lbagent_probe", "options");
     lbagent_status raw;
-    lbagent_result r = lbagent_probe(target.c_str(), service.c_str(), options.c_str(), &raw);
+    lbagent_result r = lbagent_probe(target.c_str(), service.c_str(), opts, &raw);
     if (r != LBAGENT_OK) {
         throw Error::from_probe(r, "lbagent_probe", target.c_str());
     }
@@ -548,7 +699,9 @@ public:
     // `options` as for probe(): "timeout_ms=N" (every probe's timeout), "key_file=PATH"
     // ["key_id=N"]. Throws Error (LBAGENT_ERR_CONFIG naming the key and value, _SYSTEM).
     explicit Prober(Text options = nullptr) : prober_(nullptr) {
-        lbagent_result r = lbagent_prober_new(options.c_str(), &prober_);
+        std::string spare;
+        const char *opts = detail::whole(options, spare, "lbagent_prober_new", "options");
+        lbagent_result r = lbagent_prober_new(opts, &prober_);
         if (r != LBAGENT_OK) {
             throw Error::from_call(r, "lbagent_prober_new");
         }
@@ -577,6 +730,8 @@ public:
     // with `token`. Throws Error (LBAGENT_ERR_INVALID_ARGUMENT, _UNREACHABLE, _SYSTEM);
     // nothing is then in flight.
     void send(Text target, Text service, std::uint64_t token) {
+        detail::check_no_nul(target, "lbagent_prober_send", "target");
+        detail::check_no_nul(service, "lbagent_prober_send", "service");
         lbagent_result r = lbagent_prober_send(prober_, target.c_str(), service.c_str(), token);
         if (r != LBAGENT_OK) {
             throw Error::from_probe(r, "lbagent_prober_send", target.c_str());
@@ -637,5 +792,6 @@ private:
 }  // namespace lbagentpp
 
 #undef LBAGENT_NODISCARD
+#undef LBAGENT_HPP_STRING_VIEW
 
 #endif  // LBAGENT_HPP

@@ -30,6 +30,7 @@ pub const KEYS: &[&str] = &[
     "listen",
     "services",
     "watchdog_ms",
+    "start_timeout_ms",
     "initial_state",
     "allow",
     "text",
@@ -82,8 +83,14 @@ pub struct Config {
     pub listen: Vec<SocketAddr>,
     /// Service names a probe may ask about besides the whole server (`services=a,b`).
     pub services: Vec<String>,
-    /// Heartbeat deadline in milliseconds; 0 disables the watchdog (`watchdog_ms=`).
+    /// Heartbeat deadline in milliseconds; 0 disables the watchdog (`watchdog_ms=`). The
+    /// watchdog is armed when the start ends: at the first heartbeat, or when the whole
+    /// server's state leaves STARTING, whichever comes first.
     pub watchdog_ms: u32,
+    /// How long the start may last, in milliseconds; 0: no limit (`start_timeout_ms=`). A
+    /// start that has not ended by then (no heartbeat, and the whole server still STARTING)
+    /// answers DOWN, reason "start timed out", until it ends.
+    pub start_timeout_ms: u32,
     /// The whole server's state at start (`initial_state=`), `starting` by default.
     pub initial_state: State,
     /// Prober source networks that get answers (`allow=`); empty admits everyone.
@@ -131,6 +138,7 @@ impl Default for Config {
             listen: vec![SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))],
             services: Vec::new(),
             watchdog_ms: 0,
+            start_timeout_ms: 0,
             initial_state: State::Starting,
             allow: AllowList::default(),
             text: true,
@@ -234,6 +242,10 @@ impl Config {
                     )
                 })?
             }
+            "start_timeout_ms" => {
+                self.start_timeout_ms =
+                    parse_number(key, value, 0, "milliseconds (0: a start may take any time)")?
+            }
             "initial_state" => {
                 self.initial_state = match State::from_name(value) {
                     Some(s) if s.settable() && s != State::Stopping => s,
@@ -319,8 +331,12 @@ impl Config {
             "agent_maxconn" => self.agent_maxconn = parse_switch(key, value)?,
             "http" => self.http = parse_tcp(key, value)?,
             _ => {
+                let hint = match nearest(key, KEYS) {
+                    Some(known) => format!("did you mean \"{known}\"? "),
+                    None => String::new(),
+                };
                 return Err(ConfigError::new(format!(
-                    "config: unknown key \"{key}\" (value \"{value}\"); known keys: {}",
+                    "config: unknown key \"{key}\" (value \"{value}\"); {hint}known keys: {}",
                     KEYS.join(", ")
                 )));
             }
@@ -348,7 +364,7 @@ impl Config {
 /// Splits the text into `(key, value)` pairs, dropping comments (also reads the prober's
 /// options, `client::ProbeOptions::with_config`).
 pub(crate) fn words(text: &str) -> Result<Vec<(&str, &str)>, ConfigError> {
-    let mut pairs = Vec::new();
+    let mut pairs: Vec<(&str, &str)> = Vec::new();
     for line in text.lines() {
         for word in line.split(|c: char| c.is_whitespace() || c == ';') {
             if word.is_empty() {
@@ -359,6 +375,14 @@ pub(crate) fn words(text: &str) -> Result<Vec<(&str, &str)>, ConfigError> {
             }
             match word.split_once('=') {
                 Some((key, value)) if !key.is_empty() => pairs.push((key, value)),
+                // A word without `=` right after a pair: most likely a value with a space.
+                None if !word.is_empty() && pairs.last().is_some() => {
+                    let (key, value) = pairs[pairs.len() - 1];
+                    return Err(ConfigError::new(format!(
+                        "config: expected key=value, got \"{word}\" after {key}={value}: a value \
+                         cannot contain a space (lists are comma-separated: {key}={value},{word})"
+                    )));
+                }
                 _ => {
                     return Err(ConfigError::new(format!(
                         "config: expected key=value, got \"{word}\""
@@ -368,6 +392,44 @@ pub(crate) fn words(text: &str) -> Result<Vec<(&str, &str)>, ConfigError> {
         }
     }
     Ok(pairs)
+}
+
+/// The known word closest to `word` (a typo's likely meaning): at most two edits away and
+/// fewer edits than half of the word's length (`listn`: `listen`), or else a known word that
+/// `word` begins (`watchdog`: `watchdog_ms`).
+pub(crate) fn nearest<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|k| (edit_distance(word, k), *k))
+        .filter(|(d, _)| *d <= 2 && *d * 2 < word.chars().count().max(2))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+        .or_else(|| {
+            let mut longer = known
+                .iter()
+                .filter(|k| word.len() >= 4 && k.starts_with(word));
+            match (longer.next(), longer.next()) {
+                (Some(k), None) => Some(*k),
+                _ => None,
+            }
+        })
+}
+
+/// Levenshtein distance: the fewest insertions, deletions and substitutions of characters
+/// that turn `a` into `b`.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
 }
 
 fn list(value: &str) -> impl Iterator<Item = &str> {
@@ -556,6 +618,24 @@ mod tests {
             e.contains("unknown key \"lisen\"") && e.contains("listen"),
             "{e}"
         );
+        assert!(
+            err("listn=127.0.0.1:0").starts_with(
+                "config: unknown key \"listn\" (value \"127.0.0.1:0\"); did you mean \"listen\"? \
+                 known keys: listen, services,"
+            ),
+            "{}",
+            err("listn=127.0.0.1:0")
+        );
+        assert!(err("watchdog=3000").contains("did you mean \"watchdog_ms\"?"));
+        assert!(err("watchdogms=3000").contains("did you mean \"watchdog_ms\"?"));
+        assert!(err("servics=a").contains("did you mean \"services\"?"));
+        // Nothing close: no guess.
+        assert!(!err("colour=blue").contains("did you mean"));
+        let e = err("start_timeout_ms=later");
+        assert!(
+            e.contains("\"start_timeout_ms\"") && e.contains("\"later\""),
+            "{e}"
+        );
         let e = err("text=on text=off");
         assert!(e.contains("duplicate key \"text\""), "{e}");
         let e = err("listen=localhost:4950");
@@ -567,6 +647,18 @@ mod tests {
         assert!(e.contains("listed twice"), "{e}");
         let e = err("services=a,b c");
         assert!(e.contains("expected key=value, got \"c\""), "{e}");
+        assert_eq!(
+            err("services=my game"),
+            "config: expected key=value, got \"game\" after services=my: a value cannot \
+             contain a space (lists are comma-separated: services=my,game)"
+        );
+        let e = err("listen=127.0.0.1:0 watchdog_ms=1 500");
+        assert!(
+            e.contains("\"500\" after watchdog_ms=1") && e.contains("cannot contain a space"),
+            "{e}"
+        );
+        // Not after a pair: nothing to blame but the word.
+        assert_eq!(err("game"), "config: expected key=value, got \"game\"");
         let e = err("services=bad!name");
         assert!(e.contains("\"bad!name\""), "{e}");
         let e = err(&format!("services={}", "x".repeat(65)));
@@ -630,6 +722,29 @@ mod tests {
         assert!(e.contains("\"auth_window_ms\""), "{e}");
         let e = err("log=loud");
         assert!(e.contains("\"log\"") && e.contains("stderr"), "{e}");
+    }
+
+    #[test]
+    fn nearest_known_word() {
+        assert_eq!(edit_distance("listn", "listen"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("één", "eén"), 1);
+        assert_eq!(nearest("listn", KEYS), Some("listen"));
+        assert_eq!(nearest("htp", KEYS), Some("http"));
+        assert_eq!(nearest("worker", KEYS), Some("workers"));
+        assert_eq!(nearest("xyz", KEYS), None);
+        assert_eq!(nearest("a", KEYS), None);
+        assert_eq!(nearest("start_timeout", KEYS), Some("start_timeout_ms"));
+        // "auth" is a key itself; "work" begins two keys: no single guess.
+        assert_eq!(nearest("work", KEYS), None);
+    }
+
+    #[test]
+    fn start_timeout() {
+        assert_eq!(Config::default().start_timeout_ms, 0);
+        let c = Config::parse("start_timeout_ms=30000 watchdog_ms=3000").unwrap();
+        assert_eq!((c.start_timeout_ms, c.watchdog_ms), (30000, 3000));
     }
 
     #[test]

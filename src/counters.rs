@@ -1,8 +1,9 @@
 //! What happened to every datagram and every TCP connection the agent received: one counter
 //! per outcome.
 //!
-//! The monitor thread is the only writer; the host reads them through the API (never over the
-//! network). Every received datagram ends in exactly one outcome, so
+//! The monitor thread writes them, except `host_unknown_service`, which the host's own calls
+//! increment (one relaxed atomic add: no lock, no system call); the host reads them through
+//! the API (never over the network). Every received datagram ends in exactly one outcome, so
 //! `received == sum of Counter::DATAGRAM_OUTCOMES` (a fault of the monitor loop itself, which
 //! is not tied to a datagram, would add one to `faults` only).
 //!
@@ -67,11 +68,15 @@ pub enum Counter {
     /// Closed without a whole answer: the peer closed or reset first, or a read or write
     /// failed (also counts a caught panic while handling the connection).
     ConnFailed = 23,
+    /// Host calls (`set_state`, `set_weight`, `set_load`, `add_check`) that named a service
+    /// not listed in `services=` (each returned `LBAGENT_ERR_UNKNOWN_SERVICE`): a typo in a
+    /// service name that the host's code ignored still shows here.
+    HostUnknownService = 24,
 }
 
 impl Counter {
     /// Every counter, in numeric order.
-    pub const ALL: [Counter; 24] = [
+    pub const ALL: [Counter; 25] = [
         Counter::Received,
         Counter::AnsweredStatus,
         Counter::AnsweredText,
@@ -96,6 +101,7 @@ impl Counter {
         Counter::ConnDroppedNotAllowed,
         Counter::ConnTimedOut,
         Counter::ConnFailed,
+        Counter::HostUnknownService,
     ];
 
     /// The outcomes of datagrams: each received datagram adds one to exactly one of them.
@@ -163,6 +169,7 @@ impl Counter {
             Counter::ConnDroppedNotAllowed => "conn_dropped_not_allowed",
             Counter::ConnTimedOut => "conn_timed_out",
             Counter::ConnFailed => "conn_failed",
+            Counter::HostUnknownService => "host_unknown_service",
         }
     }
 

@@ -119,11 +119,14 @@ pub enum Reason {
     CheckTimedOut = 6,
     /// A worker stopped heart-beating its watchdog slot.
     WorkerStalled = 7,
+    /// The start did not end (no heartbeat, and the whole server still STARTING) within
+    /// `start_timeout_ms`.
+    StartTimedOut = 8,
 }
 
 impl Reason {
     /// Every reason, in numeric order.
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
         Reason::Host,
         Reason::WatchdogExpired,
         Reason::CheckFailed,
@@ -132,6 +135,7 @@ impl Reason {
         Reason::AgentFault,
         Reason::CheckTimedOut,
         Reason::WorkerStalled,
+        Reason::StartTimedOut,
     ];
 
     /// The reason with this wire value, if any.
@@ -141,15 +145,21 @@ impl Reason {
 
     /// Lower-case name with dashes, as used in logs and JSON.
     pub fn name(self) -> &'static str {
+        self.c_name().to_str().unwrap_or("")
+    }
+
+    /// `name()` as a NUL-terminated string, for C.
+    pub fn c_name(self) -> &'static CStr {
         match self {
-            Reason::Host => "host",
-            Reason::WatchdogExpired => "watchdog-expired",
-            Reason::CheckFailed => "check-failed",
-            Reason::AgentStopping => "agent-stopping",
-            Reason::UnknownService => "unknown-service",
-            Reason::AgentFault => "agent-fault",
-            Reason::CheckTimedOut => "check-timed-out",
-            Reason::WorkerStalled => "worker-stalled",
+            Reason::Host => c"host",
+            Reason::WatchdogExpired => c"watchdog-expired",
+            Reason::CheckFailed => c"check-failed",
+            Reason::AgentStopping => c"agent-stopping",
+            Reason::UnknownService => c"unknown-service",
+            Reason::AgentFault => c"agent-fault",
+            Reason::CheckTimedOut => c"check-timed-out",
+            Reason::WorkerStalled => c"worker-stalled",
+            Reason::StartTimedOut => c"start-timed-out",
         }
     }
 
@@ -164,6 +174,7 @@ impl Reason {
             Reason::AgentFault => "agent fault",
             Reason::CheckTimedOut => "check timed out",
             Reason::WorkerStalled => "worker stalled",
+            Reason::StartTimedOut => "start timed out",
         }
     }
 }
@@ -192,6 +203,6 @@ mod tests {
         for r in Reason::ALL {
             assert_eq!(Reason::from_u8(r as u8), Some(r));
         }
-        assert_eq!(Reason::from_u8(8), None);
+        assert_eq!(Reason::from_u8(9), None);
     }
 }

@@ -233,6 +233,90 @@ fn watchdog_expires_and_the_next_heartbeat_recovers() {
     assert!(up.generation > down.generation);
 }
 
+/// The startup rule, as a director sees it: a warm-up without heartbeats is STARTING however
+/// long it lasts; the watchdog is armed by the first heartbeat or by leaving STARTING.
+#[test]
+fn the_watchdog_is_armed_when_the_start_ends() {
+    let (agent, addr) = agent("watchdog_ms=200");
+    agent
+        .set_state("", State::Starting, Some("loading data"))
+        .unwrap();
+    // Ten watchdog windows without a heartbeat: still what the host says.
+    std::thread::sleep(Duration::from_millis(2000));
+    let warming = probe(addr, "");
+    assert_eq!(
+        (warming.state, warming.reason, warming.message.as_str()),
+        (State::Starting, Some(Reason::Host), "loading data")
+    );
+    assert!(ask(addr, KEEPALIVED_PAYLOAD).starts_with(b"init"));
+    // UP without a heartbeat arms it: a host that forgot its heartbeats is caught.
+    agent.set_state("", State::Up, Some("ready")).unwrap();
+    assert!(eventually(Duration::from_secs(5), || probe(addr, "")
+        .reason
+        == Some(Reason::WatchdogExpired)));
+    assert_eq!(probe(addr, "").state, State::Down);
+    agent.heartbeat().unwrap();
+    assert_eq!(probe(addr, "").state, State::Up);
+
+    // The first heartbeat arms it too, while the server still says STARTING.
+    let (agent, addr) = common::agent("watchdog_ms=200");
+    agent.heartbeat().unwrap();
+    assert!(eventually(Duration::from_secs(5), || probe(addr, "")
+        .reason
+        == Some(Reason::WatchdogExpired)));
+}
+
+#[test]
+fn a_start_that_does_not_end_in_start_timeout_ms_is_down() {
+    let (agent, addr) = agent("watchdog_ms=5000 start_timeout_ms=300 services=game");
+    let first = probe(addr, "");
+    assert!(
+        eventually(Duration::from_secs(5), || probe(addr, "").state
+            == State::Down),
+        "first {first:?}"
+    );
+    let down = probe(addr, "game");
+    assert_eq!(
+        (down.state, down.reason, down.message.as_str()),
+        (State::Down, Some(Reason::StartTimedOut), "start timed out")
+    );
+    assert!(down.generation > first.generation);
+    assert!(ask(addr, KEEPALIVED_PAYLOAD).starts_with(b"fail"));
+    assert_eq!(agent.status("").reason, Reason::StartTimedOut);
+    // The start ends late: the host's state from then on, and the watchdog.
+    agent.set_state("", State::Up, Some("ready")).unwrap();
+    let up = probe(addr, "game");
+    assert_eq!((up.state, up.reason), (State::Up, Some(Reason::Host)));
+    assert!(up.generation > down.generation);
+}
+
+#[test]
+fn host_calls_naming_an_unknown_service_are_counted() {
+    let (agent, _addr) = agent("services=game,chat");
+    assert_eq!(agent.counter(Counter::HostUnknownService), 0);
+    assert!(matches!(
+        agent.set_state("gmae", State::Up, None),
+        Err(lbagent::Error::UnknownService)
+    ));
+    assert!(agent.set_weight("gmae", 50).is_err());
+    assert!(agent.set_load("gmae", 1, 2).is_err());
+    assert!(
+        agent
+            .add_check("gmae", "db", Duration::from_secs(1), Duration::ZERO, || Ok(
+                ()
+            ))
+            .is_err()
+    );
+    assert_eq!(agent.counter(Counter::HostUnknownService), 4);
+    // Reading about an unknown service is what a director may do: not counted.
+    assert_eq!(agent.status("gmae").state, State::Unknown);
+    // Known names and the whole server are not counted either.
+    agent.set_state("game", State::Up, None).unwrap();
+    agent.set_state("", State::Up, None).unwrap();
+    assert_eq!(agent.counter(Counter::HostUnknownService), 4);
+    assert_eq!(agent.services().collect::<Vec<_>>(), ["game", "chat"]);
+}
+
 #[test]
 fn status_is_never_longer_than_its_probe() {
     let (agent, addr) = agent("services=svc initial_state=up rate_per_source=0");

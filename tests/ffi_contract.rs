@@ -31,6 +31,7 @@ const INFALLIBLE: &[&str] = &[
     "lbagent_last_error",
     "lbagent_version",
     "lbagent_state_name",
+    "lbagent_reason_name",
 ];
 
 struct Param {

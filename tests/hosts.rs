@@ -8,7 +8,7 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -323,8 +323,65 @@ fn cpp_wrapper_as_cxx11_and_cxx17_and_under_valgrind() {
         assert!(text.contains(&format!("({standard}):")), "{text}");
         assert!(text.contains(", 0 failed"), "{text}");
     }
-    let out = run_ok(&mut valgrind(&p.wrapper_cxx11));
-    assert!(String::from_utf8_lossy(&out.stdout).contains(", 0 failed"));
+    for exe in [&p.wrapper_cxx11, &p.wrapper_cxx17] {
+        let out = run_ok(&mut valgrind(exe));
+        assert!(String::from_utf8_lossy(&out.stdout).contains(", 0 failed"));
+    }
+}
+
+/// Compiles `source` (C++, -Werror) as `standard` without linking; the compiler's output.
+fn compile_cxx(file: &str, source: &str, standard: &str) -> Output {
+    let path = out_dir().join(file);
+    std::fs::write(&path, source).unwrap();
+    Command::new("g++")
+        .arg(format!("-std={standard}"))
+        .args(CXX_WARNINGS)
+        .arg("-I")
+        .arg(repo().join("include"))
+        .arg("-c")
+        .arg(&path)
+        .arg("-o")
+        .arg(path.with_extension("o"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn cpp_calls_naming_a_service_cannot_be_ignored_silently() {
+    // The whole-server calls (signal handlers, tight loops) may be ignored; the ones naming a
+    // service may not, unless cast to void on purpose.
+    let allowed = "#include \"lbagent.hpp\"\n\
+        int main() {\n    lbagentpp::Agent agent;\n\
+        agent.heartbeat();\n    agent.set_state(lbagentpp::State::Up);\n\
+        agent.set_state(lbagentpp::State::Up, \"ready\");\n    agent.set_weight(50u);\n\
+        agent.set_load(1u, 2u);\n    (void)agent.set_state(\"game\", lbagentpp::State::Up);\n\
+        (void)agent.set_weight(\"game\", 50u);\n    (void)agent.set_load(\"game\", 1u, 2u);\n\
+        return 0;\n}\n";
+    for standard in ["c++11", "c++17"] {
+        let out = compile_cxx("nodiscard_allowed.cpp", allowed, standard);
+        assert!(out.status.success(), "{standard}: {out:?}");
+    }
+    for (i, call) in [
+        "agent.set_state(\"gmae\", lbagentpp::State::Up);",
+        "agent.set_weight(\"gmae\", 50u);",
+        "agent.set_load(std::string(\"gmae\"), 1u, 2u);",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let source = format!(
+            "#include <string>\n#include \"lbagent.hpp\"\n\
+             int main() {{\n    lbagentpp::Agent agent;\n    {call}\n    return 0;\n}}\n"
+        );
+        for standard in ["c++11", "c++17"] {
+            let out = compile_cxx(&format!("nodiscard_{i}.cpp"), &source, standard);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success() && stderr.contains("ignoring return value"),
+                "{standard}: {call} compiled: {stderr}"
+            );
+        }
+    }
 }
 
 fn cpp_server_walkthrough(under_valgrind: bool) {
@@ -585,7 +642,7 @@ fn readme_c_quick_start_and_self_check_compile_with_warnings_as_errors() {
 
 #[test]
 fn readme_cpp_and_signal_handler_snippets_compile_with_warnings_as_errors() {
-    let cpp = readme_block("### C++: `include/lbagent.hpp`", "cpp");
+    let cpp = readme_block("## C++: `include/lbagent.hpp`", "cpp");
     let (includes, body): (Vec<&str>, Vec<&str>) =
         cpp.lines().partition(|l| l.starts_with("#include"));
     compiles(

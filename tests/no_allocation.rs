@@ -81,8 +81,11 @@ fn host_calls_and_probe_answers_do_not_allocate() {
         agent.set_state("game", state, None).unwrap();
         agent.set_weight("", i % 101).unwrap();
         agent.set_load("game", i, 10_000).unwrap();
+        // A misspelt service: an error and a count, no allocation.
+        assert!(agent.set_state("gmae", state, None).is_err());
     }
     assert_eq!(allocations() - before, 0, "host calls allocated");
+    assert_eq!(agent.counter(lbagent::Counter::HostUnknownService), 10_000);
 
     let before = allocations();
     for _ in 0..1000 {

@@ -16,7 +16,8 @@ The library is loaded on first use (see _native.candidates for where it is looke
 ``import lbagent`` works without it, and Agent() then raises LibraryNotFoundError.
 """
 
-from .agent import Agent, Status, Worker, library_path, state_name, strerror, version
+from .agent import (Agent, Status, Worker, library_path, reason_name, state_name, strerror,
+                    version)
 from .enums import Counter, LogLevel, Reason, Result, State
 from .errors import (
     AuthRequiredError,
@@ -85,6 +86,7 @@ __all__ = [
     "WrongProcessError",
     "library_path",
     "probe",
+    "reason_name",
     "state_name",
     "strerror",
     "version",

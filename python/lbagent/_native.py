@@ -84,6 +84,7 @@ PROTOTYPES: Dict[str, Tuple[object, List[object]]] = {
     "lbagent_stop": (c_int, [AGENT_P, c_uint32]),
     "lbagent_free": (None, [AGENT_P]),
     "lbagent_state_name": (c_char_p, [c_int]),
+    "lbagent_reason_name": (c_char_p, [c_int]),
     "lbagent_strerror": (c_char_p, [c_int]),
     "lbagent_last_error": (c_size_t, [POINTER(c_char), c_size_t]),
     "lbagent_version": (c_char_p, []),
@@ -182,7 +183,14 @@ def load() -> Library:
                 except AttributeError as e:  # a library without lbagent's functions
                     tried.append(f"{path} ({why}): not lbagent: {e}")
             else:
+                if os.environ.get(LIBRARY_ENV):
+                    fix = (f"fix {LIBRARY_ENV} (the path of {SONAME}), or unset it to search "
+                           "the system")
+                else:
+                    fix = (f"to fix it, set {LIBRARY_ENV} to the path of {SONAME} (make build "
+                           "puts it in build/lib/), or install it (make install) and run "
+                           "ldconfig, or add its directory to LD_LIBRARY_PATH")
                 raise LibraryNotFoundError(
-                    "lbagent: cannot load the library; tried " + "; ".join(tried)
+                    "lbagent: cannot load the library; tried " + "; ".join(tried) + "; " + fix
                 )
         return _library

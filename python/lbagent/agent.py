@@ -175,8 +175,9 @@ class Agent(HandleOwner):
 
     # ---- Calling the library --------------------------------------------------------------
 
-    def _call(self, name: str, *args: Any) -> None:
-        """Calls `name` with the live handle first; raises the matching error on failure."""
+    def _call(self, name: str, *args: Any, service: Optional[str] = None) -> None:
+        """Calls `name` with the live handle first; raises the matching error on failure
+        (naming `service` when it is the service that is unknown)."""
         with self._lock:
             handle = self._handle
             if handle is None:
@@ -185,6 +186,9 @@ class Agent(HandleOwner):
             if code == 0:  # LBAGENT_OK, as a plain int: comparing with the enum costs more
                 return
             detail = self._lib.failure(name, code)
+        if code == Result.ERR_UNKNOWN_SERVICE and f'"{service}"' not in detail:
+            # The hot-path calls leave no last error: say which name was wrong here.
+            detail = f'{name}: unknown service "{service}": not listed in services='
         raise error_for(code, detail)
 
     def _call_blocking(self, name: str, *args: Any) -> None:
@@ -216,18 +220,19 @@ class Agent(HandleOwner):
         operators (None clears it). Raises InvalidArgumentError for UNKNOWN or a non-state,
         UnknownServiceError, StoppedError after stop()."""
         self._call("lbagent_set_state", _text("service", service),
-                   _int("state", state, 32, signed=True), _text("reason", reason))
+                   _int("state", state, 32, signed=True), _text("reason", reason),
+                   service=service)
 
     def set_weight(self, weight_pct: int, *, service: Optional[str] = None) -> None:
         """Sets the weight in percent (0..100) of the weight configured on the director."""
         self._call("lbagent_set_weight", _text("service", service),
-                   _int("weight_pct", weight_pct, 32))
+                   _int("weight_pct", weight_pct, 32), service=service)
 
     def set_load(self, in_use: int, capacity: int = 0, *,
                  service: Optional[str] = None) -> None:
         """Reports the load: `in_use` units of work out of `capacity` (0 = unknown)."""
         self._call("lbagent_set_load", _text("service", service), _int("in_use", in_use, 32),
-                   _int("capacity", capacity, 32))
+                   _int("capacity", capacity, 32), service=service)
 
     # ---- Reading --------------------------------------------------------------------------
 
@@ -296,7 +301,7 @@ class Agent(HandleOwner):
             self._call("lbagent_add_check_with_free", _text("service", service),
                        _text("name", name), callbacks.CHECK_TRAMPOLINE, key,
                        callbacks.RELEASE_TRAMPOLINE, _int("interval_ms", interval_ms, 32),
-                       _int("timeout_ms", timeout_ms, 32))
+                       _int("timeout_ms", timeout_ms, 32), service=service)
         except BaseException:
             callbacks.release(key)  # on error the library does not call the release function
             raise
@@ -402,6 +407,11 @@ def version() -> str:
 def state_name(state: Union[State, int]) -> str:
     """The library's lower-case name of a state ("up", "drain", ...; "invalid" otherwise)."""
     return _native.load().lbagent_state_name(_int("state", state, 32, signed=True)).decode()
+
+
+def reason_name(reason: Union[Reason, int]) -> str:
+    """The library's name of a reason ("host", "watchdog-expired", ...; "invalid" otherwise)."""
+    return _native.load().lbagent_reason_name(_int("reason", reason, 32, signed=True)).decode()
 
 
 def strerror(code: Union[Result, int]) -> str:

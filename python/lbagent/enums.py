@@ -35,6 +35,8 @@ class Reason(enum.IntEnum):
     AGENT_FAULT = 5
     CHECK_TIMED_OUT = 6
     WORKER_STALLED = 7
+    #: The start did not end within ``start_timeout_ms`` (no heartbeat, still STARTING).
+    START_TIMED_OUT = 8
 
 
 class Counter(enum.IntEnum):
@@ -66,6 +68,9 @@ class Counter(enum.IntEnum):
     CONN_DROPPED_NOT_ALLOWED = 21
     CONN_TIMED_OUT = 22
     CONN_FAILED = 23
+    #: Host calls (set_state, set_weight, set_load, add_check) that named a service not in
+    #: ``services=``.
+    HOST_UNKNOWN_SERVICE = 24
 
 
 class Result(enum.IntEnum):

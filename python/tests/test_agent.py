@@ -86,13 +86,24 @@ def test_services_and_the_unknown_service(make_agent):
     assert (unknown.state, unknown.reason) == (State.UNKNOWN, Reason.UNKNOWN_SERVICE)
     answer = probe(port, "nope")
     assert (answer.state, answer.reason) == (State.UNKNOWN, Reason.UNKNOWN_SERVICE)
-    for call in (lambda: agent.set_state(State.UP, service="nope"),
-                 lambda: agent.set_weight(1, service="nope"),
-                 lambda: agent.set_load(1, 2, service="nope")):
+    # One rule in every language: a call that reports about a service not in services= is an
+    # error (here an exception that names it); reading about one answers UNKNOWN, as a
+    # director is told.
+    for call, text in (
+            (lambda: agent.set_state(State.UP, service="gmae"),
+             'lbagent_set_state: unknown service "gmae": not listed in services='),
+            (lambda: agent.set_weight(1, service="gmae"),
+             'lbagent_set_weight: unknown service "gmae": not listed in services='),
+            (lambda: agent.set_load(1, 2, service="gmae"),
+             'lbagent_set_load: unknown service "gmae": not listed in services='),
+            (lambda: agent.add_check("db", lambda: True, service="gmae"),
+             'lbagent_add_check_with_free: unknown service "gmae": not listed in services= '
+             '(game, chat)')):
         with pytest.raises(lbagent.UnknownServiceError) as caught:
             call()
         assert caught.value.code == Result.ERR_UNKNOWN_SERVICE
-        assert str(caught.value).endswith(": unknown service")
+        assert str(caught.value) == text
+    assert agent.counter(lbagent.Counter.HOST_UNKNOWN_SERVICE) == 4
 
 
 def test_the_watchdog_reports_a_host_that_stopped_heartbeating(make_agent):
@@ -269,7 +280,7 @@ def test_a_python_signal_handler_can_call_in_while_the_main_thread_does():
 
 def test_the_readme_snippet(capsys):
     readme = (REPO / "README.md").read_text()
-    section = readme.split("\n### Python and asyncio\n", 1)[1]
+    section = readme.split("\n## Python and asyncio\n", 1)[1]
     snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
     exec(snippet.replace('"0.0.0.0:4950"', '"127.0.0.1:0"'), {})
     printed = capsys.readouterr().out

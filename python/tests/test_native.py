@@ -210,6 +210,9 @@ def test_versions_agree():
     assert lbagent.strerror(999) == "unknown result code"
     assert lbagent.state_name(lbagent.State.DRAIN) == "drain"
     assert lbagent.state_name(42) == "invalid"
+    assert lbagent.reason_name(lbagent.Reason.START_TIMED_OUT) == "start-timed-out"
+    assert lbagent.reason_name(lbagent.Reason.HOST) == "host"
+    assert lbagent.reason_name(42) == "invalid"
 
 
 # ---- Finding the library -----------------------------------------------------------------
@@ -239,6 +242,8 @@ def test_a_wrong_explicit_path_is_an_error_without_falling_back(tmp_path):
     assert out.stdout.startswith("UNMONITORED lbagent: cannot load the library; tried "), out
     assert f"{missing} (LBAGENT_LIBRARY)" in out.stdout
     assert "system search path" not in out.stdout
+    assert out.stdout.rstrip().endswith(
+        "; fix LBAGENT_LIBRARY (the path of liblbagent.so.0), or unset it to search the system")
 
 
 def test_a_library_that_is_not_lbagent_is_refused():
@@ -267,3 +272,8 @@ def test_without_the_library_import_works_and_agent_says_where_it_looked(tmp_pat
     assert out.returncode == 0, out
     assert out.stdout.startswith("UNMONITORED lbagent: cannot load the library; tried "), out
     assert "liblbagent.so.0 (system search path)" in out.stdout
+    # It says how to fix it.
+    assert out.stdout.rstrip().endswith(
+        "; to fix it, set LBAGENT_LIBRARY to the path of liblbagent.so.0 (make build puts it "
+        "in build/lib/), or install it (make install) and run ldconfig, or add its directory "
+        "to LD_LIBRARY_PATH"), out

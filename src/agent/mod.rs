@@ -78,7 +78,8 @@ impl Agent {
             },
             clock::now_ms(),
         )
-        .map_err(io("map shared memory for the status board"))?;
+        .map_err(io("map shared memory for the status board"))?
+        .with_start_timeout(config.start_timeout_ms);
         let (logger, log_thread) =
             Logger::new(config.log).map_err(io("start the logger thread"))?;
         let shared = Arc::new(Shared {
@@ -107,7 +108,7 @@ impl Agent {
         log_line!(
             agent.shared.logger,
             Level::Info,
-            "started {}: UDP {}, TCP agent-check {}, HTTP {}, watchdog {}, text {}, {}",
+            "started {}: UDP {}, TCP agent-check {}, HTTP {}, watchdog {}{}, text {}, {}",
             crate::VERSION,
             Addrs(&agent.local_addrs),
             Addrs(&agent.tcp_agent_addrs),
@@ -116,6 +117,11 @@ impl Agent {
                 format!("{} ms", config.watchdog_ms)
             } else {
                 "off".into()
+            },
+            if config.start_timeout_ms > 0 {
+                format!(", start timeout {} ms", config.start_timeout_ms)
+            } else {
+                String::new()
             },
             if config.text { "on" } else { "off" },
             match (&config.keys, config.auth_required()) {
@@ -130,14 +136,30 @@ impl Agent {
         Ok(agent)
     }
 
+    /// The board's cell for a host call about `service`. An unknown name is counted
+    /// (`Counter::HostUnknownService`: one relaxed atomic add, so the hot path stays free of
+    /// locks and system calls), so that a typo the host's code ignores still shows.
     fn target(&self, service: &[u8]) -> Result<Target, Error> {
         if self.shared.board.is_stopping() {
             return Err(Error::Stopped);
         }
         match self.shared.board.target(service) {
-            Target::Unknown => Err(Error::UnknownService),
+            Target::Unknown => Err(self.unknown_service()),
             target => Ok(target),
         }
+    }
+
+    /// Counts a host call that named an unknown service: off the hot path's straight line.
+    #[cold]
+    #[inline(never)]
+    fn unknown_service(&self) -> Error {
+        self.shared.counters.add(Counter::HostUnknownService);
+        Error::UnknownService
+    }
+
+    /// The service names of `services=`, in configuration order.
+    pub fn services(&self) -> impl Iterator<Item = &str> {
+        self.shared.board.service_names()
     }
 
     /// Reports the state of the whole server (`service` empty) or of one service, with an
@@ -200,7 +222,8 @@ impl Agent {
         Ok(())
     }
 
-    /// Tells the watchdog that the host is alive.
+    /// Tells the watchdog that the host is alive. The first heartbeat also ends the start (see
+    /// `watchdog_ms` and `start_timeout_ms` in the README): the watchdog is armed from then on.
     pub fn heartbeat(&self) -> Result<(), Error> {
         if self.shared.board.is_stopping() {
             return Err(Error::Stopped);

@@ -10,7 +10,7 @@ use super::{Failure, c_bytes, try_optional_c_str, try_out};
 use crate::agent::Agent;
 use crate::config::MAX_SERVICE_NAME;
 use crate::counters::Counter;
-use crate::state::State;
+use crate::state::{Reason, State};
 
 /// Longest reason text read from C: the message keeps 255 bytes; reading a little more lets a
 /// character cut at byte 255 be repaired, and a 1 MB reason costs no more than a short one.
@@ -42,6 +42,24 @@ pub(super) fn hot_agent<'a>(handle: *const lbagent) -> Result<&'a Agent, lbagent
 pub(super) fn service_bytes<'a>(name: *const c_char) -> &'a [u8] {
     // SAFETY: the caller passes NULL or a NUL-terminated string.
     unsafe { c_bytes(name, MAX_SERVICE_NAME + 1) }.unwrap_or(b"")
+}
+
+/// The last error of a call outside the hot path that named an unknown service: the name, and
+/// the names it could have been.
+pub(super) fn unknown_service(agent: &Agent, service: &[u8]) -> Failure {
+    let known: Vec<&str> = agent.services().collect();
+    Failure::new(
+        LBAGENT_ERR_UNKNOWN_SERVICE,
+        format!(
+            "unknown service \"{}\": not listed in services= ({})",
+            String::from_utf8_lossy(service).escape_default(),
+            if known.is_empty() {
+                "none are".to_string()
+            } else {
+                known.join(", ")
+            }
+        ),
+    )
 }
 
 /// Parses `config`, binds the listen addresses and starts the monitor thread.
@@ -91,8 +109,13 @@ pub extern "C" fn lbagent_start(config: *const c_char, out: *mut *mut lbagent) -
 /// copied, up to 255 bytes; invalid UTF-8 is repaired and control characters become spaces).
 /// Setting what is already set changes nothing (the generation does not move).
 ///
+/// Setting the whole server to any state but STARTING ends the start: the watchdog
+/// (`watchdog_ms`) is armed from then on, if the first heartbeat has not armed it already.
+///
 /// Returns `LBAGENT_OK`; `LBAGENT_ERR_INVALID_ARGUMENT` for `LBAGENT_STATE_UNKNOWN` or a value
-/// that is no state; `LBAGENT_ERR_UNKNOWN_SERVICE`; `LBAGENT_ERR_STOPPED` after `lbagent_stop`;
+/// that is no state; `LBAGENT_ERR_UNKNOWN_SERVICE` for a name not listed in `services=` (also
+/// counted in `LBAGENT_COUNTER_HOST_UNKNOWN_SERVICE`, so that a typo is seen even where the
+/// result is ignored); `LBAGENT_ERR_STOPPED` after `lbagent_stop`;
 /// `LBAGENT_ERR_NULL_ARGUMENT` / `LBAGENT_ERR_BAD_HANDLE` for a bad handle. Never sets the
 /// last error.
 ///
@@ -151,8 +174,14 @@ pub extern "C" fn lbagent_set_load(
 }
 
 /// Tells the watchdog that the host is alive; call it from the main loop. With
-/// `watchdog_ms=N`, when the last heartbeat (or the start) is more than N ms old, every answer
-/// says DOWN, reason "watchdog expired", until the next heartbeat.
+/// `watchdog_ms=N`, once the watchdog is armed, when the last heartbeat is more than N ms old
+/// every answer says DOWN, reason "watchdog expired", until the next heartbeat.
+///
+/// The watchdog is armed when the start ends: at the first heartbeat, or when the whole
+/// server's state is first set to anything but STARTING (at once with another
+/// `initial_state`), whichever comes first. So a host that warms up without heart-beating is
+/// answered STARTING, however long that takes (bound it with `start_timeout_ms`), and a host
+/// that sets UP without ever heart-beating is DOWN N ms later.
 ///
 /// Returns `LBAGENT_OK`, `LBAGENT_ERR_STOPPED` after `lbagent_stop`, or
 /// `LBAGENT_ERR_NULL_ARGUMENT` / `LBAGENT_ERR_BAD_HANDLE`. Never sets the last error.
@@ -308,6 +337,20 @@ pub extern "C" fn lbagent_state_name(state: c_int) -> *const c_char {
     infallible!(c"invalid".as_ptr(), {
         State::from_i32(state)
             .map_or(c"invalid", State::c_name)
+            .as_ptr()
+    })
+}
+
+/// The lower-case name of a reason, with dashes ("host", "watchdog-expired",
+/// "start-timed-out", ...; as in `lbagent-probe --json`), or "invalid". Static; never freed.
+/// Thread-safe and async-signal-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn lbagent_reason_name(reason: c_int) -> *const c_char {
+    infallible!(c"invalid".as_ptr(), {
+        u8::try_from(reason)
+            .ok()
+            .and_then(Reason::from_u8)
+            .map_or(c"invalid", Reason::c_name)
             .as_ptr()
     })
 }

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use super::agent::{lbagent, service_bytes, try_agent};
+use super::agent::{lbagent, service_bytes, try_agent, unknown_service};
 use super::error::lbagent_result;
 use super::{Failure, try_str};
+use crate::error::Error;
 use crate::log::Level;
 use crate::status::checks::MAX_CHECK_NAME;
 
@@ -173,13 +174,18 @@ fn add_check(
     };
     // On failure the closure is dropped unused, without calling the release function: the
     // host still owns its data.
-    agent.add_check_boxed(
-        service,
-        name,
-        Duration::from_millis(u64::from(interval_ms)),
-        Duration::from_millis(u64::from(timeout_ms)),
-        Box::new(check),
-    )?;
+    agent
+        .add_check_boxed(
+            service,
+            name,
+            Duration::from_millis(u64::from(interval_ms)),
+            Duration::from_millis(u64::from(timeout_ms)),
+            Box::new(check),
+        )
+        .map_err(|e| match e {
+            Error::UnknownService => unknown_service(agent, service),
+            e => Failure::from(e),
+        })?;
     owned.store(true, Ordering::Release);
     Ok(())
 }

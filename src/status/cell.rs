@@ -329,12 +329,20 @@ impl Cell {
 
     /// Sets state, reason and message (`None` clears it). A call that changes nothing does not
     /// bump the generation.
-    pub(crate) fn set(&self, state: State, reason: Reason, message: Option<&Text>, now: u64) {
-        self.set_with_clock(state, reason, message, || now);
+    pub(crate) fn set(
+        &self,
+        state: State,
+        reason: Reason,
+        message: Option<&Text>,
+        now: u64,
+    ) -> bool {
+        self.set_with_clock(state, reason, message, || now)
     }
 
     /// `set`, reading the clock only when the state changes (most host calls repeat the state
-    /// already set, and the clock is a third of such a call's cost).
+    /// already set, and the clock is a third of such a call's cost). Returns false when the
+    /// cell already held this state and reason without a message (nothing changed), true when
+    /// it may have changed.
     #[inline]
     pub(crate) fn set_with_clock(
         &self,
@@ -342,7 +350,7 @@ impl Cell {
         reason: Reason,
         message: Option<&Text>,
         now: impl FnOnce() -> u64,
-    ) {
+    ) -> bool {
         // The call a host makes in its loop: this state, no message, already set. One load.
         const STATE_REASON_SLOT: u64 = 0xFF00_FFFF;
         let unchanged = Word {
@@ -354,9 +362,10 @@ impl Cell {
         }
         .pack();
         if message.is_none() && self.word.load(Ordering::Acquire) & STATE_REASON_SLOT == unchanged {
-            return;
+            return false;
         }
         self.set_changing(state, reason, message, now);
+        true
     }
 
     #[inline(never)]

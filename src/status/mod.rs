@@ -7,9 +7,16 @@
 //! The board lives in shared memory (`sys/shm.rs`): children forked after `lbagent_start` (the
 //! workers of a prefork server) report into the same board the master's monitor reads.
 //!
+//! Startup: the start ends at the first heartbeat, or when the whole server's state leaves
+//! STARTING (at once with another `initial_state`), whichever comes first. The watchdog is
+//! armed from then on: a host that warms up without heart-beating is answered STARTING, as it
+//! reports, however long that takes, and a host that reports UP but never heart-beats is caught.
+//! `start_timeout_ms` bounds the start: past it, a start that has not ended is DOWN, "start
+//! timed out", until it ends.
+//!
 //! What a director is told combines, in this order of precedence:
 //! 1. the agent's own conditions: a caught fault (DOWN), `lbagent_stop` (STOPPING), the
-//!    host watchdog (DOWN);
+//!    host watchdog (DOWN), a start that timed out (DOWN);
 //! 2. the state furthest from serving among the host's whole-server state, the service's
 //!    state, stalled workers (DOWN) and failing checks (DOWN).
 
@@ -84,11 +91,18 @@ impl Target {
 #[derive(Zeroable)]
 #[repr(C)]
 struct Header {
-    /// Clock time of the last heartbeat (the start counts as one).
+    /// Clock time of the last heartbeat; 0 before the first.
     heartbeat_at: AtomicU64,
+    /// Clock time when the whole server's state first left STARTING; 0 before.
+    left_starting_at: AtomicU64,
+    /// Clock time of the start (`Board::new`).
+    started_at: AtomicU64,
     /// Watchdog transitions observed so far; odd while expired.
     watchdog_flips: AtomicU64,
     watchdog_changed_at: AtomicU64,
+    /// Start-timeout transitions observed so far; odd while timed out.
+    start_flips: AtomicU64,
+    start_changed_at: AtomicU64,
     /// The process whose monitor answers for this board (it alone may stop it), shifted left
     /// by one, with bit 0 set once it stopped. One word, so that a parent's stop and a
     /// child's take-over after a fork cannot interleave badly.
@@ -119,6 +133,7 @@ pub(crate) struct Board {
     cells: ShmSlice<Cell>,
     names: Vec<Box<[u8]>>,
     watchdog_ms: u64,
+    start_timeout_ms: u64,
     pub(crate) workers: Workers,
     pub(crate) checks: Checks,
 }
@@ -134,6 +149,7 @@ impl Board {
                 .map(|s| s.as_bytes().to_vec().into_boxed_slice())
                 .collect(),
             watchdog_ms: u64::from(config.watchdog_ms),
+            start_timeout_ms: 0,
             workers: Workers::new(
                 config.workers,
                 config.worker_timeout_ms,
@@ -147,15 +163,41 @@ impl Board {
             cell.init(State::Up, Reason::Host, None, now);
         }
         let h = board.header();
-        h.heartbeat_at.store(now, Ordering::Relaxed);
-        h.watchdog_changed_at.store(now, Ordering::Relaxed);
+        h.started_at.store(now, Ordering::Relaxed);
+        if config.initial != State::Starting {
+            h.left_starting_at.store(now.max(1), Ordering::Relaxed);
+        }
         h.ownership
             .store(u64::from(process::pid()) << 1, Ordering::Release);
         Ok(board)
     }
 
+    /// Bounds the start (`start_timeout_ms`; 0: no bound).
+    pub(crate) fn with_start_timeout(mut self, start_timeout_ms: u32) -> Board {
+        self.start_timeout_ms = u64::from(start_timeout_ms);
+        self
+    }
+
     fn header(&self) -> &Header {
         &self.header[0]
+    }
+
+    /// Records that the whole server's state left STARTING (the start ends): one load, and a
+    /// compare-and-swap the first time only.
+    fn leave_starting(&self, target: Target, state: State, now: impl FnOnce() -> u64) {
+        let at = &self.header().left_starting_at;
+        if target == Target::Server && state != State::Starting && at.load(Ordering::Relaxed) == 0 {
+            let _ = at.compare_exchange(0, now().max(1), Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
+
+    /// The latest sign that the start ended, at the first heartbeat or when the whole server
+    /// left STARTING, and what the watchdog counts from; 0 while the start lasts.
+    fn alive_at(&self) -> u64 {
+        let h = self.header();
+        h.heartbeat_at
+            .load(Ordering::Acquire)
+            .max(h.left_starting_at.load(Ordering::Acquire))
     }
 
     /// Finds the cell for a service name; empty means the whole server.
@@ -167,6 +209,13 @@ impl Board {
             Some(i) => Target::Service(i),
             None => Target::Unknown,
         }
+    }
+
+    /// The configured service names, in order.
+    pub(crate) fn service_names(&self) -> impl Iterator<Item = &str> {
+        self.names
+            .iter()
+            .map(|n| std::str::from_utf8(n).unwrap_or(""))
     }
 
     /// The cell index of a target (0: the whole server).
@@ -189,7 +238,9 @@ impl Board {
     ) -> bool {
         match self.cell(target) {
             Some(cell) => {
-                cell.set(state, reason, message, now);
+                if cell.set(state, reason, message, now) {
+                    self.leave_starting(target, state, || now);
+                }
                 true
             }
             None => false,
@@ -206,7 +257,11 @@ impl Board {
     ) -> bool {
         match self.cell(target) {
             Some(cell) => {
-                cell.set_with_clock(state, reason, message, clock::now_ms);
+                // Leaving STARTING changes the cell: a call that changed nothing cannot end the
+                // start, and does not look at the header (another cache line).
+                if cell.set_with_clock(state, reason, message, clock::now_ms) {
+                    self.leave_starting(target, state, clock::now_ms);
+                }
                 true
             }
             None => false,
@@ -298,38 +353,65 @@ impl Board {
         }
     }
 
-    /// Whether the watchdog has expired now; counts each change so that it shows in the
-    /// generation. Returns `(expired, transitions so far, time of the last transition)`.
+    /// Judges a condition that is looked at lazily (when a probe or a status call asks):
+    /// `judge()` says whether it holds and since when (or, if not, since when not). Each
+    /// change is counted once, by whoever sees it first, in `flips` (odd while it holds), so
+    /// that it shows in the generation. Returns `(holds, changes so far, time of the last)`.
+    fn observe_condition(
+        flips: &AtomicU64,
+        changed_at: &AtomicU64,
+        judge: impl Fn() -> (bool, u64),
+    ) -> (bool, u64, u64) {
+        loop {
+            let (holds, at) = judge();
+            let seen = flips.load(Ordering::Acquire);
+            if (seen & 1 == 1) == holds {
+                return (holds, seen, changed_at.load(Ordering::Acquire));
+            }
+            if flips
+                .compare_exchange(seen, seen + 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                changed_at.store(at, Ordering::Release);
+                return (holds, seen + 1, at);
+            }
+        }
+    }
+
+    /// Whether the watchdog has expired now (never before the start ended). Returns
+    /// `(expired, transitions so far, time of the last transition)`.
     fn observe_watchdog(&self, now: u64) -> (bool, u64, u64) {
         if self.watchdog_ms == 0 {
             return (false, 0, 0);
         }
         let h = self.header();
-        loop {
-            let heartbeat_at = h.heartbeat_at.load(Ordering::Acquire);
-            let expired = now.saturating_sub(heartbeat_at) > self.watchdog_ms;
-            let flips = h.watchdog_flips.load(Ordering::Acquire);
-            if (flips & 1 == 1) == expired {
-                return (
-                    expired,
-                    flips,
-                    h.watchdog_changed_at.load(Ordering::Acquire),
-                );
+        Self::observe_condition(&h.watchdog_flips, &h.watchdog_changed_at, || {
+            let alive_at = self.alive_at();
+            // Expiry happened when the deadline passed; recovery with the heartbeat.
+            if alive_at != 0 && now.saturating_sub(alive_at) > self.watchdog_ms {
+                (true, alive_at + self.watchdog_ms)
+            } else {
+                (false, alive_at)
             }
-            if h.watchdog_flips
-                .compare_exchange(flips, flips + 1, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                // Expiry happened when the deadline passed; recovery with the heartbeat.
-                let at = if expired {
-                    heartbeat_at + self.watchdog_ms
-                } else {
-                    heartbeat_at
-                };
-                h.watchdog_changed_at.store(at, Ordering::Release);
-                return (expired, flips + 1, at);
-            }
+        })
+    }
+
+    /// Whether the start has lasted longer than `start_timeout_ms` without ending. Returns
+    /// `(timed out, transitions so far, time of the last transition)`.
+    fn observe_start(&self, now: u64) -> (bool, u64, u64) {
+        if self.start_timeout_ms == 0 {
+            return (false, 0, 0);
         }
+        let h = self.header();
+        Self::observe_condition(&h.start_flips, &h.start_changed_at, || {
+            let alive_at = self.alive_at();
+            let deadline = h.started_at.load(Ordering::Acquire) + self.start_timeout_ms;
+            if alive_at == 0 && now > deadline {
+                (true, deadline)
+            } else {
+                (false, alive_at)
+            }
+        })
     }
 
     /// Exactly what a director is told about `target` at clock time `now`.
@@ -353,6 +435,7 @@ impl Board {
             }
         };
         let (expired, watchdog_flips, watchdog_at) = self.observe_watchdog(now);
+        let (start_timed_out, start_flips, start_at) = self.observe_start(now);
         let h = self.header();
         let stopping = self.is_stopping();
         let faults = self.faults();
@@ -410,6 +493,7 @@ impl Board {
             .generation
             .wrapping_add(own.map_or(0, |c| c.generation))
             .wrapping_add(watchdog_flips as u32)
+            .wrapping_add(start_flips as u32)
             .wrapping_add(u32::from(stopping))
             .wrapping_add(u32::from(faults > 0))
             .wrapping_add(worker_flips as u32)
@@ -425,7 +509,8 @@ impl Board {
             since_ms: since(
                 decisive
                     .3
-                    .max(if watchdog_flips > 0 { watchdog_at } else { 0 }),
+                    .max(if watchdog_flips > 0 { watchdog_at } else { 0 })
+                    .max(if start_flips > 0 { start_at } else { 0 }),
             ),
             message: decisive.2,
         };
@@ -443,6 +528,8 @@ impl Board {
             ))
         } else if expired {
             Some((State::Down, Reason::WatchdogExpired, watchdog_at))
+        } else if start_timed_out {
+            Some((State::Down, Reason::StartTimedOut, start_at))
         } else {
             None
         };
@@ -601,6 +688,110 @@ mod tests {
         let r = b.status(Target::Server, 5100);
         assert_eq!((r.state, r.reason), (State::Up, Reason::Host));
         assert!(r.generation > s.generation);
+    }
+
+    #[test]
+    fn the_watchdog_waits_for_the_start_to_end() {
+        // Warm-up without heartbeats: STARTING as the host says, however long it takes.
+        let b = board(3000);
+        let s = b.status(Target::Server, 1_000_000);
+        assert_eq!((s.state, s.reason), (State::Starting, Reason::Host));
+        assert_eq!(s.generation, 0);
+        // A host update during warm-up (STARTING, with a text) does not end the start.
+        b.set_state(
+            Target::Server,
+            State::Starting,
+            Reason::Host,
+            Some(&Text::from_static("loading 40%")),
+            1_000_000,
+        );
+        assert_eq!(b.status(Target::Server, 2_000_000).state, State::Starting);
+        // The first heartbeat arms it.
+        b.heartbeat(2_000_000);
+        assert_eq!(b.status(Target::Server, 2_003_000).state, State::Starting);
+        let s = b.status(Target::Server, 2_003_001);
+        assert_eq!((s.state, s.reason), (State::Down, Reason::WatchdogExpired));
+        assert_eq!(s.since_ms, 1);
+    }
+
+    #[test]
+    fn up_without_a_heartbeat_arms_the_watchdog() {
+        let b = board(3000);
+        b.set_state(Target::Server, State::Up, Reason::Host, None, 5000);
+        assert!(b.status(Target::Server, 8000).is_serving());
+        let s = b.status(Target::Server, 8001);
+        assert_eq!((s.state, s.reason), (State::Down, Reason::WatchdogExpired));
+        // Going back to STARTING later (a reload) does not disarm it.
+        b.heartbeat(9000);
+        b.set_state(Target::Server, State::Starting, Reason::Host, None, 9000);
+        assert_eq!(b.status(Target::Server, 12_000).state, State::Starting);
+        assert_eq!(
+            b.status(Target::Server, 12_001).reason,
+            Reason::WatchdogExpired
+        );
+        // A service's state does not end the start.
+        let c = board(3000);
+        c.set_state(Target::Service(0), State::Up, Reason::Host, None, 1000);
+        assert_eq!(c.status(Target::Server, 100_000).state, State::Starting);
+    }
+
+    #[test]
+    fn another_initial_state_is_a_start_that_ended() {
+        let services: [String; 0] = [];
+        let config = BoardConfig {
+            initial: State::Up,
+            services: &services,
+            watchdog_ms: 3000,
+            workers: 0,
+            worker_timeout_ms: 1000,
+            worker_policy: WorkerPolicy::Any,
+        };
+        let b = Board::new(&config, 1000).unwrap().with_start_timeout(500);
+        assert!(b.status(Target::Server, 4000).is_serving());
+        assert_eq!(
+            b.status(Target::Server, 4001).reason,
+            Reason::WatchdogExpired
+        );
+    }
+
+    #[test]
+    fn a_start_that_does_not_end_times_out() {
+        let b = board(3000).with_start_timeout(5000);
+        let s = b.status(Target::Server, 6000);
+        assert_eq!(
+            (s.state, s.reason, s.generation),
+            (State::Starting, Reason::Host, 0)
+        );
+        let s = b.status(Target::Server, 6250);
+        assert_eq!(
+            (s.state, s.reason, s.message.as_str(), s.since_ms),
+            (State::Down, Reason::StartTimedOut, "start timed out", 250)
+        );
+        assert_eq!(s.generation, 1);
+        // Every service with it.
+        assert_eq!(
+            b.status(Target::Service(1), 6250).reason,
+            Reason::StartTimedOut
+        );
+        // The start ends (the first heartbeat): the host's state again, and the watchdog.
+        b.heartbeat(7000);
+        let r = b.status(Target::Server, 7100);
+        assert_eq!((r.state, r.reason), (State::Starting, Reason::Host));
+        assert_eq!((r.generation, r.since_ms), (2, 100));
+        assert_eq!(
+            b.status(Target::Server, 10_001).reason,
+            Reason::WatchdogExpired
+        );
+        // Ended by UP instead, before the deadline: never times out.
+        let b = board(0).with_start_timeout(5000);
+        b.set_state(Target::Server, State::Up, Reason::Host, None, 2000);
+        assert!(b.status(Target::Server, 1_000_000).is_serving());
+        // No bound: a start may take any time.
+        let b = board(0);
+        assert_eq!(
+            b.status(Target::Server, u64::MAX / 2).state,
+            State::Starting
+        );
     }
 
     #[test]

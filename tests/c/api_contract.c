@@ -223,6 +223,13 @@ static void lifecycle(void) {
     CHECK(lbagent_set_state(a, "nope", LBAGENT_STATE_UP, NULL) == LBAGENT_ERR_UNKNOWN_SERVICE);
     CHECK(lbagent_set_weight(a, "nope", 5) == LBAGENT_ERR_UNKNOWN_SERVICE);
     CHECK(lbagent_set_load(a, "nope", 1, 1) == LBAGENT_ERR_UNKNOWN_SERVICE);
+    /* Each such call is counted, so that a typo whose result is ignored still shows; a check
+     * on an unknown service says which name and which names there are. */
+    CHECK(lbagent_add_check(a, "gmae", "db", passing_check, NULL, 100, 0) ==
+          LBAGENT_ERR_UNKNOWN_SERVICE);
+    CHECK(last_error_contains(
+        "lbagent_add_check: unknown service \"gmae\": not listed in services= (game)"));
+    CHECK(lbagent_get_counter(a, LBAGENT_COUNTER_HOST_UNKNOWN_SERVICE, &v) == LBAGENT_OK && v == 4);
 
     /* A reason that is not UTF-8 and one of 1 MB: both accepted, cleaned, cut. */
     CHECK(lbagent_set_state(a, "", LBAGENT_STATE_UP, "bad \xff\xfe\n utf8") == LBAGENT_OK);
@@ -293,6 +300,10 @@ static void static_strings(void) {
     CHECK(strlen(lbagent_strerror(LBAGENT_ERR_BIND)) > 0);
     CHECK(strcmp(lbagent_state_name(LBAGENT_STATE_DRAIN), "drain") == 0);
     CHECK(strcmp(lbagent_state_name(99), "invalid") == 0);
+    CHECK(strcmp(lbagent_reason_name(LBAGENT_REASON_WATCHDOG_EXPIRED), "watchdog-expired") == 0);
+    CHECK(strcmp(lbagent_reason_name(LBAGENT_REASON_START_TIMED_OUT), "start-timed-out") == 0);
+    CHECK(strcmp(lbagent_reason_name(-1), "invalid") == 0);
+    CHECK(strcmp(lbagent_reason_name(256), "invalid") == 0);
     /* lbagent_last_error: snprintf-like length, NUL-terminated cut. */
     {
         lbagent *a = NULL;

@@ -41,6 +41,8 @@ static void *strict_thread(void *arg) {
             lbagent_set_weight(agent, "game", 50) != LBAGENT_OK ||
             lbagent_set_load(agent, NULL, (uint32_t)i, ROUNDS) != LBAGENT_OK ||
             lbagent_set_load(agent, "game", 1, 2) != LBAGENT_OK ||
+            /* a misspelt service: an error and a count, no system call */
+            lbagent_set_state(agent, "gmae", state, NULL) != LBAGENT_ERR_UNKNOWN_SERVICE ||
             lbagent_worker_heartbeat(agent, slot) != LBAGENT_OK) {
             (void)!write(done[1], "F", 1);
             syscall(SYS_exit, 0);

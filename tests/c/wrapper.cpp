@@ -2,7 +2,8 @@
 // with -Wall -Wextra -Werror -pedantic, run plainly and under valgrind by tests/hosts.rs):
 // ownership and moves, exceptions with the code and the library's text, noexcept hot path
 // returning codes, status and counters, a real UDP probe; probing (lbagentpp::probe and the
-// Prober in a poll() loop) and the TCP listeners' ports.
+// Prober in a poll() loop) and the TCP listeners' ports; the empty Agent; std::string_view
+// (C++17) copied on the stack without allocating; set_log_callback from several threads.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -10,9 +11,13 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
+#include <new>
+#include <thread>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -21,6 +26,23 @@
 #include <utility>
 
 #include "lbagent.hpp"
+
+// Every C++ allocation of this program is counted, so that a hot-path call can be shown to
+// make none (the library's own threads allocate with malloc, not here).
+std::atomic<long> cxx_allocations(0);
+
+void *operator new(std::size_t n) {
+    cxx_allocations++;
+    if (void *p = std::malloc(n == 0 ? 1 : n)) {
+        return p;
+    }
+    throw std::bad_alloc();
+}
+void *operator new[](std::size_t n) { return operator new(n); }
+void operator delete(void *p) noexcept { std::free(p); }
+void operator delete[](void *p) noexcept { std::free(p); }
+void operator delete(void *p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void *p, std::size_t) noexcept { std::free(p); }
 
 namespace {
 
@@ -41,6 +63,7 @@ static_assert(!std::is_copy_constructible<Agent>::value, "move-only");
 static_assert(!std::is_copy_assignable<Agent>::value, "move-only");
 static_assert(std::is_nothrow_move_constructible<Agent>::value, "noexcept move");
 static_assert(std::is_nothrow_move_assignable<Agent>::value, "noexcept move");
+static_assert(std::is_nothrow_default_constructible<Agent>::value, "an empty Agent");
 static_assert(std::is_base_of<std::runtime_error, lbagentpp::Error>::value, "std exception");
 static_assert(noexcept(std::declval<Agent &>().heartbeat()), "hot path is noexcept");
 static_assert(noexcept(std::declval<Agent &>().set_state(lbagentpp::State::Up)), "noexcept");
@@ -55,6 +78,12 @@ static_assert(static_cast<int>(lbagentpp::Counter::DroppedAuthStale) ==
                   LBAGENT_COUNTER_DROPPED_AUTH_STALE,
               "numbers");
 static_assert(static_cast<int>(lbagentpp::Counter::ConnFailed) == LBAGENT_COUNTER_CONN_FAILED,
+              "numbers");
+static_assert(static_cast<int>(lbagentpp::Counter::HostUnknownService) ==
+                  LBAGENT_COUNTER_HOST_UNKNOWN_SERVICE,
+              "numbers");
+static_assert(static_cast<int>(lbagentpp::Reason::StartTimedOut) ==
+                  LBAGENT_REASON_START_TIMED_OUT,
               "numbers");
 using lbagentpp::Prober;
 static_assert(!std::is_copy_constructible<Prober>::value, "move-only");
@@ -127,6 +156,20 @@ bool starts_with(const std::string &s, const char *prefix) {
     return s.compare(0, std::strlen(prefix), prefix) == 0;
 }
 
+// The code of the Error that `f` throws (LBAGENT_OK if it throws none), its text in `what`.
+template <typename F>
+lbagent_result thrown_code(F f, std::string *what = nullptr) {
+    try {
+        f();
+    } catch (const lbagentpp::Error &e) {
+        if (what != nullptr) {
+            *what = e.what();
+        }
+        return e.code();
+    }
+    return LBAGENT_OK;
+}
+
 void errors_are_exceptions() {
     bool thrown = false;
     try {
@@ -177,6 +220,25 @@ void hot_path_returns_codes() {
     CHECK(agent.set_weight(101) == LBAGENT_ERR_INVALID_ARGUMENT);
     CHECK(agent.set_state("nope", lbagentpp::State::Up) == LBAGENT_ERR_UNKNOWN_SERVICE);
     CHECK(agent.set_load(std::string("nope"), 1, 2) == LBAGENT_ERR_UNKNOWN_SERVICE);
+    CHECK(agent.set_weight("nope", 1) == LBAGENT_ERR_UNKNOWN_SERVICE);
+    (void)agent.set_state("gmae", lbagentpp::State::Up);  // ignored on purpose: still counted
+    CHECK(agent.counter(lbagentpp::Counter::HostUnknownService) == 4);
+    // One rule: reporting about an unknown service fails (a code here, an Error from
+    // add_check, naming it); reading about one answers Unknown.
+    std::string what;
+    CHECK(thrown_code([&] { agent.add_check("gmae", "db", [](std::string &) { return true; },
+                                            1000); },
+                      &what) == LBAGENT_ERR_UNKNOWN_SERVICE);
+    CHECK(what == "lbagent_add_check_with_free: unknown service \"gmae\": not listed in "
+                  "services= (game, chat)");
+    // A NUL inside a std::string would cut the name in C: refused.
+    CHECK(agent.set_state(std::string("game\0x", 6), lbagentpp::State::Up) ==
+          LBAGENT_ERR_INVALID_ARGUMENT);
+    CHECK(agent.set_state(lbagentpp::State::Up, std::string("a\0b", 3)) ==
+          LBAGENT_ERR_INVALID_ARGUMENT);
+    CHECK(thrown_code([&] { (void)agent.status(std::string("game\0x", 6)); }, &what) ==
+          LBAGENT_ERR_INVALID_ARGUMENT);
+    CHECK(what == "lbagent_get_status: service contains a NUL character");
 
     CHECK(agent.set_state(lbagentpp::State::Up, "ready") == LBAGENT_OK);
     CHECK(agent.set_weight(60) == LBAGENT_OK);
@@ -218,7 +280,92 @@ void hot_path_returns_codes() {
     CHECK(agent.status().state == lbagentpp::State::Stopping);
     CHECK(agent.status().reason == lbagentpp::Reason::AgentStopping);
     CHECK(std::strcmp(lbagentpp::state_name(agent.status().state), "stopping") == 0);
+    CHECK(std::strcmp(lbagentpp::reason_name(agent.status().reason), "agent-stopping") == 0);
 }
+
+void empty_and_deferred_agent() {
+    Agent agent;  // empty: nothing started
+    CHECK(!agent && agent.get() == nullptr);
+    CHECK(agent.heartbeat() == LBAGENT_ERR_NULL_ARGUMENT);
+    CHECK(agent.set_state(lbagentpp::State::Up) == LBAGENT_ERR_NULL_ARGUMENT);
+    CHECK(thrown_code([&] { (void)agent.status(); }) == LBAGENT_ERR_NULL_ARGUMENT);
+    CHECK(thrown_code([&] { agent.stop(); }) == LBAGENT_ERR_NULL_ARGUMENT);
+    // Started later, by assigning.
+    agent = Agent("listen=127.0.0.1:0");
+    CHECK(agent && agent.set_state(lbagentpp::State::Up, "late") == LBAGENT_OK);
+    CHECK(starts_with(ask(agent.local_port()), "up ready 100% #late"));
+}
+
+// set_log_callback from several threads at once: the callbacks the Agent keeps are guarded.
+void log_callbacks_from_threads() {
+    Agent agent("listen=127.0.0.1:0 services=game");
+    std::atomic<int> delivered(0), failed(0);
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; t++) {
+        threads.push_back(std::thread([&agent, &delivered, &failed] {
+            for (int i = 0; i < 50; i++) {
+                agent.set_log_callback([&delivered](lbagentpp::LogLevel, const char *) {
+                    delivered++;
+                });
+                if (agent.set_state("game", lbagentpp::State::Up) != LBAGENT_OK) {
+                    failed++;
+                }
+            }
+        }));
+    }
+    for (std::size_t t = 0; t < threads.size(); t++) {
+        threads[t].join();
+    }
+    CHECK(failed.load() == 0);
+    agent.stop(5000);  // its "stopped" line reaches the last callback set
+    CHECK(delivered.load() == 1);
+}
+
+#if __cplusplus >= 201703L && !defined(__cpp_lib_string_view)
+#error "C++17 without std::string_view: the string_view tests would not run"
+#endif
+
+#ifdef __cpp_lib_string_view
+// std::string_view: copied into a NUL-terminated buffer on the stack, no allocation.
+void string_views() {
+    Agent agent("listen=127.0.0.1:0 services=game,chat");
+    std::string_view names = "gamechat";  // neither part ends with a NUL
+    std::string_view game = names.substr(0, 4), chat = names.substr(4);
+    std::string reason_text(300, 'x');
+    reason_text.replace(250, 6, "\xc3\xa9\xc3\xa9\xc3\xa9");  // "ééé" across byte 255
+    std::string_view reason = reason_text;
+    long before = cxx_allocations.load();
+    lbagent_result r1 = agent.set_state(game, lbagentpp::State::Maint, reason);
+    lbagent_result r2 = agent.set_weight(chat, 50);
+    lbagent_result r3 = agent.set_load(chat, 1, 2);
+    lbagent_result r4 = agent.set_state(lbagentpp::State::Up, std::string_view("ready!", 5));
+    lbagent_result r5 = agent.set_state(std::string_view("chatter", 4), lbagentpp::State::Up);
+    long during = cxx_allocations.load() - before;
+    CHECK(r1 == LBAGENT_OK && r2 == LBAGENT_OK && r3 == LBAGENT_OK && r4 == LBAGENT_OK &&
+          r5 == LBAGENT_OK);
+    CHECK(during == 0);
+    lbagentpp::Status s = agent.status(game);
+    CHECK(s.state == lbagentpp::State::Maint);
+    // Cut before the character that byte 255 would split: 250 x and two "é".
+    CHECK(s.message == reason_text.substr(0, 254));
+    CHECK(agent.status(chat).weight_pct == 50 && agent.status().message == "ready");
+    CHECK(agent.set_state(std::string_view("ga\0me", 5), lbagentpp::State::Up) ==
+          LBAGENT_ERR_INVALID_ARGUMENT);
+    CHECK(agent.set_state(std::string_view("games", 5), lbagentpp::State::Up) ==
+          LBAGENT_ERR_UNKNOWN_SERVICE);
+    // A name longer than the buffer stays unknown (never cut into a known one).
+    std::string long_name = "game" + std::string(400, 'x');
+    CHECK(agent.set_weight(std::string_view(long_name), 1) == LBAGENT_ERR_UNKNOWN_SERVICE);
+    // A configuration longer than the buffer is passed whole.
+    std::string config = "listen=127.0.0.1:0 " + std::string(300, ' ') + " services=late";
+    Agent other{std::string_view(config)};
+    CHECK(other.status("late").state == lbagentpp::State::Starting);
+    std::string padded = target(agent.local_port()) + "  ";
+    lbagentpp::Status probed =
+        lbagentpp::probe(std::string_view(padded).substr(0, padded.size() - 2), chat);
+    CHECK(probed.weight_pct == 50);
+}
+#endif
 
 void ownership_and_moves() {
     Agent a("listen=127.0.0.1:0");
@@ -352,20 +499,6 @@ void checks_workers_and_log() {
     agent.set_log_callback(nullptr);
 }
 
-// The code of the Error that `f` throws (LBAGENT_OK if it throws none), its text in `what`.
-template <typename F>
-lbagent_result thrown_code(F f, std::string *what = nullptr) {
-    try {
-        f();
-    } catch (const lbagentpp::Error &e) {
-        if (what != nullptr) {
-            *what = e.what();
-        }
-        return e.code();
-    }
-    return LBAGENT_OK;
-}
-
 void tcp_listener_ports() {
     Agent agent("listen=127.0.0.1:0 tcp_agent=127.0.0.1:0 http=127.0.0.1:0");
     CHECK(agent.set_state(lbagentpp::State::Up, "ready") == LBAGENT_OK);
@@ -474,9 +607,17 @@ int main() {
     CHECK(std::strcmp(lbagentpp::version(), LBAGENT_VERSION) == 0);
     CHECK(std::strcmp(lbagentpp::strerror(LBAGENT_ERR_STOPPED), lbagent_strerror(8)) == 0);
     CHECK(std::strcmp(lbagentpp::state_name(lbagentpp::State::Maint), "maint") == 0);
+    CHECK(std::strcmp(lbagentpp::reason_name(lbagentpp::Reason::WatchdogExpired),
+                      "watchdog-expired") == 0);
+    CHECK(std::strcmp(lbagentpp::reason_name(static_cast<lbagentpp::Reason>(99)), "invalid") == 0);
     errors_are_exceptions();
     hot_path_returns_codes();
     ownership_and_moves();
+    empty_and_deferred_agent();
+    log_callbacks_from_threads();
+#ifdef __cpp_lib_string_view
+    string_views();
+#endif
     checks_workers_and_log();
     tcp_listener_ports();
     probing();
