@@ -67,11 +67,15 @@ pub enum Counter {
     /// Closed without a whole answer: the peer closed or reset first, or a read or write
     /// failed (also counts a caught panic while handling the connection).
     ConnFailed = 23,
+    /// STATUS datagrams pushed to subscribers on a change (not caused by a datagram received).
+    Pushed = 24,
+    /// Pushes that could not be sent.
+    PushFailed = 25,
 }
 
 impl Counter {
     /// Every counter, in numeric order.
-    pub const ALL: [Counter; 24] = [
+    pub const ALL: [Counter; 26] = [
         Counter::Received,
         Counter::AnsweredStatus,
         Counter::AnsweredText,
@@ -96,6 +100,8 @@ impl Counter {
         Counter::ConnDroppedNotAllowed,
         Counter::ConnTimedOut,
         Counter::ConnFailed,
+        Counter::Pushed,
+        Counter::PushFailed,
     ];
 
     /// The outcomes of datagrams: each received datagram adds one to exactly one of them.
@@ -163,6 +169,8 @@ impl Counter {
             Counter::ConnDroppedNotAllowed => "conn_dropped_not_allowed",
             Counter::ConnTimedOut => "conn_timed_out",
             Counter::ConnFailed => "conn_failed",
+            Counter::Pushed => "pushed",
+            Counter::PushFailed => "push_failed",
         }
     }
 

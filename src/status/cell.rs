@@ -328,9 +328,15 @@ impl Cell {
     }
 
     /// Sets state, reason and message (`None` clears it). A call that changes nothing does not
-    /// bump the generation.
-    pub(crate) fn set(&self, state: State, reason: Reason, message: Option<&Text>, now: u64) {
-        self.set_with_clock(state, reason, message, || now);
+    /// bump the generation. Returns whether it changed anything.
+    pub(crate) fn set(
+        &self,
+        state: State,
+        reason: Reason,
+        message: Option<&Text>,
+        now: u64,
+    ) -> bool {
+        self.set_with_clock(state, reason, message, || now)
     }
 
     /// `set`, reading the clock only when the state changes (most host calls repeat the state
@@ -342,7 +348,7 @@ impl Cell {
         reason: Reason,
         message: Option<&Text>,
         now: impl FnOnce() -> u64,
-    ) {
+    ) -> bool {
         // The call a host makes in its loop: this state, no message, already set. One load.
         const STATE_REASON_SLOT: u64 = 0xFF00_FFFF;
         let unchanged = Word {
@@ -354,9 +360,9 @@ impl Cell {
         }
         .pack();
         if message.is_none() && self.word.load(Ordering::Acquire) & STATE_REASON_SLOT == unchanged {
-            return;
+            return false;
         }
-        self.set_changing(state, reason, message, now);
+        self.set_changing(state, reason, message, now)
     }
 
     #[inline(never)]
@@ -366,7 +372,7 @@ impl Cell {
         reason: Reason,
         message: Option<&Text>,
         now: impl FnOnce() -> u64,
-    ) {
+    ) -> bool {
         let mut claimed = NO_SLOT;
         loop {
             let bits = self.word.load(Ordering::Acquire);
@@ -379,7 +385,7 @@ impl Cell {
             };
             if current.state == state && current.reason == reason && same_message {
                 self.release(claimed);
-                return;
+                return false;
             }
             if let (Some(text), NO_SLOT) = (message, claimed) {
                 claimed = self.claim_and_write(text);
@@ -400,17 +406,18 @@ impl Cell {
                     self.changed_at.store(now(), Ordering::Relaxed);
                 }
                 self.release(claimed);
-                return;
+                return true;
             }
         }
     }
 
-    pub(crate) fn set_weight(&self, weight: u8) {
+    /// Sets the weight; returns whether it changed.
+    pub(crate) fn set_weight(&self, weight: u8) -> bool {
         let mut bits = self.word.load(Ordering::Acquire);
         loop {
             let current = Word::unpack(bits);
             if current.weight == weight {
-                return;
+                return false;
             }
             let next = Word {
                 weight,
@@ -423,7 +430,7 @@ impl Cell {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return,
+                Ok(_) => return true,
                 Err(actual) => bits = actual,
             }
         }

@@ -13,6 +13,7 @@
 //! 2. the state furthest from serving among the host's whole-server state, the service's
 //!    state, stalled workers (DOWN) and failing checks (DOWN).
 
+pub(crate) mod bell;
 mod cell;
 pub(crate) mod checks;
 pub(crate) mod runner;
@@ -27,6 +28,7 @@ pub use workers::WorkerPolicy;
 use crate::state::{Reason, State};
 use crate::sys::shm::{ShmSlice, Zeroable};
 use crate::sys::{clock, process};
+use bell::Bell;
 use checks::Checks;
 use workers::{Workers, WorkersEffect};
 
@@ -121,6 +123,8 @@ pub(crate) struct Board {
     watchdog_ms: u64,
     pub(crate) workers: Workers,
     pub(crate) checks: Checks,
+    /// Rung on every change of what directors are told, for the monitor's listeners.
+    pub(crate) bell: Bell,
 }
 
 impl Board {
@@ -140,6 +144,7 @@ impl Board {
                 config.worker_policy,
             )?,
             checks: Checks::new()?,
+            bell: Bell::new()?,
         };
         board.cells[0].init(config.initial, Reason::Host, None, now);
         // A service starts up: it follows the whole server until the host sets it.
@@ -156,6 +161,11 @@ impl Board {
 
     fn header(&self) -> &Header {
         &self.header[0]
+    }
+
+    /// The watchdog's deadline in milliseconds (0: off).
+    pub(crate) fn watchdog_ms(&self) -> u64 {
+        self.watchdog_ms
     }
 
     /// Finds the cell for a service name; empty means the whole server.
@@ -189,7 +199,9 @@ impl Board {
     ) -> bool {
         match self.cell(target) {
             Some(cell) => {
-                cell.set(state, reason, message, now);
+                if cell.set(state, reason, message, now) {
+                    self.bell.ring();
+                }
                 true
             }
             None => false,
@@ -206,7 +218,9 @@ impl Board {
     ) -> bool {
         match self.cell(target) {
             Some(cell) => {
-                cell.set_with_clock(state, reason, message, clock::now_ms);
+                if cell.set_with_clock(state, reason, message, clock::now_ms) {
+                    self.bell.ring();
+                }
                 true
             }
             None => false,
@@ -214,7 +228,13 @@ impl Board {
     }
 
     pub(crate) fn set_weight(&self, target: Target, weight: u8) -> bool {
-        self.cell(target).map(|c| c.set_weight(weight)).is_some()
+        let Some(cell) = self.cell(target) else {
+            return false;
+        };
+        if cell.set_weight(weight) {
+            self.bell.ring();
+        }
+        true
     }
 
     pub(crate) fn set_load(&self, target: Target, in_use: u32, capacity: u32) -> bool {
@@ -224,13 +244,48 @@ impl Board {
     }
 
     pub(crate) fn heartbeat(&self, now: u64) {
-        let at = &self.header().heartbeat_at;
+        let h = self.header();
         // The clock moves once per tick (1-4 ms): most heartbeats store what is there already.
         // Skipping those keeps the cache line shared between the host's threads instead of
         // moving it from core to core at every call.
-        if at.load(Ordering::Relaxed) != now {
-            at.store(now, Ordering::Release);
+        if h.heartbeat_at.load(Ordering::Relaxed) != now {
+            h.heartbeat_at.store(now, Ordering::Release);
+            // A heartbeat after the watchdog was seen expired is a recovery: tell listeners.
+            if self.watchdog_ms > 0 && h.watchdog_flips.load(Ordering::Relaxed) & 1 == 1 {
+                self.bell.ring();
+            }
         }
+    }
+
+    /// A worker's heartbeat; false when `slot` is not registered.
+    pub(crate) fn worker_heartbeat(&self, slot: usize, now: u64) -> bool {
+        match self.workers.heartbeat(slot, now) {
+            Some(recovered) => {
+                if recovered {
+                    self.bell.ring();
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The earliest clock time after `now` at which a condition judged lazily (the watchdog,
+    /// a stalled worker, an overdue check) could change what is answered: the monitor's timer
+    /// while it listens for changes. Changes the host makes ring the bell instead.
+    pub(crate) fn next_deadline(&self, now: u64) -> Option<u64> {
+        let h = self.header();
+        let watchdog = (self.watchdog_ms > 0)
+            .then(|| h.heartbeat_at.load(Ordering::Acquire) + self.watchdog_ms + 1)
+            .filter(|at| *at > now);
+        [
+            watchdog,
+            self.workers.next_stall(now),
+            self.checks.next_overdue(now),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Marks the board stopped, if the calling process owns it; returns whether it does.
@@ -243,6 +298,7 @@ impl Board {
         {
             Ok(_) => {
                 h.stopping_at.store(now, Ordering::Release);
+                self.bell.ring();
                 true
             }
             Err(current) => current == mine | 1,
@@ -266,6 +322,7 @@ impl Board {
         let h = self.header();
         if h.faults.fetch_add(1, Ordering::AcqRel) == 0 {
             h.fault_at.store(now, Ordering::Release);
+            self.bell.ring();
         }
     }
 
