@@ -124,7 +124,8 @@ impl Responder<'_> {
                         expires_at: 0,
                         told: status.generation,
                         due: false,
-                        next_push_at: 0,
+                        milli_tokens: 0,
+                        tokens_at: now,
                     };
                     let granted = target != Target::Unknown
                         && subscriptions.admits(key.is_some())

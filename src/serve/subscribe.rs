@@ -5,8 +5,8 @@
 //!   `subscribe=allow`, an unsealed one from a source in `allow=`;
 //! - at most `max_subscribers` at once (a full table refuses new ones: they keep polling);
 //! - a push is never longer than the PROBE that subscribed, one datagram per change at most,
-//!   at least `PUSH_GAP_MS` apart per subscriber (changes in between are coalesced: the latest
-//!   status is pushed when the gap has passed);
+//!   and at most `PUSH_BURST` at once then `PUSHES_PER_SECOND` per subscriber (changes that
+//!   come faster are coalesced: the latest status is pushed when the bucket allows);
 //! - a lease ends by itself unless renewed (at most `wire::MAX_LEASE_MS`).
 //!
 //! The table is owned by the monitor thread and allocated once, at its start.
@@ -17,8 +17,10 @@ use crate::config::SubscribeMode;
 use crate::proto::wire::MAX_LEASE_MS;
 use crate::status::Target;
 
-/// Least time between two pushes to one subscriber, in milliseconds.
-pub const PUSH_GAP_MS: u64 = 20;
+/// Pushes to one subscriber, at most, per second in the long run...
+pub const PUSHES_PER_SECOND: u64 = 50;
+/// ... and at once, after a quiet spell.
+pub const PUSH_BURST: u64 = 5;
 
 /// One subscriber of one target.
 #[derive(Clone, Copy, Debug)]
@@ -41,8 +43,26 @@ pub(crate) struct Subscription {
     pub told: u32,
     /// A change waits to be pushed (held back by the rate bound).
     pub due: bool,
-    /// Earliest time of the next push (the rate bound).
-    pub next_push_at: u64,
+    /// The rate bound: a token bucket, in thousandths of a push, as of `tokens_at`.
+    pub milli_tokens: u64,
+    pub tokens_at: u64,
+}
+
+impl Subscription {
+    /// Takes a push from the bucket at `now`, if there is one; otherwise returns when there
+    /// will be.
+    pub(crate) fn take_push(&mut self, now: u64) -> Result<(), u64> {
+        let elapsed = now.saturating_sub(self.tokens_at);
+        self.tokens_at = now;
+        self.milli_tokens =
+            (self.milli_tokens + elapsed * PUSHES_PER_SECOND).min(PUSH_BURST * 1000);
+        if self.milli_tokens >= 1000 {
+            self.milli_tokens -= 1000;
+            Ok(())
+        } else {
+            Err(now + (1000 - self.milli_tokens).div_ceil(PUSHES_PER_SECOND))
+        }
+    }
 }
 
 /// What became of an offer.
@@ -102,13 +122,19 @@ impl Subscriptions {
         match existing {
             Some(i) => {
                 // A renewal keeps the rate bound already running.
-                let next_push_at = self.list[i].next_push_at;
+                let old = self.list[i];
                 self.list[i] = Subscription {
-                    next_push_at,
+                    milli_tokens: old.milli_tokens,
+                    tokens_at: old.tokens_at,
+                    due: old.due,
                     ..sub
                 };
             }
-            None if self.list.len() < self.max => self.list.push(sub),
+            None if self.list.len() < self.max => self.list.push(Subscription {
+                milli_tokens: PUSH_BURST * 1000,
+                tokens_at: now,
+                ..sub
+            }),
             None => return Offer::NotGranted,
         }
         Offer::Granted
@@ -127,14 +153,18 @@ impl Subscriptions {
         self.list.iter_mut()
     }
 
-    /// The earliest time something is to be done: a push held back by the rate bound, or a
-    /// lease that ends.
+    /// The earliest time something is to be done: a push held back by the rate bound (the
+    /// bucket has a push again), or a lease that ends.
     pub(crate) fn next_deadline(&self) -> Option<u64> {
         self.list
             .iter()
             .map(|s| {
+                let refilled = s.tokens_at
+                    + 1000u64
+                        .saturating_sub(s.milli_tokens)
+                        .div_ceil(PUSHES_PER_SECOND);
                 if s.due {
-                    s.next_push_at.min(s.expires_at)
+                    refilled.min(s.expires_at)
                 } else {
                     s.expires_at
                 }
@@ -159,7 +189,8 @@ mod tests {
             expires_at: 0,
             told: 0,
             due: false,
-            next_push_at: 0,
+            milli_tokens: 0,
+            tokens_at: 0,
         }
     }
 
@@ -205,5 +236,21 @@ mod tests {
         assert!(subs.is_empty());
         assert!(!Subscriptions::new(1, SubscribeMode::Off).admits(true));
         assert!(Subscriptions::new(1, SubscribeMode::Allow).admits(false));
+    }
+
+    #[test]
+    fn pushes_come_in_a_burst_then_at_the_rate() {
+        let mut subs = Subscriptions::new(1, SubscribeMode::Auth);
+        subs.offer(sub(1, Target::Server, 1), 60_000, 1000);
+        let s = subs.iter_mut().next().unwrap();
+        for _ in 0..PUSH_BURST {
+            assert_eq!(s.take_push(1000), Ok(()));
+        }
+        assert_eq!(s.take_push(1000), Err(1020), "one more in 1000 / 50 ms");
+        assert_eq!(s.take_push(1019), Err(1020));
+        assert_eq!(s.take_push(1020), Ok(()));
+        // A quiet spell refills the burst, no more.
+        assert_eq!(s.take_push(100_000), Ok(()));
+        assert_eq!(s.milli_tokens, (PUSH_BURST - 1) * 1000);
     }
 }

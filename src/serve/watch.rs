@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use super::answer::write_status;
-use super::subscribe::{PUSH_GAP_MS, Subscriptions};
+use super::subscribe::Subscriptions;
 use super::udp::Listener;
 use crate::counters::Counter;
 use crate::log::{Level, log_line};
@@ -104,7 +104,7 @@ impl Watch {
             if status.generation != sub.told {
                 sub.due = true;
             }
-            if !sub.due || now < sub.next_push_at {
+            if !sub.due || sub.take_push(now).is_err() {
                 continue;
             }
             let key = sub
@@ -130,7 +130,6 @@ impl Watch {
             }
             sub.told = status.generation;
             sub.due = false;
-            sub.next_push_at = now + PUSH_GAP_MS;
         }
     }
 
