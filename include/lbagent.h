@@ -248,6 +248,14 @@ enum lbagent_counter
    * service name that the host's code ignored still shows here.
    */
   LBAGENT_COUNTER_HOST_UNKNOWN_SERVICE = 24,
+  /**
+   * STATUS datagrams pushed to subscribers on a change (not caused by a datagram received).
+   */
+  LBAGENT_COUNTER_PUSHED = 25,
+  /**
+   * Pushes that could not be sent.
+   */
+  LBAGENT_COUNTER_PUSH_FAILED = 26,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

@@ -139,6 +139,8 @@ enum class Counter : int {
     ConnTimedOut = LBAGENT_COUNTER_CONN_TIMED_OUT,
     ConnFailed = LBAGENT_COUNTER_CONN_FAILED,
     HostUnknownService = LBAGENT_COUNTER_HOST_UNKNOWN_SERVICE,
+    Pushed = LBAGENT_COUNTER_PUSHED,
+    PushFailed = LBAGENT_COUNTER_PUSH_FAILED,
 };
 
 // The lower-case name of a state ("up", "drain", ...). Async-signal-safe.

@@ -47,6 +47,8 @@ pub const KEYS: &[&str] = &[
     "tcp_agent",
     "agent_maxconn",
     "http",
+    "subscribe",
+    "max_subscribers",
 ];
 
 /// Most worker watchdog slots.
@@ -66,6 +68,20 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the agent reads after its answer, waiting for the peer to close.
 pub const LINGER: Duration = Duration::from_secs(1);
+
+/// Who may subscribe to pushed changes (`subscribe=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubscribeMode {
+    /// Only probes sealed with a valid key (the default; without `key_file`, nobody).
+    Auth,
+    /// Sealed probes, and unsealed ones from a source in `allow=` (which must be set).
+    Allow,
+    /// Nobody: every probe is answered, none subscribes.
+    Off,
+}
+
+/// Most subscriptions `max_subscribers=` may ask for.
+pub const MAX_SUBSCRIBERS: u32 = 4096;
 
 /// Whether protocol v1 probes must be authenticated (only with `key_file`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,6 +146,10 @@ pub struct Config {
     pub agent_maxconn: bool,
     /// TCP addresses that answer HTTP health checks (`http=`); empty: off.
     pub http: Vec<SocketAddr>,
+    /// Who may subscribe to pushed changes (`subscribe=auth|allow|off`, default auth).
+    pub subscribe: SubscribeMode,
+    /// Most live subscriptions at once (`max_subscribers=`, default 64).
+    pub max_subscribers: u32,
 }
 
 impl Default for Config {
@@ -155,6 +175,8 @@ impl Default for Config {
             tcp_agent: Vec::new(),
             agent_maxconn: false,
             http: Vec::new(),
+            subscribe: SubscribeMode::Auth,
+            max_subscribers: 64,
         }
     }
 }
@@ -219,6 +241,16 @@ impl Config {
                 on,
                 "maxconn is sent on the agent-check line: it needs tcp_agent=ADDR:PORT",
             ));
+        }
+        if let Some(mode) = given("subscribe").filter(|_| config.subscribe == SubscribeMode::Allow)
+        {
+            if config.allow.networks().is_empty() {
+                return Err(ConfigError::bad_value(
+                    "subscribe",
+                    mode,
+                    "unsealed subscriptions are taken only from sources in allow=: set allow=CIDR",
+                ));
+            }
         }
         config.check_tcp_addresses()?;
         Ok(config)
@@ -330,6 +362,30 @@ impl Config {
             "tcp_agent" => self.tcp_agent = parse_tcp(key, value)?,
             "agent_maxconn" => self.agent_maxconn = parse_switch(key, value)?,
             "http" => self.http = parse_tcp(key, value)?,
+            "subscribe" => {
+                self.subscribe = match value {
+                    "auth" => SubscribeMode::Auth,
+                    "allow" => SubscribeMode::Allow,
+                    "off" => SubscribeMode::Off,
+                    _ => {
+                        return Err(ConfigError::bad_value(
+                            key,
+                            value,
+                            "expected auth, allow or off",
+                        ));
+                    }
+                }
+            }
+            "max_subscribers" => {
+                self.max_subscribers = parse_number(key, value, 0, "a number of subscriptions")?;
+                if self.max_subscribers > MAX_SUBSCRIBERS {
+                    return Err(ConfigError::bad_value(
+                        key,
+                        value,
+                        format_args!("at most {MAX_SUBSCRIBERS}"),
+                    ));
+                }
+            }
             _ => {
                 let hint = match nearest(key, KEYS) {
                     Some(known) => format!("did you mean \"{known}\"? "),

@@ -72,11 +72,15 @@ pub enum Counter {
     /// not listed in `services=` (each returned `LBAGENT_ERR_UNKNOWN_SERVICE`): a typo in a
     /// service name that the host's code ignored still shows here.
     HostUnknownService = 24,
+    /// STATUS datagrams pushed to subscribers on a change (not caused by a datagram received).
+    Pushed = 25,
+    /// Pushes that could not be sent.
+    PushFailed = 26,
 }
 
 impl Counter {
     /// Every counter, in numeric order.
-    pub const ALL: [Counter; 25] = [
+    pub const ALL: [Counter; 27] = [
         Counter::Received,
         Counter::AnsweredStatus,
         Counter::AnsweredText,
@@ -102,6 +106,8 @@ impl Counter {
         Counter::ConnTimedOut,
         Counter::ConnFailed,
         Counter::HostUnknownService,
+        Counter::Pushed,
+        Counter::PushFailed,
     ];
 
     /// The outcomes of datagrams: each received datagram adds one to exactly one of them.
@@ -170,6 +176,8 @@ impl Counter {
             Counter::ConnTimedOut => "conn_timed_out",
             Counter::ConnFailed => "conn_failed",
             Counter::HostUnknownService => "host_unknown_service",
+            Counter::Pushed => "pushed",
+            Counter::PushFailed => "push_failed",
         }
     }
 

@@ -9,7 +9,8 @@ use crate::guard::Policy;
 use crate::guard::limit::RateLimiter;
 use crate::keys::KeySet;
 use crate::proto::{http, wire};
-use crate::serve::answer::{Outcome, Responder};
+use crate::serve::answer::{Envelope, Outcome, Responder, Tables};
+use crate::serve::subscribe::Subscriptions;
 use crate::state::{Reason, State};
 use crate::status::{Board, BoardConfig, Target, Text};
 
@@ -58,16 +59,19 @@ pub fn answer_datagram(datagram: &[u8]) -> Option<usize> {
         instance_id: 7,
     };
     let mut limiter = RateLimiter::new(0, 0);
+    let mut subscriptions = Subscriptions::new(4, crate::config::SubscribeMode::Auth);
     let mut out = [0u8; wire::PROBE_MAX_LEN];
     let source: SocketAddr = ([127, 0, 0, 1], 40000).into();
-    match responder.respond(
-        &mut limiter,
+    let tables = Tables {
+        limiter: &mut limiter,
+        subscriptions: &mut subscriptions,
+    };
+    let envelope = Envelope {
         source,
-        Some(source.ip()),
-        datagram,
-        &mut out,
-        1000,
-    ) {
+        destination: Some(source.ip()),
+        listener: 0,
+    };
+    match responder.respond(tables, envelope, datagram, &mut out, 1000) {
         Outcome::Reply(len, _) => {
             assert!(
                 len <= datagram.len(),

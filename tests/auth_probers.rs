@@ -149,6 +149,7 @@ fn prober_tells_a_wrong_key_from_a_dead_agent() {
             failed: 2,
             timed_out: 1,
             ignored: 0,
+            pushed: 0,
         }
     );
     assert!(eventually(Duration::from_secs(2), || {

@@ -6,109 +6,16 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::director::Director;
 use common::responder::{Behaviour, Responder};
 use common::*;
 use lbagent::State;
-
-/// A running lbagent-director whose log lines are collected.
-struct Director {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Director {
-    fn start(targets: &Path, track: &Path, extra: &[&str]) -> Director {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lbagent-director"))
-            .arg("--targets")
-            .arg(targets)
-            .arg("--track-dir")
-            .arg(track)
-            .args(extra)
-            .env_remove("JOURNAL_STREAM")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Director { child, log }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: a signal to our own child.
-        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// Waits (up to 30 s) for a log line containing every needle; returns it.
-    fn wait_log(&self, needles: &[&str]) -> String {
-        let mut found = None;
-        let ok = eventually(Duration::from_secs(30), || {
-            found = self
-                .lines()
-                .into_iter()
-                .find(|l| needles.iter().all(|n| l.contains(n)));
-            found.is_some()
-        });
-        assert!(
-            ok,
-            "no log line with {needles:?}; log:\n{}",
-            self.lines().join("\n")
-        );
-        found.unwrap()
-    }
-
-    fn status_field(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        status
-            .lines()
-            .find(|l| l.starts_with(field))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap()
-    }
-
-    fn fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
-            .unwrap()
-            .count()
-    }
-
-    /// SIGTERM, then the exit status and the last log line.
-    fn stop(mut self) -> (i32, String) {
-        self.signal(libc::SIGTERM);
-        let status = self.child.wait().unwrap();
-        let last = self.wait_log(&["stopping on SIGTERM"]);
-        (status.code().unwrap_or(-1), last)
-    }
-}
-
-impl Drop for Director {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn read(path: PathBuf) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| format!("<{e}>"))
@@ -210,19 +117,40 @@ fn a_thousand_targets_on_loopback() {
     let warm_rss = director.status_field("VmRSS:");
     let warm_fds = director.fds();
 
-    // Rise/fall and the reason in each transition line: each way of not serving.
+    // Each way of not serving, and the reason in each transition line: what the agent says
+    // is taken at once; a silence needs --fall probes in a row.
     let cases = [
-        (10, Behaviour::Down, "down (set by host)"),
-        (11, Behaviour::Drain, "drain (set by host)"),
-        (12, Behaviour::UpWeightZero, "up (set by host), weight 0%"),
-        (13, Behaviour::Silent, "timeout: no answer within 200 ms"),
+        (
+            10,
+            Behaviour::Down,
+            "down (set by host)",
+            "at once, as the agent says",
+        ),
+        (
+            11,
+            Behaviour::Drain,
+            "drain (set by host)",
+            "at once, as the agent says",
+        ),
+        (
+            12,
+            Behaviour::UpWeightZero,
+            "up (set by host), weight 0%",
+            "at once, as the agent says",
+        ),
+        (
+            13,
+            Behaviour::Silent,
+            "timeout: no answer within 200 ms",
+            "after 2 failed checks",
+        ),
     ];
-    for (i, b, _) in cases {
+    for (i, b, _, _) in cases {
         fleet.set(i, b);
     }
-    for (i, _, why) in cases {
+    for (i, _, why, how) in cases {
         let line = director.wait_log(&[&format!("{} ", name(i)), "up -> down"]);
-        assert!(line.contains("after 2 failed checks"), "{line}");
+        assert!(line.contains(how), "{line}");
         assert!(line.contains(why), "{line}");
         assert!(eventually(Duration::from_secs(5), || read(
             track.join(name(i))
@@ -395,7 +323,7 @@ fn real_agents_end_to_end() {
     director.wait_log(&[
         "game-a ",
         "service game",
-        "up -> down after 1 failed check",
+        "up -> down at once, as the agent says",
         "\"deploy\"",
     ]);
     a.set_state("game", State::Up, None).unwrap();
@@ -703,4 +631,131 @@ fn jitter_spreads_each_targets_checks() {
     assert!(median(&deviation) <= 15.0, "{what}");
     let close = deviation.iter().filter(|d| **d <= 30.0).count();
     assert!(close * 10 >= gaps.len() * 6, "{close} within 30 ms; {what}");
+}
+
+/// A keyed agent and its key file (the director's probes are sealed, so the agent grants
+/// their subscriptions).
+fn keyed(name: &str, extra: &str) -> (lbagent::Agent, std::net::SocketAddr, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let keys = scratch_dir(&format!("director-keys-{name}")).join("keys");
+    std::fs::write(
+        &keys,
+        "7 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (agent, addr) = agent(&format!("key_file={} {extra}", keys.display()));
+    (agent, addr, keys)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+#[test]
+fn pushed_changes_reach_track_files_and_haproxy_at_once() {
+    use common::haproxy::Haproxy;
+    let dir = scratch_dir("director-push");
+    let track = dir.join("track");
+    std::fs::create_dir(&track).unwrap();
+    let (agent, addr, keys) = keyed("push", "initial_state=up");
+    // HAProxy with one server and no check of its own: the director feeds it.
+    let hdir = dir.join("haproxy");
+    std::fs::create_dir_all(&hdir).unwrap();
+    let socket = hdir.join("admin.sock");
+    let config = format!(
+        "global\n    stats socket {} level admin\n\ndefaults\n    mode tcp\n    timeout connect 1s\n    \
+         timeout client 5s\n    timeout server 5s\n\nbackend app\n    server s1 127.0.0.2:9 weight 100\n",
+        socket.display()
+    );
+    let haproxy = Haproxy::start(&hdir, &config);
+    // What `show stat` says of a server that is up and has no check of its own.
+    const READY: &str = "no check";
+    let targets = dir.join("targets.conf");
+    std::fs::write(
+        &targets,
+        format!(
+            "rs1 {addr} key={} haproxy=app/s1@{}\n",
+            keys.display(),
+            socket.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(track.join("rs1"), "1\n").unwrap();
+    // A long interval, without jitter: after the first probe the next one is 20 s away, so a
+    // change seen within 10 s was pushed, not polled.
+    const INTERVAL: Duration = Duration::from_secs(20);
+    let director = Director::start(
+        &targets,
+        &track,
+        &[
+            "--interval",
+            "20000",
+            "--timeout",
+            "500",
+            "--jitter",
+            "0",
+            "--rise",
+            "1",
+        ],
+    );
+    // The first probe (at a random point of the first interval) subscribes and puts it up.
+    director.wait_log(&["rs1 ", "down -> up"]);
+    let first_answer = Instant::now();
+    let file_says = |want: &str| eventually(INTERVAL / 2, || read(track.join("rs1")) == want);
+    assert!(file_says("0\n"));
+
+    // Host changes, each seen by the track file and HAProxy well before the next poll.
+    agent.set_state("", State::Drain, Some("deploy")).unwrap();
+    assert!(file_says("1\n"));
+    director.wait_log(&["rs1 ", "up -> down at once, pushed by the agent", "drain"]);
+    haproxy.wait_for("app", "s1", "DRAIN", None);
+    agent.set_state("", State::Up, None).unwrap();
+    assert!(file_says("0\n"));
+    haproxy.wait_for("app", "s1", READY, Some(100));
+    agent.set_weight("", 50).unwrap();
+    haproxy.wait_for("app", "s1", READY, Some(50));
+    agent.set_state("", State::Maint, None).unwrap();
+    haproxy.wait_for("app", "s1", "MAINT", None);
+    agent.set_state("", State::Down, Some("db gone")).unwrap();
+    haproxy.wait_for("app", "s1", "DOWN", None);
+    assert!(file_says("1\n"));
+    agent.set_weight("", 100).unwrap();
+    agent.set_state("", State::Up, None).unwrap();
+    haproxy.wait_for("app", "s1", READY, Some(100));
+
+    // How long a host call takes to show in HAProxy's `show stat`, pushed: 20 transitions.
+    let mut delays = Vec::new();
+    for i in 0..20 {
+        let (state, shown) = if i % 2 == 0 {
+            (State::Drain, "DRAIN")
+        } else {
+            (State::Up, READY)
+        };
+        // Changes apart, as a host makes them (a burst is coalesced: see tests/push.rs).
+        std::thread::sleep(Duration::from_millis(50));
+        let called = Instant::now();
+        agent.set_state("", state, None).unwrap();
+        haproxy.wait_for("app", "s1", shown, None);
+        delays.push(called.elapsed());
+    }
+    assert!(
+        first_answer.elapsed() < INTERVAL,
+        "the test outlived the poll interval: the changes above may have been polled"
+    );
+    delays.sort();
+    println!(
+        "host call to HAProxy show stat, pushed through lbagent-director: median {:.1} ms, \
+         p99 {:.1} ms, max {:.1} ms (20 transitions; show stat polled every 5 ms)",
+        percentile(&delays, 0.5).as_secs_f64() * 1000.0,
+        percentile(&delays, 0.99).as_secs_f64() * 1000.0,
+        delays.last().unwrap().as_secs_f64() * 1000.0,
+    );
+    assert!(agent.counter(lbagent::Counter::Pushed) >= 25);
+    let (code, last) = director.stop();
+    assert_eq!(code, 0);
+    assert!(
+        last.contains("pushed changes from 1 subscriptions"),
+        "{last}"
+    );
 }

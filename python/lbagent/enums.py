@@ -71,6 +71,8 @@ class Counter(enum.IntEnum):
     #: Host calls (set_state, set_weight, set_load, add_check) that named a service not in
     #: ``services=``.
     HOST_UNKNOWN_SERVICE = 24
+    PUSHED = 25
+    PUSH_FAILED = 26
 
 
 class Result(enum.IntEnum):

@@ -154,6 +154,8 @@ impl Agent {
     #[inline(never)]
     fn unknown_service(&self) -> Error {
         self.shared.counters.add(Counter::HostUnknownService);
+        // The monitor logs it (when a log is set); the bell wakes it if it listens.
+        self.shared.board.bell.ring();
         Error::UnknownService
     }
 
@@ -291,7 +293,7 @@ impl Agent {
         if self.shared.board.is_stopping() {
             return Err(Error::Stopped);
         }
-        if self.shared.board.workers.heartbeat(slot, clock::now_ms()) {
+        if self.shared.board.worker_heartbeat(slot, clock::now_ms()) {
             Ok(())
         } else {
             Err(Error::NotFound)
@@ -453,6 +455,14 @@ impl Agent {
     #[doc(hidden)]
     pub fn inject_fault(&self) {
         self.shared.inject_fault.store(true, Ordering::Release);
+    }
+
+    /// How many times a change woke the monitor thread so far (a `write` to its eventfd
+    /// made by a host call, at most one per burst of changes, and only while a director
+    /// subscribes or the log listens): for tests and benchmarks.
+    #[doc(hidden)]
+    pub fn change_wakeups(&self) -> u64 {
+        self.shared.board.bell.writes()
     }
 
     /// Test hook: makes the monitor thread take `delay` to finish once stopped, to show how

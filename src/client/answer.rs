@@ -33,8 +33,12 @@ pub struct Answer {
     pub instance_id: u64,
     /// The host's reason text.
     pub message: String,
-    /// Round-trip time of this probe.
+    /// Round-trip time of this probe (zero for a pushed answer).
     pub rtt: Duration,
+    /// The agent granted the probe's subscription: it pushes changes until the lease ends.
+    pub subscribed: bool,
+    /// Pushed by the agent on a change, not asked for.
+    pub pushed: bool,
 }
 
 impl Answer {
@@ -217,6 +221,9 @@ pub fn read_answer_keyed(
                 instance_id: s.instance_id,
                 message: String::from_utf8_lossy(s.message).into_owned(),
                 rtt,
+                subscribed: s.flags & wire::FLAG_SUBSCRIBED != 0
+                    && s.flags & wire::FLAG_PUSHED == 0,
+                pushed: s.flags & wire::FLAG_PUSHED != 0,
             }))
         }
         Ok(Reply::Error {

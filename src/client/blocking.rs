@@ -29,7 +29,7 @@ pub fn probe(target: SocketAddr, options: &ProbeOptions) -> Result<Answer, Probe
     let nonce = random_nonce();
     let mut request = [0u8; wire::PROBE_MAX_LEN];
     let service = options.service.as_bytes();
-    let len = build_probe(nonce, service, options.probe_len, key, &mut request);
+    let len = build_probe(nonce, service, None, options.probe_len, key, &mut request);
     let started = Instant::now();
     let deadline = started + options.timeout;
     socket.send(&request[..len]).map_err(io_error)?;

@@ -20,6 +20,7 @@ mod blocking;
 mod icmp;
 mod keyed;
 mod prober;
+mod push;
 
 pub use answer::{Answer, ProbeError, read_answer, read_answer_keyed};
 pub use blocking::probe;
@@ -51,6 +52,11 @@ pub struct ProbeOptions {
     pub probe_len: usize,
     /// Seal every PROBE with this key and accept only answers sealed with it.
     pub key: Option<Arc<Key>>,
+    /// Subscribe to pushed changes with every PROBE, asking for this lease (the
+    /// non-blocking `Prober` only; the agent grants at most `wire::MAX_LEASE_MS`). Each probe
+    /// renews it, so a lease of a few intervals keeps the subscription alive while the prober
+    /// polls.
+    pub subscribe: Option<Duration>,
 }
 
 impl Default for ProbeOptions {
@@ -60,6 +66,7 @@ impl Default for ProbeOptions {
             timeout: DEFAULT_TIMEOUT,
             probe_len: DEFAULT_PROBE_LEN,
             key: None,
+            subscribe: None,
         }
     }
 }
@@ -82,21 +89,22 @@ pub fn load_key(path: &std::path::Path, id: Option<u32>) -> Result<Arc<Key>, Str
     Ok(Arc::new(key.clone()))
 }
 
-/// Writes a PROBE for `service` into `out` (512 bytes), sealed with `key` if any, and returns
-/// its length.
+/// Writes a PROBE for `service` into `out` (512 bytes), subscribing for `lease_ms` if given,
+/// sealed with `key` if any, and returns its length.
 pub(crate) fn build_probe(
     nonce: u64,
     service: &[u8],
+    lease_ms: Option<u32>,
     probe_len: usize,
     key: Option<&Key>,
     out: &mut [u8],
 ) -> usize {
     match key {
-        None => wire::encode_probe(nonce, service, probe_len, out),
+        None => wire::encode_probe_with(nonce, service, lease_ms, probe_len, out),
         Some(key) => {
             let body_len =
                 probe_len.clamp(MIN_SEALED_PROBE_LEN, wire::PROBE_MAX_LEN) - wire::AUTH_TRAILER_LEN;
-            let body = wire::encode_probe(nonce, service, body_len, out);
+            let body = wire::encode_probe_with(nonce, service, lease_ms, body_len, out);
             auth::seal(key, out, body, auth::unix_ms())
         }
     }
@@ -196,6 +204,19 @@ impl ProbeOptions {
                         })?;
                     self.timeout = Duration::from_millis(ms);
                 }
+                "subscribe_ms" => {
+                    let ms = value
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|ms| *ms <= wire::MAX_LEASE_MS)
+                        .ok_or_else(|| {
+                            format!(
+                                "probe options: invalid value \"{value}\" for key \"subscribe_ms\": expected a lease in milliseconds 0..={} (0: no subscription)",
+                                wire::MAX_LEASE_MS
+                            )
+                        })?;
+                    self.subscribe = (ms > 0).then(|| Duration::from_millis(u64::from(ms)));
+                }
                 "key_file" => {
                     self.key = Some(load_key(std::path::Path::new(value), key_id).map_err(|why| {
                         format!("probe options: invalid value \"{value}\" for key \"key_file\": {why}")
@@ -209,7 +230,7 @@ impl ProbeOptions {
                 }
                 _ => {
                     return Err(format!(
-                        "probe options: unknown key \"{key}\" (value \"{value}\"); known keys: timeout_ms, key_file, key_id"
+                        "probe options: unknown key \"{key}\" (value \"{value}\"); known keys: timeout_ms, key_file, key_id, subscribe_ms"
                     ));
                 }
             }

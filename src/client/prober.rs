@@ -31,6 +31,7 @@ use std::sync::Arc;
 
 use super::answer::{answer_nonce, io_error};
 use super::keyed::no_valid_answer;
+use super::push::{PushRead, Pushes};
 use super::{Answer, ProbeError, ProbeOptions, build_probe, check_service, read_answer_keyed};
 use crate::keys::Key;
 use crate::proto::wire;
@@ -63,8 +64,12 @@ pub struct ProberStats {
     /// Datagrams that matched no probe in flight: late answers to probes (or to their
     /// diagnostics) that had finished, answers from an address other than the one probed,
     /// and answers to a keyed probe that did not authenticate. An answer to the diagnostic
-    /// of a probe in flight is not counted here: it is what the diagnostic is for.
+    /// of a probe in flight is not counted here: it is what the diagnostic is for. Pushed
+    /// STATUSes that do not count (see `pushed`) are counted here too.
     pub ignored: u64,
+    /// Changes pushed by agents that granted a subscription (`ProbeOptions::subscribe`), each
+    /// delivered as a completion whose answer says `pushed`.
+    pub pushed: u64,
 }
 
 struct InFlight {
@@ -170,6 +175,8 @@ pub struct Prober {
     /// An ICMP error was reported by a `send` or `recv`: the error queue has something to
     /// read. (Every queued error is reported once that way, so the queue is read only then.)
     icmp_pending: bool,
+    /// The subscriptions agents granted (with `ProbeOptions::subscribe`).
+    pushes: Pushes,
     stats: ProberStats,
 }
 
@@ -191,6 +198,7 @@ impl Prober {
             control: icmp::control_buffer(),
             icmp_errors: Vec::new(),
             icmp_pending: false,
+            pushes: Pushes::default(),
             stats: ProberStats::default(),
         })
     }
@@ -241,9 +249,14 @@ impl Prober {
             )));
         };
         let nonce = self.fresh_nonce();
+        let lease_ms = self
+            .options
+            .subscribe
+            .map(|lease| u32::try_from(lease.as_millis()).unwrap_or(u32::MAX));
         let len = build_probe(
             nonce,
             service.as_bytes(),
+            lease_ms,
             self.options.probe_len,
             key.as_deref(),
             &mut self.request[..],
@@ -304,7 +317,9 @@ impl Prober {
             }
         }
         self.read_icmp_errors(out);
-        self.on_deadlines(Instant::now(), out);
+        let now = Instant::now();
+        self.on_deadlines(now, out);
+        self.pushes.expire(now);
         out.len() - before
     }
 
@@ -340,6 +355,12 @@ impl Prober {
         self.stats
     }
 
+    /// Subscriptions agents granted whose lease has not ended (with
+    /// `ProbeOptions::subscribe`).
+    pub fn subscriptions(&self) -> usize {
+        self.pushes.len()
+    }
+
     fn finish(
         &mut self,
         nonce: u64,
@@ -354,7 +375,19 @@ impl Prober {
             self.diagnostics.remove(&d);
         }
         match &result {
-            Ok(_) => self.stats.answered += 1,
+            Ok(answer) => {
+                self.stats.answered += 1;
+                if let Some(lease) = self.options.subscribe {
+                    if answer.subscribed {
+                        let subscribing = (probe.token, probe.target);
+                        let key = probe.key.clone();
+                        let lease = (probe.sent, lease);
+                        self.pushes.granted(nonce, subscribing, key, answer, lease);
+                    } else {
+                        self.pushes.not_granted(probe.token);
+                    }
+                }
+            }
             Err(ProbeError::Timeout(_)) => self.stats.timed_out += 1,
             Err(_) => self.stats.failed += 1,
         }
@@ -367,6 +400,26 @@ impl Prober {
 
     fn on_datagram(&mut self, len: usize, from: SocketAddr, out: &mut Vec<Completion>) {
         let datagram = &self.buf[..len];
+        match self.pushes.take(datagram, from) {
+            PushRead::NotAPush => {}
+            PushRead::Ignored => {
+                self.stats.ignored += 1;
+                return;
+            }
+            PushRead::Accepted {
+                token,
+                target,
+                answer,
+            } => {
+                self.stats.pushed += 1;
+                out.push(Completion {
+                    token,
+                    target,
+                    result: Ok(answer),
+                });
+                return;
+            }
+        }
         if let Some(nonce) = answer_nonce(datagram) {
             let diagnosed = self.diagnostics.get(&nonce).copied();
             if let Some((probe_nonce, probe)) = diagnosed

@@ -17,6 +17,15 @@ pub const TYPE_ERROR: u8 = 3;
 
 /// Flag bit 0: an authentication trailer ends the datagram.
 pub const FLAG_AUTH: u16 = 0x0001;
+/// PROBE flag bit 1: subscribe to changes. The 4 bytes after the service name hold the lease
+/// asked for, in milliseconds (0 ends the subscription).
+pub const FLAG_SUBSCRIBE: u16 = 0x0002;
+/// STATUS flag bit 1: the PROBE's subscription is granted (the agent will push changes).
+pub const FLAG_SUBSCRIBED: u16 = 0x0002;
+/// STATUS flag bit 2: pushed on a change, not asked for; its nonce is the subscribing PROBE's.
+pub const FLAG_PUSHED: u16 = 0x0004;
+/// The longest lease an agent grants, in milliseconds: a subscriber renews it by probing again.
+pub const MAX_LEASE_MS: u32 = 60_000;
 
 /// Shortest valid PROBE (the prober pads it to make room for the answer).
 pub const PROBE_MIN_LEN: usize = 48;
@@ -49,6 +58,8 @@ pub struct Probe<'a> {
     pub service: &'a [u8],
     /// Length of the datagram: the answer may not be longer.
     pub len: usize,
+    /// With `FLAG_SUBSCRIBE`: the lease asked for, in milliseconds (0: unsubscribe).
+    pub lease_ms: Option<u32>,
 }
 
 /// What a datagram that starts with `LBAP` asks for.
@@ -140,29 +151,60 @@ pub fn decode_request(datagram: &[u8]) -> Result<Request<'_>, DecodeError> {
     if !service.iter().all(|b| (0x20..=0x7e).contains(b)) {
         return Err(DecodeError::BadNameByte);
     }
+    let lease_ms = if flags & FLAG_SUBSCRIBE != 0 {
+        let at = 17 + name_len;
+        if at + 4 + trailer > datagram.len() {
+            return Err(DecodeError::BadField);
+        }
+        Some(u32_at(datagram, at))
+    } else {
+        None
+    };
     Ok(Request::Probe(Probe {
         flags,
         nonce,
         service,
         len: datagram.len(),
+        lease_ms,
     }))
 }
 
 /// Writes a PROBE into `out` and returns its length: `padded_len` clamped to 48..=512, and at
 /// least long enough for the name. `out` must hold 512 bytes.
 pub fn encode_probe(nonce: u64, service: &[u8], padded_len: usize, out: &mut [u8]) -> usize {
+    encode_probe_with(nonce, service, None, padded_len, out)
+}
+
+/// `encode_probe`, subscribing to changes for `lease_ms` (with `Some`: `FLAG_SUBSCRIBE` and the
+/// lease after the name; 0 ends a subscription).
+pub fn encode_probe_with(
+    nonce: u64,
+    service: &[u8],
+    lease_ms: Option<u32>,
+    padded_len: usize,
+    out: &mut [u8],
+) -> usize {
     let name_len = service.len().min(MAX_NAME_LEN);
+    let lease_len = if lease_ms.is_some() { 4 } else { 0 };
     let len = padded_len
-        .max(17 + name_len)
+        .max(17 + name_len + lease_len)
         .clamp(PROBE_MIN_LEN, PROBE_MAX_LEN);
     out[..len].fill(0);
     out[0..4].copy_from_slice(&MAGIC);
     out[4] = VERSION;
     out[5] = TYPE_PROBE;
-    out[6..8].copy_from_slice(&0u16.to_be_bytes());
+    let flags = if lease_ms.is_some() {
+        FLAG_SUBSCRIBE
+    } else {
+        0
+    };
+    out[6..8].copy_from_slice(&flags.to_be_bytes());
     out[8..16].copy_from_slice(&nonce.to_be_bytes());
     out[16] = name_len as u8;
     out[17..17 + name_len].copy_from_slice(&service[..name_len]);
+    if let Some(lease) = lease_ms {
+        out[17 + name_len..21 + name_len].copy_from_slice(&lease.to_be_bytes());
+    }
     len
 }
 
@@ -344,11 +386,31 @@ mod tests {
                 assert_eq!(d.service, b"game");
                 assert_eq!(d.len, 64);
                 assert_eq!(d.flags, 0);
+                assert_eq!(d.lease_ms, None);
             }
             other => panic!("{other:?}"),
         }
         assert_eq!(probe(1, b"", 0).len(), PROBE_MIN_LEN);
         assert_eq!(probe(1, b"", 10_000).len(), PROBE_MAX_LEN);
+    }
+
+    #[test]
+    fn subscribing_probe_round_trip() {
+        let mut out = [0u8; PROBE_MAX_LEN];
+        let n = encode_probe_with(9, b"game", Some(30_000), 64, &mut out);
+        assert_eq!(n, 64);
+        assert_eq!(&out[6..8], &FLAG_SUBSCRIBE.to_be_bytes());
+        match decode_request(&out[..n]).unwrap() {
+            Request::Probe(p) => {
+                assert_eq!((p.service, p.lease_ms), (&b"game"[..], Some(30_000)));
+            }
+            other => panic!("{other:?}"),
+        }
+        // The lease must fit before a trailer.
+        let mut t = out;
+        t[6..8].copy_from_slice(&(FLAG_SUBSCRIBE | FLAG_AUTH).to_be_bytes());
+        t[16] = 20; // 17 + 20 + 4 + 28 > 64
+        assert_eq!(decode_request(&t[..64]), Err(DecodeError::BadField));
     }
 
     #[test]

@@ -7,13 +7,15 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use super::subscribe::{Offer, Subscription, Subscriptions};
 use crate::counters::Counter;
 use crate::guard::Policy;
 use crate::guard::limit::RateLimiter;
+use crate::keys::Key;
 use crate::proto::auth;
 use crate::proto::text;
-use crate::proto::wire::{self, DecodeError, FLAG_AUTH, Request, StatusFields};
-use crate::status::{Board, Status};
+use crate::proto::wire::{self, DecodeError, FLAG_AUTH, FLAG_SUBSCRIBED, Request, StatusFields};
+use crate::status::{Board, Status, Target};
 
 /// What the agent does with a datagram.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,27 +33,42 @@ pub(crate) struct Responder<'a> {
     pub instance_id: u64,
 }
 
+/// Where a datagram came from and went to.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Envelope {
+    pub source: SocketAddr,
+    /// The local address it was sent to (the answer leaves from it).
+    pub destination: Option<IpAddr>,
+    /// The socket that received it (index of `Sockets::udp`).
+    pub listener: usize,
+}
+
+/// What the monitor thread keeps from one datagram to the next.
+pub(crate) struct Tables<'a> {
+    /// Charged for datagrams that pass the source checks.
+    pub limiter: &'a mut RateLimiter,
+    /// Taken, renewed or ended by subscribing PROBEs.
+    pub subscriptions: &'a mut Subscriptions,
+}
+
 impl Responder<'_> {
-    /// The answer to `request` from `source`, sent to local address `destination`, written to
-    /// `out` (512 bytes or more). `limiter` is charged for datagrams that pass the source
-    /// checks.
+    /// The answer to `request`, written to `out` (512 bytes or more).
     pub(crate) fn respond(
         &self,
-        limiter: &mut RateLimiter,
-        source: SocketAddr,
-        destination: Option<IpAddr>,
+        tables: Tables<'_>,
+        envelope: Envelope,
         request: &[u8],
         out: &mut [u8],
         now: u64,
     ) -> Outcome {
-        if let Err(counter) = self
-            .policy
-            .admit_datagram(limiter, source, destination, now)
+        if let Err(counter) =
+            self.policy
+                .admit_datagram(tables.limiter, envelope.source, envelope.destination, now)
         {
             return Outcome::Drop(counter);
         }
         if request.starts_with(&wire::MAGIC) {
-            return self.respond_v1(request, out, now);
+            return self.respond_v1(tables.subscriptions, envelope, request, out, now);
         }
         if !self.policy.text {
             return Outcome::Drop(Counter::DroppedTextOff);
@@ -59,7 +76,14 @@ impl Responder<'_> {
         self.respond_text(request, out, now)
     }
 
-    fn respond_v1(&self, request: &[u8], out: &mut [u8], now: u64) -> Outcome {
+    fn respond_v1(
+        &self,
+        subscriptions: &mut Subscriptions,
+        envelope: Envelope,
+        request: &[u8],
+        out: &mut [u8],
+        now: u64,
+    ) -> Outcome {
         match wire::decode_request(request) {
             Ok(Request::Probe(probe)) => {
                 // Authenticated probe: check it, and seal the answer with the same key.
@@ -85,19 +109,35 @@ impl Responder<'_> {
                         Counter::AnsweredError,
                     );
                 }
-                let status = self.board.status(self.board.target(probe.service), now);
-                let fields = status_fields(&status, probe.nonce, self.instance_id);
-                let room = match key {
-                    Some(_) => auth::room_for_sealed(probe.len),
-                    None => probe.len,
-                };
-                match (wire::encode_status(&fields, room, out), key) {
-                    (Some(len), Some(key)) => Outcome::Reply(
-                        auth::seal(key, out, len, auth::unix_ms()),
-                        Counter::AnsweredStatus,
-                    ),
-                    (Some(len), None) => Outcome::Reply(len, Counter::AnsweredStatus),
-                    (None, _) => Outcome::Drop(Counter::DroppedMalformed),
+                let target = self.board.target(probe.service);
+                let status = self.board.status(target, now);
+                let mut flags = 0;
+                if let Some(lease_ms) = probe.lease_ms {
+                    let offer = Subscription {
+                        peer: envelope.source,
+                        local: envelope.destination,
+                        listener: envelope.listener,
+                        target,
+                        nonce: probe.nonce,
+                        key_id: key.map(Key::id),
+                        max_len: probe.len,
+                        expires_at: 0,
+                        told: status.generation,
+                        due: false,
+                        milli_tokens: 0,
+                        tokens_at: now,
+                    };
+                    let granted = target != Target::Unknown
+                        && subscriptions.admits(key.is_some())
+                        && subscriptions.offer(offer, lease_ms, now) == Offer::Granted;
+                    if granted {
+                        flags |= FLAG_SUBSCRIBED;
+                    }
+                }
+                let sent = (probe.nonce, flags);
+                match write_status(&status, sent, self.instance_id, probe.len, key, out) {
+                    Some(len) => Outcome::Reply(len, Counter::AnsweredStatus),
+                    None => Outcome::Drop(Counter::DroppedMalformed),
                 }
             }
             Ok(Request::UnsupportedVersion { nonce, .. }) => Outcome::Reply(
@@ -128,6 +168,29 @@ impl Responder<'_> {
         let status = self.board.status(self.board.target(service), now);
         let len = text::write_reply(&status, request.len(), out);
         Outcome::Reply(len, Counter::AnsweredText)
+    }
+}
+
+/// Writes a STATUS for `status` answering `nonce` with `flags`, at most `max_len` bytes,
+/// sealed with `key` if given (the answer to a PROBE, or a push). `None` when it does not fit.
+pub(crate) fn write_status(
+    status: &Status,
+    (nonce, flags): (u64, u16),
+    instance_id: u64,
+    max_len: usize,
+    key: Option<&Key>,
+    out: &mut [u8],
+) -> Option<usize> {
+    let fields = StatusFields {
+        flags,
+        ..status_fields(status, nonce, instance_id)
+    };
+    match key {
+        Some(key) => {
+            let len = wire::encode_status(&fields, auth::room_for_sealed(max_len), out)?;
+            Some(auth::seal(key, out, len, auth::unix_ms()))
+        }
+        None => wire::encode_status(&fields, max_len, out),
     }
 }
 
@@ -176,14 +239,16 @@ mod tests {
             instance_id: 1,
         };
         let mut out = [0u8; wire::PROBE_MAX_LEN];
-        responder.respond(
-            &mut RateLimiter::new(0, 0),
-            ([127, 0, 0, 1], 40000).into(),
-            Some(destination),
-            &[b'x'; 32],
-            &mut out,
-            1000,
-        )
+        let tables = Tables {
+            limiter: &mut RateLimiter::new(0, 0),
+            subscriptions: &mut Subscriptions::new(0, crate::config::SubscribeMode::Auth),
+        };
+        let envelope = Envelope {
+            source: ([127, 0, 0, 1], 40000).into(),
+            destination: Some(destination),
+            listener: 0,
+        };
+        responder.respond(tables, envelope, &[b'x'; 32], &mut out, 1000)
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! - `answer.rs`: the decision for one datagram (pure: guard, protocol v1, text);
 //! - `tcp.rs`: HAProxy's agent-check and the HTTP endpoint, served by the same loop, which
 //!   sets a timer only while a connection is open;
+//! - `watch.rs`, `subscribe.rs`: listening for changes (the board's bell, deadlines) and
+//!   pushing them to subscribed directors, with the bounds that keep pushes safe;
 //! - this file: the loop, the sockets it serves, and starting, stopping and forgetting (after
 //!   a fork) the thread.
 //!
@@ -14,8 +16,10 @@
 //! thread has gone).
 
 pub(crate) mod answer;
+pub(crate) mod subscribe;
 pub(crate) mod tcp;
 pub(crate) mod udp;
+mod watch;
 
 use std::io;
 use std::net::SocketAddr;
@@ -36,10 +40,13 @@ use crate::error::Error;
 use crate::guard::limit::RateLimiter;
 use crate::shared::Shared;
 use crate::sys::fd;
+use subscribe::Subscriptions;
 use tcp::{AgentCheckOptions, ConnectionFds, Kind, LISTENER_TOKENS, StreamListener, Streams};
 use udp::{Datagrams, Listener};
+use watch::Watch;
 
 const WAKER: Token = Token(usize::MAX);
+const BELL: Token = Token(usize::MAX - 1);
 /// Readiness events handled per loop turn.
 const EVENTS: usize = 256;
 /// Consecutive panics of the loop itself after which the thread gives up (the status then
@@ -121,6 +128,8 @@ pub(crate) struct ServeOptions {
     pub rate_per_source: u32,
     pub rate_global: u32,
     pub log_drops_ms: u32,
+    pub subscribe: crate::config::SubscribeMode,
+    pub max_subscribers: usize,
 }
 
 impl ServeOptions {
@@ -133,6 +142,8 @@ impl ServeOptions {
             rate_per_source: config.rate_per_source,
             rate_global: config.rate_global,
             log_drops_ms: config.log_drops_ms,
+            subscribe: config.subscribe,
+            max_subscribers: config.max_subscribers as usize,
         }
     }
 }
@@ -172,6 +183,13 @@ pub(crate) fn spawn(
             )
             .map_err(io_error("register a socket with the poller"))?;
     }
+    registry
+        .register(
+            &mut SourceFd(&shared.board.bell.raw_fd()),
+            BELL,
+            Interest::READABLE,
+        )
+        .map_err(io_error("register the change bell"))?;
     let streams = Streams::new(sockets.clone(), options.agent_check);
     streams
         .register(registry)
@@ -186,6 +204,10 @@ pub(crate) fn spawn(
         sockets,
         datagrams: Datagrams::new(limiter, options.log_drops_ms),
         streams,
+        watch: Watch::new(Subscriptions::new(
+            options.max_subscribers,
+            options.subscribe,
+        )),
     };
     let (done_tx, done) = crossbeam_channel::bounded(1);
     let thread = std::thread::Builder::new()
@@ -248,6 +270,7 @@ struct Monitor {
     sockets: Arc<Sockets>,
     datagrams: Datagrams,
     streams: Streams,
+    watch: Watch,
 }
 
 impl Monitor {
@@ -289,20 +312,26 @@ impl Monitor {
     fn serve_until_stopped(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(EVENTS);
         loop {
-            // No timeout (no wake-ups) unless a TCP connection is open.
-            let timeout = self.streams.timeout(Instant::now());
+            // No timeout (no wake-ups) unless a TCP connection is open or someone listens for
+            // changes that a deadline can bring.
+            let timeout = [self.streams.timeout(Instant::now()), self.watch.timeout()]
+                .into_iter()
+                .flatten()
+                .min();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 return Err(e);
             }
+            let mut rang = false;
             for event in events.iter() {
                 match event.token() {
                     WAKER => {
                         let mut sink = [0u8; 16];
                         while self.wake.recv(&mut sink).is_ok() {}
                     }
+                    BELL => rang = true,
                     Token(t) if t < LISTENER_TOKENS => self.drain(t),
                     token => self
                         .streams
@@ -311,6 +340,8 @@ impl Monitor {
             }
             self.streams
                 .after_events(&self.shared, self.poll.registry());
+            self.watch
+                .after_events(&self.shared, &self.sockets.udp, rang);
             if self.shared.quit.load(Ordering::Acquire) || self.shared.board.is_stopping() {
                 // Answer what is already queued (with STOPPING), then leave.
                 for i in 0..self.sockets.udp.len() {
@@ -323,7 +354,9 @@ impl Monitor {
 
     fn drain(&mut self, index: usize) {
         if let Some(listener) = self.sockets.udp.get(index) {
-            self.datagrams.drain(&self.shared, listener);
+            let subscriptions = &mut self.watch.subscriptions;
+            self.datagrams
+                .drain(&self.shared, subscriptions, listener, index);
         }
     }
 }

@@ -14,7 +14,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::answer::{Outcome, Responder};
+use super::answer::{Envelope, Outcome, Responder, Tables};
+use super::subscribe::Subscriptions;
 use crate::counters::Counter;
 use crate::error::Error;
 use crate::guard::limit::RateLimiter;
@@ -68,6 +69,24 @@ impl Listener {
     pub(crate) fn raw_fd(&self) -> RawFd {
         self.socket.as_raw_fd()
     }
+
+    /// Sends one datagram to `to`, from local address `from` (the address a request was sent
+    /// to; `None`: whatever the system picks).
+    pub(crate) fn send(
+        &self,
+        to: SocketAddr,
+        from: Option<std::net::IpAddr>,
+        contents: &[u8],
+    ) -> io::Result<()> {
+        let transmit = Transmit {
+            destination: to,
+            ecn: None,
+            contents,
+            segment_size: None,
+            src_ip: from,
+        };
+        self.state.try_send((&self.socket).into(), &transmit)
+    }
 }
 
 /// The monitor thread's per-datagram state: receive buffers, the rate limiter, the answer
@@ -96,8 +115,14 @@ impl Datagrams {
         }
     }
 
-    /// Reads and answers datagrams on `listener` until it has none left.
-    pub(crate) fn drain(&mut self, shared: &Shared, listener: &Listener) {
+    /// Reads and answers datagrams on `listener` (socket `index`) until it has none left.
+    pub(crate) fn drain(
+        &mut self,
+        shared: &Shared,
+        subscriptions: &mut Subscriptions,
+        listener: &Listener,
+        index: usize,
+    ) {
         loop {
             let mut slices: [IoSliceMut<'_>; BATCH] = {
                 let mut buffers = self.buffers.iter_mut();
@@ -125,14 +150,19 @@ impl Datagrams {
                 } else {
                     meta.stride
                 };
+                let envelope = Envelope {
+                    source: meta.addr,
+                    destination: meta.dst_ip,
+                    listener: index,
+                };
                 let mut start = 0;
                 while start < received {
                     let end = (start + stride).min(received);
-                    self.answer(shared, listener, &meta, i, start..end);
+                    self.answer(shared, subscriptions, listener, envelope, i, start..end);
                     start = end;
                 }
                 if received == 0 {
-                    self.answer(shared, listener, &meta, i, 0..0);
+                    self.answer(shared, subscriptions, listener, envelope, i, 0..0);
                 }
             }
             // Fewer than a full batch: the queue was empty when the kernel looked. A datagram
@@ -150,8 +180,9 @@ impl Datagrams {
     fn answer(
         &mut self,
         shared: &Shared,
+        subscriptions: &mut Subscriptions,
         listener: &Listener,
-        meta: &RecvMeta,
+        envelope: Envelope,
         buffer: usize,
         range: std::ops::Range<usize>,
     ) {
@@ -159,7 +190,10 @@ impl Datagrams {
         counters.add(Counter::Received);
         let now = clock::now_ms();
         let datagram = &self.buffers[buffer][range];
-        let limiter = &mut self.limiter;
+        let tables = Tables {
+            limiter: &mut self.limiter,
+            subscriptions,
+        };
         let reply = &mut self.reply;
         let decided = catch_unwind(AssertUnwindSafe(|| {
             shared.maybe_inject_fault();
@@ -168,12 +202,12 @@ impl Datagrams {
                 policy: &shared.policy,
                 instance_id: shared.instance_id,
             };
-            responder.respond(limiter, meta.addr, meta.dst_ip, datagram, reply, now)
+            responder.respond(tables, envelope, datagram, reply, now)
         }));
         // The datagram that hit a fault is dropped (and counted as a fault); later ones are
         // answered "agent fault".
         let outcome = decided.unwrap_or_else(|_| {
-            shared.fault(format_args!("answering {}", meta.addr));
+            shared.fault(format_args!("answering {}", envelope.source));
             Outcome::Drop(Counter::Faults)
         });
         match outcome {
@@ -183,17 +217,8 @@ impl Datagrams {
                 self.report_drops(shared, now);
             }
             Outcome::Reply(len, counter) => {
-                let transmit = Transmit {
-                    destination: meta.addr,
-                    ecn: None,
-                    contents: &self.reply[..len.min(datagram.len())],
-                    segment_size: None,
-                    src_ip: meta.dst_ip,
-                };
-                match listener
-                    .state
-                    .try_send((&listener.socket).into(), &transmit)
-                {
+                let contents = &self.reply[..len.min(datagram.len())];
+                match listener.send(envelope.source, envelope.destination, contents) {
                     Ok(()) => counters.add(counter),
                     Err(_) => counters.add(Counter::SendFailed),
                 }

@@ -328,7 +328,7 @@ impl Cell {
     }
 
     /// Sets state, reason and message (`None` clears it). A call that changes nothing does not
-    /// bump the generation.
+    /// bump the generation. Returns whether it changed anything.
     pub(crate) fn set(
         &self,
         state: State,
@@ -364,8 +364,7 @@ impl Cell {
         if message.is_none() && self.word.load(Ordering::Acquire) & STATE_REASON_SLOT == unchanged {
             return false;
         }
-        self.set_changing(state, reason, message, now);
-        true
+        self.set_changing(state, reason, message, now)
     }
 
     #[inline(never)]
@@ -375,7 +374,7 @@ impl Cell {
         reason: Reason,
         message: Option<&Text>,
         now: impl FnOnce() -> u64,
-    ) {
+    ) -> bool {
         let mut claimed = NO_SLOT;
         loop {
             let bits = self.word.load(Ordering::Acquire);
@@ -388,7 +387,7 @@ impl Cell {
             };
             if current.state == state && current.reason == reason && same_message {
                 self.release(claimed);
-                return;
+                return false;
             }
             if let (Some(text), NO_SLOT) = (message, claimed) {
                 claimed = self.claim_and_write(text);
@@ -409,17 +408,18 @@ impl Cell {
                     self.changed_at.store(now(), Ordering::Relaxed);
                 }
                 self.release(claimed);
-                return;
+                return true;
             }
         }
     }
 
-    pub(crate) fn set_weight(&self, weight: u8) {
+    /// Sets the weight; returns whether it changed.
+    pub(crate) fn set_weight(&self, weight: u8) -> bool {
         let mut bits = self.word.load(Ordering::Acquire);
         loop {
             let current = Word::unpack(bits);
             if current.weight == weight {
-                return;
+                return false;
             }
             let next = Word {
                 weight,
@@ -432,7 +432,7 @@ impl Cell {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return,
+                Ok(_) => return true,
                 Err(actual) => bits = actual,
             }
         }

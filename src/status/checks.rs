@@ -186,7 +186,7 @@ impl Checks {
         }
     }
 
-    /// The check's thread records a result.
+    /// The check's thread records a result; returns whether the verdict changed.
     pub(crate) fn finish_run(
         &self,
         index: usize,
@@ -194,9 +194,9 @@ impl Checks {
         passed: bool,
         message: &[u8],
         now: u64,
-    ) {
+    ) -> bool {
         let Some(r) = self.current(index, ticket) else {
-            return;
+            return false;
         };
         let started = r.running_since.swap(0, Ordering::AcqRel);
         let took = now.saturating_sub(started);
@@ -216,7 +216,19 @@ impl Checks {
             let _ = text.write_str(": ok");
             (State::Up, Reason::Host)
         };
-        r.verdict.set(state, reason, Some(&text), now);
+        r.verdict.set(state, reason, Some(&text), now)
+    }
+
+    /// The earliest time after `now` at which a running check becomes overdue.
+    pub(crate) fn next_overdue(&self, now: u64) -> Option<u64> {
+        self.active()
+            .filter_map(|(_, r)| {
+                let since = r.running_since.load(Ordering::Acquire);
+                let timeout = r.timeout_ms.load(Ordering::Relaxed);
+                (since != 0 && timeout > 0).then_some(since + timeout + 1)
+            })
+            .filter(|at| *at > now)
+            .min()
     }
 
     /// What the checks on `cells` (the server's, and a service's) do to an answer at `now`.

@@ -20,6 +20,7 @@
 //! 2. the state furthest from serving among the host's whole-server state, the service's
 //!    state, stalled workers (DOWN) and failing checks (DOWN).
 
+pub(crate) mod bell;
 mod cell;
 pub(crate) mod checks;
 pub(crate) mod runner;
@@ -34,6 +35,7 @@ pub use workers::WorkerPolicy;
 use crate::state::{Reason, State};
 use crate::sys::shm::{ShmSlice, Zeroable};
 use crate::sys::{clock, process};
+use bell::Bell;
 use checks::Checks;
 use workers::{Workers, WorkersEffect};
 
@@ -136,6 +138,8 @@ pub(crate) struct Board {
     start_timeout_ms: u64,
     pub(crate) workers: Workers,
     pub(crate) checks: Checks,
+    /// Rung on every change of what directors are told, for the monitor's listeners.
+    pub(crate) bell: Bell,
 }
 
 impl Board {
@@ -156,6 +160,7 @@ impl Board {
                 config.worker_policy,
             )?,
             checks: Checks::new()?,
+            bell: Bell::new()?,
         };
         board.cells[0].init(config.initial, Reason::Host, None, now);
         // A service starts up: it follows the whole server until the host sets it.
@@ -180,6 +185,11 @@ impl Board {
 
     fn header(&self) -> &Header {
         &self.header[0]
+    }
+
+    /// The watchdog's deadline in milliseconds (0: off).
+    pub(crate) fn watchdog_ms(&self) -> u64 {
+        self.watchdog_ms
     }
 
     /// Records that the whole server's state left STARTING (the start ends): one load, and a
@@ -240,6 +250,7 @@ impl Board {
             Some(cell) => {
                 if cell.set(state, reason, message, now) {
                     self.leave_starting(target, state, || now);
+                    self.bell.ring();
                 }
                 true
             }
@@ -261,6 +272,7 @@ impl Board {
                 // start, and does not look at the header (another cache line).
                 if cell.set_with_clock(state, reason, message, clock::now_ms) {
                     self.leave_starting(target, state, clock::now_ms);
+                    self.bell.ring();
                 }
                 true
             }
@@ -269,7 +281,13 @@ impl Board {
     }
 
     pub(crate) fn set_weight(&self, target: Target, weight: u8) -> bool {
-        self.cell(target).map(|c| c.set_weight(weight)).is_some()
+        let Some(cell) = self.cell(target) else {
+            return false;
+        };
+        if cell.set_weight(weight) {
+            self.bell.ring();
+        }
+        true
     }
 
     pub(crate) fn set_load(&self, target: Target, in_use: u32, capacity: u32) -> bool {
@@ -279,13 +297,58 @@ impl Board {
     }
 
     pub(crate) fn heartbeat(&self, now: u64) {
-        let at = &self.header().heartbeat_at;
+        let h = self.header();
         // The clock moves once per tick (1-4 ms): most heartbeats store what is there already.
         // Skipping those keeps the cache line shared between the host's threads instead of
         // moving it from core to core at every call.
-        if at.load(Ordering::Relaxed) != now {
-            at.store(now, Ordering::Release);
+        if h.heartbeat_at.load(Ordering::Relaxed) != now {
+            h.heartbeat_at.store(now, Ordering::Release);
+            // A heartbeat after the watchdog (or the start's bound) was seen expired is a
+            // recovery: tell listeners.
+            let expired = (self.watchdog_ms > 0
+                && h.watchdog_flips.load(Ordering::Relaxed) & 1 == 1)
+                || (self.start_timeout_ms > 0 && h.start_flips.load(Ordering::Relaxed) & 1 == 1);
+            if expired {
+                self.bell.ring();
+            }
         }
+    }
+
+    /// A worker's heartbeat; false when `slot` is not registered.
+    pub(crate) fn worker_heartbeat(&self, slot: usize, now: u64) -> bool {
+        match self.workers.heartbeat(slot, now) {
+            Some(recovered) => {
+                if recovered {
+                    self.bell.ring();
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The earliest clock time after `now` at which a condition judged lazily (the watchdog,
+    /// a stalled worker, an overdue check) could change what is answered: the monitor's timer
+    /// while it listens for changes. Changes the host makes ring the bell instead.
+    pub(crate) fn next_deadline(&self, now: u64) -> Option<u64> {
+        let h = self.header();
+        let alive_at = self.alive_at();
+        // The watchdog counts once the start has ended; until then, the start's own bound.
+        let watchdog = (self.watchdog_ms > 0 && alive_at != 0)
+            .then(|| alive_at + self.watchdog_ms + 1)
+            .filter(|at| *at > now);
+        let start = (self.start_timeout_ms > 0 && alive_at == 0)
+            .then(|| h.started_at.load(Ordering::Acquire) + self.start_timeout_ms + 1)
+            .filter(|at| *at > now);
+        [
+            watchdog,
+            start,
+            self.workers.next_stall(now),
+            self.checks.next_overdue(now),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Marks the board stopped, if the calling process owns it; returns whether it does.
@@ -298,6 +361,7 @@ impl Board {
         {
             Ok(_) => {
                 h.stopping_at.store(now, Ordering::Release);
+                self.bell.ring();
                 true
             }
             Err(current) => current == mine | 1,
@@ -321,6 +385,7 @@ impl Board {
         let h = self.header();
         if h.faults.fetch_add(1, Ordering::AcqRel) == 0 {
             h.fault_at.store(now, Ordering::Release);
+            self.bell.ring();
         }
     }
 

@@ -107,10 +107,16 @@ fn run(
             Ok(Err(message)) => (false, message.as_str()),
             Err(_) => (false, "the check panicked"),
         };
-        shared
-            .board
-            .checks
-            .finish_run(index, ticket, passed, message.as_bytes(), clock::now_ms());
+        let changed = shared.board.checks.finish_run(
+            index,
+            ticket,
+            passed,
+            message.as_bytes(),
+            clock::now_ms(),
+        );
+        if changed {
+            shared.board.bell.ring();
+        }
         let wait = interval.saturating_sub(started.elapsed());
         match stopped.recv_timeout(wait) {
             Err(RecvTimeoutError::Timeout) => {}

@@ -87,15 +87,28 @@ impl Workers {
         None
     }
 
-    /// Records a heartbeat; false when `slot` is not registered.
-    pub(crate) fn heartbeat(&self, slot: usize, now: u64) -> bool {
+    /// Records a heartbeat: `None` when `slot` is not registered, else whether the worker was
+    /// stalled until now (its recovery changes what directors are told).
+    pub(crate) fn heartbeat(&self, slot: usize, now: u64) -> Option<bool> {
         match self.slots.get(slot) {
             Some(s) if s.pid.load(Ordering::Relaxed) != 0 => {
+                let before = s.heartbeat_at.load(Ordering::Relaxed);
                 s.heartbeat_at.store(now, Ordering::Release);
-                true
+                Some(now.saturating_sub(before) > self.timeout_ms)
             }
-            _ => false,
+            _ => None,
         }
+    }
+
+    /// The earliest time after `now` at which a live worker becomes stalled if it does not
+    /// heart-beat before.
+    pub(crate) fn next_stall(&self, now: u64) -> Option<u64> {
+        self.slots
+            .iter()
+            .filter(|s| s.pid.load(Ordering::Acquire) != 0)
+            .map(|s| s.heartbeat_at.load(Ordering::Acquire) + self.timeout_ms + 1)
+            .filter(|at| *at > now)
+            .min()
     }
 
     /// Frees a slot; false when it was not registered.

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod c_build;
+pub mod director;
+pub mod haproxy;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;

@@ -23,6 +23,17 @@ impl Health {
         self.up
     }
 
+    /// Sets the verdict at once (what the agent itself says about the server needs no
+    /// confirmation). Returns 1 when the verdict flips, like `record`.
+    pub fn set(&mut self, up: bool) -> Option<u32> {
+        self.streak = 0;
+        if self.up == up {
+            return None;
+        }
+        self.up = up;
+        Some(1)
+    }
+
     /// Records one check. Returns the number of checks that made the verdict flip when it
     /// does (then `is_up` has changed), `None` otherwise.
     pub fn record(&mut self, success: bool, rise: u32, fall: u32) -> Option<u32> {
@@ -65,5 +76,12 @@ mod tests {
         // rise = fall = 1: every check decides.
         assert_eq!(h.record(true, 1, 1), Some(1));
         assert_eq!(h.record(false, 1, 1), Some(1));
+        // The agent's own word is taken at once, and ends any streak.
+        let mut h = Health::new(true);
+        assert_eq!(h.record(false, 2, 3), None);
+        assert_eq!(h.set(false), Some(1));
+        assert_eq!(h.set(false), None);
+        assert_eq!(h.set(true), Some(1));
+        assert!(h.is_up());
     }
 }

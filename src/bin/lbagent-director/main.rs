@@ -4,6 +4,7 @@
 //! MISC_CHECK forks once per real server per interval), so one core polls thousands of real
 //! servers. docs/DIRECTORS.md has the keepalived configuration.
 
+mod haproxy;
 mod health;
 mod log;
 mod poller;
@@ -22,14 +23,24 @@ use track::TrackDir;
 
 const AFTER_HELP: &str = "\
 Targets file: one real server per line, fields separated by spaces:
-  NAME  ADDRESS  [service=NAME]  [key=PATH]      # comment
+  NAME  ADDRESS  [service=NAME]  [key=PATH]  [haproxy=BACKEND/SERVER@SOCKET ...]  # comment
 NAME names the track file DIR/NAME (letters, digits, _ . -); ADDRESS is numeric,
 IPv4[:PORT] or [IPv6]:PORT, port 4950 by default; service= asks about one service instead
 of the whole server; key= names a key file for authenticated probes (its first key seals every
-probe, and only answers sealed with it count).
+probe, and only answers sealed with it count); each haproxy= names an HAProxy server that the
+director sets through that HAProxy's runtime API (stats socket, level admin): state ready,
+drain or maint, health up or down, and weight, whenever the verdict or the answer changes.
+
+Push: every probe also subscribes to the agent's changes (unless --no-subscribe); an agent
+that grants it (a key= target, or an agent with subscribe=allow) pushes each change at once,
+so a drain reaches the files and HAProxy in milliseconds; polling goes on as the liveness
+check. What the agent says about itself (drain, down, maint, the watchdog) is applied at
+once; --rise and --fall count what the poller finds out itself (answers, timeouts).
 
 Track files: DIR/NAME holds 0 while the server should receive new connections (state up,
-weight above 0) and 1 otherwise, after --rise successful or --fall failed checks in a row.
+weight above 0) and 1 otherwise: at once when the agent says it must not get traffic, after
+--rise successful checks in a row to come back, after --fall probes without an answer in a
+row to go.
 Each change replaces the file atomically (a temporary file renamed over it). At start a
 target's verdict is what its file says; a missing file is written as 1 at once.
 
@@ -40,7 +51,8 @@ SIGINT stops; the files keep their last values.
 Exit status: 0 stopped by a signal (or --check passed); 1 a bad targets file, track
 directory or socket; 64 usage error.
 
-Detection time: about interval x fall + timeout. See docs/DIRECTORS.md.";
+Detection time: milliseconds for a change the agent pushes; about interval x fall + timeout
+for an agent that stops answering. See docs/DIRECTORS.md.";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -81,6 +93,11 @@ struct Cli {
     /// Seconds between summary lines in the log (0: none).
     #[arg(long, value_name = "S", default_value_t = 300)]
     stats_interval: u64,
+
+    /// Do not ask agents to push changes: poll only (by default every probe subscribes, and
+    /// agents that grant it push each change at once).
+    #[arg(long)]
+    no_subscribe: bool,
 
     /// Check the targets file, print a summary and exit.
     #[arg(long)]
@@ -144,6 +161,7 @@ fn main() -> ExitCode {
         fall: cli.fall,
         jitter_pct: cli.jitter,
         stats_every: Duration::from_secs(cli.stats_interval),
+        subscribe: !cli.no_subscribe,
     };
     let result =
         Poller::new(settings, log, track, cli.targets.clone(), targets, keys).and_then(Poller::run);

@@ -7,6 +7,15 @@
 //! rewritten (atomically) only when the verdict differs from what the file says. Nothing forks,
 //! nothing blocks but `epoll_wait`.
 //!
+//! With `--subscribe` (the default) every probe also asks the agent to push changes (protocol
+//! v1 subscriptions, renewed by each probe): a change the host makes reaches the track file and
+//! the HAProxy servers at once, and polling stays the liveness check. Agents that do not grant
+//! a subscription (older agents, or unsealed probes to an agent that takes sealed ones only)
+//! are simply polled. What an agent says about itself is applied at once (a drain, a failure
+//! the host reports, the watchdog's expiry: no `--fall` streak); `--rise` and `--fall` apply to
+//! what the poller finds out itself: answers that say serving after a failure, and probes
+//! that get no answer.
+//!
 //! SIGHUP reloads the targets file: unchanged targets keep their verdict, streak and schedule;
 //! a target whose address, service or key changed starts its streak over from its current
 //! verdict; a removed target's file is set to 1 (failed), since keepalived reads a missing file
@@ -26,6 +35,7 @@ use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
+use crate::haproxy::{Desired, Writer};
 use crate::health::Health;
 use crate::log::{Level, Log};
 use crate::targets::{self, Target};
@@ -48,6 +58,8 @@ pub struct Settings {
     pub jitter_pct: u32,
     /// A summary line this often; zero for none.
     pub stats_every: Duration,
+    /// Ask agents to push changes (renewed by every probe).
+    pub subscribe: bool,
 }
 
 /// A small, fast generator for the jitter (xorshift64*): spreading checks needs no more.
@@ -83,6 +95,10 @@ struct Slot {
     file_ok: Option<bool>,
     /// The last write of the file failed (logged once until a write succeeds).
     write_failed: bool,
+    /// The agent's last answer, if the last check had one.
+    answer: Option<Answer>,
+    /// What the HAProxy servers were last told (`None`: nothing yet).
+    sinks_told: Option<Desired>,
 }
 
 #[derive(Default)]
@@ -107,6 +123,8 @@ pub struct Poller {
     prober: Prober,
     jitter: Jitter,
     completions: Vec<Completion>,
+    /// The HAProxy runtime API writer (started when a target names an HAProxy server).
+    haproxy: Option<Writer>,
     counts: Counts,
     started: Instant,
     /// Taken first thing, so that a SIGHUP or SIGTERM during a long load is queued, not fatal.
@@ -153,6 +171,36 @@ fn sync_file(track: &TrackDir, log: &Log, slot: &mut Slot) {
     }
 }
 
+/// Tells the slot's HAProxy servers what they should make of it, if that changed (starting
+/// the writer thread the first time one is named).
+fn sync_sinks(haproxy: &mut Option<Writer>, log: &Log, slot: &mut Slot) {
+    if slot.target.haproxy.is_empty() {
+        return;
+    }
+    let desired = Desired::of(slot.health.is_up(), slot.answer.as_ref());
+    if slot.sinks_told == Some(desired) {
+        return;
+    }
+    if haproxy.is_none() {
+        match Writer::start() {
+            Ok(w) => *haproxy = Some(w),
+            Err(e) => {
+                log.line(
+                    Level::Error,
+                    format_args!("cannot start the HAProxy writer thread: {e}"),
+                );
+                return;
+            }
+        }
+    }
+    if let Some(writer) = haproxy {
+        for sink in &slot.target.haproxy {
+            writer.send(sink, desired);
+        }
+        slot.sinks_told = Some(desired);
+    }
+}
+
 fn describe(result: &Result<Answer, ProbeError>) -> String {
     match result {
         Ok(a) => a.to_string(),
@@ -170,8 +218,12 @@ impl Poller {
         targets: Vec<Target>,
         keys: targets::Keys,
     ) -> Result<Poller, String> {
+        // A lease of a few intervals: every probe renews it, and one lost probe does not end
+        // it (the agent grants at most a minute).
+        let lease = (settings.interval * 3 + settings.timeout).min(Duration::from_secs(60));
         let options = ProbeOptions {
             timeout: settings.timeout,
+            subscribe: settings.subscribe.then_some(lease),
             ..ProbeOptions::default()
         };
         let signals = Signals::new([SIGHUP, SIGTERM, SIGINT])
@@ -190,6 +242,7 @@ impl Poller {
             prober,
             jitter: Jitter::new(),
             completions: Vec::new(),
+            haproxy: None,
             counts: Counts::default(),
             started: Instant::now(),
             signals,
@@ -263,8 +316,11 @@ impl Poller {
             since: now,
             file_ok,
             write_failed: false,
+            answer: None,
+            sinks_told: None,
         };
         sync_file(&self.track, &self.log, &mut slot);
+        sync_sinks(&mut self.haproxy, &self.log, &mut slot);
         slot
     }
 
@@ -379,33 +435,52 @@ impl Poller {
         self.prober.receive(&mut completions);
         for c in completions.drain(..) {
             if let Some(&i) = self.index.get(&c.token) {
-                self.slots[i].in_flight = false;
+                let pushed = matches!(&c.result, Ok(a) if a.pushed);
+                if !pushed {
+                    self.slots[i].in_flight = false;
+                }
                 self.record(i, c.result);
             }
         }
         self.completions = completions;
     }
 
-    /// One check's result for slot `i`: rise/fall, the log line of a transition, the file.
+    /// One check's result (or a pushed change) for slot `i`: the verdict, the log line of a
+    /// transition, the track file and the HAProxy servers.
     fn record(&mut self, i: usize, result: Result<Answer, ProbeError>) {
-        let success = matches!(&result, Ok(a) if a.is_serving());
         let (rise, fall) = (self.settings.rise, self.settings.fall);
         let slot = &mut self.slots[i];
-        if let Some(checks) = slot.health.record(success, rise, fall) {
+        // What the agent says about itself is taken at once (a pushed change included);
+        // what the poller finds out needs --rise answers or --fall silences in a row.
+        let (flipped, at_once) = match &result {
+            Ok(a) if !a.is_serving() => (slot.health.set(false), true),
+            Ok(a) if a.pushed => (slot.health.set(true), true),
+            Ok(_) => (slot.health.record(true, rise, fall), false),
+            Err(_) => (slot.health.record(false, rise, fall), false),
+        };
+        slot.answer = result.as_ref().ok().cloned();
+        if let Some(checks) = flipped {
             let now = Instant::now();
             let up = slot.health.is_up();
             let held = now - slot.since;
             slot.since = now;
             self.counts.transitions += 1;
+            let how = match (at_once, &result) {
+                (true, Ok(a)) if a.pushed => "at once, pushed by the agent".to_string(),
+                (true, _) => "at once, as the agent says".to_string(),
+                (false, _) => format!(
+                    "after {checks} {} check{}",
+                    if up { "successful" } else { "failed" },
+                    if checks == 1 { "" } else { "s" }
+                ),
+            };
             self.log.line(
                 Level::Notice,
                 format_args!(
-                    "{}: {} -> {} after {checks} {} check{} ({:.1} s {}): {}",
+                    "{}: {} -> {} {how} ({:.1} s {}): {}",
                     slot.target,
                     verdict_word(!up),
                     verdict_word(up),
-                    if up { "successful" } else { "failed" },
-                    if checks == 1 { "" } else { "s" },
                     held.as_secs_f64(),
                     verdict_word(!up),
                     describe(&result)
@@ -413,6 +488,7 @@ impl Poller {
             );
         }
         sync_file(&self.track, &self.log, slot);
+        sync_sinks(&mut self.haproxy, &self.log, slot);
     }
 
     fn reload(&mut self) {
@@ -445,7 +521,12 @@ impl Poller {
                 Some(mut slot) if slot.target.same_check(&target) => {
                     // The same file, perhaps with a new key in it (read again at reload).
                     slot.key = self.key_of(&target);
+                    if slot.target.haproxy != target.haproxy {
+                        // New HAProxy servers are told where this one stands.
+                        slot.sinks_told = None;
+                    }
                     slot.target = target;
+                    sync_sinks(&mut self.haproxy, &self.log, &mut slot);
                     unchanged += 1;
                     slots.push(slot);
                 }
@@ -504,12 +585,20 @@ impl Poller {
     fn log_stats(&self, what: &str) {
         let up = self.slots.iter().filter(|s| s.health.is_up()).count();
         let st = self.prober.stats();
+        let sinks = self.haproxy.as_ref().map_or((0, 0), |w| {
+            use std::sync::atomic::Ordering::Relaxed;
+            (
+                w.counts.written.load(Relaxed),
+                w.counts.failed.load(Relaxed),
+            )
+        });
         self.log.line(
             Level::Info,
             format_args!(
                 "{what}: {} targets, {up} up, {} down; probes sent {}, answered {}, failed {}, \
-                 timed out {}, ignored {}; {} wrong-key diagnostics sent; {} transitions; \
-                 {} skipped; {:.0} s",
+                 timed out {}, ignored {}; {} wrong-key diagnostics sent; {} pushed changes \
+                 from {} subscriptions; {} transitions; {} skipped; HAProxy commands {} \
+                 written, {} failed; {:.0} s",
                 self.slots.len(),
                 self.slots.len() - up,
                 st.sent,
@@ -518,8 +607,12 @@ impl Poller {
                 st.timed_out,
                 st.ignored,
                 st.diagnostics,
+                st.pushed,
+                self.prober.subscriptions(),
                 self.counts.transitions,
                 self.counts.skipped,
+                sinks.0,
+                sinks.1,
                 self.started.elapsed().as_secs_f64()
             ),
         );

@@ -5,6 +5,7 @@
 //! rs5      10.0.0.5                                  # port 4950, the whole server
 //! rs6      10.0.0.6:4950        service=game
 //! rs7      [fd00::7]:4950       service=game key=/etc/lbagent/director.key
+//! rs8      10.0.0.8             haproxy=be_app/rs8@/run/haproxy/admin.sock
 //! ```
 //!
 //! Fields are separated by spaces or tabs; `#` at the start of a field comments out the rest
@@ -21,6 +22,8 @@ use std::sync::Arc;
 use lbagent::client;
 use lbagent::config::{MAX_SERVICE_NAME, is_service_name_byte};
 use lbagent::keys::Key;
+
+use crate::haproxy::Sink;
 
 /// Most targets one file may hold (memory stays bounded whatever the file says).
 pub const MAX_TARGETS: usize = 100_000;
@@ -39,6 +42,9 @@ pub struct Target {
     /// A key file for authenticated probes (`key=PATH`): its first key seals this target's
     /// probes (see [`load_keys`]).
     pub key: Option<PathBuf>,
+    /// HAProxy servers fed through the runtime API (`haproxy=BACKEND/SERVER@SOCKET`, any
+    /// number).
+    pub haproxy: Vec<Sink>,
     /// The line it was read from.
     pub line: usize,
 }
@@ -170,6 +176,7 @@ pub fn parse(origin: &str, text: &str) -> Result<Vec<Target>, TargetsError> {
             addr,
             service: String::new(),
             key: None,
+            haproxy: Vec::new(),
             line: number,
         };
         let mut seen: Vec<&str> = Vec::new();
@@ -180,10 +187,10 @@ pub fn parse(origin: &str, text: &str) -> Result<Vec<Target>, TargetsError> {
                     position,
                     "option",
                     field,
-                    "expected service=NAME or key=PATH",
+                    "expected service=NAME, key=PATH or haproxy=BACKEND/SERVER@SOCKET",
                 ));
             };
-            if seen.contains(&key) {
+            if seen.contains(&key) && key != "haproxy" {
                 return Err(err(position, key, value, "given twice"));
             }
             seen.push(key);
@@ -213,12 +220,39 @@ pub fn parse(origin: &str, text: &str) -> Result<Vec<Target>, TargetsError> {
                     }
                     target.key = Some(PathBuf::from(value));
                 }
+                "haproxy" => {
+                    let sink = value
+                        .split_once('@')
+                        .filter(|(server, socket)| {
+                            socket.starts_with('/')
+                                && server.split_once('/').is_some_and(|(b, s)| {
+                                    !b.is_empty() && !s.is_empty() && !s.contains('/')
+                                })
+                                && server.bytes().all(|b| b.is_ascii_graphic())
+                        })
+                        .map(|(server, socket)| Sink {
+                            socket: PathBuf::from(socket),
+                            server: server.to_string(),
+                        })
+                        .ok_or_else(|| {
+                            err(
+                                position,
+                                "haproxy",
+                                value,
+                                "expected BACKEND/SERVER@/absolute/path/of/the/stats/socket",
+                            )
+                        })?;
+                    if target.haproxy.contains(&sink) {
+                        return Err(err(position, "haproxy", value, "given twice"));
+                    }
+                    target.haproxy.push(sink);
+                }
                 _ => {
                     return Err(err(
                         position,
                         "option",
                         field,
-                        "unknown option; expected service=NAME or key=PATH",
+                        "unknown option; expected service=NAME, key=PATH or haproxy=BACKEND/SERVER@SOCKET",
                     ));
                 }
             }
@@ -247,9 +281,23 @@ rs6\t10.0.0.6:7000   service=game   # trailing comment
 rs7 [fd00::7]:4950 service=game key=/etc/lbagent/director.key
 
 rs8 fd00::8 key=/k service=a.b
+rs9 10.0.0.9 haproxy=be/rs9@/run/a.sock haproxy=be2/rs9@/run/b.sock
 ";
         let t = parse("t.conf", text).unwrap();
-        assert_eq!(t.len(), 4);
+        assert_eq!(t.len(), 5);
+        assert_eq!(
+            t[4].haproxy,
+            vec![
+                Sink {
+                    socket: PathBuf::from("/run/a.sock"),
+                    server: "be/rs9".into()
+                },
+                Sink {
+                    socket: PathBuf::from("/run/b.sock"),
+                    server: "be2/rs9".into()
+                }
+            ]
+        );
         assert_eq!(t[0].addr, "10.0.0.5:4950".parse().unwrap());
         assert_eq!(
             (t[0].service.as_str(), &t[0].key, t[0].line),
@@ -285,6 +333,19 @@ rs8 fd00::8 key=/k service=a.b
                 "field 3 (option) \"weight=3\": unknown option",
             ),
             ("rs5 10.0.0.5 game", "field 3 (option) \"game\""),
+            ("rs5 10.0.0.5 haproxy=be/s1", "field 3 (haproxy) \"be/s1\""),
+            (
+                "rs5 10.0.0.5 haproxy=s1@/run/s",
+                "field 3 (haproxy) \"s1@/run/s\"",
+            ),
+            (
+                "rs5 10.0.0.5 haproxy=be/s1@run/s",
+                "field 3 (haproxy) \"be/s1@run/s\"",
+            ),
+            (
+                "rs5 10.0.0.5 haproxy=be/s@/r haproxy=be/s@/r",
+                "field 4 (haproxy) \"be/s@/r\": given twice",
+            ),
             (
                 "rs5 10.0.0.5 service=a service=b",
                 "field 4 (service) \"b\": given twice",

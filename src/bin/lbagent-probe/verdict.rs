@@ -154,6 +154,8 @@ mod tests {
             instance_id: 1,
             message: String::new(),
             rtt: Duration::ZERO,
+            subscribed: false,
+            pushed: false,
         })
     }
 
