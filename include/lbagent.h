@@ -236,6 +236,21 @@ enum lbagent_counter
    * failed (also counts a caught panic while handling the connection).
    */
   LBAGENT_COUNTER_CONN_FAILED = 23,
+  /**
+   * Dropped: a sealed probe whose key id and nonce were already accepted within the window
+   * (a replay), or older than what the replay cache still remembers (see
+   * `guard/replay.rs`: beyond its bound it refuses rather than forgets).
+   */
+  LBAGENT_COUNTER_DROPPED_REPLAY = 24,
+  /**
+   * Dropped: a sealed probe with a valid MAC over its key's budget (`rate_per_key`).
+   */
+  LBAGENT_COUNTER_DROPPED_KEY_LIMIT = 25,
+  /**
+   * Closed at once: its source (an IPv4 address, an IPv6 prefix of `rate_ipv6_prefix`
+   * bits) already holds `conn_per_source` open connections of that listener kind.
+   */
+  LBAGENT_COUNTER_CONN_DROPPED_SOURCE_LIMIT = 26,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

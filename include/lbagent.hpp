@@ -109,6 +109,9 @@ enum class Counter : int {
     ConnDroppedNotAllowed = LBAGENT_COUNTER_CONN_DROPPED_NOT_ALLOWED,
     ConnTimedOut = LBAGENT_COUNTER_CONN_TIMED_OUT,
     ConnFailed = LBAGENT_COUNTER_CONN_FAILED,
+    DroppedReplay = LBAGENT_COUNTER_DROPPED_REPLAY,
+    DroppedKeyLimit = LBAGENT_COUNTER_DROPPED_KEY_LIMIT,
+    ConnDroppedSourceLimit = LBAGENT_COUNTER_CONN_DROPPED_SOURCE_LIMIT,
 };
 
 // The lower-case name of a state ("up", "drain", ...). Async-signal-safe.

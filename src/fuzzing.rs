@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use crate::config::Config;
 use crate::guard::Policy;
-use crate::guard::limit::RateLimiter;
+use crate::guard::Admission;
 use crate::keys::KeySet;
 use crate::proto::{http, wire};
 use crate::serve::answer::{Outcome, Responder};
@@ -57,11 +57,11 @@ pub fn answer_datagram(datagram: &[u8]) -> Option<usize> {
         policy: &f.policy,
         instance_id: 7,
     };
-    let mut limiter = RateLimiter::new(0, 0);
+    let mut admission = Admission::unlimited();
     let mut out = [0u8; wire::PROBE_MAX_LEN];
     let source: SocketAddr = ([127, 0, 0, 1], 40000).into();
     match responder.respond(
-        &mut limiter,
+        &mut admission,
         source,
         Some(source.ip()),
         datagram,

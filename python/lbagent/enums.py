@@ -66,6 +66,11 @@ class Counter(enum.IntEnum):
     CONN_DROPPED_NOT_ALLOWED = 21
     CONN_TIMED_OUT = 22
     CONN_FAILED = 23
+    # Sealed probes refused as replays or over their key's budget; connections over the
+    # per-source share.
+    DROPPED_REPLAY = 24
+    DROPPED_KEY_LIMIT = 25
+    CONN_DROPPED_SOURCE_LIMIT = 26
 
 
 class Result(enum.IntEnum):

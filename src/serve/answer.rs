@@ -1,18 +1,20 @@
 //! Decides the answer to one datagram: pure logic over the status board, no I/O.
 //!
-//! Order of checks: who is asking (`guard`: allow-list, source port, unicast destination,
-//! rate limits) before any other work; then protocol v1 (with authentication) or text. Every
-//! datagram ends in exactly one counted outcome, and an answer is never longer than the
-//! datagram that caused it.
+//! Order of checks: who is asking (`guard`: allow-list, source port, unicast destination)
+//! before any other work; then, with `key_file`, a sealed PROBE is authenticated (key id,
+//! window, MAC), checked against replays and charged to its key's budget, and answered sealed;
+//! everything else is charged to the per-source and global rate limits, then answered as
+//! protocol v1 or text. Every datagram ends in exactly one counted outcome, and an answer is
+//! never longer than the datagram that caused it.
 
 use std::net::{IpAddr, SocketAddr};
 
 use crate::counters::Counter;
-use crate::guard::Policy;
-use crate::guard::limit::RateLimiter;
+use crate::guard::{Admission, Policy, Sealed};
+use crate::keys::Key;
 use crate::proto::auth;
 use crate::proto::text;
-use crate::proto::wire::{self, DecodeError, FLAG_AUTH, Request, StatusFields};
+use crate::proto::wire::{self, DecodeError, FLAG_AUTH, Probe, Request, StatusFields};
 use crate::status::{Board, Status};
 
 /// What the agent does with a datagram.
@@ -33,73 +35,63 @@ pub(crate) struct Responder<'a> {
 
 impl Responder<'_> {
     /// The answer to `request` from `source`, sent to local address `destination`, written to
-    /// `out` (512 bytes or more). `limiter` is charged for datagrams that pass the source
-    /// checks.
+    /// `out` (512 bytes or more). `admission` holds the budgets and the replay cache; `now` is
+    /// the monitor's clock (milliseconds).
     pub(crate) fn respond(
         &self,
-        limiter: &mut RateLimiter,
+        admission: &mut Admission,
         source: SocketAddr,
         destination: Option<IpAddr>,
         request: &[u8],
         out: &mut [u8],
         now: u64,
     ) -> Outcome {
-        if let Err(counter) = self
-            .policy
-            .admit_datagram(limiter, source, destination, now)
-        {
+        if let Err(counter) = self.policy.check_source(source, destination) {
             return Outcome::Drop(counter);
         }
-        if request.starts_with(&wire::MAGIC) {
-            return self.respond_v1(request, out, now);
+        if !request.starts_with(&wire::MAGIC) {
+            if let Err(counter) = admission.charge(source, now) {
+                return Outcome::Drop(counter);
+            }
+            if !self.policy.text {
+                return Outcome::Drop(Counter::DroppedTextOff);
+            }
+            return self.respond_text(request, out, now);
         }
-        if !self.policy.text {
-            return Outcome::Drop(Counter::DroppedTextOff);
-        }
-        self.respond_text(request, out, now)
-    }
-
-    fn respond_v1(&self, request: &[u8], out: &mut [u8], now: u64) -> Outcome {
-        match wire::decode_request(request) {
-            Ok(Request::Probe(probe)) => {
-                // Authenticated probe: check it, and seal the answer with the same key.
-                let key = match (&self.policy.keys, probe.flags & FLAG_AUTH != 0) {
-                    (Some(keys), true) => match auth::open(request, |id| keys.get(id)) {
-                        Ok(v) => {
-                            if !auth::fresh(
-                                v.timestamp_ms,
-                                auth::unix_ms(),
-                                self.policy.auth_window_ms,
-                            ) {
-                                return Outcome::Drop(Counter::DroppedAuthStale);
-                            }
-                            keys.get(v.key_id)
+        let decoded = wire::decode_request(request);
+        // A sealed probe: its key pays for it, not its source address (anyone can forge that).
+        if let Ok(Request::Probe(probe)) = &decoded {
+            if probe.flags & FLAG_AUTH != 0 {
+                let unix_ms = auth::unix_ms();
+                match self.policy.authenticate(request, unix_ms) {
+                    Sealed::Valid {
+                        key,
+                        index,
+                        trailer,
+                    } => {
+                        if let Err(counter) =
+                            admission.admit_sealed(index, trailer, probe.nonce, unix_ms, now)
+                        {
+                            return Outcome::Drop(counter);
                         }
-                        Err(_) => return Outcome::Drop(Counter::DroppedAuthFailed),
-                    },
-                    _ => None,
-                };
-                if key.is_none() && self.policy.auth_required {
-                    return Outcome::Reply(
-                        wire::encode_error(probe.nonce, wire::ERROR_AUTH_REQUIRED, out),
-                        Counter::AnsweredError,
-                    );
-                }
-                let status = self.board.status(self.board.target(probe.service), now);
-                let fields = status_fields(&status, probe.nonce, self.instance_id);
-                let room = match key {
-                    Some(_) => auth::room_for_sealed(probe.len),
-                    None => probe.len,
-                };
-                match (wire::encode_status(&fields, room, out), key) {
-                    (Some(len), Some(key)) => Outcome::Reply(
-                        auth::seal(key, out, len, auth::unix_ms()),
-                        Counter::AnsweredStatus,
-                    ),
-                    (Some(len), None) => Outcome::Reply(len, Counter::AnsweredStatus),
-                    (None, _) => Outcome::Drop(Counter::DroppedMalformed),
+                        return self.status(probe, Some(key), out, now);
+                    }
+                    Sealed::Invalid(counter) => {
+                        return Outcome::Drop(admission.charge(source, now).err().unwrap_or(counter));
+                    }
+                    Sealed::No => {}
                 }
             }
+        }
+        if let Err(counter) = admission.charge(source, now) {
+            return Outcome::Drop(counter);
+        }
+        match decoded {
+            Ok(Request::Probe(probe)) if self.policy.auth_required => Outcome::Reply(
+                wire::encode_error(probe.nonce, wire::ERROR_AUTH_REQUIRED, out),
+                Counter::AnsweredError,
+            ),
+            Ok(Request::Probe(probe)) => self.status(&probe, None, out, now),
             Ok(Request::UnsupportedVersion { nonce, .. }) => Outcome::Reply(
                 wire::encode_error(nonce, wire::ERROR_UNSUPPORTED_VERSION, out),
                 Counter::AnsweredError,
@@ -113,6 +105,24 @@ impl Responder<'_> {
                 | DecodeError::BadNameByte
                 | DecodeError::BadField,
             ) => Outcome::Drop(Counter::DroppedMalformed),
+        }
+    }
+
+    /// A STATUS answering `probe`, sealed with `key` if given.
+    fn status(&self, probe: &Probe<'_>, key: Option<&Key>, out: &mut [u8], now: u64) -> Outcome {
+        let status = self.board.status(self.board.target(probe.service), now);
+        let fields = status_fields(&status, probe.nonce, self.instance_id);
+        let room = match key {
+            Some(_) => auth::room_for_sealed(probe.len),
+            None => probe.len,
+        };
+        match (wire::encode_status(&fields, room, out), key) {
+            (Some(len), Some(key)) => Outcome::Reply(
+                auth::seal(key, out, len, auth::unix_ms()),
+                Counter::AnsweredStatus,
+            ),
+            (Some(len), None) => Outcome::Reply(len, Counter::AnsweredStatus),
+            (None, _) => Outcome::Drop(Counter::DroppedMalformed),
         }
     }
 
@@ -177,7 +187,7 @@ mod tests {
         };
         let mut out = [0u8; wire::PROBE_MAX_LEN];
         responder.respond(
-            &mut RateLimiter::new(0, 0),
+            &mut Admission::unlimited(),
             ([127, 0, 0, 1], 40000).into(),
             Some(destination),
             &[b'x'; 32],

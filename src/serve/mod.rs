@@ -33,7 +33,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::guard::limit::RateLimiter;
+use crate::guard::{Admission, AdmissionOptions};
 use crate::shared::Shared;
 use crate::sys::fd;
 use tcp::{AgentCheckOptions, ConnectionFds, Kind, LISTENER_TOKENS, StreamListener, Streams};
@@ -118,8 +118,9 @@ impl Sockets {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ServeOptions {
     pub agent_check: AgentCheckOptions,
-    pub rate_per_source: u32,
-    pub rate_global: u32,
+    pub admission: AdmissionOptions,
+    /// Connections one source may hold open per listener kind.
+    pub conn_per_source: usize,
     pub log_drops_ms: u32,
 }
 
@@ -130,8 +131,8 @@ impl ServeOptions {
                 wait_for_agent_send: !config.services.is_empty(),
                 maxconn: config.agent_maxconn,
             },
-            rate_per_source: config.rate_per_source,
-            rate_global: config.rate_global,
+            admission: AdmissionOptions::from_config(config),
+            conn_per_source: config.conn_per_source as usize,
             log_drops_ms: config.log_drops_ms,
         }
     }
@@ -178,13 +179,13 @@ pub(crate) fn spawn(
         .map_err(io_error("register a socket with the poller"))?;
     let thread_fds = [poll.as_raw_fd(), receiver.as_raw_fd()];
     let connection_fds = streams.connection_fds();
-    let limiter = RateLimiter::new(options.rate_per_source, options.rate_global);
+    let admission = Admission::new(options.admission);
     let monitor = Monitor {
         shared,
         poll,
         wake: receiver,
         sockets,
-        datagrams: Datagrams::new(limiter, options.log_drops_ms),
+        datagrams: Datagrams::new(admission, options.log_drops_ms),
         streams,
     };
     let (done_tx, done) = crossbeam_channel::bounded(1);

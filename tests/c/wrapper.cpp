@@ -56,6 +56,9 @@ static_assert(static_cast<int>(lbagentpp::Counter::DroppedAuthStale) ==
               "numbers");
 static_assert(static_cast<int>(lbagentpp::Counter::ConnFailed) == LBAGENT_COUNTER_CONN_FAILED,
               "numbers");
+static_assert(static_cast<int>(lbagentpp::Counter::ConnDroppedSourceLimit) ==
+                  LBAGENT_COUNTER_CONN_DROPPED_SOURCE_LIMIT,
+              "numbers");
 using lbagentpp::Prober;
 static_assert(!std::is_copy_constructible<Prober>::value, "move-only");
 static_assert(!std::is_copy_assignable<Prober>::value, "move-only");
