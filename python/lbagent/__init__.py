@@ -42,6 +42,7 @@ from .errors import (
     UnreachableError,
     VersionMismatchError,
     WrongKeyError,
+    UnauthenticatedError,
     WrongProcessError,
 )
 from .prober import Completion, Prober, probe
@@ -82,6 +83,7 @@ __all__ = [
     "VersionMismatchError",
     "Worker",
     "WrongKeyError",
+    "UnauthenticatedError",
     "WrongProcessError",
     "library_path",
     "probe",

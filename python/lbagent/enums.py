@@ -97,6 +97,7 @@ class Result(enum.IntEnum):
     ERR_VERSION_MISMATCH = 18
     ERR_AUTH_REQUIRED = 19
     ERR_WRONG_KEY = 20
+    ERR_UNAUTHENTICATED = 21
 
 
 class LogLevel(enum.IntEnum):
