@@ -683,7 +683,10 @@ mod tests {
             "{e}"
         );
         let e = err("rate_per_key=-3");
-        assert!(e.contains("\"rate_per_key\"") && e.contains("\"-3\""), "{e}");
+        assert!(
+            e.contains("\"rate_per_key\"") && e.contains("\"-3\""),
+            "{e}"
+        );
         let c = Config::parse("rate_per_key=0 ipv6_source_prefix=128 conn_per_source=1").unwrap();
         assert_eq!(
             (c.rate_per_key, c.ipv6_source_prefix, c.conn_per_source),

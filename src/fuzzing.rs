@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::sync::OnceLock;
 
 use crate::config::Config;
-use crate::guard::Policy;
 use crate::guard::Admission;
+use crate::guard::Policy;
 use crate::keys::KeySet;
 use crate::proto::{http, wire};
 use crate::serve::answer::{Outcome, Responder};

@@ -290,7 +290,9 @@ fn exit_code_matrix_of_a_wrong_key() {
         plain_addr,
         &["--key-file", &agent_keys, "--timeout", "400"],
         [2, 2, 2, 1, 1, 1, 3],
-        Some("wrong key: the agent answers without a seal (no key_file there?); saw 1 answer to the unsealed diagnostic probe, 1 unsealed answer"),
+        Some(
+            "wrong key: the agent answers without a seal (no key_file there?); saw 1 answer to the unsealed diagnostic probe, 1 unsealed answer",
+        ),
     );
 }
 

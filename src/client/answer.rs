@@ -251,9 +251,9 @@ impl Decoded {
                 "the answer does not authenticate with key id {} (forged, or another secret)",
                 key.map_or(0, Key::id)
             )),
-            Decoded::AuthRequired if key.is_some() => wrong_key(
-                "the agent answered \"authentication required\" to a sealed probe".into(),
-            ),
+            Decoded::AuthRequired if key.is_some() => {
+                wrong_key("the agent answered \"authentication required\" to a sealed probe".into())
+            }
             Decoded::AuthRequired => ProbeError::AuthRequired,
             Decoded::Version(agent_version) => ProbeError::VersionMismatch { agent_version },
         }

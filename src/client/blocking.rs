@@ -66,7 +66,9 @@ pub fn probe(target: SocketAddr, options: &ProbeOptions) -> Result<Answer, Probe
             Err(e)
                 if matches!(
                     e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
                 ) =>
             {
                 Step::Wait

@@ -96,9 +96,21 @@ impl fmt::Display for Hints {
             ),
             (self.unsealed, "unsealed answer", "unsealed answers"),
             (self.other_key, "answer", "answers"),
-            (self.bad_mac, "answer whose MAC is wrong", "answers whose MAC is wrong"),
-            (self.errors, "unsealed ERROR answer", "unsealed ERROR answers"),
-            (self.icmp_refused, "ICMP port unreachable", "ICMP port unreachable"),
+            (
+                self.bad_mac,
+                "answer whose MAC is wrong",
+                "answers whose MAC is wrong",
+            ),
+            (
+                self.errors,
+                "unsealed ERROR answer",
+                "unsealed ERROR answers",
+            ),
+            (
+                self.icmp_refused,
+                "ICMP port unreachable",
+                "ICMP port unreachable",
+            ),
             (
                 self.icmp_unreachable,
                 "ICMP host or network unreachable",
@@ -354,7 +366,10 @@ mod tests {
         for datagram in forgeries(5) {
             let mut x = Exchange::new(5, b"", None, Instant::now(), Duration::from_secs(1));
             // (Unkeyed, a sealed answer is read without its seal: an answer too.)
-            assert!(matches!(x.on_datagram(&datagram, Instant::now()), Step::Done(_)));
+            assert!(matches!(
+                x.on_datagram(&datagram, Instant::now()),
+                Step::Done(_)
+            ));
         }
         let mut x = Exchange::new(5, b"", None, Instant::now(), Duration::from_secs(1));
         assert!(matches!(
@@ -374,10 +389,7 @@ mod tests {
         }
         assert!(matches!(x.on_icmp(libc::ECONNREFUSED), Step::Wait));
         assert!(matches!(x.on_icmp(libc::EHOSTUNREACH), Step::Wait));
-        assert_eq!(
-            x.diagnostic_at(),
-            Some(start + Duration::from_millis(500))
-        );
+        assert_eq!(x.diagnostic_at(), Some(start + Duration::from_millis(500)));
         // The real answer still wins.
         match x.on_datagram(&status(5, crate::State::Up, Some(&k)), start) {
             Step::Done(Ok(a)) => assert_eq!(a.state, crate::State::Up),

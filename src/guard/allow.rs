@@ -218,18 +218,49 @@ mod tests {
     #[test]
     fn ranges_agree_with_a_linear_scan() {
         let nets = [
-            "10.0.0.0/8", "10.1.0.0/16", "10.255.255.255", "11.0.0.0/8", "192.168.1.0/24",
-            "192.168.3.0/24", "255.255.255.255", "0.0.0.0", "fd00::/8", "fd00:1::/32", "::1",
-            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "2001:db8::/64", "2001:db8:0:1::/64",
+            "10.0.0.0/8",
+            "10.1.0.0/16",
+            "10.255.255.255",
+            "11.0.0.0/8",
+            "192.168.1.0/24",
+            "192.168.3.0/24",
+            "255.255.255.255",
+            "0.0.0.0",
+            "fd00::/8",
+            "fd00:1::/32",
+            "::1",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "2001:db8::/64",
+            "2001:db8:0:1::/64",
         ];
         let list = AllowList::new(nets.iter().map(|n| Cidr::parse(n).unwrap()).collect());
         let cidrs: Vec<Cidr> = list.networks().to_vec();
         let probes = [
-            "9.255.255.255", "10.0.0.0", "10.200.1.1", "11.255.255.255", "12.0.0.0",
-            "192.168.0.255", "192.168.1.7", "192.168.2.1", "192.168.3.255", "255.255.255.254",
-            "255.255.255.255", "0.0.0.0", "0.0.0.1", "::", "::1", "::2", "fcff::1", "fd12::1",
-            "fe00::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "2001:db8::5",
-            "2001:db8:0:1:ffff::", "2001:db8:0:2::", "::ffff:10.9.9.9", "::ffff:12.0.0.1",
+            "9.255.255.255",
+            "10.0.0.0",
+            "10.200.1.1",
+            "11.255.255.255",
+            "12.0.0.0",
+            "192.168.0.255",
+            "192.168.1.7",
+            "192.168.2.1",
+            "192.168.3.255",
+            "255.255.255.254",
+            "255.255.255.255",
+            "0.0.0.0",
+            "0.0.0.1",
+            "::",
+            "::1",
+            "::2",
+            "fcff::1",
+            "fd12::1",
+            "fe00::",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "2001:db8::5",
+            "2001:db8:0:1:ffff::",
+            "2001:db8:0:2::",
+            "::ffff:10.9.9.9",
+            "::ffff:12.0.0.1",
         ];
         for p in probes {
             let a = ip(p);
@@ -240,7 +271,9 @@ mod tests {
         assert!(all.admits(ip("::")) && all.admits(ip("ffff::1")) && !all.admits(ip("1.2.3.4")));
         // 200,000 single hosts and networks merge into what they cover.
         let many: Vec<Cidr> = (0..200_000u32)
-            .map(|i| Cidr::parse(&std::net::Ipv4Addr::from(0x0a00_0000 + 2 * i).to_string()).unwrap())
+            .map(|i| {
+                Cidr::parse(&std::net::Ipv4Addr::from(0x0a00_0000 + 2 * i).to_string()).unwrap()
+            })
             .collect();
         let list = AllowList::new(many);
         assert!(list.admits(ip("10.0.0.0")) && list.admits(ip("10.6.26.126")));

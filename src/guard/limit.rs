@@ -244,11 +244,26 @@ mod tests {
         assert_eq!(ok, 2);
         // Another /64 is another source.
         assert!(l.check(ip("2001:db8:0:2::1"), 5000).is_ok());
-        assert_eq!(source_key(ip("2001:db8::1"), 128), u128::from(ip6("2001:db8::1")));
-        assert_eq!(source_key(ip("2001:db8::1"), 48), source_key(ip("2001:db8:0:ffff::"), 48));
-        assert_ne!(source_key(ip("2001:db8::1"), 64), source_key(ip("2001:db8:0:1::"), 64));
-        assert_eq!(source_key(ip("::ffff:10.0.0.1"), 64), source_key(ip("10.0.0.1"), 64));
-        assert_ne!(source_key(ip("10.0.0.1"), 64), source_key(ip("10.0.0.2"), 64));
+        assert_eq!(
+            source_key(ip("2001:db8::1"), 128),
+            u128::from(ip6("2001:db8::1"))
+        );
+        assert_eq!(
+            source_key(ip("2001:db8::1"), 48),
+            source_key(ip("2001:db8:0:ffff::"), 48)
+        );
+        assert_ne!(
+            source_key(ip("2001:db8::1"), 64),
+            source_key(ip("2001:db8:0:1::"), 64)
+        );
+        assert_eq!(
+            source_key(ip("::ffff:10.0.0.1"), 64),
+            source_key(ip("10.0.0.1"), 64)
+        );
+        assert_ne!(
+            source_key(ip("10.0.0.1"), 64),
+            source_key(ip("10.0.0.2"), 64)
+        );
     }
 
     fn ip6(s: &str) -> std::net::Ipv6Addr {

@@ -77,7 +77,9 @@ impl Responder<'_> {
                         return self.status(probe, Some(key), out, now);
                     }
                     Sealed::Invalid(counter) => {
-                        return Outcome::Drop(admission.charge(source, now).err().unwrap_or(counter));
+                        return Outcome::Drop(
+                            admission.charge(source, now).err().unwrap_or(counter),
+                        );
                     }
                     Sealed::No => {}
                 }
