@@ -68,6 +68,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the agent reads after its answer, waiting for the peer to close.
 pub const LINGER: Duration = Duration::from_secs(1);
+/// Once half the connection slots of a kind are taken, the longest an idle connection of that
+/// kind (waiting for its request, or lingering after its answer) is kept.
+pub const SCARCE_WAIT: Duration = Duration::from_millis(100);
 
 /// Whether protocol v1 probes must be authenticated (only with `key_file`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

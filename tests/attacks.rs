@@ -35,7 +35,6 @@ use lbagent::proto::{auth, wire};
 use lbagent::{Agent, Counter, State};
 
 const SECRET: &str = "a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebfc0";
-const OTHER: &str = "0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f20";
 
 fn key_file(name: &str, text: &str) -> PathBuf {
     let dir = scratch_dir(&format!("attacks-{name}"));
@@ -1037,5 +1036,35 @@ fn one_ipv6_64_is_one_source_for_the_rate_limit() {
         assert!(one_64 <= 20, "{one_64}");
         assert_eq!(per_address, 200);
         assert_eq!(answered_from(2, 1, ""), 1, "another /64 is another source");
+    });
+}
+
+#[test]
+fn idle_connections_are_cut_sooner_when_slots_are_scarce() {
+    in_namespace(|| {
+        let agent = Agent::start("listen=127.0.0.1:0 http=127.0.0.1:0 initial_state=up").unwrap();
+        let http = agent.http_addrs()[0];
+        // 48 idle connections from three sources (16 each: within their share): more than
+        // half the 64 slots, so each is kept 100 ms at most instead of the 1 s an HTTP client
+        // has for its request.
+        let started = Instant::now();
+        let mut idle: Vec<TcpStream> = (0..48)
+            .map(|i| connect_from(Ipv4Addr::new(127, 0, 0, 2 + i / 16), http).unwrap())
+            .collect();
+        for s in &mut idle {
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let mut b = [0u8; 16];
+            assert!(
+                matches!(s.read(&mut b), Ok(0) | Err(_)),
+                "closed, no answer"
+            );
+        }
+        let took = started.elapsed();
+        eprintln!("scarce slots: 48 idle HTTP connections all closed after {took:?}");
+        // (Their usual deadline is 1 s: far longer than the 100 ms they get.)
+        assert!(took < Duration::from_millis(900), "{took:?}");
+        assert!(eventually(Duration::from_secs(2), || {
+            agent.counter(Counter::ConnTimedOut) == 48
+        }));
     });
 }

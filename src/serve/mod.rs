@@ -36,7 +36,9 @@ use crate::error::Error;
 use crate::guard::{Admission, AdmissionOptions};
 use crate::shared::Shared;
 use crate::sys::fd;
-use tcp::{AgentCheckOptions, ConnectionFds, Kind, LISTENER_TOKENS, StreamListener, Streams};
+use tcp::{
+    AgentCheckOptions, ConnShares, ConnectionFds, Kind, LISTENER_TOKENS, StreamListener, Streams,
+};
 use udp::{Datagrams, Listener};
 
 const WAKER: Token = Token(usize::MAX);
@@ -173,7 +175,11 @@ pub(crate) fn spawn(
             )
             .map_err(io_error("register a socket with the poller"))?;
     }
-    let streams = Streams::new(sockets.clone(), options.agent_check);
+    let shares = ConnShares {
+        per_source: options.conn_per_source,
+        ipv6_prefix: options.admission.rates.ipv6_prefix,
+    };
+    let streams = Streams::new(sockets.clone(), options.agent_check, shares);
     streams
         .register(registry)
         .map_err(io_error("register a socket with the poller"))?;
