@@ -1,12 +1,13 @@
-//! Entry points for the fuzz targets in `fuzz/` (hidden from the documentation): the agent's
-//! whole decision on one datagram, with its promises checked.
+//! Entry points for the fuzz targets in `fuzz/` and the benchmarks in `benches/` (hidden from
+//! the documentation): the agent's whole decision on one datagram, with its promises checked
+//! (`answer_datagram`), or with a configuration of the caller's (`Decider`).
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 
 use crate::config::Config;
-use crate::guard::Admission;
 use crate::guard::Policy;
+use crate::guard::{Admission, AdmissionOptions};
 use crate::keys::KeySet;
 use crate::proto::{http, wire};
 use crate::serve::answer::{Outcome, Responder};
@@ -77,6 +78,48 @@ pub fn answer_datagram(datagram: &[u8]) -> Option<usize> {
             Some(len)
         }
         Outcome::Drop(_) => None,
+    }
+}
+
+/// The agent's decision on datagrams under a configuration (allow-list, keys, rate limits),
+/// with the monitor thread's state (budgets, replay cache) kept across calls: what
+/// `benches/admission.rs` times.
+pub struct Decider {
+    policy: Policy,
+    admission: Admission,
+    out: [u8; wire::PROBE_MAX_LEN],
+}
+
+impl Decider {
+    /// A decider for `config` (its `listen` and TCP addresses are not used).
+    pub fn new(config: &Config) -> Decider {
+        Decider {
+            policy: Policy::from_config(config),
+            admission: Admission::new(AdmissionOptions::from_config(config)),
+            out: [0; wire::PROBE_MAX_LEN],
+        }
+    }
+
+    /// Decides `datagram` from `source` as the monitor thread would at monotonic time `now`
+    /// (milliseconds); returns the answer's length, or None for a drop.
+    pub fn decide(&mut self, source: SocketAddr, datagram: &[u8], now: u64) -> Option<usize> {
+        let f = fixture();
+        let responder = Responder {
+            board: &f.board,
+            policy: &self.policy,
+            instance_id: 7,
+        };
+        match responder.respond(
+            &mut self.admission,
+            source,
+            Some(source.ip()),
+            datagram,
+            &mut self.out,
+            now,
+        ) {
+            Outcome::Reply(len, _) => Some(len),
+            Outcome::Drop(_) => None,
+        }
     }
 }
 
