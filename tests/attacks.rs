@@ -634,7 +634,7 @@ fn junk_sprayed_at_the_probers_port_ends_no_keyed_probe() {
         let sent = sprayer.join().unwrap();
         eprintln!(
             "spray: {sent} junk datagrams at the prober's port; {answered} of {total} keyed probes answered ({} %)",
-            percent(answered, total as usize)
+            percent(answered, total)
         );
         assert_eq!(answered, total);
     });
