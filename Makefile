@@ -148,6 +148,7 @@ bench:
 	@mkdir -p target/bench && cut -d' ' -f1-3 /proc/loadavg > target/bench/load-before
 	$(CARGO) bench --no-run
 	$(CARGO) bench --bench host_calls
+	$(CARGO) bench --bench admission
 	$(CARGO) bench --bench probe_path
 	$(CARGO) bench --bench director
 	scripts/bench-report.sh

@@ -131,10 +131,17 @@ typedef enum lbagent_result {
    */
   LBAGENT_ERR_AUTH_REQUIRED = 19,
   /**
-   * With a key: the answers did not authenticate, or the agent dropped the sealed probe
-   * (its key_file lacks the key, another secret, or clocks too far apart).
+   * With a key: by the deadline the agent had answered the unsealed diagnostic probe but
+   * not the sealed one (its key_file lacks the key, another secret, clocks too far apart,
+   * or no key_file there).
    */
   LBAGENT_ERR_WRONG_KEY = 20,
+  /**
+   * With a key: no sealed answer by the deadline, but replies that did not authenticate
+   * came (forged, or from something other than the agent with this key); the last error
+   * counts them, the most telling first.
+   */
+  LBAGENT_ERR_UNAUTHENTICATED = 21,
 } lbagent_result;
 
 /**
@@ -256,6 +263,21 @@ enum lbagent_counter
    * Pushes that could not be sent.
    */
   LBAGENT_COUNTER_PUSH_FAILED = 26,
+  /**
+   * Dropped: a sealed probe whose key id and nonce were already accepted within the window
+   * (a replay), or older than what the replay cache still remembers (see
+   * `guard/replay.rs`: beyond its bound it refuses rather than forgets).
+   */
+  LBAGENT_COUNTER_DROPPED_REPLAY = 27,
+  /**
+   * Dropped: a sealed probe with a valid MAC over its key's budget (`rate_per_key`).
+   */
+  LBAGENT_COUNTER_DROPPED_KEY_LIMIT = 28,
+  /**
+   * Closed at once: its source (an IPv4 address, an IPv6 prefix of `rate_ipv6_prefix`
+   * bits) already holds `conn_per_source` open connections of that listener kind.
+   */
+  LBAGENT_COUNTER_CONN_DROPPED_SOURCE_LIMIT = 29,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -479,7 +501,8 @@ typedef struct lbagent_probe_result {
    * An `lbagent_result`: `LBAGENT_OK` when `status` holds the agent's answer; otherwise why
    * there is none: `LBAGENT_ERR_TIMEOUT`, `LBAGENT_ERR_REFUSED`, `LBAGENT_ERR_UNREACHABLE`,
    * `LBAGENT_ERR_NOT_AN_AGENT`, `LBAGENT_ERR_VERSION_MISMATCH`, `LBAGENT_ERR_AUTH_REQUIRED`,
-   * `LBAGENT_ERR_WRONG_KEY` (a prober with a key) or `LBAGENT_ERR_SYSTEM`.
+   * `LBAGENT_ERR_WRONG_KEY`, `LBAGENT_ERR_UNAUTHENTICATED` (a prober with a key) or
+   * `LBAGENT_ERR_SYSTEM`.
    */
   int result;
   /**
@@ -792,8 +815,9 @@ const char *lbagent_version(void);
  *
  * Returns `LBAGENT_OK`, or why there is no answer: `LBAGENT_ERR_TIMEOUT`,
  * `LBAGENT_ERR_REFUSED`, `LBAGENT_ERR_UNREACHABLE`, `LBAGENT_ERR_NOT_AN_AGENT`,
- * `LBAGENT_ERR_VERSION_MISMATCH`, `LBAGENT_ERR_AUTH_REQUIRED`, `LBAGENT_ERR_WRONG_KEY`; or
- * `LBAGENT_ERR_NULL_ARGUMENT`
+ * `LBAGENT_ERR_VERSION_MISMATCH`, `LBAGENT_ERR_AUTH_REQUIRED`, `LBAGENT_ERR_WRONG_KEY`,
+ * `LBAGENT_ERR_UNAUTHENTICATED` (with a key nothing that fails authentication ends the probe
+ * before its timeout: see `lbagent_prober_new`); or `LBAGENT_ERR_NULL_ARGUMENT`
  * (`target` or `out`), `LBAGENT_ERR_INVALID_ARGUMENT` (a bad target or service name),
  * `LBAGENT_ERR_CONFIG` (bad options), `LBAGENT_ERR_SYSTEM`. Every failure sets the last
  * error, which says what happened.
@@ -813,12 +837,13 @@ enum lbagent_result lbagent_probe(const char *target,
  *
  * `options`: NULL, or `key=value` pairs: `timeout_ms=N` (1..=60000, default 1000), the
  * timeout of every probe sent through it; `key_file=PATH` [`key_id=N`], a key that seals
- * every probe (only answers sealed with it count; otherwise a probe finishes as
- * `LBAGENT_ERR_WRONG_KEY` or `LBAGENT_ERR_TIMEOUT`). With a key, a probe with no valid
- * answer by half its timeout is followed by one unsealed probe: if the agent answers that,
- * it is alive but dropped the sealed probe, and the probe finishes at once as
- * `LBAGENT_ERR_WRONG_KEY`, not `LBAGENT_ERR_TIMEOUT`. `lbagent_prober_timeout_ms` counts
- * those half-way sends too.
+ * every probe. With a key only an answer sealed with it completes a probe, and nothing that
+ * fails authentication (junk, unsealed or wrongly sealed answers, ICMP errors: anyone may
+ * forge them) ends it before its timeout. A probe with no valid answer by half its timeout
+ * is followed by one unsealed probe; at the timeout the probe finishes as
+ * `LBAGENT_ERR_WRONG_KEY` if the agent answered that one (it is alive but dropped the sealed
+ * probe), `LBAGENT_ERR_UNAUTHENTICATED` if other replies came, else `LBAGENT_ERR_TIMEOUT`.
+ * `lbagent_prober_timeout_ms` counts the half-way sends too.
  *
  * On success writes the handle to `*out` (owned by the caller, released with
  * `lbagent_prober_free`). Returns `LBAGENT_OK`, `LBAGENT_ERR_NULL_ARGUMENT` (`out`),

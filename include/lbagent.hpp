@@ -141,6 +141,9 @@ enum class Counter : int {
     HostUnknownService = LBAGENT_COUNTER_HOST_UNKNOWN_SERVICE,
     Pushed = LBAGENT_COUNTER_PUSHED,
     PushFailed = LBAGENT_COUNTER_PUSH_FAILED,
+    DroppedReplay = LBAGENT_COUNTER_DROPPED_REPLAY,
+    DroppedKeyLimit = LBAGENT_COUNTER_DROPPED_KEY_LIMIT,
+    ConnDroppedSourceLimit = LBAGENT_COUNTER_CONN_DROPPED_SOURCE_LIMIT,
 };
 
 // The lower-case name of a state ("up", "drain", ...). Async-signal-safe.
@@ -654,7 +657,7 @@ private:
 // "timeout_ms=N" (default 1000), "key_file=PATH" ["key_id=N"] (seal the probe; accept only
 // answers sealed with that key). Throws Error when there is no answer, its code saying why
 // (LBAGENT_ERR_TIMEOUT, _REFUSED, _UNREACHABLE, _NOT_AN_AGENT, _VERSION_MISMATCH,
-// _AUTH_REQUIRED, _WRONG_KEY) and what() "TARGET: " and the library's text; also
+// _AUTH_REQUIRED, _WRONG_KEY, _UNAUTHENTICATED) and what() "TARGET: " and the library's text; also
 // LBAGENT_ERR_INVALID_ARGUMENT (bad target or service) and _CONFIG (bad options).
 inline Status probe(Text target, Text service = nullptr, Text options = nullptr) {
     detail::check_no_nul(target, "lbagent_probe", "target");
@@ -691,10 +694,10 @@ struct ProbeResult {
 // A non-blocking prober (lbagent_prober), owned and move-only: one UDP socket on which any
 // number of probes are in flight. The event loop: send() for each target; wait until fd()
 // is readable (POLLIN) or timeout_ms() have passed; receive() every finished probe (each
-// exactly once, answered, failed or timed out); repeat while pending() > 0. With a key, an
-// answer that does not authenticate finishes as LBAGENT_ERR_WRONG_KEY, and so does a probe
-// the agent drops (it lacks the key) if it answers the one unsealed probe sent half-way
-// through the timeout; a silent agent is LBAGENT_ERR_TIMEOUT. A moved-from Prober holds
+// exactly once, answered, failed or timed out); repeat while pending() > 0. With a key only a
+// sealed answer completes a probe and nothing else ends it early: at the timeout a probe the
+// agent dropped (it lacks the key) but whose unsealed half-way probe it answered finishes as
+// LBAGENT_ERR_WRONG_KEY, other replies as _UNAUTHENTICATED, silence as _TIMEOUT. A moved-from Prober holds
 // nothing: fd() is -1, pending() 0, and send/receive throw (LBAGENT_ERR_NULL_ARGUMENT).
 class Prober {
 public:

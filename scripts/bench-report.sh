@@ -28,7 +28,8 @@ cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
     echo "| date | $(date -u +%Y-%m-%d) |"
 } > "$results/machine.md"
 
-cat "$results"/host_calls.values "$results"/probe_path.values "$results"/director.values \
+cat "$results"/host_calls.values "$results"/admission.values "$results"/probe_path.values \
+    "$results"/director.values \
     > "$results/all.values"
 
 awk -v results="$results" -v values="$results/all.values" '

@@ -39,6 +39,9 @@ pub const KEYS: &[&str] = &[
     "auth_window_ms",
     "rate_per_source",
     "rate_global",
+    "rate_per_key",
+    "ipv6_source_prefix",
+    "conn_per_source",
     "log",
     "log_drops_ms",
     "workers",
@@ -68,6 +71,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the agent reads after its answer, waiting for the peer to close.
 pub const LINGER: Duration = Duration::from_secs(1);
+/// Once half the connection slots of a kind are taken, the longest an idle connection of that
+/// kind (waiting for its request, or lingering after its answer) is kept.
+pub const SCARCE_WAIT: Duration = Duration::from_millis(100);
 
 /// Who may subscribe to pushed changes (`subscribe=`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,6 +133,16 @@ pub struct Config {
     pub rate_per_source: u32,
     /// Probes per second answered in all; 0 = no limit (`rate_global=`, default 10000).
     pub rate_global: u32,
+    /// Sealed probes per second answered for one key, whatever their source; 0 = no limit
+    /// (`rate_per_key=`, default 1000). A sealed probe with a valid MAC is charged here
+    /// instead of to `rate_per_source` and `rate_global`.
+    pub rate_per_key: u32,
+    /// IPv6 sources that share this many leading bits are one source for the per-source rate
+    /// limit and connection share (`ipv6_source_prefix=`, 1..=128, default 64).
+    pub ipv6_source_prefix: u8,
+    /// Connections one source may hold open on each TCP listener kind
+    /// (`conn_per_source=`, 1..=64, default 16).
+    pub conn_per_source: u32,
     /// Where the agent logs (`log=none|stderr|syslog`, default none).
     pub log: LogTarget,
     /// At most one summary of dropped datagrams per this many milliseconds
@@ -167,6 +183,9 @@ impl Default for Config {
             auth_window_ms: 30_000,
             rate_per_source: 100,
             rate_global: 10_000,
+            rate_per_key: 1_000,
+            ipv6_source_prefix: 64,
+            conn_per_source: 16,
             log: LogTarget::None,
             log_drops_ms: 10_000,
             workers: 0,
@@ -317,6 +336,36 @@ impl Config {
             }
             "rate_global" => {
                 self.rate_global = parse_number(key, value, 0, "probes per second (0 = no limit)")?
+            }
+            "rate_per_key" => {
+                self.rate_per_key =
+                    parse_number(key, value, 0, "sealed probes per second (0 = no limit)")?
+            }
+            "ipv6_source_prefix" => {
+                self.ipv6_source_prefix = match value.parse::<u8>() {
+                    Ok(n @ 1..=128) => n,
+                    _ => {
+                        return Err(ConfigError::bad_value(
+                            key,
+                            value,
+                            "expected a prefix length 1..=128 (128: every IPv6 address alone)",
+                        ));
+                    }
+                }
+            }
+            "conn_per_source" => {
+                self.conn_per_source = match value.parse::<u32>() {
+                    Ok(n) if (1..=MAX_CONNECTIONS as u32).contains(&n) => n,
+                    _ => {
+                        return Err(ConfigError::bad_value(
+                            key,
+                            value,
+                            format_args!(
+                                "expected connections 1..={MAX_CONNECTIONS} (of the {MAX_CONNECTIONS} of each listener kind)"
+                            ),
+                        ));
+                    }
+                }
             }
             "log_drops_ms" => self.log_drops_ms = parse_number(key, value, 1, "milliseconds")?,
             "workers" => {
@@ -773,6 +822,26 @@ mod tests {
         assert!(
             e.contains("\"rate_global\"") && e.contains("\"lots\""),
             "{e}"
+        );
+        let e = err("ipv6_source_prefix=0");
+        assert!(
+            e.contains("\"ipv6_source_prefix\"") && e.contains("\"0\"") && e.contains("1..=128"),
+            "{e}"
+        );
+        let e = err("conn_per_source=65");
+        assert!(
+            e.contains("\"conn_per_source\"") && e.contains("\"65\"") && e.contains("1..=64"),
+            "{e}"
+        );
+        let e = err("rate_per_key=-3");
+        assert!(
+            e.contains("\"rate_per_key\"") && e.contains("\"-3\""),
+            "{e}"
+        );
+        let c = Config::parse("rate_per_key=0 ipv6_source_prefix=128 conn_per_source=1").unwrap();
+        assert_eq!(
+            (c.rate_per_key, c.ipv6_source_prefix, c.conn_per_source),
+            (0, 128, 1)
         );
         let e = err("auth_window_ms=0");
         assert!(e.contains("\"auth_window_ms\""), "{e}");

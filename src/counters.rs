@@ -76,11 +76,20 @@ pub enum Counter {
     Pushed = 25,
     /// Pushes that could not be sent.
     PushFailed = 26,
+    /// Dropped: a sealed probe whose key id and nonce were already accepted within the window
+    /// (a replay), or older than what the replay cache still remembers (see
+    /// `guard/replay.rs`: beyond its bound it refuses rather than forgets).
+    DroppedReplay = 27,
+    /// Dropped: a sealed probe with a valid MAC over its key's budget (`rate_per_key`).
+    DroppedKeyLimit = 28,
+    /// Closed at once: its source (an IPv4 address, an IPv6 prefix of `rate_ipv6_prefix`
+    /// bits) already holds `conn_per_source` open connections of that listener kind.
+    ConnDroppedSourceLimit = 29,
 }
 
 impl Counter {
     /// Every counter, in numeric order.
-    pub const ALL: [Counter; 27] = [
+    pub const ALL: [Counter; 30] = [
         Counter::Received,
         Counter::AnsweredStatus,
         Counter::AnsweredText,
@@ -108,10 +117,13 @@ impl Counter {
         Counter::HostUnknownService,
         Counter::Pushed,
         Counter::PushFailed,
+        Counter::DroppedReplay,
+        Counter::DroppedKeyLimit,
+        Counter::ConnDroppedSourceLimit,
     ];
 
     /// The outcomes of datagrams: each received datagram adds one to exactly one of them.
-    pub const DATAGRAM_OUTCOMES: [Counter; 15] = [
+    pub const DATAGRAM_OUTCOMES: [Counter; 17] = [
         Counter::AnsweredStatus,
         Counter::AnsweredText,
         Counter::AnsweredError,
@@ -127,11 +139,13 @@ impl Counter {
         Counter::DroppedGlobalLimit,
         Counter::DroppedAuthFailed,
         Counter::DroppedAuthStale,
+        Counter::DroppedReplay,
+        Counter::DroppedKeyLimit,
     ];
 
     /// The outcomes of TCP connections: each accepted connection adds one to exactly one of
     /// them when it is closed.
-    pub const CONNECTION_OUTCOMES: [Counter; 7] = [
+    pub const CONNECTION_OUTCOMES: [Counter; 8] = [
         Counter::AnsweredAgent,
         Counter::AnsweredHttp,
         Counter::HttpBadRequest,
@@ -139,6 +153,7 @@ impl Counter {
         Counter::ConnDroppedNotAllowed,
         Counter::ConnTimedOut,
         Counter::ConnFailed,
+        Counter::ConnDroppedSourceLimit,
     ];
 
     /// The counter with this ABI value, if any.
@@ -178,6 +193,9 @@ impl Counter {
             Counter::HostUnknownService => "host_unknown_service",
             Counter::Pushed => "pushed",
             Counter::PushFailed => "push_failed",
+            Counter::DroppedReplay => "dropped_replay",
+            Counter::DroppedKeyLimit => "dropped_key_limit",
+            Counter::ConnDroppedSourceLimit => "conn_dropped_source_limit",
         }
     }
 

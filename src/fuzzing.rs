@@ -1,12 +1,13 @@
-//! Entry points for the fuzz targets in `fuzz/` (hidden from the documentation): the agent's
-//! whole decision on one datagram, with its promises checked.
+//! Entry points for the fuzz targets in `fuzz/` and the benchmarks in `benches/` (hidden from
+//! the documentation): the agent's whole decision on one datagram, with its promises checked
+//! (`answer_datagram`), or with a configuration of the caller's (`Decider`).
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 
 use crate::config::Config;
 use crate::guard::Policy;
-use crate::guard::limit::RateLimiter;
+use crate::guard::{Admission, AdmissionOptions};
 use crate::keys::KeySet;
 use crate::proto::{http, wire};
 use crate::serve::answer::{Envelope, Outcome, Responder, Tables};
@@ -58,12 +59,12 @@ pub fn answer_datagram(datagram: &[u8]) -> Option<usize> {
         policy: &f.policy,
         instance_id: 7,
     };
-    let mut limiter = RateLimiter::new(0, 0);
+    let mut admission = Admission::unlimited();
     let mut subscriptions = Subscriptions::new(4, crate::config::SubscribeMode::Auth);
     let mut out = [0u8; wire::PROBE_MAX_LEN];
     let source: SocketAddr = ([127, 0, 0, 1], 40000).into();
     let tables = Tables {
-        limiter: &mut limiter,
+        admission: &mut admission,
         subscriptions: &mut subscriptions,
     };
     let envelope = Envelope {
@@ -81,6 +82,52 @@ pub fn answer_datagram(datagram: &[u8]) -> Option<usize> {
             Some(len)
         }
         Outcome::Drop(_) => None,
+    }
+}
+
+/// The agent's decision on datagrams under a configuration (allow-list, keys, rate limits),
+/// with the monitor thread's state (budgets, replay cache) kept across calls: what
+/// `benches/admission.rs` times.
+pub struct Decider {
+    policy: Policy,
+    admission: Admission,
+    subscriptions: Subscriptions,
+    out: [u8; wire::PROBE_MAX_LEN],
+}
+
+impl Decider {
+    /// A decider for `config` (its `listen` and TCP addresses are not used).
+    pub fn new(config: &Config) -> Decider {
+        Decider {
+            policy: Policy::from_config(config),
+            admission: Admission::new(AdmissionOptions::from_config(config)),
+            subscriptions: Subscriptions::new(0, config.subscribe),
+            out: [0; wire::PROBE_MAX_LEN],
+        }
+    }
+
+    /// Decides `datagram` from `source` as the monitor thread would at monotonic time `now`
+    /// (milliseconds); returns the answer's length, or None for a drop.
+    pub fn decide(&mut self, source: SocketAddr, datagram: &[u8], now: u64) -> Option<usize> {
+        let f = fixture();
+        let responder = Responder {
+            board: &f.board,
+            policy: &self.policy,
+            instance_id: 7,
+        };
+        let tables = Tables {
+            admission: &mut self.admission,
+            subscriptions: &mut self.subscriptions,
+        };
+        let envelope = Envelope {
+            source,
+            destination: Some(source.ip()),
+            listener: 0,
+        };
+        match responder.respond(tables, envelope, datagram, &mut self.out, now) {
+            Outcome::Reply(len, _) => Some(len),
+            Outcome::Drop(_) => None,
+        }
     }
 }
 

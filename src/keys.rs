@@ -145,6 +145,21 @@ impl KeySet {
         self.keys.iter().find(|k| k.id == id)
     }
 
+    /// The key with this id and its position in the file (which indexes per-key state).
+    pub fn find(&self, id: u32) -> Option<(usize, &Key)> {
+        self.keys.iter().enumerate().find(|(_, k)| k.id == id)
+    }
+
+    /// How many keys the file holds.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// True for a set without keys (never one loaded from a file).
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
     /// The first key of the file (what a prober signs with by default).
     pub fn first(&self) -> Option<&Key> {
         self.keys.first()

@@ -242,9 +242,17 @@ fn http_bad_large_and_slow_requests_are_bounded() {
 #[test]
 fn connection_limits_are_per_kind_and_never_delay_udp() {
     let (agent, udp, tcp, http) = tcp_agent("initial_state=up services=game");
-    // Fill the HTTP side with clients that say nothing.
+    // Fill the HTTP side with clients that say nothing, from five addresses (one source may
+    // hold 16 connections of a kind: conn_per_source).
     let idle: Vec<TcpStream> = (0..MAX_CONNECTIONS + 8)
-        .map(|_| TcpStream::connect(http).unwrap())
+        .map(|i| {
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            let from: std::net::SocketAddr = format!("127.0.0.{}:0", 1 + i / 16).parse().unwrap();
+            s.bind(&from.into()).unwrap();
+            s.connect(&http.into()).unwrap();
+            s.into()
+        })
         .collect();
     assert!(eventually(Duration::from_secs(3), || {
         agent.counter(Counter::ConnDroppedLimit) == 8

@@ -43,6 +43,7 @@ from .errors import (
     UnreachableError,
     VersionMismatchError,
     WrongKeyError,
+    UnauthenticatedError,
     WrongProcessError,
 )
 from .prober import Completion, Prober, probe
@@ -83,6 +84,7 @@ __all__ = [
     "VersionMismatchError",
     "Worker",
     "WrongKeyError",
+    "UnauthenticatedError",
     "WrongProcessError",
     "library_path",
     "probe",

@@ -73,6 +73,11 @@ class Counter(enum.IntEnum):
     HOST_UNKNOWN_SERVICE = 24
     PUSHED = 25
     PUSH_FAILED = 26
+    # Sealed probes refused as replays or over their key's budget; connections over the
+    # per-source share.
+    DROPPED_REPLAY = 27
+    DROPPED_KEY_LIMIT = 28
+    CONN_DROPPED_SOURCE_LIMIT = 29
 
 
 class Result(enum.IntEnum):
@@ -99,6 +104,7 @@ class Result(enum.IntEnum):
     ERR_VERSION_MISMATCH = 18
     ERR_AUTH_REQUIRED = 19
     ERR_WRONG_KEY = 20
+    ERR_UNAUTHENTICATED = 21
 
 
 class LogLevel(enum.IntEnum):

@@ -114,9 +114,15 @@ class AuthRequiredError(Error):
 
 
 class WrongKeyError(Error):
-    """LBAGENT_ERR_WRONG_KEY: the agent is alive but the answers did not authenticate, or it
-    dropped the sealed probes (its key file lacks the key, another secret, or clocks too far
-    apart)."""
+    """LBAGENT_ERR_WRONG_KEY: by the deadline the agent had answered the unsealed diagnostic
+    probe but not the sealed one (its key file lacks the key, another secret, clocks too far
+    apart, or no key file there)."""
+
+
+class UnauthenticatedError(Error):
+    """LBAGENT_ERR_UNAUTHENTICATED: with a key, no sealed answer by the deadline, but replies
+    that did not authenticate came (forged, or not from the agent with this key); the text
+    counts them, the most telling first."""
 
 
 _BY_CODE: Dict[Result, Type[Error]] = {
@@ -140,6 +146,7 @@ _BY_CODE: Dict[Result, Type[Error]] = {
     Result.ERR_VERSION_MISMATCH: VersionMismatchError,
     Result.ERR_AUTH_REQUIRED: AuthRequiredError,
     Result.ERR_WRONG_KEY: WrongKeyError,
+    Result.ERR_UNAUTHENTICATED: UnauthenticatedError,
 }
 
 

@@ -123,12 +123,13 @@ class Prober(HandleOwner):
     """A non-blocking prober: one UDP socket on which any number of probes are in flight.
 
     ``Prober(timeout=1.0, key_file=None, key_id=None)``: every probe sent through it has that
-    timeout (seconds) and, with `key_file`, is sealed with that key; an answer that does not
-    authenticate then finishes as :class:`WrongKeyError`. Like :func:`probe`, the prober
-    sends one unsealed probe half-way through the timeout of a sealed probe still without a
-    valid answer: an agent that drops the sealed probe (it lacks the key) but answers that
-    one also finishes as :class:`WrongKeyError`, a silent one as :class:`TimedOutError`. Use
-    it in an event loop:
+    timeout (seconds) and, with `key_file`, is sealed with that key: only an answer sealed
+    with it completes the probe, and nothing that fails authentication ends it before its
+    timeout. Like :func:`probe`, the prober sends one unsealed probe half-way through the
+    timeout of a sealed probe still without a valid answer; at the timeout an agent that
+    answered that one but not the sealed probe (it lacks the key) finishes as
+    :class:`WrongKeyError`, other replies as :class:`UnauthenticatedError`, silence as
+    :class:`TimedOutError`. Use it in an event loop:
 
     1. :meth:`send` for each target, with any token (to know the answer again);
     2. wait until :meth:`fileno` is readable or :meth:`timeout` seconds have passed

@@ -178,7 +178,9 @@ def test_keys_the_right_one_the_wrong_one_and_none(make_agent, tmp_path, silent_
         lbagent.probe(target, key_file=right, key_id=9)
 
     # The non-blocking prober tells them apart the same way: a probe the agent drops for its
-    # key is a wrong key, as is an answer that does not authenticate; a silent port times out.
+    # key is a wrong key; a silent port times out. Unsealed answers (the agent without keys)
+    # end nothing early, since anyone may forge them: `good` is not serviced until after its
+    # deadline here, so no diagnostic went out and the probe fails as unauthenticated.
     keyless = make_agent("initial_state=up")
     with lbagent.Prober(timeout=1.0, key_file=right) as good, \
             lbagent.Prober(timeout=1.0, key_file=wrong) as bad:
@@ -191,7 +193,9 @@ def test_keys_the_right_one_the_wrong_one_and_none(make_agent, tmp_path, silent_
         done = {c.token: c for c in collect(bad) + collect(good)}
     assert done["right key"].ok and done["right key"].status.serving
     unsealed = done["agent without keys"].error
-    assert isinstance(unsealed, lbagent.WrongKeyError) and unsealed.code == Result.ERR_WRONG_KEY
+    assert isinstance(unsealed, lbagent.UnauthenticatedError)
+    assert unsealed.code == Result.ERR_UNAUTHENTICATED
+    assert "no authenticated answer" in str(unsealed)
     dropped = done["wrong key"].error
     assert isinstance(dropped, lbagent.WrongKeyError) and dropped.code == Result.ERR_WRONG_KEY
     assert isinstance(done["silent"].error, lbagent.TimedOutError)

@@ -5,6 +5,7 @@ use std::fmt;
 use std::io;
 use std::time::Duration;
 
+use super::keyed::Hints;
 use crate::keys::Key;
 use crate::proto::auth::{self, AuthError};
 use crate::proto::wire::{self, Reply};
@@ -88,10 +89,19 @@ pub enum ProbeError {
     },
     /// The agent requires authenticated probes.
     AuthRequired,
-    /// With a key: the answers did not authenticate, or the agent answers unauthenticated
-    /// probes but dropped the sealed ones (an unknown key id, another secret, or clocks
-    /// further apart than its `auth_window_ms`).
+    /// With a key: the agent answered the unsealed diagnostic probe but not the sealed one
+    /// by the deadline (an unknown key id, another secret, clocks further apart than its
+    /// `auth_window_ms`, or no `key_file` there). The text says which, and what else came.
     WrongKey(String),
+    /// With a key: no sealed answer by the deadline, but replies that did not authenticate
+    /// came (forged, or from something that is not the agent with this key); `hints` counts
+    /// them. Never reported before the deadline.
+    Unauthenticated {
+        /// The probe's timeout.
+        timeout: Duration,
+        /// What came instead.
+        hints: Hints,
+    },
     /// A local socket error.
     Io(io::Error),
 }
@@ -108,6 +118,7 @@ impl ProbeError {
             ProbeError::VersionMismatch { .. } => "version-mismatch",
             ProbeError::AuthRequired => "auth-required",
             ProbeError::WrongKey(_) => "wrong-key",
+            ProbeError::Unauthenticated { .. } => "unauthenticated",
             ProbeError::Io(_) => "io",
         }
     }
@@ -136,6 +147,11 @@ impl fmt::Display for ProbeError {
                 "authentication required: the agent only answers authenticated probes (use a key)",
             ),
             ProbeError::WrongKey(why) => write!(f, "wrong key: {why}"),
+            ProbeError::Unauthenticated { timeout, hints } => write!(
+                f,
+                "no authenticated answer within {} ms; saw {hints}",
+                timeout.as_millis()
+            ),
             ProbeError::Io(e) => write!(f, "socket error: {e}"),
         }
     }
@@ -175,41 +191,95 @@ pub fn read_answer(
 }
 
 /// `read_answer` for a probe sealed with `key`: an answer that does not authenticate with it
-/// is `WrongKey` (the caller keeps waiting for a valid one until its deadline).
+/// is `WrongKey`. (A probe ignores such answers and waits for a valid one until its deadline;
+/// see `keyed.rs`.)
 pub fn read_answer_keyed(
     datagram: &[u8],
     nonce: u64,
     rtt: Duration,
     key: Option<&Key>,
 ) -> Result<Option<Answer>, ProbeError> {
+    match decode(datagram, nonce, rtt, key) {
+        Decoded::Answer(answer) => Ok(Some(answer)),
+        Decoded::Stale => Ok(None),
+        other => Err(other.into_error(key)),
+    }
+}
+
+/// What a datagram received for the probe with `nonce` is.
+pub(crate) enum Decoded {
+    /// A valid answer (sealed with the key, when there is one).
+    Answer(Answer),
+    /// An answer to another probe (another nonce).
+    Stale,
+    /// Not protocol v1.
+    NotProtocol,
+    /// The probe came back unchanged.
+    Echo,
+    /// A malformed protocol v1 answer.
+    Malformed,
+    /// With a key: a STATUS with the nonce and no seal.
+    Unsealed,
+    /// With a key: a STATUS sealed with another key id.
+    OtherKey(u32),
+    /// With a key: a STATUS sealed with the key id whose MAC is wrong.
+    BadMac,
+    /// ERROR "authentication required".
+    AuthRequired,
+    /// ERROR "unsupported version": the agent's highest version.
+    Version(u8),
+}
+
+impl Decoded {
+    /// The error a reply that is not an answer stands for (for a probe sealed with `key`).
+    pub(crate) fn into_error(self, key: Option<&Key>) -> ProbeError {
+        let wrong_key = |why: String| ProbeError::WrongKey(why);
+        match self {
+            Decoded::NotProtocol => ProbeError::NotAnAgent(
+                "the answer is not lbagent protocol (another UDP service on that port?)",
+            ),
+            Decoded::Echo => {
+                ProbeError::NotAnAgent("the probe came back unchanged (a UDP echo service?)")
+            }
+            Decoded::Malformed | Decoded::Answer(_) | Decoded::Stale => {
+                ProbeError::NotAnAgent("a malformed lbagent answer")
+            }
+            Decoded::Unsealed => {
+                wrong_key("the answer is not sealed (the agent has no key_file?)".into())
+            }
+            Decoded::OtherKey(id) => wrong_key(format!(
+                "the answer is sealed with key id {id}, not {}",
+                key.map_or(0, Key::id)
+            )),
+            Decoded::BadMac => wrong_key(format!(
+                "the answer does not authenticate with key id {} (forged, or another secret)",
+                key.map_or(0, Key::id)
+            )),
+            Decoded::AuthRequired if key.is_some() => {
+                wrong_key("the agent answered \"authentication required\" to a sealed probe".into())
+            }
+            Decoded::AuthRequired => ProbeError::AuthRequired,
+            Decoded::Version(agent_version) => ProbeError::VersionMismatch { agent_version },
+        }
+    }
+}
+
+/// Decodes a datagram received for the probe with `nonce`, sealed with `key` if any.
+pub(crate) fn decode(datagram: &[u8], nonce: u64, rtt: Duration, key: Option<&Key>) -> Decoded {
     match wire::decode_reply(datagram) {
         Ok(Reply::Status(s)) => {
             if s.nonce != nonce {
-                return Ok(None);
+                return Decoded::Stale;
             }
             if let Some(key) = key {
                 match auth::open(datagram, |id| (id == key.id()).then_some(key)) {
                     Ok(_) => {}
-                    Err(AuthError::Missing) => {
-                        return Err(ProbeError::WrongKey(
-                            "the answer is not sealed (the agent has no key_file?)".into(),
-                        ));
-                    }
-                    Err(AuthError::UnknownKey(id)) => {
-                        return Err(ProbeError::WrongKey(format!(
-                            "the answer is sealed with key id {id}, not {}",
-                            key.id()
-                        )));
-                    }
-                    Err(_) => {
-                        return Err(ProbeError::WrongKey(format!(
-                            "the answer does not authenticate with key id {} (forged, or another secret)",
-                            key.id()
-                        )));
-                    }
+                    Err(AuthError::Missing) => return Decoded::Unsealed,
+                    Err(AuthError::UnknownKey(id)) => return Decoded::OtherKey(id),
+                    Err(_) => return Decoded::BadMac,
                 }
             }
-            Ok(Some(Answer {
+            Decoded::Answer(Answer {
                 state: State::from_u8(s.state).unwrap_or(State::Unknown),
                 reason: Reason::from_u8(s.reason),
                 reason_code: s.reason,
@@ -224,7 +294,7 @@ pub fn read_answer_keyed(
                 subscribed: s.flags & wire::FLAG_SUBSCRIBED != 0
                     && s.flags & wire::FLAG_PUSHED == 0,
                 pushed: s.flags & wire::FLAG_PUSHED != 0,
-            }))
+            })
         }
         Ok(Reply::Error {
             nonce: n,
@@ -232,25 +302,15 @@ pub fn read_answer_keyed(
             code,
         }) => {
             if n != nonce {
-                return Ok(None);
+                return Decoded::Stale;
             }
             match code {
-                // An unauthenticated ERROR cannot override a sealed probe: keep waiting.
-                wire::ERROR_AUTH_REQUIRED if key.is_some() => Err(ProbeError::WrongKey(
-                    "the agent answered \"authentication required\" to a sealed probe".into(),
-                )),
-                wire::ERROR_AUTH_REQUIRED => Err(ProbeError::AuthRequired),
-                _ => Err(ProbeError::VersionMismatch {
-                    agent_version: version,
-                }),
+                wire::ERROR_AUTH_REQUIRED => Decoded::AuthRequired,
+                _ => Decoded::Version(version),
             }
         }
-        Err(wire::DecodeError::NotProtocol) => Err(ProbeError::NotAnAgent(
-            "the answer is not lbagent protocol (another UDP service on that port?)",
-        )),
-        Err(wire::DecodeError::UnexpectedType(wire::TYPE_PROBE)) => Err(ProbeError::NotAnAgent(
-            "the probe came back unchanged (a UDP echo service?)",
-        )),
-        Err(_) => Err(ProbeError::NotAnAgent("a malformed lbagent answer")),
+        Err(wire::DecodeError::NotProtocol) => Decoded::NotProtocol,
+        Err(wire::DecodeError::UnexpectedType(wire::TYPE_PROBE)) => Decoded::Echo,
+        Err(_) => Decoded::Malformed,
     }
 }

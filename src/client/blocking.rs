@@ -4,19 +4,20 @@ use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use super::answer::{answer_nonce, io_error, read_answer_keyed};
-use super::keyed::no_valid_answer;
+use super::answer::io_error;
+use super::icmp::is_pending_icmp;
+use super::keyed::{Exchange, Step};
 use super::{Answer, ProbeError, ProbeOptions, build_probe, check_service, random_nonce};
 use crate::proto::wire;
 
 /// Sends one PROBE to `target` and waits for its STATUS. The socket is connected, like
-/// keepalived's, so an ICMP port unreachable is reported as `Refused` and only answers from
-/// the probed address count; answers with another nonce are ignored.
+/// keepalived's, so only answers from the probed address count, and an ICMP port unreachable
+/// is reported as `Refused`; answers with another nonce are ignored.
 ///
-/// With a key, answers that do not authenticate are ignored; if nothing valid has come by half
-/// the timeout, one unsealed probe is sent too, to tell a wrong key from a dead agent: an
-/// answer to it ends the probe at once as `WrongKey` (the agent answered the sealed probe
-/// first if it could), silence as `Timeout`.
+/// With a key, nothing that fails authentication (junk, unsealed or wrongly sealed answers,
+/// ICMP errors) ends the probe: it waits for a sealed answer until its timeout, sending one
+/// unsealed diagnostic probe half-way, then fails as `WrongKey` (the agent answered the
+/// diagnostic), `Unauthenticated` (other replies came) or `Timeout` (see `keyed.rs`).
 pub fn probe(target: SocketAddr, options: &ProbeOptions) -> Result<Answer, ProbeError> {
     check_service(&options.service)?;
     let local: SocketAddr = match target {
@@ -25,77 +26,63 @@ pub fn probe(target: SocketAddr, options: &ProbeOptions) -> Result<Answer, Probe
     };
     let socket = UdpSocket::bind(local).map_err(ProbeError::Io)?;
     socket.connect(target).map_err(ProbeError::Io)?;
-    let key = options.key.as_deref();
     let nonce = random_nonce();
     let mut request = [0u8; wire::PROBE_MAX_LEN];
     let service = options.service.as_bytes();
-    let len = build_probe(nonce, service, None, options.probe_len, key, &mut request);
-    let started = Instant::now();
-    let deadline = started + options.timeout;
+    let len = build_probe(
+        nonce,
+        service,
+        None,
+        options.probe_len,
+        options.key.as_deref(),
+        &mut request,
+    );
+    let mut exchange = Exchange::new(
+        nonce,
+        service,
+        options.key.clone(),
+        Instant::now(),
+        options.timeout,
+    );
     socket.send(&request[..len]).map_err(io_error)?;
-    let mut diagnostic = key.map(|_| Diagnostic {
-        at: started + options.timeout / 2,
-        nonce: random_nonce(),
-        sent: false,
-    });
-    let mut rejected: Option<String> = None;
     let mut buf = [0u8; 2048];
     loop {
         let now = Instant::now();
-        // An answer that failed to authenticate already tells a wrong key: no diagnostic then.
-        if let Some(d) = diagnostic
-            .as_mut()
-            .filter(|d| !d.sent && now >= d.at && rejected.is_none())
-        {
-            let n = wire::encode_probe(d.nonce, service, options.probe_len, &mut request);
+        if exchange.diagnostic_due(now) {
+            let diagnostic = random_nonce();
+            let n = exchange.write_diagnostic(diagnostic, options.probe_len, &mut request);
+            // A failure to send it is not the probe's result: it then ends as it would without.
             let _ = socket.send(&request[..n]);
-            d.sent = true;
+            exchange.diagnostic_sent(diagnostic);
         }
-        let left = deadline.saturating_duration_since(now);
-        if left.is_zero() {
-            return Err(no_valid_answer(key, options.timeout, rejected, false));
+        if now >= exchange.deadline() {
+            return Err(exchange.expire());
         }
-        let wait = match &diagnostic {
-            Some(d) if !d.sent && rejected.is_none() => {
-                left.min(d.at.saturating_duration_since(now))
-            }
-            _ => left,
-        };
+        let wait = exchange.next_event().saturating_duration_since(now);
         socket
             .set_read_timeout(Some(wait.max(Duration::from_millis(1))))
             .map_err(ProbeError::Io)?;
-        let n = match socket.recv(&mut buf) {
-            Ok(n) => n,
+        let step = match socket.recv(&mut buf) {
+            Ok(n) => exchange.on_datagram(&buf[..n], Instant::now()),
             Err(e)
                 if matches!(
                     e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
                 ) =>
             {
-                continue;
+                Step::Wait
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // An ICMP error about a datagram sent on this connected socket.
+            Err(e) if is_pending_icmp(&e) => match e.raw_os_error() {
+                Some(errno) => exchange.on_icmp(errno),
+                None => Step::Wait,
+            },
             Err(e) => return Err(io_error(e)),
         };
-        let rtt = started.elapsed();
-        if diagnostic.is_some_and(|d| answer_nonce(&buf[..n]) == Some(d.nonce)) {
-            // Alive, and it answered the sealed probe first if it could.
-            return Err(no_valid_answer(key, options.timeout, rejected, true));
-        }
-        match read_answer_keyed(&buf[..n], nonce, rtt, key) {
-            Ok(Some(answer)) => return Ok(answer),
-            Ok(None) => {}
-            Err(ProbeError::WrongKey(why)) => rejected = Some(why),
-            Err(e) => return Err(e),
+        if let Step::Done(result) = step {
+            return result;
         }
     }
-}
-
-/// With a key: one unsealed probe sent half-way through the timeout; an answer to it shows
-/// that the agent is alive and dropped the sealed probe (a wrong key), not dead.
-#[derive(Clone, Copy)]
-struct Diagnostic {
-    at: Instant,
-    nonce: u64,
-    sent: bool,
 }

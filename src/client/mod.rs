@@ -12,8 +12,10 @@
 //! a protocol version mismatch, an agent that requires authentication, or a wrong key.
 //!
 //! With a key ([`ProbeOptions::key`]) every PROBE is sealed (HMAC-SHA256 trailer, see
-//! `auth.rs`) and only answers sealed with the same key are accepted: a forged or replayed
-//! answer is ignored (and reported as "wrong key" if nothing valid comes).
+//! `auth.rs`) and only answers sealed with the same key are accepted. Nothing that fails
+//! authentication ends a keyed probe early (anyone may forge it): it waits for a sealed answer
+//! until its deadline, then fails naming what came instead ([`Hints`]). `keyed.rs` is the one
+//! state machine of both forms.
 
 mod answer;
 mod blocking;
@@ -24,6 +26,7 @@ mod push;
 
 pub use answer::{Answer, ProbeError, read_answer, read_answer_keyed};
 pub use blocking::probe;
+pub use keyed::Hints;
 pub use prober::{Completion, Prober, ProberStats};
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};

@@ -9,15 +9,17 @@
 //! Answers are matched by the PROBE's random nonce and must come from the address probed
 //! (like keepalived's connected socket); anything else is counted as ignored.
 //!
-//! A probe sealed with a key completes only with an answer that authenticates with that key.
-//! An agent drops a probe with a wrong key silently, so, like [`probe`](super::probe), a keyed
-//! probe still without a valid answer half-way through its timeout is followed by one
-//! unsealed diagnostic PROBE (same service and length, a fresh nonce), unless an answer that
-//! did not authenticate has come (that already makes it a wrong key). If the agent answers
-//! that, the probe completes at once as `WrongKey` (the agent is alive and dropped the sealed
-//! probe: it answers in order, so a valid answer would have come first), not as `Timeout`. Those half-way events share the deadlines heap, so
-//! [`Prober::next_timeout`] counts them too: the diagnostic is sent by the first `receive`
-//! at or after half-way, and not at all if that call comes after the probe's deadline.
+//! A probe sealed with a key completes only with an answer that authenticates with that key;
+//! nothing else ends it early (see `keyed.rs`, the state machine every probe in flight runs):
+//! at its deadline it fails naming what came instead. Half-way through its timeout a keyed
+//! probe still without a valid answer sends one unsealed diagnostic PROBE; those half-way
+//! events share the deadlines heap, so [`Prober::next_timeout`] counts them too: the
+//! diagnostic is sent by the first `receive` at or after half-way, and not at all if that call
+//! comes after the probe's deadline.
+//!
+//! Datagrams that carry no nonce (not lbagent protocol) and ICMP errors that quote none are
+//! about the probes in flight to their source: an index by target finds them without a scan,
+//! so a flood of junk at the prober's port costs a hash lookup per datagram.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -30,9 +32,9 @@ use super::icmp::{self, Family};
 use std::sync::Arc;
 
 use super::answer::{answer_nonce, io_error};
-use super::keyed::no_valid_answer;
+use super::keyed::{Exchange, Step};
 use super::push::{PushRead, Pushes};
-use super::{Answer, ProbeError, ProbeOptions, build_probe, check_service, read_answer_keyed};
+use super::{Answer, ProbeError, ProbeOptions, build_probe, check_service};
 use crate::keys::Key;
 use crate::proto::wire;
 
@@ -57,15 +59,16 @@ pub struct ProberStats {
     pub diagnostics: u64,
     /// Probes finished with an answer.
     pub answered: u64,
-    /// Probes finished with an error other than a timeout (refused, not an agent, ...).
+    /// Probes finished with an error other than a timeout (refused, not an agent, wrong key,
+    /// unauthenticated, ...).
     pub failed: u64,
     /// Probes finished by their timeout.
     pub timed_out: u64,
-    /// Datagrams that matched no probe in flight: late answers to probes (or to their
-    /// diagnostics) that had finished, answers from an address other than the one probed,
-    /// and answers to a keyed probe that did not authenticate. An answer to the diagnostic
-    /// of a probe in flight is not counted here: it is what the diagnostic is for. Pushed
-    /// STATUSes that do not count (see `pushed`) are counted here too.
+    /// Datagrams that completed no probe: late answers to probes (or to their diagnostics)
+    /// that had finished, answers from an address other than the one probed, and replies to a
+    /// keyed probe that did not authenticate (its hints). An answer to the diagnostic of a
+    /// probe in flight is not counted here: it is what the diagnostic is for. Pushed STATUSes
+    /// that do not count (see `pushed`) are counted here too.
     pub ignored: u64,
     /// Changes pushed by agents that granted a subscription (`ProbeOptions::subscribe`), each
     /// delivered as a completion whose answer says `pushed`.
@@ -75,41 +78,7 @@ pub struct ProberStats {
 struct InFlight {
     token: u64,
     target: SocketAddr,
-    sent: Instant,
-    /// The key the probe was sealed with: answers must authenticate with it.
-    key: Option<Arc<Key>>,
-    /// Why an answer with the right nonce was refused (reported if nothing valid comes).
-    rejected: Option<String>,
-    /// With a key: the unsealed diagnostic PROBE sent half-way.
-    diagnostic: Diagnostic,
-}
-
-/// A keyed probe's unsealed diagnostic: an answer to it shows that the agent is alive and
-/// dropped the sealed probe (a wrong key), not dead. Kept inline (no allocation per probe).
-struct Diagnostic {
-    /// The probe's service, to ask about the same one.
-    service: [u8; wire::MAX_NAME_LEN],
-    service_len: u8,
-    /// Its nonce, once sent (also a key of `Prober::diagnostics` while the probe is in flight).
-    nonce: Option<u64>,
-}
-
-impl Diagnostic {
-    fn new(service: &str) -> Diagnostic {
-        // `check_service` has limited the name to MAX_NAME_LEN bytes.
-        let len = service.len().min(wire::MAX_NAME_LEN);
-        let mut d = Diagnostic {
-            service: [0; wire::MAX_NAME_LEN],
-            service_len: len as u8,
-            nonce: None,
-        };
-        d.service[..len].copy_from_slice(&service.as_bytes()[..len]);
-        d
-    }
-
-    fn service(&self) -> &[u8] {
-        &self.service[..usize::from(self.service_len)]
-    }
+    exchange: Exchange,
 }
 
 /// What an entry of the deadlines heap stands for.
@@ -164,6 +133,10 @@ pub struct Prober {
     in_flight: HashMap<u64, InFlight>,
     /// The nonces of the diagnostics sent for probes in flight, with their probes' nonces.
     diagnostics: HashMap<u64, u64>,
+    /// The nonces of the probes in flight to each target, oldest first. Entries left empty
+    /// are kept (no allocation per probe to a known target) and pruned when they outnumber
+    /// the probes in flight.
+    by_target: HashMap<SocketAddr, Vec<u64>>,
     /// When each probe in flight times out and, for keyed probes, when its diagnostic is due.
     /// Entries of probes that finished early stay until they come up and are skipped.
     deadlines: BinaryHeap<Reverse<(Instant, u64, Event)>>,
@@ -191,6 +164,7 @@ impl Prober {
             options,
             in_flight: HashMap::new(),
             diagnostics: HashMap::new(),
+            by_target: HashMap::new(),
             deadlines: BinaryHeap::new(),
             nonces: Nonces::new(),
             request: Box::new([0; wire::PROBE_MAX_LEN]),
@@ -223,12 +197,13 @@ impl Prober {
     }
 
     /// `send`, sealed with `key` (None: unsealed) whatever the options say: a poller with one
-    /// key per target. Only answers that authenticate with that key complete the probe. With a
-    /// key, if none has come by half the timeout, one unsealed diagnostic PROBE is sent too
-    /// (counted in [`ProberStats::diagnostics`], not in `sent`). An answer to it completes the
-    /// probe at once as `WrongKey` (the agent is alive but dropped the sealed probe: unknown
-    /// key id, another secret, clocks too far apart); at the timeout the probe completes as
-    /// `WrongKey` if an answer did not authenticate, else as `Timeout`.
+    /// key per target. Only answers that authenticate with that key complete the probe; with a
+    /// key nothing else ends it before its timeout. If no valid answer has come by half the
+    /// timeout, one unsealed diagnostic PROBE is sent too (counted in
+    /// [`ProberStats::diagnostics`], not in `sent`). At the timeout the probe completes as
+    /// `WrongKey` if the agent answered the diagnostic (it is alive but dropped the sealed
+    /// probe: unknown key id, another secret, clocks too far apart), `Unauthenticated` if
+    /// other replies came, else `Timeout`.
     pub fn send_keyed(
         &mut self,
         target: SocketAddr,
@@ -269,24 +244,24 @@ impl Prober {
         )
         .map_err(io_error)?;
         let sent = Instant::now();
-        let timeout = self.options.timeout;
-        if key.is_some() {
-            self.deadlines
-                .push(Reverse((sent + timeout / 2, nonce, Event::Diagnose)));
+        let exchange = Exchange::new(nonce, service.as_bytes(), key, sent, self.options.timeout);
+        if let Some(at) = exchange.diagnostic_at() {
+            self.deadlines.push(Reverse((at, nonce, Event::Diagnose)));
         }
+        self.deadlines
+            .push(Reverse((exchange.deadline(), nonce, Event::Expire)));
         self.in_flight.insert(
             nonce,
             InFlight {
                 token,
                 target,
-                sent,
-                key,
-                rejected: None,
-                diagnostic: Diagnostic::new(service),
+                exchange,
             },
         );
-        self.deadlines
-            .push(Reverse((sent + timeout, nonce, Event::Expire)));
+        if self.by_target.len() > 2 * self.in_flight.len() + 1024 {
+            self.by_target.retain(|_, nonces| !nonces.is_empty());
+        }
+        self.by_target.entry(target).or_default().push(nonce);
         self.stats.sent += 1;
         Ok(())
     }
@@ -341,7 +316,7 @@ impl Prober {
     fn is_pending(&self, nonce: u64, event: Event) -> bool {
         self.in_flight.get(&nonce).is_some_and(|p| match event {
             Event::Expire => true,
-            Event::Diagnose => p.needs_diagnostic(),
+            Event::Diagnose => p.exchange.diagnostic_at().is_some(),
         })
     }
 
@@ -370,9 +345,12 @@ impl Prober {
         let Some(probe) = self.in_flight.remove(&nonce) else {
             return;
         };
-        if let Some(d) = probe.diagnostic.nonce {
+        if let Some(d) = probe.exchange.diagnostic() {
             // Later answers to it are late answers: ignored.
             self.diagnostics.remove(&d);
+        }
+        if let Some(nonces) = self.by_target.get_mut(&probe.target) {
+            nonces.retain(|n| *n != nonce);
         }
         match &result {
             Ok(answer) => {
@@ -380,8 +358,8 @@ impl Prober {
                 if let Some(lease) = self.options.subscribe {
                     if answer.subscribed {
                         let subscribing = (probe.token, probe.target);
-                        let key = probe.key.clone();
-                        let lease = (probe.sent, lease);
+                        let key = probe.exchange.key().cloned();
+                        let lease = (probe.exchange.sent(), lease);
                         self.pushes.granted(nonce, subscribing, key, answer, lease);
                     } else {
                         self.pushes.not_granted(probe.token);
@@ -420,66 +398,35 @@ impl Prober {
                 return;
             }
         }
-        if let Some(nonce) = answer_nonce(datagram) {
-            let diagnosed = self.diagnostics.get(&nonce).copied();
-            if let Some((probe_nonce, probe)) = diagnosed
-                .and_then(|n| Some((n, self.in_flight.get_mut(&n)?)))
-                .filter(|(_, p)| p.target == from)
-            {
-                // Whatever the agent answered (a STATUS, or an ERROR with auth=required), it
-                // is alive and answered the sealed probe first if it could: a wrong key.
-                let error = no_valid_answer(
-                    probe.key.as_deref(),
-                    self.options.timeout,
-                    probe.rejected.take(),
-                    true,
-                );
-                self.finish(probe_nonce, Err(error), out);
-                return;
-            }
-            match self.in_flight.get_mut(&nonce) {
-                Some(probe) if probe.target == from => {
-                    let rtt = probe.sent.elapsed();
-                    let result = match read_answer_keyed(datagram, nonce, rtt, probe.key.as_deref())
-                    {
-                        Ok(Some(answer)) => Ok(answer),
-                        Ok(None) => return, // unreachable: the nonce matched
-                        // Not authentic: wait for a valid answer until the deadline.
-                        Err(ProbeError::WrongKey(why)) => {
-                            probe.rejected = Some(why);
-                            self.stats.ignored += 1;
-                            return;
-                        }
-                        Err(e) => Err(e),
-                    };
-                    self.finish(nonce, result, out);
+        let now = Instant::now();
+        // Which probe it is about: by the nonce it echoes (of a probe or of its diagnostic);
+        // without one, the oldest probe in flight to its source.
+        let nonce = match answer_nonce(datagram) {
+            Some(n) => self.diagnostics.get(&n).copied().unwrap_or(n),
+            None => match self.oldest_to(from) {
+                Some(n) => n,
+                None => {
+                    self.stats.ignored += 1;
+                    return;
                 }
-                _ => self.stats.ignored += 1,
-            }
+            },
+        };
+        let Some(probe) = self.in_flight.get_mut(&nonce).filter(|p| p.target == from) else {
+            self.stats.ignored += 1;
             return;
-        }
-        // Not this protocol: whatever answers on that port is not an agent. It cannot be matched
-        // by nonce, so it finishes the oldest probe in flight to that address.
-        match self.oldest_to(from) {
-            Some(nonce) => self.finish(
-                nonce,
-                Err(ProbeError::NotAnAgent(
-                    "the answer is not lbagent protocol (another UDP service on that port?)",
-                )),
-                out,
-            ),
-            None => self.stats.ignored += 1,
+        };
+        let diagnostic_answer = probe.exchange.diagnostic().is_some()
+            && answer_nonce(datagram) == probe.exchange.diagnostic();
+        match probe.exchange.on_datagram(datagram, now) {
+            Step::Done(result) => self.finish(nonce, result, out),
+            Step::Wait if diagnostic_answer => {}
+            Step::Wait => self.stats.ignored += 1,
         }
     }
 
-    /// The probe in flight to `target` sent first (a linear scan: only for answers that carry
-    /// no nonce, which a healthy fleet does not send).
+    /// The probe in flight to `target` sent first.
     fn oldest_to(&self, target: SocketAddr) -> Option<u64> {
-        self.in_flight
-            .iter()
-            .filter(|(_, p)| p.target == target)
-            .min_by_key(|(_, p)| p.sent)
-            .map(|(nonce, _)| *nonce)
+        self.by_target.get(&target)?.first().copied()
     }
 
     fn read_icmp_errors(&mut self, out: &mut Vec<Completion>) {
@@ -504,21 +451,26 @@ impl Prober {
             },
         );
         let errors = std::mem::take(&mut self.icmp_errors);
+        let mut about = Vec::new();
         for &(destination, errno, nonce) in &errors {
-            let error = || io_error(io::Error::from_raw_os_error(errno));
             // An error caused by a diagnostic is about its probe.
             let nonce = nonce.map(|n| self.diagnostics.get(&n).copied().unwrap_or(n));
+            about.clear();
             match nonce.filter(|n| {
                 self.in_flight
                     .get(n)
                     .is_some_and(|p| p.target == destination)
             }) {
-                Some(nonce) => self.finish(nonce, Err(error()), out),
+                Some(nonce) => about.push(nonce),
                 // No usable quote: the error stands for every probe in flight to that address.
-                None => {
-                    while let Some(nonce) = self.oldest_to(destination) {
-                        self.finish(nonce, Err(error()), out);
-                    }
+                None => about.extend(self.by_target.get(&destination).into_iter().flatten()),
+            }
+            for &nonce in &about {
+                let Some(probe) = self.in_flight.get_mut(&nonce) else {
+                    continue;
+                };
+                if let Step::Done(result) = probe.exchange.on_icmp(errno) {
+                    self.finish(nonce, result, out);
                 }
             }
         }
@@ -527,7 +479,6 @@ impl Prober {
 
     /// Sends the diagnostics due and expires the probes whose timeout has passed.
     fn on_deadlines(&mut self, now: Instant, out: &mut Vec<Completion>) {
-        let timeout = self.options.timeout;
         while let Some(&Reverse((at, nonce, event))) = self.deadlines.peek() {
             if at > now {
                 break;
@@ -538,17 +489,12 @@ impl Prober {
             };
             match event {
                 // Too late to be of use if the probe expires in this same call.
-                Event::Diagnose if probe.sent + timeout > now && probe.needs_diagnostic() => {
+                Event::Diagnose if probe.exchange.diagnostic_due(now) => {
                     self.send_diagnostic(nonce);
                 }
                 Event::Diagnose => {}
                 Event::Expire => {
-                    let error = no_valid_answer(
-                        probe.key.as_deref(),
-                        timeout,
-                        probe.rejected.take(),
-                        false,
-                    );
+                    let error = probe.exchange.expire();
                     self.finish(nonce, Err(error), out);
                 }
             }
@@ -562,9 +508,8 @@ impl Prober {
         let Some(probe) = self.in_flight.get_mut(&nonce) else {
             return;
         };
-        let len = wire::encode_probe(
+        let len = probe.exchange.write_diagnostic(
             diagnostic,
-            probe.diagnostic.service(),
             self.options.probe_len,
             &mut self.request[..],
         );
@@ -579,18 +524,10 @@ impl Prober {
         )
         .is_ok()
         {
-            probe.diagnostic.nonce = Some(diagnostic);
+            probe.exchange.diagnostic_sent(diagnostic);
             self.diagnostics.insert(diagnostic, nonce);
             self.stats.diagnostics += 1;
         }
-    }
-}
-
-impl InFlight {
-    /// A keyed probe with no diagnostic sent yet and no answer refused (that already makes
-    /// it a wrong key).
-    fn needs_diagnostic(&self) -> bool {
-        self.key.is_some() && self.diagnostic.nonce.is_none() && self.rejected.is_none()
     }
 }
 
@@ -826,13 +763,13 @@ mod tests {
     }
 
     #[test]
-    fn answered_diagnostic_is_a_wrong_key_and_a_valid_answer_first_wins() {
+    fn answered_diagnostic_is_a_wrong_key_at_the_deadline_and_a_valid_answer_wins() {
         let (mut prober, key) = keyed_prober(400);
         let fake = UdpSocket::bind("127.0.0.1:0").unwrap();
         let to = fake.local_addr().unwrap();
         let mut out = Vec::new();
-        // The agent answers only the unsealed diagnostic: a wrong key, with the message of
-        // the blocking probe.
+        // The agent answers only the unsealed diagnostic: a wrong key once the deadline has
+        // passed (an answer to the diagnostic is unauthenticated: it ends nothing early).
         prober.send_keyed(to, "", 1, Some(key.clone())).unwrap();
         let _ = next_probe(&mut prober, &fake, &mut out);
         let (_, diagnostic, _, _, from) = next_probe(&mut prober, &fake, &mut out);
@@ -841,11 +778,7 @@ mod tests {
         let Err(ProbeError::WrongKey(why)) = &out[0].result else {
             panic!("{out:?}");
         };
-        let expected = no_valid_answer(Some(&key), Duration::ZERO, None, true);
-        assert!(
-            matches!(&expected, ProbeError::WrongKey(w) if w == why),
-            "{why}"
-        );
+        assert!(why.contains("dropped the sealed one"), "{why}");
         assert_eq!(
             prober.stats().ignored,
             0,

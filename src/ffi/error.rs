@@ -54,15 +54,20 @@ pub enum lbagent_result {
     LBAGENT_ERR_VERSION_MISMATCH = 18,
     /// The agent answers authenticated probes only.
     LBAGENT_ERR_AUTH_REQUIRED = 19,
-    /// With a key: the answers did not authenticate, or the agent dropped the sealed probe
-    /// (its key_file lacks the key, another secret, or clocks too far apart).
+    /// With a key: by the deadline the agent had answered the unsealed diagnostic probe but
+    /// not the sealed one (its key_file lacks the key, another secret, clocks too far apart,
+    /// or no key_file there).
     LBAGENT_ERR_WRONG_KEY = 20,
+    /// With a key: no sealed answer by the deadline, but replies that did not authenticate
+    /// came (forged, or from something other than the agent with this key); the last error
+    /// counts them, the most telling first.
+    LBAGENT_ERR_UNAUTHENTICATED = 21,
 }
 
 use lbagent_result::*;
 
 impl lbagent_result {
-    fn all() -> [lbagent_result; 21] {
+    fn all() -> [lbagent_result; 22] {
         [
             LBAGENT_OK,
             LBAGENT_ERR_NULL_ARGUMENT,
@@ -85,6 +90,7 @@ impl lbagent_result {
             LBAGENT_ERR_VERSION_MISMATCH,
             LBAGENT_ERR_AUTH_REQUIRED,
             LBAGENT_ERR_WRONG_KEY,
+            LBAGENT_ERR_UNAUTHENTICATED,
         ]
     }
 
@@ -110,7 +116,12 @@ impl lbagent_result {
             LBAGENT_ERR_NOT_AN_AGENT => c"not an lbagent: another service answered",
             LBAGENT_ERR_VERSION_MISMATCH => c"the agent speaks another protocol version",
             LBAGENT_ERR_AUTH_REQUIRED => c"the agent requires authenticated probes",
-            LBAGENT_ERR_WRONG_KEY => c"wrong key: the answers did not authenticate",
+            LBAGENT_ERR_WRONG_KEY => {
+                c"wrong key: the agent answered an unsealed probe but not the sealed one"
+            }
+            LBAGENT_ERR_UNAUTHENTICATED => {
+                c"no authenticated answer: only replies that did not authenticate"
+            }
         }
     }
 }
@@ -152,6 +163,7 @@ impl From<&ProbeError> for lbagent_result {
             ProbeError::VersionMismatch { .. } => LBAGENT_ERR_VERSION_MISMATCH,
             ProbeError::AuthRequired => LBAGENT_ERR_AUTH_REQUIRED,
             ProbeError::WrongKey(_) => LBAGENT_ERR_WRONG_KEY,
+            ProbeError::Unauthenticated { .. } => LBAGENT_ERR_UNAUTHENTICATED,
             _ => LBAGENT_ERR_SYSTEM,
         }
     }

@@ -34,8 +34,9 @@ pub(super) fn try_options(ptr: *const c_char) -> Result<ProbeOptions, Failure> {
 ///
 /// Returns `LBAGENT_OK`, or why there is no answer: `LBAGENT_ERR_TIMEOUT`,
 /// `LBAGENT_ERR_REFUSED`, `LBAGENT_ERR_UNREACHABLE`, `LBAGENT_ERR_NOT_AN_AGENT`,
-/// `LBAGENT_ERR_VERSION_MISMATCH`, `LBAGENT_ERR_AUTH_REQUIRED`, `LBAGENT_ERR_WRONG_KEY`; or
-/// `LBAGENT_ERR_NULL_ARGUMENT`
+/// `LBAGENT_ERR_VERSION_MISMATCH`, `LBAGENT_ERR_AUTH_REQUIRED`, `LBAGENT_ERR_WRONG_KEY`,
+/// `LBAGENT_ERR_UNAUTHENTICATED` (with a key nothing that fails authentication ends the probe
+/// before its timeout: see `lbagent_prober_new`); or `LBAGENT_ERR_NULL_ARGUMENT`
 /// (`target` or `out`), `LBAGENT_ERR_INVALID_ARGUMENT` (a bad target or service name),
 /// `LBAGENT_ERR_CONFIG` (bad options), `LBAGENT_ERR_SYSTEM`. Every failure sets the last
 /// error, which says what happened.

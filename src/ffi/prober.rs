@@ -53,7 +53,8 @@ pub struct lbagent_probe_result {
     /// An `lbagent_result`: `LBAGENT_OK` when `status` holds the agent's answer; otherwise why
     /// there is none: `LBAGENT_ERR_TIMEOUT`, `LBAGENT_ERR_REFUSED`, `LBAGENT_ERR_UNREACHABLE`,
     /// `LBAGENT_ERR_NOT_AN_AGENT`, `LBAGENT_ERR_VERSION_MISMATCH`, `LBAGENT_ERR_AUTH_REQUIRED`,
-    /// `LBAGENT_ERR_WRONG_KEY` (a prober with a key) or `LBAGENT_ERR_SYSTEM`.
+    /// `LBAGENT_ERR_WRONG_KEY`, `LBAGENT_ERR_UNAUTHENTICATED` (a prober with a key) or
+    /// `LBAGENT_ERR_SYSTEM`.
     pub result: c_int,
     /// Round-trip time in microseconds (0 when there is no answer).
     pub rtt_us: u32,
@@ -86,12 +87,13 @@ impl lbagent_probe_result {
 ///
 /// `options`: NULL, or `key=value` pairs: `timeout_ms=N` (1..=60000, default 1000), the
 /// timeout of every probe sent through it; `key_file=PATH` [`key_id=N`], a key that seals
-/// every probe (only answers sealed with it count; otherwise a probe finishes as
-/// `LBAGENT_ERR_WRONG_KEY` or `LBAGENT_ERR_TIMEOUT`). With a key, a probe with no valid
-/// answer by half its timeout is followed by one unsealed probe: if the agent answers that,
-/// it is alive but dropped the sealed probe, and the probe finishes at once as
-/// `LBAGENT_ERR_WRONG_KEY`, not `LBAGENT_ERR_TIMEOUT`. `lbagent_prober_timeout_ms` counts
-/// those half-way sends too.
+/// every probe. With a key only an answer sealed with it completes a probe, and nothing that
+/// fails authentication (junk, unsealed or wrongly sealed answers, ICMP errors: anyone may
+/// forge them) ends it before its timeout. A probe with no valid answer by half its timeout
+/// is followed by one unsealed probe; at the timeout the probe finishes as
+/// `LBAGENT_ERR_WRONG_KEY` if the agent answered that one (it is alive but dropped the sealed
+/// probe), `LBAGENT_ERR_UNAUTHENTICATED` if other replies came, else `LBAGENT_ERR_TIMEOUT`.
+/// `lbagent_prober_timeout_ms` counts the half-way sends too.
 ///
 /// On success writes the handle to `*out` (owned by the caller, released with
 /// `lbagent_prober_free`). Returns `LBAGENT_OK`, `LBAGENT_ERR_NULL_ARGUMENT` (`out`),

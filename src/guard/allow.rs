@@ -91,20 +91,74 @@ fn mask(bits: u128, prefix: u8, width: u8) -> u128 {
 }
 
 /// A list of networks; empty means "everyone" (no `allow=` key given).
+///
+/// The networks are kept in configuration order (for display and comparison) and, for the
+/// per-datagram question, as sorted, merged address ranges per family: one binary search
+/// (at most 18 steps for 200,000 networks) whatever the length of the list.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AllowList {
     networks: Vec<Cidr>,
+    v4: Vec<(u32, u32)>,
+    v6: Vec<(u128, u128)>,
+}
+
+/// Sorts inclusive ranges and merges those that overlap or touch.
+fn merged<T: Copy + Ord>(mut ranges: Vec<(T, T)>, next: impl Fn(T) -> Option<T>) -> Vec<(T, T)> {
+    ranges.sort_unstable();
+    let mut out: Vec<(T, T)> = Vec::with_capacity(ranges.len());
+    for (start, end) in ranges {
+        match out.last_mut() {
+            Some(last) if next(last.1).is_none_or(|n| start <= n) => last.1 = last.1.max(end),
+            _ => out.push((start, end)),
+        }
+    }
+    out.shrink_to_fit();
+    out
+}
+
+/// Whether `x` lies in one of the sorted, disjoint inclusive `ranges`.
+fn in_ranges<T: Copy + Ord>(ranges: &[(T, T)], x: T) -> bool {
+    // The first range that starts after x; the one before it is the only candidate.
+    let after = ranges.partition_point(|&(start, _)| start <= x);
+    after > 0 && x <= ranges[after - 1].1
 }
 
 impl AllowList {
     /// A list that admits only these networks.
     pub fn new(networks: Vec<Cidr>) -> AllowList {
-        AllowList { networks }
+        let mut v4 = Vec::new();
+        let mut v6 = Vec::new();
+        for n in &networks {
+            let max = max_prefix(n.network);
+            let start = n.bits(n.network);
+            let host_bits = u32::from(max - n.prefix);
+            let end = if host_bits == 128 {
+                u128::MAX
+            } else {
+                start | ((1u128 << host_bits) - 1)
+            };
+            match n.network {
+                IpAddr::V4(_) => v4.push((start as u32, end as u32)),
+                IpAddr::V6(_) => v6.push((start, end)),
+            }
+        }
+        AllowList {
+            v4: merged(v4, |x: u32| x.checked_add(1)),
+            v6: merged(v6, |x: u128| x.checked_add(1)),
+            networks,
+        }
     }
 
-    /// True when a prober at `addr` may be answered.
+    /// True when a prober at `addr` may be answered. IPv4-mapped IPv6 addresses
+    /// (`::ffff:a.b.c.d`) are their IPv4 address.
     pub fn admits(&self, addr: IpAddr) -> bool {
-        self.networks.is_empty() || self.networks.iter().any(|n| n.contains(addr))
+        if self.networks.is_empty() {
+            return true;
+        }
+        match addr.to_canonical() {
+            IpAddr::V4(v4) => in_ranges(&self.v4, u32::from(v4)),
+            IpAddr::V6(v6) => in_ranges(&self.v6, u128::from(v6)),
+        }
     }
 
     /// The networks, in configuration order.
@@ -157,5 +211,72 @@ mod tests {
         let l = AllowList::new(vec![Cidr::parse("127.0.0.0/8").unwrap()]);
         assert!(l.admits(ip("127.0.0.5")));
         assert!(!l.admits(ip("::1")));
+    }
+
+    /// The ranges answer exactly what a scan of the networks answers, for overlapping,
+    /// nested, adjacent and extreme networks.
+    #[test]
+    fn ranges_agree_with_a_linear_scan() {
+        let nets = [
+            "10.0.0.0/8",
+            "10.1.0.0/16",
+            "10.255.255.255",
+            "11.0.0.0/8",
+            "192.168.1.0/24",
+            "192.168.3.0/24",
+            "255.255.255.255",
+            "0.0.0.0",
+            "fd00::/8",
+            "fd00:1::/32",
+            "::1",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "2001:db8::/64",
+            "2001:db8:0:1::/64",
+        ];
+        let list = AllowList::new(nets.iter().map(|n| Cidr::parse(n).unwrap()).collect());
+        let cidrs: Vec<Cidr> = list.networks().to_vec();
+        let probes = [
+            "9.255.255.255",
+            "10.0.0.0",
+            "10.200.1.1",
+            "11.255.255.255",
+            "12.0.0.0",
+            "192.168.0.255",
+            "192.168.1.7",
+            "192.168.2.1",
+            "192.168.3.255",
+            "255.255.255.254",
+            "255.255.255.255",
+            "0.0.0.0",
+            "0.0.0.1",
+            "::",
+            "::1",
+            "::2",
+            "fcff::1",
+            "fd12::1",
+            "fe00::",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "2001:db8::5",
+            "2001:db8:0:1:ffff::",
+            "2001:db8:0:2::",
+            "::ffff:10.9.9.9",
+            "::ffff:12.0.0.1",
+        ];
+        for p in probes {
+            let a = ip(p);
+            assert_eq!(list.admits(a), cidrs.iter().any(|c| c.contains(a)), "{p}");
+        }
+        // The whole space, either family.
+        let all = AllowList::new(vec![Cidr::parse("::/0").unwrap()]);
+        assert!(all.admits(ip("::")) && all.admits(ip("ffff::1")) && !all.admits(ip("1.2.3.4")));
+        // 200,000 single hosts and networks merge into what they cover.
+        let many: Vec<Cidr> = (0..200_000u32)
+            .map(|i| {
+                Cidr::parse(&std::net::Ipv4Addr::from(0x0a00_0000 + 2 * i).to_string()).unwrap()
+            })
+            .collect();
+        let list = AllowList::new(many);
+        assert!(list.admits(ip("10.0.0.0")) && list.admits(ip("10.6.26.126")));
+        assert!(!list.admits(ip("10.0.0.1")) && !list.admits(ip("10.6.26.128")));
     }
 }

@@ -80,30 +80,41 @@ impl fmt::Display for AuthError {
     }
 }
 
-/// Checks the trailer of `datagram` against `lookup` (key id to key).
-pub fn open<'k>(
-    datagram: &[u8],
-    lookup: impl FnOnce(u32) -> Option<&'k Key>,
-) -> Result<Verified, AuthError> {
+/// What a trailer claims before its MAC is checked: the key id and the timestamp. Cheap: the
+/// agent looks at these before it spends a MAC computation on a datagram.
+pub fn trailer(datagram: &[u8]) -> Result<Verified, AuthError> {
     if datagram.len() < 8 || u16::from_be_bytes([datagram[6], datagram[7]]) & FLAG_AUTH == 0 {
         return Err(AuthError::Missing);
     }
     if datagram.len() < 16 + AUTH_TRAILER_LEN {
         return Err(AuthError::Truncated);
     }
-    let start = datagram.len() - AUTH_TRAILER_LEN;
-    let t = &datagram[start..];
-    let key_id = u32::from_be_bytes([t[0], t[1], t[2], t[3]]);
+    let t = &datagram[datagram.len() - AUTH_TRAILER_LEN..];
     let mut ts = [0u8; 8];
     ts.copy_from_slice(&t[4..12]);
-    let key = lookup(key_id).ok_or(AuthError::UnknownKey(key_id))?;
-    if !key.verify(&datagram[..start + 12], &t[12..]) {
-        return Err(AuthError::BadMac);
-    }
     Ok(Verified {
-        key_id,
+        key_id: u32::from_be_bytes([t[0], t[1], t[2], t[3]]),
         timestamp_ms: u64::from_be_bytes(ts),
     })
+}
+
+/// Whether the MAC of `datagram` (which `trailer` accepted) is `key`'s.
+pub fn mac_matches(datagram: &[u8], key: &Key) -> bool {
+    let start = datagram.len() - AUTH_TRAILER_LEN;
+    key.verify(&datagram[..start + 12], &datagram[start + 12..])
+}
+
+/// Checks the trailer of `datagram` against `lookup` (key id to key).
+pub fn open<'k>(
+    datagram: &[u8],
+    lookup: impl FnOnce(u32) -> Option<&'k Key>,
+) -> Result<Verified, AuthError> {
+    let claimed = trailer(datagram)?;
+    let key = lookup(claimed.key_id).ok_or(AuthError::UnknownKey(claimed.key_id))?;
+    if !mac_matches(datagram, key) {
+        return Err(AuthError::BadMac);
+    }
+    Ok(claimed)
 }
 
 /// True when `timestamp_ms` is within `window_ms` of `now_ms`, either way.

@@ -1,20 +1,23 @@
 //! Decides the answer to one datagram: pure logic over the status board, no I/O.
 //!
-//! Order of checks: who is asking (`guard`: allow-list, source port, unicast destination,
-//! rate limits) before any other work; then protocol v1 (with authentication) or text. Every
-//! datagram ends in exactly one counted outcome, and an answer is never longer than the
-//! datagram that caused it.
+//! Order of checks: who is asking (`guard`: allow-list, source port, unicast destination)
+//! before any other work; then, with `key_file`, a sealed PROBE is authenticated (key id,
+//! window, MAC), checked against replays and charged to its key's budget, and answered sealed;
+//! everything else is charged to the per-source and global rate limits, then answered as
+//! protocol v1 or text. Every datagram ends in exactly one counted outcome, and an answer is
+//! never longer than the datagram that caused it.
 
 use std::net::{IpAddr, SocketAddr};
 
 use super::subscribe::{Offer, Subscription, Subscriptions};
 use crate::counters::Counter;
-use crate::guard::Policy;
-use crate::guard::limit::RateLimiter;
+use crate::guard::{Admission, Policy, Sealed};
 use crate::keys::Key;
 use crate::proto::auth;
 use crate::proto::text;
-use crate::proto::wire::{self, DecodeError, FLAG_AUTH, FLAG_SUBSCRIBED, Request, StatusFields};
+use crate::proto::wire::{
+    self, DecodeError, FLAG_AUTH, FLAG_SUBSCRIBED, Probe, Request, StatusFields,
+};
 use crate::status::{Board, Status, Target};
 
 /// What the agent does with a datagram.
@@ -45,14 +48,15 @@ pub(crate) struct Envelope {
 
 /// What the monitor thread keeps from one datagram to the next.
 pub(crate) struct Tables<'a> {
-    /// Charged for datagrams that pass the source checks.
-    pub limiter: &'a mut RateLimiter,
+    /// The budgets and the replay cache.
+    pub admission: &'a mut Admission,
     /// Taken, renewed or ended by subscribing PROBEs.
     pub subscriptions: &'a mut Subscriptions,
 }
 
 impl Responder<'_> {
-    /// The answer to `request`, written to `out` (512 bytes or more).
+    /// The answer to `request`, written to `out` (512 bytes or more); `now` is the monitor's
+    /// clock (milliseconds).
     pub(crate) fn respond(
         &self,
         tables: Tables<'_>,
@@ -61,84 +65,64 @@ impl Responder<'_> {
         out: &mut [u8],
         now: u64,
     ) -> Outcome {
-        if let Err(counter) =
-            self.policy
-                .admit_datagram(tables.limiter, envelope.source, envelope.destination, now)
-        {
+        let Tables {
+            admission,
+            subscriptions,
+        } = tables;
+        let Envelope {
+            source,
+            destination,
+            ..
+        } = envelope;
+        if let Err(counter) = self.policy.check_source(source, destination) {
             return Outcome::Drop(counter);
         }
-        if request.starts_with(&wire::MAGIC) {
-            return self.respond_v1(tables.subscriptions, envelope, request, out, now);
+        if !request.starts_with(&wire::MAGIC) {
+            if let Err(counter) = admission.charge(source, now) {
+                return Outcome::Drop(counter);
+            }
+            if !self.policy.text {
+                return Outcome::Drop(Counter::DroppedTextOff);
+            }
+            return self.respond_text(request, out, now);
         }
-        if !self.policy.text {
-            return Outcome::Drop(Counter::DroppedTextOff);
-        }
-        self.respond_text(request, out, now)
-    }
-
-    fn respond_v1(
-        &self,
-        subscriptions: &mut Subscriptions,
-        envelope: Envelope,
-        request: &[u8],
-        out: &mut [u8],
-        now: u64,
-    ) -> Outcome {
-        match wire::decode_request(request) {
-            Ok(Request::Probe(probe)) => {
-                // Authenticated probe: check it, and seal the answer with the same key.
-                let key = match (&self.policy.keys, probe.flags & FLAG_AUTH != 0) {
-                    (Some(keys), true) => match auth::open(request, |id| keys.get(id)) {
-                        Ok(v) => {
-                            if !auth::fresh(
-                                v.timestamp_ms,
-                                auth::unix_ms(),
-                                self.policy.auth_window_ms,
-                            ) {
-                                return Outcome::Drop(Counter::DroppedAuthStale);
-                            }
-                            keys.get(v.key_id)
+        let decoded = wire::decode_request(request);
+        // A sealed probe: its key pays for it, not its source address (anyone can forge that).
+        if let Ok(Request::Probe(probe)) = &decoded {
+            if probe.flags & FLAG_AUTH != 0 {
+                let unix_ms = auth::unix_ms();
+                match self.policy.authenticate(request, unix_ms) {
+                    Sealed::Valid {
+                        key,
+                        index,
+                        trailer,
+                    } => {
+                        if let Err(counter) =
+                            admission.admit_sealed(index, trailer, probe.nonce, unix_ms, now)
+                        {
+                            return Outcome::Drop(counter);
                         }
-                        Err(_) => return Outcome::Drop(Counter::DroppedAuthFailed),
-                    },
-                    _ => None,
-                };
-                if key.is_none() && self.policy.auth_required {
-                    return Outcome::Reply(
-                        wire::encode_error(probe.nonce, wire::ERROR_AUTH_REQUIRED, out),
-                        Counter::AnsweredError,
-                    );
-                }
-                let target = self.board.target(probe.service);
-                let status = self.board.status(target, now);
-                let mut flags = 0;
-                if let Some(lease_ms) = probe.lease_ms {
-                    let offer = Subscription {
-                        peer: envelope.source,
-                        local: envelope.destination,
-                        listener: envelope.listener,
-                        target,
-                        nonce: probe.nonce,
-                        key_id: key.map(Key::id),
-                        max_len: probe.len,
-                        expires_at: 0,
-                        told: status.generation,
-                        due: false,
-                        milli_tokens: 0,
-                        tokens_at: now,
-                    };
-                    let granted = target != Target::Unknown
-                        && subscriptions.admits(key.is_some())
-                        && subscriptions.offer(offer, lease_ms, now) == Offer::Granted;
-                    if granted {
-                        flags |= FLAG_SUBSCRIBED;
+                        return self.status(probe, Some(key), (subscriptions, envelope), out, now);
                     }
+                    Sealed::Invalid(counter) => {
+                        return Outcome::Drop(
+                            admission.charge(source, now).err().unwrap_or(counter),
+                        );
+                    }
+                    Sealed::No => {}
                 }
-                let sent = (probe.nonce, flags);
-                match write_status(&status, sent, self.instance_id, probe.len, key, out) {
-                    Some(len) => Outcome::Reply(len, Counter::AnsweredStatus),
-                    None => Outcome::Drop(Counter::DroppedMalformed),
-                }
+            }
+        }
+        if let Err(counter) = admission.charge(source, now) {
+            return Outcome::Drop(counter);
+        }
+        match decoded {
+            Ok(Request::Probe(probe)) if self.policy.auth_required => Outcome::Reply(
+                wire::encode_error(probe.nonce, wire::ERROR_AUTH_REQUIRED, out),
+                Counter::AnsweredError,
+            ),
+            Ok(Request::Probe(probe)) => {
+                self.status(&probe, None, (subscriptions, envelope), out, now)
             }
             Ok(Request::UnsupportedVersion { nonce, .. }) => Outcome::Reply(
                 wire::encode_error(nonce, wire::ERROR_UNSUPPORTED_VERSION, out),
@@ -153,6 +137,48 @@ impl Responder<'_> {
                 | DecodeError::BadNameByte
                 | DecodeError::BadField,
             ) => Outcome::Drop(Counter::DroppedMalformed),
+        }
+    }
+
+    /// A STATUS answering `probe`, sealed with `key` if given; a subscribing PROBE also
+    /// takes, renews or ends its subscription (granted: the answer says so).
+    fn status(
+        &self,
+        probe: &Probe<'_>,
+        key: Option<&Key>,
+        (subscriptions, envelope): (&mut Subscriptions, Envelope),
+        out: &mut [u8],
+        now: u64,
+    ) -> Outcome {
+        let target = self.board.target(probe.service);
+        let status = self.board.status(target, now);
+        let mut flags = 0;
+        if let Some(lease_ms) = probe.lease_ms {
+            let offer = Subscription {
+                peer: envelope.source,
+                local: envelope.destination,
+                listener: envelope.listener,
+                target,
+                nonce: probe.nonce,
+                key_id: key.map(Key::id),
+                max_len: probe.len,
+                expires_at: 0,
+                told: status.generation,
+                due: false,
+                milli_tokens: 0,
+                tokens_at: now,
+            };
+            let granted = target != Target::Unknown
+                && subscriptions.admits(key.is_some())
+                && subscriptions.offer(offer, lease_ms, now) == Offer::Granted;
+            if granted {
+                flags |= FLAG_SUBSCRIBED;
+            }
+        }
+        let sent = (probe.nonce, flags);
+        match write_status(&status, sent, self.instance_id, probe.len, key, out) {
+            Some(len) => Outcome::Reply(len, Counter::AnsweredStatus),
+            None => Outcome::Drop(Counter::DroppedMalformed),
         }
     }
 
@@ -240,7 +266,7 @@ mod tests {
         };
         let mut out = [0u8; wire::PROBE_MAX_LEN];
         let tables = Tables {
-            limiter: &mut RateLimiter::new(0, 0),
+            admission: &mut Admission::unlimited(),
             subscriptions: &mut Subscriptions::new(0, crate::config::SubscribeMode::Auth),
         };
         let envelope = Envelope {

@@ -37,11 +37,13 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::guard::limit::RateLimiter;
+use crate::guard::{Admission, AdmissionOptions};
 use crate::shared::Shared;
 use crate::sys::fd;
 use subscribe::Subscriptions;
-use tcp::{AgentCheckOptions, ConnectionFds, Kind, LISTENER_TOKENS, StreamListener, Streams};
+use tcp::{
+    AgentCheckOptions, ConnShares, ConnectionFds, Kind, LISTENER_TOKENS, StreamListener, Streams,
+};
 use udp::{Datagrams, Listener};
 use watch::Watch;
 
@@ -125,8 +127,9 @@ impl Sockets {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ServeOptions {
     pub agent_check: AgentCheckOptions,
-    pub rate_per_source: u32,
-    pub rate_global: u32,
+    pub admission: AdmissionOptions,
+    /// Connections one source may hold open per listener kind.
+    pub conn_per_source: usize,
     pub log_drops_ms: u32,
     pub subscribe: crate::config::SubscribeMode,
     pub max_subscribers: usize,
@@ -139,8 +142,8 @@ impl ServeOptions {
                 wait_for_agent_send: !config.services.is_empty(),
                 maxconn: config.agent_maxconn,
             },
-            rate_per_source: config.rate_per_source,
-            rate_global: config.rate_global,
+            admission: AdmissionOptions::from_config(config),
+            conn_per_source: config.conn_per_source as usize,
             log_drops_ms: config.log_drops_ms,
             subscribe: config.subscribe,
             max_subscribers: config.max_subscribers as usize,
@@ -190,19 +193,23 @@ pub(crate) fn spawn(
             Interest::READABLE,
         )
         .map_err(io_error("register the change bell"))?;
-    let streams = Streams::new(sockets.clone(), options.agent_check);
+    let shares = ConnShares {
+        per_source: options.conn_per_source,
+        ipv6_prefix: options.admission.rates.ipv6_prefix,
+    };
+    let streams = Streams::new(sockets.clone(), options.agent_check, shares);
     streams
         .register(registry)
         .map_err(io_error("register a socket with the poller"))?;
     let thread_fds = [poll.as_raw_fd(), receiver.as_raw_fd()];
     let connection_fds = streams.connection_fds();
-    let limiter = RateLimiter::new(options.rate_per_source, options.rate_global);
+    let admission = Admission::new(options.admission);
     let monitor = Monitor {
         shared,
         poll,
         wake: receiver,
         sockets,
-        datagrams: Datagrams::new(limiter, options.log_drops_ms),
+        datagrams: Datagrams::new(admission, options.log_drops_ms),
         streams,
         watch: Watch::new(Subscriptions::new(
             options.max_subscribers,

@@ -6,6 +6,12 @@
 //! Bounds, so that no client can hold the thread or its memory:
 //! - at most `MAX_CONNECTIONS` open connections per kind; more are accepted and closed at
 //!   once (`conn_dropped_limit`), so a flood of HTTP clients cannot starve HAProxy's agent;
+//! - at most `conn_per_source` of them from one source (an IPv4 address, an IPv6 prefix of
+//!   `ipv6_source_prefix` bits; `conn_dropped_source_limit`): a TCP source cannot be forged,
+//!   so one client holding idle connections cannot take every slot from the real checkers;
+//! - once half the slots of a kind are taken, idle connections of that kind (waiting for a
+//!   request, or lingering after their answer) get `SCARCE_WAIT` at most, not their usual
+//!   deadline;
 //! - a deadline per connection (`AGENT_SEND_WAIT`, `REQUEST_TIMEOUT`, `WRITE_TIMEOUT`,
 //!   `LINGER`, in `config.rs`); reads go into a fixed buffer;
 //! - accepting is done in batches of [`ACCEPT_BATCH`], then the UDP sockets get their turn.
@@ -14,9 +20,12 @@
 //! open connections set a timer. Connection slots and their buffers are allocated the first
 //! time they are needed and then reused: no allocation per connection in steady state.
 //!
-//! Closing: after the answer the agent shuts its side down and reads (discarding) until the
-//! peer closes or `LINGER` passes. Closing a socket that still has unread input sends a
-//! reset, which can destroy the answer before the peer reads it.
+//! Closing: closing a socket that still has unread input sends a reset, which can destroy
+//! the answer before the peer reads it. So once the answer is written the agent reads once:
+//! when nothing is waiting (what HAProxy, curl and other checkers send is the request only)
+//! it closes at once, the answer then followed by a FIN; otherwise (the peer sent more) it
+//! shuts its side down and reads, discarding, until the peer closes or `LINGER` passes. The
+//! common exchange thus costs accept, write, read and close, with no poller registration.
 //!
 //! Fork: the listeners are shared with the host-facing handle (like the UDP sockets), so a
 //! child that takes the agent over serves them, and a forked worker closes its copies. The
@@ -40,9 +49,12 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::status::Target;
 
 use super::Sockets;
-use crate::config::{AGENT_SEND_WAIT, LINGER, MAX_CONNECTIONS, REQUEST_TIMEOUT, WRITE_TIMEOUT};
+use crate::config::{
+    AGENT_SEND_WAIT, LINGER, MAX_CONNECTIONS, REQUEST_TIMEOUT, SCARCE_WAIT, WRITE_TIMEOUT,
+};
 use crate::counters::Counter;
 use crate::error::Error;
+use crate::guard::limit::source_key;
 use crate::proto::{agent_check, http};
 use crate::shared::Shared;
 use crate::sys::clock;
@@ -172,6 +184,8 @@ enum Phase {
 struct Connection {
     stream: TcpStream,
     kind: Kind,
+    /// Its source (`guard::limit::source_key`), for the per-source share.
+    source: u128,
     phase: Phase,
     deadline: Instant,
     received: usize,
@@ -204,7 +218,17 @@ pub(crate) struct Streams {
     /// Answers are built here, then copied into the connection's buffer.
     scratch: Box<[u8; http::MAX_RESPONSE]>,
     agent_check: AgentCheckOptions,
+    shares: ConnShares,
     fds: Arc<ConnectionFds>,
+}
+
+/// How connection slots are shared between sources (from the configuration).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConnShares {
+    /// Connections one source may hold open per kind.
+    pub per_source: usize,
+    /// IPv6 sources sharing this many leading bits are one source.
+    pub ipv6_prefix: u8,
 }
 
 /// How the agent-check line is answered (from the configuration).
@@ -217,7 +241,11 @@ pub(crate) struct AgentCheckOptions {
 }
 
 impl Streams {
-    pub(crate) fn new(sockets: Arc<Sockets>, agent_check: AgentCheckOptions) -> Streams {
+    pub(crate) fn new(
+        sockets: Arc<Sockets>,
+        agent_check: AgentCheckOptions,
+        shares: ConnShares,
+    ) -> Streams {
         Streams {
             pending_accept: vec![false; sockets.tcp.len()],
             sockets,
@@ -225,6 +253,7 @@ impl Streams {
             open: [0; 2],
             scratch: Box::new([0; http::MAX_RESPONSE]),
             agent_check,
+            shares,
             fds: Arc::new(ConnectionFds::new()),
         }
     }
@@ -327,6 +356,17 @@ impl Streams {
             shared.counters.add(Counter::ConnDroppedNotAllowed);
             return;
         }
+        let source = source_key(peer.ip(), self.shares.ipv6_prefix);
+        let held = self
+            .slots
+            .iter()
+            .filter_map(|s| s.connection.as_ref())
+            .filter(|c| c.kind == kind && c.source == source)
+            .count();
+        if held >= self.shares.per_source {
+            shared.counters.add(Counter::ConnDroppedSourceLimit);
+            return;
+        }
         if self.open[kind.index()] >= MAX_CONNECTIONS {
             shared.counters.add(Counter::ConnDroppedLimit);
             return;
@@ -350,6 +390,7 @@ impl Streams {
         self.slots[index].connection = Some(Connection {
             stream,
             kind,
+            source,
             phase: Phase::Reading,
             deadline: now + wait,
             received: 0,
@@ -358,6 +399,9 @@ impl Streams {
             answer_now: kind == Kind::Agent && !self.agent_check.wait_for_agent_send,
         });
         self.open[kind.index()] += 1;
+        if self.open[kind.index()] >= MAX_CONNECTIONS / 2 {
+            self.hurry_idle(kind, now);
+        }
         // Answer first (the request is often there already, and an agent-check without
         // services needs none), then register for what is left: the registration is then off
         // the path of the answer. Registering reports readiness that came meanwhile, so no
@@ -381,6 +425,17 @@ impl Streams {
         {
             let answered = matches!(conn.phase, Phase::Lingering);
             self.close(index, (!answered).then_some(Counter::ConnFailed), shared);
+        }
+    }
+
+    /// Slots are scarce: idle connections of `kind` (waiting for a request, or lingering
+    /// after their answer) get `SCARCE_WAIT` at most from `now`.
+    fn hurry_idle(&mut self, kind: Kind, now: Instant) {
+        let soon = now + SCARCE_WAIT;
+        for conn in self.slots.iter_mut().filter_map(|s| s.connection.as_mut()) {
+            if conn.kind == kind && !matches!(conn.phase, Phase::Writing { .. }) {
+                conn.deadline = conn.deadline.min(soon);
+            }
         }
     }
 
@@ -477,7 +532,19 @@ impl Streams {
                         }
                         Ok(_) => {
                             shared.counters.add(counter);
-                            if conn.peer_closed || conn.stream.shutdown(Shutdown::Write).is_err() {
+                            if conn.peer_closed {
+                                return Next::Close(None);
+                            }
+                            // Nothing unread (or the peer has closed): close now, safely.
+                            match read_some(&mut conn.stream, &mut slot.buf[..]) {
+                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                    return Next::Close(None);
+                                }
+                                Ok(0) | Err(_) => return Next::Close(None),
+                                // More input: linger until the peer closes.
+                                Ok(_) => {}
+                            }
+                            if conn.stream.shutdown(Shutdown::Write).is_err() {
                                 return Next::Close(None);
                             }
                             conn.phase = Phase::Lingering;

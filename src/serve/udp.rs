@@ -18,7 +18,7 @@ use super::answer::{Envelope, Outcome, Responder, Tables};
 use super::subscribe::Subscriptions;
 use crate::counters::Counter;
 use crate::error::Error;
-use crate::guard::limit::RateLimiter;
+use crate::guard::Admission;
 use crate::log::{Level, log_line};
 use crate::proto::wire;
 use crate::shared::Shared;
@@ -54,6 +54,11 @@ impl Listener {
         use nix::sys::socket::{setsockopt, sockopt};
         let unwanted = |e: nix::Error| bind_error(e.into());
         setsockopt(&socket, sockopt::ReceiveTimestampns, &false).map_err(unwanted)?;
+        // quinn-udp turns UDP GRO on: the kernel would then coalesce datagrams of one flow
+        // (a sender's UDP_SEGMENT send, or a burst through a GRO-capable device) into one read
+        // larger than the agent's 1,500-byte buffers, cutting some and losing others
+        // uncounted. Probes are small and few: off, so that every read is one datagram.
+        setsockopt(&socket, sockopt::UdpGroSegment, &false).map_err(unwanted)?;
         if addr.is_ipv4() {
             setsockopt(&socket, sockopt::IpRecvTos, &false).map_err(unwanted)?;
         }
@@ -94,7 +99,7 @@ impl Listener {
 pub(crate) struct Datagrams {
     buffers: Vec<[u8; BUFFER]>,
     metas: Vec<RecvMeta>,
-    limiter: RateLimiter,
+    admission: Admission,
     reply: [u8; wire::PROBE_MAX_LEN],
     /// Counter values at the last drop report, when it was, and how often to report.
     reported: [u64; Counter::ALL.len()],
@@ -103,11 +108,11 @@ pub(crate) struct Datagrams {
 }
 
 impl Datagrams {
-    pub(crate) fn new(limiter: RateLimiter, report_drops_every_ms: u32) -> Datagrams {
+    pub(crate) fn new(admission: Admission, report_drops_every_ms: u32) -> Datagrams {
         Datagrams {
             buffers: vec![[0u8; BUFFER]; BATCH],
             metas: vec![RecvMeta::default(); BATCH],
-            limiter,
+            admission,
             reply: [0u8; wire::PROBE_MAX_LEN],
             reported: [0; Counter::ALL.len()],
             reported_at: clock::now_ms(),
@@ -144,7 +149,8 @@ impl Datagrams {
             for i in 0..count {
                 let meta = self.metas[i];
                 let received = meta.len.min(BUFFER);
-                // With UDP GRO one buffer can hold several datagrams of `stride` bytes.
+                // GRO is off (see `bind`): one datagram per buffer, `stride == len`. Were it on,
+                // a buffer would hold several datagrams of `stride` bytes.
                 let stride = if meta.stride == 0 {
                     received.max(1)
                 } else {
@@ -191,7 +197,7 @@ impl Datagrams {
         let now = clock::now_ms();
         let datagram = &self.buffers[buffer][range];
         let tables = Tables {
-            limiter: &mut self.limiter,
+            admission: &mut self.admission,
             subscriptions,
         };
         let reply = &mut self.reply;

@@ -85,6 +85,9 @@ static_assert(static_cast<int>(lbagentpp::Counter::HostUnknownService) ==
 static_assert(static_cast<int>(lbagentpp::Reason::StartTimedOut) ==
                   LBAGENT_REASON_START_TIMED_OUT,
               "numbers");
+static_assert(static_cast<int>(lbagentpp::Counter::ConnDroppedSourceLimit) ==
+                  LBAGENT_COUNTER_CONN_DROPPED_SOURCE_LIMIT,
+              "numbers");
 using lbagentpp::Prober;
 static_assert(!std::is_copy_constructible<Prober>::value, "move-only");
 static_assert(!std::is_copy_assignable<Prober>::value, "move-only");
@@ -547,7 +550,9 @@ void prober_event_loop(const std::string &agent, const std::string &closed,
     }
     prober.send(closed, nullptr, closed_token);
     prober.send(silent.c_str(), "game", silent_token);
-    CHECK(prober.pending() == probes + 2 && prober.timeout_ms() > 0);
+    // Something is in flight, so there is a timeout (0 once a deadline has passed: under
+    // valgrind on a busy machine 42 sends can outlast the 300 ms).
+    CHECK(prober.pending() == probes + 2 && prober.timeout_ms() >= 0);
     CHECK(thrown_code([&] { prober.send("localhost:4950", nullptr, 7); }) ==
           LBAGENT_ERR_INVALID_ARGUMENT);
     CHECK(prober.pending() == probes + 2);

@@ -167,6 +167,7 @@ pub fn doc_block(doc: &str, lang: &str, name: &str) -> String {
     body
 }
 
+pub mod netns;
 pub mod responder;
 
 /// A fresh, empty directory for one test under the target directory (those of earlier runs of

@@ -22,7 +22,7 @@ Exit status, by mode:
   (default)             0 serving (state up, weight above 0); 1 any other state (starting,
                         drain, maint, down, stopping, unknown service); 2 no valid answer
                         (timeout, refused, unreachable, not an lbagent, version mismatch,
-                        authentication required, wrong key); 64 usage error.
+                        authentication required, wrong key, unauthenticated); 64 usage error.
   --json                the same exit status; one JSON object on stdout.
   VIP VPORT RIP RPORT   ldirectord `checktype = external` (checkcommand = this program):
                         probes RIP at --agent-port; the same exit status (non-zero = down).
@@ -35,14 +35,19 @@ Exit status, by mode:
                         answer and usage errors. Never 0.
   --nagios              Nagios/Icinga plugin: 0 OK serving; 1 WARNING drain, maint, up at
                         weight 0; 2 CRITICAL starting, down, stopping, timeout, refused,
-                        unreachable; 3 UNKNOWN unknown service, not an lbagent, version
-                        mismatch, authentication required, wrong key, usage error. One status
-                        line with performance data on stdout.
+                        unreachable, unauthenticated; 3 UNKNOWN unknown service, not an
+                        lbagent, version mismatch, authentication required, wrong key, usage
+                        error. One status line with performance data on stdout.
   --watch               a live view: probes every TARGET each --interval and prints a line
                         with a timestamp for each target's first answer and for every change
                         (state, reason, weight, message, restart, kind of failure), with the
                         time since that target's previous line. JSON lines with --json. Runs
                         until interrupted.
+
+With --key-file only an answer sealed with the key counts, and nothing else (junk, unsealed
+or wrongly sealed answers, ICMP errors: anyone may forge them) ends the probe before
+--timeout: it then fails naming what came instead (\"unauthenticated\"), or \"wrong key\" when
+the agent answered the unsealed probe sent half-way but not the sealed one.
 
 Every failure says what happened, on stderr (on stdout with --nagios). Keep --timeout below
 the checker's own timeout (keepalived misc_timeout, ldirectord checktimeout, the monitoring

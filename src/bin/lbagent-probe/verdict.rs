@@ -42,7 +42,8 @@ pub const MAX_DYNAMIC_WEIGHT: u8 = 253;
 pub const NAGIOS_OK: u8 = 0;
 /// Drain, maintenance, up at weight 0: deliberately out.
 pub const NAGIOS_WARNING: u8 = 1;
-/// Starting, down, stopping, no answer (timeout, refused, unreachable).
+/// Starting, down, stopping, no answer (timeout, refused, unreachable, or with a key only
+/// replies that did not authenticate).
 pub const NAGIOS_CRITICAL: u8 = 2;
 /// The plugin cannot tell: unknown service, not an agent, version mismatch, usage error.
 pub const NAGIOS_UNKNOWN: u8 = 3;
@@ -72,9 +73,12 @@ pub fn nagios_status(result: &Result<Answer, ProbeError>) -> u8 {
             State::Starting | State::Down | State::Stopping => NAGIOS_CRITICAL,
             _ => NAGIOS_UNKNOWN,
         },
-        Err(ProbeError::Timeout(_) | ProbeError::Refused | ProbeError::Unreachable(_)) => {
-            NAGIOS_CRITICAL
-        }
+        Err(
+            ProbeError::Timeout(_)
+            | ProbeError::Refused
+            | ProbeError::Unreachable(_)
+            | ProbeError::Unauthenticated { .. },
+        ) => NAGIOS_CRITICAL,
         Err(_) => NAGIOS_UNKNOWN,
     }
 }
