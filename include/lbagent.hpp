@@ -673,10 +673,13 @@ inline Status probe(Text target, Text service = nullptr, Text options = nullptr)
 struct ProbeResult {
     std::uint64_t token = 0;             // as given to Prober::send
     lbagent_result result = LBAGENT_OK;  // LBAGENT_OK when `status` holds the answer
-    std::uint32_t rtt_us = 0;            // round-trip time (0 without an answer)
+    std::uint32_t rtt_us = 0;            // round-trip time (0 without an answer, or pushed)
     Status status;                       // the answer (empty unless ok())
 
     bool ok() const noexcept { return result == LBAGENT_OK; }
+
+    // A change the agent pushed (a Prober made with "subscribe_ms=N"), not an answer.
+    bool pushed() const noexcept { return ok() && rtt_us == 0; }
 
     // The answer, or throws Error with the code when there is none.
     const Status &value() const {
@@ -696,6 +699,8 @@ struct ProbeResult {
 // the agent drops (it lacks the key) if it answers the one unsealed probe sent half-way
 // through the timeout; a silent agent is LBAGENT_ERR_TIMEOUT. A moved-from Prober holds
 // nothing: fd() is -1, pending() 0, and send/receive throw (LBAGENT_ERR_NULL_ARGUMENT).
+// With the option "subscribe_ms=N" every probe also subscribes to the agent's changes;
+// receive() then also returns the changes agents push (ProbeResult::pushed()).
 class Prober {
 public:
     // `options` as for probe(): "timeout_ms=N" (every probe's timeout), "key_file=PATH"
