@@ -10,6 +10,10 @@
 //! - MISC_CHECK's way: fork + exec of `lbagent-probe --keepalived-dynamic` per check, as
 //!   keepalived runs it (CPU time of the children).
 //!
+//! The poller runs twice: polling only (`--no-subscribe`), and with every target's subscription
+//! granted (as agents with keys grant them): the second run shows what keeping 10,000
+//! subscriptions costs (the leases renewed by every probe; the simulated agents push nothing).
+//!
 //! Results are printed as a Markdown table and written to target/bench/director.md. Bounded:
 //! about a minute.
 
@@ -166,7 +170,7 @@ struct Poller {
     track: PathBuf,
 }
 
-fn start_poller(dir: &Path, fleet: &Responder, targets_count: usize) -> Poller {
+fn start_poller(dir: &Path, fleet: &Responder, targets_count: usize, extra: &[&str]) -> Poller {
     let targets = dir.join("targets.conf");
     let mut text = String::new();
     for i in 0..targets_count {
@@ -188,11 +192,68 @@ fn start_poller(dir: &Path, fleet: &Responder, targets_count: usize) -> Poller {
             "--stats-interval",
             "0",
         ])
+        .args(extra)
         .env_remove("JOURNAL_STREAM")
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     Poller { child, log, track }
+}
+
+/// What one run of the poller measured.
+struct Run {
+    checks: u64,
+    wall: Duration,
+    cpu: Duration,
+    rss: u64,
+    up: usize,
+    timed_out: u64,
+    last: String,
+}
+
+/// Runs the poller over the fleet for `warm_up`, then measures it for `window`.
+fn run_poller(
+    dir: &Path,
+    fleet: &Responder,
+    targets: usize,
+    warm_up: Duration,
+    window: Duration,
+    extra: &[&str],
+) -> Run {
+    let mut poller = start_poller(dir, fleet, targets, extra);
+    let pid = poller.child.id();
+    std::thread::sleep(warm_up);
+    let cpu0 = process_cpu(pid);
+    let answered0 = fleet.answered();
+    let t0 = Instant::now();
+    std::thread::sleep(window);
+    let cpu = process_cpu(pid) - cpu0;
+    let checks = fleet.answered() - answered0;
+    let wall = t0.elapsed();
+    let rss = support::rss_kib(pid);
+    let up = all_up(&poller.track, targets);
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    poller.child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&poller.track);
+    let log = std::fs::read_to_string(&poller.log).unwrap();
+    let last = log.lines().last().unwrap_or("").to_string();
+    let timed_out: u64 = last
+        .split("timed out ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .expect("the poller's last line has its counters");
+
+    Run {
+        checks,
+        wall,
+        cpu,
+        rss,
+        up,
+        timed_out,
+        last,
+    }
 }
 
 fn main() {
@@ -228,31 +289,19 @@ fn main() {
         warm_up.as_secs(),
         window.as_secs()
     );
-    let mut poller = start_poller(&dir, &fleet, targets);
-    let pid = poller.child.id();
-    std::thread::sleep(warm_up);
-    let cpu0 = process_cpu(pid);
-    let answered0 = fleet.answered();
-    let t0 = Instant::now();
-    std::thread::sleep(window);
-    let cpu = process_cpu(pid) - cpu0;
-    let checks = fleet.answered() - answered0;
-    let wall = t0.elapsed();
-    let rss = support::rss_kib(pid);
-    let up = all_up(&poller.track, targets);
-    // SAFETY: a signal to our own child.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    poller.child.wait().unwrap();
-    let _ = std::fs::remove_dir_all(&poller.track);
-    let log = std::fs::read_to_string(&poller.log).unwrap();
-    let last = log.lines().last().unwrap_or("").to_string();
-    let timed_out: u64 = last
-        .split("timed out ")
-        .nth(1)
-        .and_then(|r| r.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .expect("the poller's last line has its counters");
-
+    let polled = run_poller(&dir, &fleet, targets, warm_up, window, &["--no-subscribe"]);
+    eprintln!("director bench: again, with every target's subscription granted");
+    fleet.grant_subscriptions(true);
+    let subscribed = run_poller(&dir, &fleet, targets, warm_up, window, &[]);
+    let Run {
+        checks,
+        wall,
+        cpu,
+        rss,
+        up,
+        timed_out,
+        last,
+    } = polled;
     let rate = checks as f64 / wall.as_secs_f64();
     let core_pct = cpu.as_secs_f64() / wall.as_secs_f64() * 100.0;
     let per_check = cpu / checks.max(1) as u32;
@@ -277,6 +326,27 @@ fn main() {
     );
     row("poller CPU per check", format!("{:.2} us", us(per_check)));
     row("poller resident memory", format!("{} MiB", rss / 1024));
+    let sub_rate = subscribed.checks as f64 / subscribed.wall.as_secs_f64();
+    let sub_core_pct = subscribed.cpu.as_secs_f64() / subscribed.wall.as_secs_f64() * 100.0;
+    let subscriptions: u64 = subscribed
+        .last
+        .split("pushed changes from ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("the poller's last line counts its subscriptions");
+    row(
+        "with every subscription granted: subscriptions held at the end",
+        format!("{subscriptions} of {targets}"),
+    );
+    row(
+        "with every subscription granted: poller CPU, share of one core",
+        format!("{sub_core_pct:.2} % ({sub_rate:.0} checks/s)"),
+    );
+    row(
+        "with every subscription granted: poller resident memory",
+        format!("{} MiB", subscribed.rss / 1024),
+    );
     row(
         "baseline: one blocking UDP exchange",
         format!("{:.2} us CPU", us(echo)),
@@ -314,6 +384,9 @@ fn main() {
         ("director_ratio_fork", format!("{ratio_fork:.0}")),
         ("director_fork_core", format!("{fork_core_pct:.0} %")),
         ("director_rss", format!("{} MiB", rss / 1024)),
+        ("director_subscriptions", subscriptions.to_string()),
+        ("director_sub_core", format!("{sub_core_pct:.2} %")),
+        ("director_sub_rss", format!("{} MiB", subscribed.rss / 1024)),
     ];
     let values: String = values.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
     std::fs::write(path.with_extension("values"), values).unwrap();
@@ -326,4 +399,17 @@ fn main() {
     assert_eq!(timed_out, 0, "probes timed out: {last}");
     assert_eq!(up, targets, "not every target is up");
     assert!(core_pct < 100.0);
+    assert_eq!(
+        subscribed.timed_out, 0,
+        "probes timed out: {}",
+        subscribed.last
+    );
+    assert_eq!(
+        subscribed.up, targets,
+        "not every target is up (subscribed)"
+    );
+    assert!(
+        subscriptions as f64 >= min_rate * targets as f64,
+        "{subscriptions} subscriptions of {targets}"
+    );
 }

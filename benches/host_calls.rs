@@ -13,6 +13,12 @@
 //!   of any notify-style design;
 //! - `getppid()`: the cheapest system call there is.
 //!
+//! A second agent has a subscriber (a UDP socket that subscribed to pushed changes, drained by a
+//! thread): the same calls on it show what a subscription adds to a host call (nothing on the
+//! calls that change nothing; one eventfd `write` per burst of changes). Then 1,000 changes, one
+//! at a time, each until its push arrives: the time from the host's call to the pushed datagram
+//! in the subscriber's hands, and the monitor thread's CPU per push.
+//!
 //! Times are the CPU time of the calling thread per call (criterion's samples are made of
 //! that). With several threads, each makes the same number of calls at once, and the figure is
 //! the average CPU time per call of the threads: what contention between cores costs each
@@ -47,6 +53,7 @@ struct Lib {
     set_weight: unsafe extern "C" fn(*mut Agent, *const c_char, c_uint) -> c_int,
     set_load: unsafe extern "C" fn(*mut Agent, *const c_char, u32, u32) -> c_int,
     version: unsafe extern "C" fn() -> *const c_char,
+    local_port: unsafe extern "C" fn(*const Agent, usize, *mut u16) -> c_int,
 }
 
 /// dlopen + dlsym of a library's functions. The library stays loaded for the process's life.
@@ -83,6 +90,7 @@ impl Lib {
                 set_weight: std::mem::transmute(symbol(handle, "lbagent_set_weight")),
                 set_load: std::mem::transmute(symbol(handle, "lbagent_set_load")),
                 version: std::mem::transmute(symbol(handle, "lbagent_version")),
+                local_port: std::mem::transmute(symbol(handle, "lbagent_local_port")),
             }
         }
     }
@@ -235,6 +243,111 @@ fn sd_notify(sink: &NotifySink) -> Option<SdNotify> {
 }
 
 /// Thread counts measured: one, and as many as the machine has cores (at least two).
+/// A subscriber of an agent: a socket that subscribed (unsealed, the agent runs with
+/// `subscribe=allow`), renewed and drained by a thread that counts the pushes.
+struct Subscriber {
+    pushes: &'static std::sync::atomic::AtomicU64,
+    stop: &'static AtomicBool,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Subscriber {
+    fn start(port: u16) -> Subscriber {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.connect(("127.0.0.1", port)).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let pushes: &'static std::sync::atomic::AtomicU64 =
+            Box::leak(Box::new(std::sync::atomic::AtomicU64::new(0)));
+        let stop: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
+        let subscribe = |socket: &std::net::UdpSocket| {
+            let mut out = [0u8; lbagent::proto::wire::PROBE_MAX_LEN];
+            let n = lbagent::proto::wire::encode_probe_with(1, b"", Some(60_000), 328, &mut out);
+            socket.send(&out[..n]).unwrap();
+        };
+        subscribe(&socket);
+        let mut buf = [0u8; 512];
+        let n = socket.recv(&mut buf).expect("the subscription's answer");
+        assert!(
+            n > 7
+                && u16::from_be_bytes([buf[6], buf[7]]) & lbagent::proto::wire::FLAG_SUBSCRIBED
+                    != 0,
+            "the subscription is granted"
+        );
+        let thread = std::thread::spawn(move || {
+            let mut renewed = std::time::Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                if renewed.elapsed() > Duration::from_secs(10) {
+                    subscribe(&socket);
+                    renewed = std::time::Instant::now();
+                }
+                if let Ok(n) = socket.recv(&mut buf) {
+                    if n > 7
+                        && u16::from_be_bytes([buf[6], buf[7]]) & lbagent::proto::wire::FLAG_PUSHED
+                            != 0
+                    {
+                        pushes.fetch_add(1, Ordering::Release);
+                    }
+                }
+            }
+        });
+        Subscriber {
+            pushes,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn pushes(&self) -> u64 {
+        self.pushes.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// 1,000 changes, one at a time, each until its push has reached the subscriber: the wall
+/// time from the host's call to the push received (median, p99), and the monitor thread's CPU
+/// time per push.
+fn push_latency(
+    lib: &Lib,
+    agent: Shared,
+    subscriber: &Subscriber,
+    count: usize,
+) -> (f64, f64, f64) {
+    let monitor =
+        support::thread_named(std::process::id(), "lbagent-monitor").expect("the monitor thread");
+    let cpu0 = support::task_cpu(std::process::id(), monitor);
+    let mut latencies = Vec::with_capacity(count);
+    for i in 0..count {
+        let before = subscriber.pushes();
+        let state = if i % 2 == 0 { STATE_DRAIN } else { STATE_UP };
+        let t0 = support::monotonic_ns();
+        // SAFETY: a live agent and valid arguments.
+        unsafe { (lib.set_state)(agent.0, null(), state, null()) };
+        while subscriber.pushes() == before {
+            std::hint::spin_loop();
+        }
+        latencies.push((support::monotonic_ns() - t0) as f64);
+        // Apart, as a host's changes are: past the push rate bound (50 a second after a
+        // burst of 5), so each change is pushed at once.
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let cpu = support::task_cpu(std::process::id(), monitor) - cpu0;
+    (
+        support::median(&mut latencies),
+        support::percentile(&mut latencies, 0.99),
+        cpu.as_nanos() as f64 / count as f64,
+    )
+}
+
 fn thread_counts() -> [usize; 2] {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     [1, cores.max(2)]
@@ -263,6 +376,22 @@ fn main() {
     // SAFETY: a valid config string and out-pointer.
     assert_eq!(unsafe { (lib.start)(config.as_ptr(), &mut agent) }, 0);
     let a = Shared(agent);
+    let subscribed_config = CString::new(
+        "listen=127.0.0.1:0 initial_state=up watchdog_ms=60000 services=game subscribe=allow \
+         allow=127.0.0.0/8",
+    )
+    .unwrap();
+    let mut subscribed_agent: *mut Agent = std::ptr::null_mut();
+    // SAFETY: a valid config string and out-pointer.
+    assert_eq!(
+        unsafe { (lib.start)(subscribed_config.as_ptr(), &mut subscribed_agent) },
+        0
+    );
+    let sa = Shared(subscribed_agent);
+    let mut port = 0u16;
+    // SAFETY: a live agent and a valid out-pointer.
+    assert_eq!(unsafe { (lib.local_port)(sa.0, 0, &mut port) }, 0);
+    let subscriber = Subscriber::start(port);
     let sink = NotifySink::start();
     let notify = sd_notify(&sink);
     let watchdog = c"WATCHDOG=1";
@@ -308,6 +437,26 @@ fn main() {
                     1024,
                 ));
             });
+            if threads == 1 {
+                bench_fn("subscribed_heartbeat", &|_| unsafe {
+                    black_box((lib.heartbeat)(black_box(sa).0));
+                });
+                bench_fn("subscribed_set_state_unchanged", &|_| unsafe {
+                    black_box((lib.set_state)(black_box(sa).0, null(), STATE_UP, null()));
+                });
+                bench_fn("subscribed_set_load", &|i| unsafe {
+                    black_box((lib.set_load)(
+                        black_box(sa).0,
+                        null(),
+                        (i & 1023) as u32,
+                        1024,
+                    ));
+                });
+                bench_fn("subscribed_set_state_changing", &|i| unsafe {
+                    let state = if i & 1 == 0 { STATE_DRAIN } else { STATE_UP };
+                    black_box((lib.set_state)(black_box(sa).0, null(), state, null()));
+                });
+            }
             bench_fn("version", &|_| unsafe {
                 black_box((lib.version)());
             });
@@ -329,14 +478,18 @@ fn main() {
     if let Some(c) = &c {
         c.final_summary();
     }
-    // SAFETY: our agent, stopped and freed once.
+    let pushed = push_latency(&lib, sa, &subscriber, if bench { 1000 } else { 20 });
+    drop(subscriber);
+    // SAFETY: our agents, stopped and freed once.
     unsafe {
         (lib.stop)(agent, 1000);
         (lib.free)(agent);
+        (lib.stop)(subscribed_agent, 1000);
+        (lib.free)(subscribed_agent);
     }
     drop(sink);
     if bench {
-        report(&criterion_home, notify.is_some());
+        report(&criterion_home, notify.is_some(), pushed);
     }
 }
 
@@ -352,7 +505,7 @@ fn estimate(home: &std::path::Path, name: &str, threads: usize) -> Option<(f64, 
     ))
 }
 
-fn report(home: &std::path::Path, have_sd_notify: bool) {
+fn report(home: &std::path::Path, have_sd_notify: bool, pushed: (f64, f64, f64)) {
     let [one, many] = thread_counts();
     let get = |name: &str, threads: usize| {
         estimate(home, name, threads).unwrap_or_else(|| panic!("criterion's result for {name}"))
@@ -451,6 +604,43 @@ fn report(home: &std::path::Path, have_sd_notify: bool) {
         "one `sendto` of \"WATCHDOG=1\" on a unix datagram socket opened once",
     );
     alt(&mut r, "getppid", "`getppid()`, the cheapest system call");
+    r.table(&[
+        "with a subscriber (1 thread)",
+        "median (95 % CI)",
+        "without a subscriber",
+    ]);
+    for (name, plain, title) in [
+        ("subscribed_heartbeat", "heartbeat", "`lbagent_heartbeat`"),
+        (
+            "subscribed_set_state_unchanged",
+            "set_state_unchanged",
+            "`lbagent_set_state`, same state",
+        ),
+        ("subscribed_set_load", "set_load", "`lbagent_set_load`"),
+        (
+            "subscribed_set_state_changing",
+            "set_state_changing",
+            "`lbagent_set_state`, UP/DRAIN in turn (a push each, coalesced)",
+        ),
+    ] {
+        let (e, p) = (get(name, one), get(plain, one));
+        r.row(&[title.to_string(), cell(e), support::ns(p.0)]);
+        r.value(&format!("{name}_1"), support::ns(e.0));
+    }
+    r.table(&["a change pushed (1,000, one at a time)", "value"]);
+    r.row(&[
+        "host call to the pushed STATUS in the subscriber's hands: median".to_string(),
+        support::us(pushed.0 / 1000.0),
+    ]);
+    r.row(&["the same: p99".to_string(), support::us(pushed.1 / 1000.0)]);
+    r.row(&[
+        "monitor thread CPU per push (the look at the board, sealing none, one sendmsg)"
+            .to_string(),
+        support::us(pushed.2 / 1000.0),
+    ]);
+    r.value("push_latency_median", support::us(pushed.0 / 1000.0));
+    r.value("push_latency_p99", support::us(pushed.1 / 1000.0));
+    r.value("push_monitor_cpu", support::us(pushed.2 / 1000.0));
     r.value("threads", many);
     r.value("host_calls_worst", support::ns(worst.0));
     r.value("host_calls_worst_ratio", format!("{:.0}x", worst.1));

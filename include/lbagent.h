@@ -506,7 +506,9 @@ typedef struct lbagent_probe_result {
    */
   int result;
   /**
-   * Round-trip time in microseconds (0 when there is no answer).
+   * Round-trip time in microseconds, at least 1 for an answer; 0 when there is no answer,
+   * and for a change the agent pushed (with `subscribe_ms=`: `result` is then
+   * `LBAGENT_OK` and `status` the new status, for a token whose probe finished earlier).
    */
   uint32_t rtt_us;
   /**
@@ -844,6 +846,11 @@ enum lbagent_result lbagent_probe(const char *target,
  * `LBAGENT_ERR_WRONG_KEY` if the agent answered that one (it is alive but dropped the sealed
  * probe), `LBAGENT_ERR_UNAUTHENTICATED` if other replies came, else `LBAGENT_ERR_TIMEOUT`.
  * `lbagent_prober_timeout_ms` counts the half-way sends too.
+ * `subscribe_ms=N` (1..=60000): every probe also subscribes to the agent's changes for a
+ * lease of N ms (renewed by each probe); an agent that grants it (the probe is sealed with a
+ * key it knows, or it runs with `subscribe=allow`) pushes each change at once, and
+ * `lbagent_prober_receive` returns it as one more result for that probe's token, with
+ * `rtt_us` 0 (the prober's socket becomes readable: nothing else to wait for).
  *
  * On success writes the handle to `*out` (owned by the caller, released with
  * `lbagent_prober_free`). Returns `LBAGENT_OK`, `LBAGENT_ERR_NULL_ARGUMENT` (`out`),

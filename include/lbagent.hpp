@@ -676,10 +676,13 @@ inline Status probe(Text target, Text service = nullptr, Text options = nullptr)
 struct ProbeResult {
     std::uint64_t token = 0;             // as given to Prober::send
     lbagent_result result = LBAGENT_OK;  // LBAGENT_OK when `status` holds the answer
-    std::uint32_t rtt_us = 0;            // round-trip time (0 without an answer)
+    std::uint32_t rtt_us = 0;            // round-trip time (0 without an answer, or pushed)
     Status status;                       // the answer (empty unless ok())
 
     bool ok() const noexcept { return result == LBAGENT_OK; }
+
+    // A change the agent pushed (a Prober made with "subscribe_ms=N"), not an answer.
+    bool pushed() const noexcept { return ok() && rtt_us == 0; }
 
     // The answer, or throws Error with the code when there is none.
     const Status &value() const {
@@ -699,6 +702,8 @@ struct ProbeResult {
 // agent dropped (it lacks the key) but whose unsealed half-way probe it answered finishes as
 // LBAGENT_ERR_WRONG_KEY, other replies as _UNAUTHENTICATED, silence as _TIMEOUT. A moved-from Prober holds
 // nothing: fd() is -1, pending() 0, and send/receive throw (LBAGENT_ERR_NULL_ARGUMENT).
+// With the option "subscribe_ms=N" every probe also subscribes to the agent's changes;
+// receive() then also returns the changes agents push (ProbeResult::pushed()).
 class Prober {
 public:
     // `options` as for probe(): "timeout_ms=N" (every probe's timeout), "key_file=PATH"

@@ -658,30 +658,28 @@ fn pushed_changes_reach_track_files_and_haproxy_at_once() {
     let dir = scratch_dir("director-push");
     let track = dir.join("track");
     std::fs::create_dir(&track).unwrap();
+    // Two keyed agents with the same key, as docs/DIRECTORS.md's targets block has them.
+    let (_other, addr5, _) = keyed("push5", "initial_state=up");
     let (agent, addr, keys) = keyed("push", "initial_state=up");
-    // HAProxy with one server and no check of its own: the director feeds it.
+    // HAProxy as docs/DIRECTORS.md shows it, fed by the director (its server has no check).
     let hdir = dir.join("haproxy");
     std::fs::create_dir_all(&hdir).unwrap();
     let socket = hdir.join("admin.sock");
-    let config = format!(
-        "global\n    stats socket {} level admin\n\ndefaults\n    mode tcp\n    timeout connect 1s\n    \
-         timeout client 5s\n    timeout server 5s\n\nbackend app\n    server s1 127.0.0.2:9 weight 100\n",
-        socket.display()
-    );
+    let config = common::doc_block("docs/DIRECTORS.md", "haproxy", "director-sink")
+        .replace("/run/haproxy/admin.sock", socket.to_str().unwrap())
+        .replace("10.0.0.100:7000", &format!("127.0.0.1:{}", free_tcp_port()))
+        .replace("10.0.0.6:7000", "127.0.0.2:9");
     let haproxy = Haproxy::start(&hdir, &config);
     // What `show stat` says of a server that is up and has no check of its own.
     const READY: &str = "no check";
     let targets = dir.join("targets.conf");
-    std::fs::write(
-        &targets,
-        format!(
-            "rs1 {addr} key={} haproxy=app/s1@{}\n",
-            keys.display(),
-            socket.display()
-        ),
-    )
-    .unwrap();
-    std::fs::write(track.join("rs1"), "1\n").unwrap();
+    let text = common::doc_block("docs/DIRECTORS.md", "targets", "lbagent-director-push")
+        .replace("10.0.0.5:4950", &addr5.to_string())
+        .replace("10.0.0.6:4950", &addr.to_string())
+        .replace("/etc/lbagent/director.key", keys.to_str().unwrap())
+        .replace("/run/haproxy/admin.sock", socket.to_str().unwrap());
+    std::fs::write(&targets, text).unwrap();
+    std::fs::write(track.join("rs6"), "1\n").unwrap();
     // A long interval, without jitter: after the first probe the next one is 20 s away, so a
     // change seen within 10 s was pushed, not polled.
     const INTERVAL: Duration = Duration::from_secs(20);
@@ -700,29 +698,29 @@ fn pushed_changes_reach_track_files_and_haproxy_at_once() {
         ],
     );
     // The first probe (at a random point of the first interval) subscribes and puts it up.
-    director.wait_log(&["rs1 ", "down -> up"]);
+    director.wait_log(&["rs6 ", "down -> up"]);
     let first_answer = Instant::now();
-    let file_says = |want: &str| eventually(INTERVAL / 2, || read(track.join("rs1")) == want);
+    let file_says = |want: &str| eventually(INTERVAL / 2, || read(track.join("rs6")) == want);
     assert!(file_says("0\n"));
 
     // Host changes, each seen by the track file and HAProxy well before the next poll.
     agent.set_state("", State::Drain, Some("deploy")).unwrap();
     assert!(file_says("1\n"));
-    director.wait_log(&["rs1 ", "up -> down at once, pushed by the agent", "drain"]);
-    haproxy.wait_for("app", "s1", "DRAIN", None);
+    director.wait_log(&["rs6 ", "up -> down at once, pushed by the agent", "drain"]);
+    haproxy.wait_for("app", "rs6", "DRAIN", None);
     agent.set_state("", State::Up, None).unwrap();
     assert!(file_says("0\n"));
-    haproxy.wait_for("app", "s1", READY, Some(100));
+    haproxy.wait_for("app", "rs6", READY, Some(100));
     agent.set_weight("", 50).unwrap();
-    haproxy.wait_for("app", "s1", READY, Some(50));
+    haproxy.wait_for("app", "rs6", READY, Some(50));
     agent.set_state("", State::Maint, None).unwrap();
-    haproxy.wait_for("app", "s1", "MAINT", None);
+    haproxy.wait_for("app", "rs6", "MAINT", None);
     agent.set_state("", State::Down, Some("db gone")).unwrap();
-    haproxy.wait_for("app", "s1", "DOWN", None);
+    haproxy.wait_for("app", "rs6", "DOWN", None);
     assert!(file_says("1\n"));
     agent.set_weight("", 100).unwrap();
     agent.set_state("", State::Up, None).unwrap();
-    haproxy.wait_for("app", "s1", READY, Some(100));
+    haproxy.wait_for("app", "rs6", READY, Some(100));
 
     // How long a host call takes to show in HAProxy's `show stat`, pushed: 20 transitions.
     let mut delays = Vec::new();
@@ -736,7 +734,7 @@ fn pushed_changes_reach_track_files_and_haproxy_at_once() {
         std::thread::sleep(Duration::from_millis(50));
         let called = Instant::now();
         agent.set_state("", state, None).unwrap();
-        haproxy.wait_for("app", "s1", shown, None);
+        haproxy.wait_for("app", "rs6", shown, None);
         delays.push(called.elapsed());
     }
     assert!(
@@ -755,7 +753,16 @@ fn pushed_changes_reach_track_files_and_haproxy_at_once() {
     let (code, last) = director.stop();
     assert_eq!(code, 0);
     assert!(
-        last.contains("pushed changes from 1 subscriptions"),
+        last.contains("pushed changes from 2 subscriptions"),
         "{last}"
     );
+}
+
+/// A TCP port free now on 127.0.0.1.
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -76,6 +76,9 @@ const TESTED: &[(&str, &str)] = &[
     ("ldirectord", "simpletcp"),
     ("nagios", "command"),
     ("sh", "watch"),
+    // Run against real agents and a real HAProxy by tests/director.rs.
+    ("targets", "lbagent-director-push"),
+    ("haproxy", "director-sink"),
 ];
 
 #[test]

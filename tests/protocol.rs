@@ -129,6 +129,51 @@ fn status_vectors() {
 }
 
 #[test]
+fn subscription_vectors() {
+    let sub = v("probe-subscribe-game");
+    assert_eq!(sub.len(), 64);
+    let mut out = [0u8; 512];
+    let n = wire::encode_probe_with(0x1122334455667788, b"game", Some(30_000), 64, &mut out);
+    assert_eq!(sub, &out[..n]);
+    assert!(matches!(
+        wire::decode_request(&sub),
+        Ok(Request::Probe(p)) if p.flags == wire::FLAG_SUBSCRIBE && p.lease_ms == Some(30_000)
+    ));
+    let granted = StatusFields {
+        flags: wire::FLAG_SUBSCRIBED,
+        nonce: 0x1122334455667788,
+        instance_id: INSTANCE,
+        generation: 3,
+        state: State::Up as u8,
+        reason: Reason::Host as u8,
+        weight_pct: 100,
+        since_ms: 1500,
+        in_use: 3,
+        capacity: 100,
+        message: b"ready",
+    };
+    let bytes = v("status-subscribed");
+    assert_eq!(bytes, encode_status(&granted, 512));
+    assert_eq!(wire::decode_reply(&bytes), Ok(Reply::Status(granted)));
+    let pushed = StatusFields {
+        flags: wire::FLAG_PUSHED,
+        generation: 4,
+        state: State::Drain as u8,
+        since_ms: 5,
+        message: b"deploy",
+        ..granted
+    };
+    let bytes = v("status-pushed");
+    assert_eq!(bytes.len(), 51);
+    assert_eq!(bytes, encode_status(&pushed, 512));
+    // A prober reads both as answers to the subscribing PROBE's nonce.
+    let answer = lbagent::client::read_answer(&bytes, 0x1122334455667788, Duration::ZERO)
+        .unwrap()
+        .unwrap();
+    assert!(answer.pushed && !answer.subscribed && answer.state == State::Drain);
+}
+
+#[test]
 fn error_vector() {
     let bytes = v("error-unsupported-version");
     let mut out = [0u8; 18];

@@ -48,8 +48,9 @@ def _about(where: str, failure: str) -> str:
     return f"{where}: {detail or failure}"
 
 
-def _options(timeout: float, key_file: Optional[KeyFile], key_id: Optional[int]) -> bytes:
-    """The prober options string: timeout_ms=N [key_file=PATH [key_id=N]]."""
+def _options(timeout: float, key_file: Optional[KeyFile], key_id: Optional[int],
+             subscribe: Optional[float] = None) -> bytes:
+    """The prober options string: timeout_ms=N [key_file=PATH [key_id=N]] [subscribe_ms=N]."""
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
             or not 0 < timeout <= 60:
         raise ConfigError(f"lbagent: invalid timeout {timeout!r}: a probe timeout is in "
@@ -59,6 +60,12 @@ def _options(timeout: float, key_file: Optional[KeyFile], key_id: Optional[int])
         settings["key_file"] = os.fspath(key_file)
     if key_id is not None:
         settings["key_id"] = key_id
+    if subscribe is not None:
+        if isinstance(subscribe, bool) or not isinstance(subscribe, (int, float)) \
+                or not 0 < subscribe <= 60:
+            raise ConfigError(f"lbagent: invalid subscribe {subscribe!r}: a lease in seconds, "
+                              "above 0 and at most 60", Result.ERR_CONFIG)
+        settings["subscribe_ms"] = math.ceil(subscribe * 1000)
     options = _config_text(None, settings)
     assert options is not None
     return options
@@ -103,8 +110,10 @@ class Completion:
     #: Why there is no answer (TimedOutError, RefusedError, WrongKeyError, ...); None when
     #: answered.
     error: Optional[Error]
-    #: Round-trip time in seconds (0.0 without an answer).
+    #: Round-trip time in seconds (0.0 without an answer, and for a pushed change).
     rtt: float
+    #: A change the agent pushed (``Prober(subscribe=...)``), not the answer to a probe.
+    pushed: bool = False
 
     @property
     def ok(self) -> bool:
@@ -138,6 +147,12 @@ class Prober(HandleOwner):
     3. :meth:`receive`: every finished probe, answered, failed or timed out, comes out once
        as a :class:`Completion`; repeat from 2 while :attr:`pending`.
 
+    With ``subscribe=SECONDS`` (a lease, at most 60) every probe also asks the agent to push
+    its changes; an agent that grants it (the probe is sealed with a key it knows, or it runs
+    with ``subscribe=allow``) sends each change at once, and :meth:`receive` returns it as a
+    Completion with ``pushed`` set and the token of that target's last answered probe. Keep
+    probing more often than the lease: each probe renews it, and stays the liveness check.
+
     A context manager; :meth:`close` is idempotent (remove the descriptor from your selector
     or loop first); a closed Prober raises :class:`ClosedError`. Thread-safe.
     """
@@ -146,12 +161,17 @@ class Prober(HandleOwner):
     _BATCH = 64
 
     def __init__(self, timeout: float = 1.0, key_file: Optional[KeyFile] = None,
-                 key_id: Optional[int] = None):
+                 key_id: Optional[int] = None, subscribe: Optional[float] = None):
         self._handle: Optional[Any] = None  # first, so that close() works if this fails
         self._lock = threading.RLock()  # held during every C call, so close() cannot free
         # What was sent, by the integer token the library carries: (token, target, service).
         self._sent: Dict[int, Tuple[Any, str, str]] = {}
-        options = _options(timeout, key_file, key_id)
+        # With subscribe: the last answered probe of each (target, service), whose token the
+        # agent's pushes carry.
+        self._answered: Dict[Tuple[str, str], int] = {}
+        self._pushable: Dict[int, Tuple[Any, str, str]] = {}
+        self._subscribe = subscribe is not None
+        options = _options(timeout, key_file, key_id, subscribe)
         self._timeout_ms = math.ceil(timeout * 1000)
         self._ids = itertools.count(1)
         self._results = (_native.lbagent_probe_result * self._BATCH)()
@@ -170,6 +190,8 @@ class Prober(HandleOwner):
         with self._lock:
             handle, self._handle = self._handle, None
             self._sent.clear()
+            self._answered.clear()
+            self._pushable.clear()
             if handle is not None:
                 self._lib.lbagent_prober_free(handle)
 
@@ -210,7 +232,9 @@ class Prober(HandleOwner):
 
     def receive(self) -> List[Completion]:
         """Every probe finished since the last call, each exactly once (answers, ICMP errors,
-        expired timeouts); never blocks. An empty list when none has finished."""
+        expired timeouts), and with ``subscribe`` every change an agent pushed (``pushed``,
+        with the token of that target's last answered probe); never blocks. An empty list
+        when none has finished."""
         finished: List[Completion] = []
         count = ctypes.c_size_t()
         with self._lock:
@@ -225,8 +249,19 @@ class Prober(HandleOwner):
                     return finished
 
     def _completion(self, raw: "_native.lbagent_probe_result") -> Completion:
+        if raw.result == Result.OK and raw.rtt_us == 0:
+            # A change the agent pushed, for the probe whose subscription it granted.
+            token, where, service = self._pushable.get(raw.token, (raw.token, "?", ""))
+            return Completion(token, where, service, Status._from_c(raw.status), None, 0.0,
+                              pushed=True)
         token, where, service = self._sent.pop(raw.token, (raw.token, "?", ""))
         if raw.result == Result.OK:
+            if self._subscribe:
+                older = self._answered.get((where, service))
+                if older is not None:
+                    self._pushable.pop(older, None)
+                self._answered[(where, service)] = raw.token
+                self._pushable[raw.token] = (token, where, service)
             return Completion(token, where, service, Status._from_c(raw.status), None,
                               raw.rtt_us / 1e6)
         if raw.result == Result.ERR_TIMEOUT:

@@ -394,3 +394,30 @@ def test_tcp_agent_and_http_ports(make_agent):
     plain.close()
     with pytest.raises(lbagent.ClosedError):
         plain.http_port()
+
+
+def _wait(prober: lbagent.Prober, count: int, within: float = 10.0) -> List[lbagent.Completion]:
+    """Receives until `count` completions came (or `within` seconds passed)."""
+    finished: List[lbagent.Completion] = []
+    deadline = time.monotonic() + within
+    while len(finished) < count and time.monotonic() < deadline:
+        finished += prober.receive()
+        time.sleep(0.005)
+    assert len(finished) == count, finished
+    return finished
+
+
+def test_a_subscribing_prober_hears_pushed_changes(make_agent):
+    agent = make_agent("subscribe=allow allow=127.0.0.0/8 initial_state=up")
+    port = agent.local_port()
+    with lbagent.Prober(timeout=2.0, subscribe=30) as prober:
+        prober.send(("127.0.0.1", port), token="web")
+        answered = _wait(prober, 1)
+        assert answered[0].ok and not answered[0].pushed
+        agent.set_state(State.DRAIN, "deploy")
+        pushed = _wait(prober, 1)
+        assert pushed[0].pushed and pushed[0].token == "web"
+        assert pushed[0].status.state == State.DRAIN and pushed[0].status.message == "deploy"
+        assert pushed[0].rtt == 0.0
+    with pytest.raises(lbagent.ConfigError):
+        lbagent.Prober(subscribe=61)

@@ -56,7 +56,9 @@ pub struct lbagent_probe_result {
     /// `LBAGENT_ERR_WRONG_KEY`, `LBAGENT_ERR_UNAUTHENTICATED` (a prober with a key) or
     /// `LBAGENT_ERR_SYSTEM`.
     pub result: c_int,
-    /// Round-trip time in microseconds (0 when there is no answer).
+    /// Round-trip time in microseconds, at least 1 for an answer; 0 when there is no answer,
+    /// and for a change the agent pushed (with `subscribe_ms=`: `result` is then
+    /// `LBAGENT_OK` and `status` the new status, for a token whose probe finished earlier).
     pub rtt_us: u32,
     /// The answer; all zero unless `result` is `LBAGENT_OK`. The server should receive new
     /// connections exactly when `state` is `LBAGENT_STATE_UP` and `weight_pct` is above 0.
@@ -69,7 +71,13 @@ impl lbagent_probe_result {
             Ok(answer) => lbagent_probe_result {
                 token: c.token,
                 result: LBAGENT_OK as c_int,
-                rtt_us: u32::try_from(answer.rtt.as_micros()).unwrap_or(u32::MAX),
+                rtt_us: if answer.pushed {
+                    0
+                } else {
+                    u32::try_from(answer.rtt.as_micros())
+                        .unwrap_or(u32::MAX)
+                        .max(1)
+                },
                 status: lbagent_status::from_answer(answer),
             },
             Err(e) => lbagent_probe_result {
@@ -94,6 +102,11 @@ impl lbagent_probe_result {
 /// `LBAGENT_ERR_WRONG_KEY` if the agent answered that one (it is alive but dropped the sealed
 /// probe), `LBAGENT_ERR_UNAUTHENTICATED` if other replies came, else `LBAGENT_ERR_TIMEOUT`.
 /// `lbagent_prober_timeout_ms` counts the half-way sends too.
+/// `subscribe_ms=N` (1..=60000): every probe also subscribes to the agent's changes for a
+/// lease of N ms (renewed by each probe); an agent that grants it (the probe is sealed with a
+/// key it knows, or it runs with `subscribe=allow`) pushes each change at once, and
+/// `lbagent_prober_receive` returns it as one more result for that probe's token, with
+/// `rtt_us` 0 (the prober's socket becomes readable: nothing else to wait for).
 ///
 /// On success writes the handle to `*out` (owned by the caller, released with
 /// `lbagent_prober_free`). Returns `LBAGENT_OK`, `LBAGENT_ERR_NULL_ARGUMENT` (`out`),

@@ -409,7 +409,8 @@ mod tests {
         // The lease must fit before a trailer.
         let mut t = out;
         t[6..8].copy_from_slice(&(FLAG_SUBSCRIBE | FLAG_AUTH).to_be_bytes());
-        t[16] = 20; // 17 + 20 + 4 + 28 > 64
+        t[16] = 16; // the name fits before the trailer (17 + 16 + 28 <= 64), the lease not
+        t[17..33].fill(b'a');
         assert_eq!(decode_request(&t[..64]), Err(DecodeError::BadField));
     }
 

@@ -43,6 +43,8 @@ pub struct Responder {
     addrs: Vec<SocketAddr>,
     behaviours: Arc<Vec<AtomicU8>>,
     answered: Arc<AtomicU64>,
+    /// Whether subscribing PROBEs are answered as granted (`FLAG_SUBSCRIBED`).
+    grant: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
     thread: Option<JoinHandle<()>>,
@@ -91,15 +93,22 @@ impl Responder {
                 .collect(),
         );
         let answered = Arc::new(AtomicU64::new(0));
+        let grant = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (behaviours, answered, stop) = (behaviours.clone(), answered.clone(), stop.clone());
-            std::thread::spawn(move || serve(poll, sockets, &behaviours, &answered, &stop))
+            let (behaviours, answered, grant, stop) = (
+                behaviours.clone(),
+                answered.clone(),
+                grant.clone(),
+                stop.clone(),
+            );
+            std::thread::spawn(move || serve(poll, sockets, &behaviours, &answered, &grant, &stop))
         };
         Responder {
             addrs,
             behaviours,
             answered,
+            grant,
             stop,
             waker,
             thread: Some(thread),
@@ -119,6 +128,12 @@ impl Responder {
     /// Changes how agent `i` answers from now on.
     pub fn set(&self, i: usize, b: Behaviour) {
         self.behaviours[i].store(b as u8, Ordering::Relaxed);
+    }
+
+    /// From now on, answers to subscribing PROBEs say the subscription is granted (the
+    /// simulated agents never push: this is what the prober's bookkeeping costs).
+    pub fn grant_subscriptions(&self, on: bool) {
+        self.grant.store(on, Ordering::Relaxed);
     }
 
     /// STATUS answers sent so far.
@@ -142,6 +157,7 @@ fn serve(
     sockets: Vec<MioUdpSocket>,
     behaviours: &[AtomicU8],
     answered: &AtomicU64,
+    grant: &AtomicBool,
     stop: &AtomicBool,
 ) {
     let mut events = Events::with_capacity(1024);
@@ -169,8 +185,10 @@ fn serve(
                         Behaviour::Drain => (State::Drain, 100),
                         Behaviour::Down => (State::Down, 100),
                     };
+                let granted =
+                    probe.lease_ms.is_some_and(|l| l > 0) && grant.load(Ordering::Relaxed);
                 let fields = wire::StatusFields {
-                    flags: 0,
+                    flags: if granted { wire::FLAG_SUBSCRIBED } else { 0 },
                     nonce: probe.nonce,
                     instance_id: 0x5151_0000 + i as u64,
                     generation: 1,

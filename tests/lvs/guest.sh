@@ -39,6 +39,9 @@
 #                               weight `checker_ipvs_weight 0` instead of going out
 #   checker_forks               optional: "per-check" when keepalived forks for every check;
 #                               otherwise no fork of keepalived or the poller is allowed
+#   checker_latency             optional: "push" or "poll": after the steps, measure how long
+#                               a host's drain, a DOWN and a watchdog expiry take to reach the
+#                               IPVS table, in milliseconds (LVS-LATENCY lines)
 set -u
 
 lvs=$LVS_REPO/tests/lvs
@@ -295,6 +298,102 @@ transition_failed() {
     info "step $1: $2"
 }
 
+# --- latency ----------------------------------------------------------------------------------
+
+# How /proc/net/ip_vs shows server NAME: its weight, or "absent". Read with builtins only (no
+# fork), so that the table can be looked at every millisecond.
+ipvs_weight() {
+    local name=$1 table ip hex port line
+    read -r -d '' table </proc/net/ip_vs
+    IFS=. read -r -a ip <<<"${RS_ADDR[$name]}"
+    printf -v hex '%02X%02X%02X%02X:%04X' "${ip[0]}" "${ip[1]}" "${ip[2]}" "${ip[3]}" "$VPORT"
+    while IFS= read -r line; do
+        if [[ $line =~ -\>\ $hex\ +[A-Za-z]+\ +([0-9]+) ]]; then
+            echo "${BASH_REMATCH[1]}"
+            return
+        fi
+    done <<<"$table"
+    echo absent
+}
+
+# latency_until NAME WANT START: waits (polling the table every millisecond or so) until
+# server NAME shows WANT ("absent" or a weight), at most LVS_BOUND s; prints the milliseconds
+# from START (microseconds), or "-" when it never did.
+latency_until() {
+    local name=$1 want=$2 start=$3 deadline=$(($3 + LVS_BOUND * 1000000)) now
+    while :; do
+        now=$(now_us)
+        if [ "$(ipvs_weight "$name")" = "$want" ]; then
+            echo $(((now - start) / 1000))
+            return 0
+        fi
+        [ "$now" -ge "$deadline" ] && { echo -; return 1; }
+        sleep 0.001
+    done
+}
+
+# measure_latency KIND COUNT: COUNT times, server A goes out and back in through KIND
+# (drain, down or watchdog); prints LVS-LATENCY CHECKER PATH KIND out|in MS for each change.
+# A drain and a DOWN are timed from just before the host's call (the demo server calls
+# lbagent_set_state when its ADMIN command arrives); a watchdog expiry from when the deadline
+# passed (the hang's start plus watchdog_ms), its recovery from the hang's end.
+measure_latency() {
+    local kind=$1 count=$2 path out_weight in_weight i start ms hang_ms
+    path=$(checker_latency)
+    # Long enough for the expiry to be seen: at once when pushed, at the next probe (the
+    # documented poller probes every second) when polled.
+    case $path in
+        push) hang_ms=$((WATCHDOG_MS + 600)) ;;
+        *) hang_ms=$((WATCHDOG_MS + 3000)) ;;
+    esac
+    in_weight=$(expected A in)
+    in_weight=${in_weight#weight=}
+    out_weight=$(expected A out)
+    out_weight=${out_weight#weight=}
+    for ((i = 0; i < count; i++)); do
+        case $kind in
+            drain | down)
+                start=$(now_us)
+                admin A "$kind" || return 1
+                ;;
+            watchdog)
+                hang_ends=$(($(now_us) + hang_ms * 1000))
+                start=$((hang_ends - (hang_ms - WATCHDOG_MS) * 1000))
+                admin A hang "$hang_ms" || return 1
+                ;;
+        esac
+        ms=$(latency_until A "$out_weight" "$start")
+        echo "LVS-LATENCY $checker $path $kind out $ms"
+        [ "$ms" = - ] && return 1
+        case $kind in
+            drain | down)
+                sleep 0.1
+                start=$(now_us)
+                admin A up || return 1
+                ;;
+            watchdog)
+                wait_hang_over
+                start=$hang_ends
+                ;;
+        esac
+        ms=$(latency_until A "$in_weight" "$start")
+        echo "LVS-LATENCY $checker $path $kind in $ms"
+        [ "$ms" = - ] && return 1
+        sleep 0.1
+    done
+}
+
+# The latency measurements of a checker that asks for them: more samples of the fast pushed
+# path, fewer of the slow polled one (each waits for the next probe).
+measure_latencies() {
+    local n
+    case $(checker_latency) in
+        push) n=10 ;;
+        *) n=5 ;;
+    esac
+    measure_latency drain "$n" && measure_latency down "$n" && measure_latency watchdog $((n / 2))
+}
+
 # --- forks --------------------------------------------------------------------------------
 
 # The kernel's sched_process_fork event (tracefs) for the processes named keepalived (all of
@@ -366,7 +465,7 @@ EOF
 run_checker() {
     local conf=/run/lvs/$checker.conf keepalived_pid status=0 name
     unset -f checker_snippet checker_agent_config checker_start checker_stop \
-        checker_ipvs_weight checker_forks
+        checker_ipvs_weight checker_forks checker_latency
     # shellcheck source=/dev/null
     if ! . "$lvs/checkers/$checker.sh" || ! declare -F checker_snippet >/dev/null; then
         result config - - - fail
@@ -403,6 +502,9 @@ run_checker() {
         if transition start in true && fork_trace_start; then
             run_steps || status=1
             fork_check || status=1
+            if [ $status -eq 0 ] && declare -F checker_latency >/dev/null; then
+                measure_latencies || { result latency - - - fail; status=1; }
+            fi
         else
             status=1
         fi

@@ -25,7 +25,7 @@ repo=$PWD
 here=$repo/tests/lvs
 lvs_dir=$repo/build/lvs
 target_dir=$(realpath "${CARGO_TARGET_DIR:-target}")/debug
-time_limit=${LVS_TIME_LIMIT:-360}
+time_limit=${LVS_TIME_LIMIT:-600}
 started=$SECONDS
 
 # Modules loaded by the guest's init: the 9p transport for the host root, IPVS and the
@@ -184,6 +184,58 @@ detection_table() {
 
 say "detection times (until ipvsadm -Ln shows the change; the slower of the two servers):"
 detection_table
+# Pushed against polled: from the host's call (or the watchdog's deadline) to the kernel's IPVS
+# table, in milliseconds, for each way a server goes out and back in.
+latency_table() {
+    awk '
+        $1 != "LVS-LATENCY" || $6 == "-" { next }
+        { key = $3 " " $4 " " $5; if (!(key in n)) keys[++nk] = key
+          v[key, ++n[key]] = $6 + 0; all[$3, ++na[$3]] = $6 + 0 }
+        function sort(arr, key, count,   i, j, t) {
+            for (i = 2; i <= count; i++) for (j = i; j > 1 && arr[key, j - 1] > arr[key, j]; j--) {
+                t = arr[key, j]; arr[key, j] = arr[key, j - 1]; arr[key, j - 1] = t } }
+        function pct(arr, key, count, p) { return arr[key, int((count - 1) * p + 0.5) + 1] }
+        END {
+            if (nk == 0) exit
+            printf "  %-6s %-9s %-4s %4s %8s %8s %8s\n", "path", "change", "", "n", "median", "p99", "max"
+            for (k = 1; k <= nk; k++) {
+                key = keys[k]; sort(v, key, n[key]); split(key, f, " ")
+                printf "  %-6s %-9s %-4s %4d %8d %8d %8d\n", f[1], f[2], f[3], n[key], pct(v, key, n[key], 0.5), pct(v, key, n[key], 0.99), v[key, n[key]]
+            }
+            for (p in na) { sort(all, p, na[p]); med[p] = pct(all, p, na[p], 0.5); p99[p] = pct(all, p, na[p], 0.99) }
+            if (("push" in med) && ("poll" in med))
+                printf "  all changes: pushed median %d ms, p99 %d ms; polled median %d ms, p99 %d ms: pushed %.0fx faster (median)\n", med["push"], p99["push"], med["poll"], p99["poll"], med["poll"] / (med["push"] > 0 ? med["push"] : 1)
+        }' <<<"$results"
+}
+
+# The robust part, asserted: every measured change arrived, and pushed changes are at least
+# five times faster than polled ones (medians, same run). The goal of 100 ms p99 and ten times
+# is reported above, not asserted: the VM runs under software emulation on a shared machine.
+latency_verdict() {
+    awk '
+        $1 != "LVS-LATENCY" { next }
+        $6 == "-" { missing++; next }
+        { v[$3, ++n[$3]] = $6 + 0 }
+        function median(p,   i, j, t) {
+            for (i = 2; i <= n[p]; i++) for (j = i; j > 1 && v[p, j - 1] > v[p, j]; j--) {
+                t = v[p, j]; v[p, j] = v[p, j - 1]; v[p, j - 1] = t }
+            return v[p, int((n[p] - 1) / 2) + 1] }
+        END {
+            if (n["push"] + n["poll"] == 0 && missing == 0) exit 0
+            if (missing > 0) { print "a measured change never reached the IPVS table"; exit 1 }
+            if (n["push"] > 0 && n["poll"] > 0 && median("push") * 5 > median("poll")) {
+                printf "pushed changes (median %d ms) are not five times faster than polled ones (%d ms)\n", median("push"), median("poll"); exit 1 }
+        }' <<<"$results"
+}
+
+if grep -q '^LVS-LATENCY' <<<"$results"; then
+    say "latency, host call (or watchdog deadline) to the kernel's IPVS table, milliseconds:"
+    latency_table
+    if ! why=$(latency_verdict); then
+        problem=${problem:-"latency: $why"}
+        failed=$((failed + 1))
+    fi
+fi
 say "the VM ran $((SECONDS - vm_started)) s, ${elapsed} s in all (console: ${console#"$repo"/})"
 if [ "$failed" -ne 0 ] || [ -n "$problem" ]; then
     if [ "${LVS_VERBOSE:-0}" != 1 ]; then

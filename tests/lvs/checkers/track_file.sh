@@ -50,3 +50,7 @@ checker_stop() {
     wait_exit "$director_pid" 10 || info "lbagent-director did not stop on SIGTERM"
     director_pid=
 }
+
+# The polled path, measured like the pushed one (track_file_push.sh) for comparison: the
+# agents have no key, so they grant no subscription, and changes wait for the next probe.
+checker_latency() { echo poll; }
