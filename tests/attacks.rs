@@ -13,6 +13,9 @@
 //! - Datagrams sent in one UDP_SEGMENT (GSO) send are each answered and counted once.
 //! - One source holding idle connections cannot take every TCP slot; UDP is unaffected.
 //! - One IPv6 /64 is one source for the rate limit.
+//! - Subscriptions (pushed changes): an unsealed subscription spoofed from a victim's address
+//!   makes the agent push nothing to it, and one from outside `allow=` gets nothing at all; a
+//!   captured sealed subscription replayed from a victim's address gets nothing either.
 
 mod common;
 
@@ -1073,5 +1076,136 @@ fn idle_connections_are_cut_sooner_when_slots_are_scarce() {
         assert!(eventually(Duration::from_secs(2), || {
             agent.counter(Counter::ConnTimedOut) == 48
         }));
+    });
+}
+
+/// A sealed subscribing PROBE of `len` bytes (what a director sends).
+fn sealed_subscription(key: &Key, nonce: u64, len: usize) -> Vec<u8> {
+    let mut out = [0u8; wire::PROBE_MAX_LEN];
+    let body = wire::encode_probe_with(
+        nonce,
+        b"",
+        Some(60_000),
+        len - wire::AUTH_TRAILER_LEN,
+        &mut out,
+    );
+    let n = auth::seal(key, &mut out, body, auth::unix_ms());
+    out[..n].to_vec()
+}
+
+/// Every datagram `socket` receives within `wait`.
+fn received(socket: &UdpSocket, wait: Duration) -> Vec<Vec<u8>> {
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let deadline = Instant::now() + wait;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 2048];
+    while Instant::now() < deadline {
+        if let Ok(n) = socket.recv(&mut buf) {
+            got.push(buf[..n].to_vec());
+        }
+    }
+    got
+}
+
+fn flags_of(datagram: &[u8]) -> u16 {
+    u16::from_be_bytes([datagram[6], datagram[7]])
+}
+
+/// The host changes state and weight 20 times, far enough apart that each would be pushed.
+fn twenty_changes(agent: &Agent) {
+    for i in 0..20 {
+        let state = if i % 2 == 0 { State::Drain } else { State::Up };
+        agent.set_state("", state, None).unwrap();
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+#[test]
+fn spoofed_subscriptions_push_nothing_to_their_victim() {
+    in_namespace(|| {
+        let raw = RawSender::new();
+        let victim = UdpSocket::bind("127.0.0.9:40000").unwrap();
+        let attacker_to_victim = |agent: SocketAddr, probe: &[u8]| {
+            raw.udp(v4(victim.local_addr().unwrap()), v4(agent), probe);
+        };
+        let mut probe = [0u8; wire::PROBE_MAX_LEN];
+        let n = wire::encode_probe_with(0xbad, b"", Some(60_000), 328, &mut probe);
+
+        // Default (subscribe=auth): an unsealed subscription is answered like any probe (one
+        // STATUS, no larger than it), never granted: the host's changes push nothing.
+        let keys = key_file("sub-spoof", &format!("7 {SECRET}\n"));
+        let (agent, addr) = real_agent(&format!("key_file={} auth=optional", keys.display()));
+        for _ in 0..5 {
+            attacker_to_victim(addr, &probe[..n]);
+        }
+        twenty_changes(&agent);
+        let got = received(&victim, Duration::from_millis(300));
+        println!(
+            "spoofed unsealed subscriptions (subscribe=auth): the victim got {} datagrams for 5 \
+             spoofed probes and 20 changes",
+            got.len()
+        );
+        assert_eq!(got.len(), 5, "one answer per spoofed probe, no push");
+        assert!(
+            got.iter()
+                .all(|d| flags_of(d) & wire::FLAG_SUBSCRIBED == 0 && d.len() <= n)
+        );
+        assert_eq!(agent.counter(Counter::Pushed), 0);
+        drop(agent);
+
+        // subscribe=allow: a source outside allow= gets nothing at all.
+        let (agent, addr) = real_agent("subscribe=allow allow=127.0.0.3/32");
+        for _ in 0..5 {
+            attacker_to_victim(addr, &probe[..n]);
+        }
+        twenty_changes(&agent);
+        assert!(received(&victim, Duration::from_millis(300)).is_empty());
+        assert_eq!(agent.counter(Counter::DroppedNotAllowed), 5);
+        assert_eq!(agent.counter(Counter::Pushed), 0);
+    });
+}
+
+#[test]
+fn a_replayed_sealed_subscription_gets_nothing() {
+    in_namespace(|| {
+        let keys = key_file("sub-replay", &format!("7 {SECRET}\n"));
+        let key = load_key(&keys, None).unwrap();
+        let (agent, addr) = real_agent(&format!("key_file={}", keys.display()));
+        // The real director subscribes.
+        let director = UdpSocket::bind("127.0.0.5:0").unwrap();
+        let subscription = sealed_subscription(&key, 0x5eed, 328);
+        director.send_to(&subscription, addr).unwrap();
+        let answer = received(&director, Duration::from_millis(200));
+        assert_eq!(answer.len(), 1);
+        assert!(flags_of(&answer[0]) & wire::FLAG_SUBSCRIBED != 0);
+        // An attacker replays the captured datagram, spoofed from a victim's address.
+        let victim = UdpSocket::bind("127.0.0.9:40001").unwrap();
+        let raw = RawSender::new();
+        for _ in 0..10 {
+            raw.udp(v4(victim.local_addr().unwrap()), v4(addr), &subscription);
+        }
+        twenty_changes(&agent);
+        let victim_got = received(&victim, Duration::from_millis(300));
+        let director_got = received(&director, Duration::from_millis(100));
+        println!(
+            "replayed sealed subscription: the victim got {} datagrams, the real subscriber {} \
+             pushes; dropped_replay {}",
+            victim_got.len(),
+            director_got.len(),
+            agent.counter(Counter::DroppedReplay)
+        );
+        assert!(victim_got.is_empty());
+        assert_eq!(agent.counter(Counter::DroppedReplay), 10);
+        assert!(
+            !director_got.is_empty(),
+            "the real subscriber is still served"
+        );
+        assert!(
+            director_got
+                .iter()
+                .all(|d| flags_of(d) & wire::FLAG_PUSHED != 0 && d.len() <= subscription.len())
+        );
     });
 }

@@ -129,3 +129,121 @@ impl Pushes {
         self.granted.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::auth;
+
+    const AGENT: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::new(127, 0, 0, 3),
+        4950,
+    ));
+
+    fn push(nonce: u64, generation: u32, instance_id: u64, key: Option<&Key>) -> Vec<u8> {
+        let fields = wire::StatusFields {
+            flags: wire::FLAG_PUSHED,
+            nonce,
+            instance_id,
+            generation,
+            state: crate::State::Drain as u8,
+            reason: 0,
+            weight_pct: 100,
+            since_ms: 0,
+            in_use: 0,
+            capacity: 0,
+            message: b"",
+        };
+        let mut out = [0u8; 512];
+        let mut len = wire::encode_status(&fields, 300, &mut out).unwrap();
+        if let Some(key) = key {
+            len = auth::seal(key, &mut out, len, auth::unix_ms());
+        }
+        out[..len].to_vec()
+    }
+
+    fn answer(generation: u32) -> Answer {
+        Answer {
+            state: crate::State::Up,
+            reason: None,
+            reason_code: 0,
+            weight_pct: 100,
+            in_use: 0,
+            capacity: 0,
+            generation,
+            since_ms: 0,
+            instance_id: 9,
+            message: String::new(),
+            rtt: Duration::ZERO,
+            subscribed: true,
+            pushed: false,
+        }
+    }
+
+    #[test]
+    fn only_new_authentic_pushes_from_the_agent_count() {
+        let key = Arc::new(Key::new(7, &[0x33; 32]).unwrap());
+        let other = Key::new(7, &[0x44; 32]).unwrap();
+        let mut pushes = Pushes::default();
+        let lease = (Instant::now(), Duration::from_secs(30));
+        pushes.granted(0xab, (1, AGENT), Some(key.clone()), &answer(5), lease);
+        let elsewhere: SocketAddr = "127.0.0.4:4950".parse().unwrap();
+        // Forgeries: unsealed, sealed with another secret, another nonce, another address,
+        // another instance; and the answer's own generation again.
+        assert!(matches!(
+            pushes.take(&push(0xab, 6, 9, None), AGENT),
+            PushRead::Ignored
+        ));
+        assert!(matches!(
+            pushes.take(&push(0xab, 6, 9, Some(&other)), AGENT),
+            PushRead::Ignored
+        ));
+        assert!(matches!(
+            pushes.take(&push(0xac, 6, 9, Some(&key)), AGENT),
+            PushRead::Ignored
+        ));
+        assert!(matches!(
+            pushes.take(&push(0xab, 6, 9, Some(&key)), elsewhere),
+            PushRead::Ignored
+        ));
+        assert!(matches!(
+            pushes.take(&push(0xab, 6, 8, Some(&key)), AGENT),
+            PushRead::Ignored
+        ));
+        assert!(matches!(
+            pushes.take(&push(0xab, 5, 9, Some(&key)), AGENT),
+            PushRead::Ignored
+        ));
+        // The real one, once; replayed (or an older one later), it changes nothing.
+        let real = push(0xab, 6, 9, Some(&key));
+        assert!(matches!(
+            pushes.take(&real, AGENT),
+            PushRead::Accepted { token: 1, .. }
+        ));
+        assert!(matches!(pushes.take(&real, AGENT), PushRead::Ignored));
+        assert!(matches!(
+            pushes.take(&push(0xab, 7, 9, Some(&key)), AGENT),
+            PushRead::Accepted { .. }
+        ));
+        assert!(matches!(
+            pushes.take(&push(0xab, 6, 9, Some(&key)), AGENT),
+            PushRead::Ignored
+        ));
+        // An answer is not a push.
+        let mut not_pushed = push(0xab, 8, 9, None);
+        not_pushed[6..8].copy_from_slice(&0u16.to_be_bytes());
+        assert!(matches!(
+            pushes.take(&not_pushed, AGENT),
+            PushRead::NotAPush
+        ));
+        // A renewal replaces the subscription; an ended lease forgets it.
+        pushes.granted(0xcd, (1, AGENT), Some(key.clone()), &answer(7), lease);
+        assert!(matches!(
+            pushes.take(&push(0xab, 9, 9, Some(&key)), AGENT),
+            PushRead::Ignored
+        ));
+        assert_eq!(pushes.len(), 1);
+        pushes.expire(Instant::now() + Duration::from_secs(61));
+        assert_eq!(pushes.len(), 0);
+    }
+}
