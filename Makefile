@@ -80,17 +80,14 @@ $(BUILD)/bin/%: c-examples/%.cpp include/lbagent.hpp include/lbagent.h $(BUILD)/
 demo: demo-tools build
 	scripts/demo.sh
 
-## test: every test: unit, loopback UDP, TCP and HTTP, protocol vectors, header,
+## test: every test (scripts/test-all.sh runs the LVS VM beside the rest): unit, loopback
+## UDP, TCP and HTTP, protocol vectors, header,
 ## symbols, the C and C++ hosts under valgrind, HAProxy, the install,
 ## amplification, soak; make demo's walk-through; the Python package in a
 ## fresh virtual environment; the fuzzers for a bounded time; the LVS VM.
 test: tools lint
 	$(CARGO) build --all-targets
-	$(CARGO) test --all-targets -- --test-threads=2
-	$(MAKE) --no-print-directory demo-check
-	scripts/python-test.sh target/debug
-	$(MAKE) --no-print-directory fuzz
-	$(MAKE) --no-print-directory lvs-test
+	MAKE="$(MAKE)" scripts/test-all.sh
 
 # make demo's walk-through, without pauses, on the debug build, on ports free now (another
 # checkout's tests or a real agent may hold the demo's own 4950 and 7070).
