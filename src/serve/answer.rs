@@ -12,8 +12,10 @@ use crate::guard::Policy;
 use crate::guard::limit::RateLimiter;
 use crate::proto::auth;
 use crate::proto::text;
-use crate::proto::wire::{self, DecodeError, FLAG_AUTH, Request, StatusFields};
-use crate::status::{Board, Status};
+use crate::proto::wire::{
+    self, DecodeError, DrainFields, FLAG_AUTH, FLAG_DRAIN, Request, StatusFields,
+};
+use crate::status::{Board, ProberKind, Status, Target};
 
 /// What the agent does with a datagram.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,15 +53,15 @@ impl Responder<'_> {
             return Outcome::Drop(counter);
         }
         if request.starts_with(&wire::MAGIC) {
-            return self.respond_v1(request, out, now);
+            return self.respond_v1(source, request, out, now);
         }
         if !self.policy.text {
             return Outcome::Drop(Counter::DroppedTextOff);
         }
-        self.respond_text(request, out, now)
+        self.respond_text(source, request, out, now)
     }
 
-    fn respond_v1(&self, request: &[u8], out: &mut [u8], now: u64) -> Outcome {
+    fn respond_v1(&self, source: SocketAddr, request: &[u8], out: &mut [u8], now: u64) -> Outcome {
         match wire::decode_request(request) {
             Ok(Request::Probe(probe)) => {
                 // Authenticated probe: check it, and seal the answer with the same key.
@@ -85,13 +87,29 @@ impl Responder<'_> {
                         Counter::AnsweredError,
                     );
                 }
-                let status = self.board.status(self.board.target(probe.service), now);
+                let target = self.board.target(probe.service);
+                let (status, since) = self.board.answer(target, now);
+                let told =
+                    self.board
+                        .record_prober(source.ip(), ProberKind::UdpV1, target, &status, now);
                 let fields = status_fields(&status, probe.nonce, self.instance_id);
-                let room = match key {
+                let mut room = match key {
                     Some(_) => auth::room_for_sealed(probe.len),
                     None => probe.len,
                 };
-                match (wire::encode_status(&fields, room, out), key) {
+                // The drain progress, when asked for and there is room: it goes before the
+                // message, which is cut to make room.
+                let drain = (probe.flags & FLAG_DRAIN != 0
+                    && room >= wire::STATUS_HEADER_LEN + wire::DRAIN_LEN)
+                    .then(|| {
+                        room -= wire::DRAIN_LEN;
+                        drain_fields(self.board, target, &status, since, told, now)
+                    });
+                let encoded = wire::encode_status(&fields, room, out).map(|len| match &drain {
+                    Some(d) => wire::append_drain(d, out, len),
+                    None => len,
+                });
+                match (encoded, key) {
                     (Some(len), Some(key)) => Outcome::Reply(
                         auth::seal(key, out, len, auth::unix_ms()),
                         Counter::AnsweredStatus,
@@ -116,7 +134,13 @@ impl Responder<'_> {
         }
     }
 
-    fn respond_text(&self, request: &[u8], out: &mut [u8], now: u64) -> Outcome {
+    fn respond_text(
+        &self,
+        source: SocketAddr,
+        request: &[u8],
+        out: &mut [u8],
+        now: u64,
+    ) -> Outcome {
         let service = match text::parse_request(request) {
             text::Request::Empty => return Outcome::Drop(Counter::DroppedMalformed),
             text::Request::LooksLikeReply => {
@@ -125,9 +149,47 @@ impl Responder<'_> {
             text::Request::Server => &b""[..],
             text::Request::Service(name) => name,
         };
-        let status = self.board.status(self.board.target(service), now);
+        let target = self.board.target(service);
+        let status = self.board.status(target, now);
+        self.board
+            .record_prober(source.ip(), ProberKind::Text, target, &status, now);
         let len = text::write_reply(&status, request.len(), out);
         Outcome::Reply(len, Counter::AnsweredText)
+    }
+}
+
+/// The drain progress told to a prober that has had `told` non-serving answers in a row. The
+/// probers are only counted while the answer says "no new connections" (a serving answer
+/// costs no look at the prober table).
+pub(crate) fn drain_fields(
+    board: &Board,
+    target: Target,
+    status: &Status,
+    since: u64,
+    told: u32,
+    now: u64,
+) -> DrainFields {
+    if status.is_serving() {
+        return DrainFields::default();
+    }
+    let drain = board.drain_of(target, status, since, now);
+    let saturate = |n: u32| u16::try_from(n).unwrap_or(u16::MAX);
+    DrainFields {
+        flags: wire::DRAIN_DRAINING
+            | if drain.complete {
+                wire::DRAIN_COMPLETE
+            } else {
+                0
+            }
+            | if drain.probers_untracked {
+                wire::DRAIN_UNTRACKED
+            } else {
+                0
+            },
+        told_you: u8::try_from(told).unwrap_or(u8::MAX),
+        probers_told: saturate(drain.probers_told),
+        probers_pending: saturate(drain.probers_pending),
+        drain_ms: drain.drain_ms,
     }
 }
 
@@ -165,6 +227,8 @@ mod tests {
                 workers: 0,
                 worker_timeout_ms: 1000,
                 worker_policy: crate::status::WorkerPolicy::Any,
+                shaping: crate::status::shaping::ShapingConfig::OFF,
+                drain: crate::status::DrainConfig::DEFAULT,
             },
             0,
         )
