@@ -33,8 +33,71 @@ pub struct Answer {
     pub instance_id: u64,
     /// The host's reason text.
     pub message: String,
+    /// How far a drain has come, when the agent sends it (agents since the drain extension
+    /// of protocol v1; `None` from older ones).
+    pub drain: Option<DrainProgress>,
     /// Round-trip time of this probe.
     pub rtt: Duration,
+}
+
+/// How far a drain has come, as the agent told this prober.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DrainProgress {
+    /// The answer says "no new connections".
+    pub draining: bool,
+    /// Every prober seen within the agent's drain window was told so often enough, and the
+    /// host reports no work in progress.
+    pub complete: bool,
+    /// More probers asked than the agent can track: the drain cannot be complete yet.
+    pub untracked: bool,
+    /// Non-serving answers this prober has had in a row, this one included.
+    pub told_you: u8,
+    /// Probers seen within the drain window that were told often enough.
+    pub probers_told: u16,
+    /// Probers seen within the drain window that were not (yet).
+    pub probers_pending: u16,
+    /// Milliseconds since the answer stopped saying "serving".
+    pub drain_ms: u32,
+}
+
+impl DrainProgress {
+    fn from_wire(d: &wire::DrainFields) -> DrainProgress {
+        DrainProgress {
+            draining: d.flags & wire::DRAIN_DRAINING != 0,
+            complete: d.flags & wire::DRAIN_COMPLETE != 0,
+            untracked: d.flags & wire::DRAIN_UNTRACKED != 0,
+            told_you: d.told_you,
+            probers_told: d.probers_told,
+            probers_pending: d.probers_pending,
+            drain_ms: d.drain_ms,
+        }
+    }
+}
+
+impl fmt::Display for DrainProgress {
+    /// `drain complete: 2 of 2 probers told, 4.1 s` or `draining: 1 of 3 probers told, ...`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.draining {
+            return f.write_str("not draining");
+        }
+        write!(
+            f,
+            "{}: {} of {} probers told{}, {:.1} s",
+            if self.complete {
+                "drain complete"
+            } else {
+                "draining"
+            },
+            self.probers_told,
+            u32::from(self.probers_told) + u32::from(self.probers_pending),
+            if self.untracked {
+                " (more probers than tracked)"
+            } else {
+                ""
+            },
+            f64::from(self.drain_ms) / 1000.0
+        )
+    }
 }
 
 impl Answer {
@@ -58,6 +121,9 @@ impl fmt::Display for Answer {
         }
         if !self.message.is_empty() {
             write!(f, ": \"{}\"", self.message)?;
+        }
+        if let Some(d) = self.drain.filter(|d| d.draining) {
+            write!(f, " [{d}]")?;
         }
         Ok(())
     }
@@ -216,6 +282,7 @@ pub fn read_answer_keyed(
                 since_ms: s.since_ms,
                 instance_id: s.instance_id,
                 message: String::from_utf8_lossy(s.message).into_owned(),
+                drain: wire::decode_drain(datagram, &s).map(|d| DrainProgress::from_wire(&d)),
                 rtt,
             }))
         }

@@ -21,7 +21,7 @@ mod icmp;
 mod keyed;
 mod prober;
 
-pub use answer::{Answer, ProbeError, read_answer, read_answer_keyed};
+pub use answer::{Answer, DrainProgress, ProbeError, read_answer, read_answer_keyed};
 pub use blocking::probe;
 pub use prober::{Completion, Prober, ProberStats};
 
@@ -32,10 +32,10 @@ use std::time::Duration;
 use crate::keys::{Key, KeySet};
 use crate::proto::{auth, wire};
 
-/// Default length of a PROBE: room for the longest STATUS (45 + 255 bytes) and an
-/// authentication trailer, so that the answer is never cut.
+/// Default length of a PROBE: room for the longest STATUS (45 + 255 bytes), its drain
+/// progress and an authentication trailer, so that the answer is never cut.
 pub const DEFAULT_PROBE_LEN: usize =
-    wire::STATUS_HEADER_LEN + wire::MAX_MESSAGE_LEN + wire::AUTH_TRAILER_LEN;
+    wire::STATUS_HEADER_LEN + wire::MAX_MESSAGE_LEN + wire::DRAIN_LEN + wire::AUTH_TRAILER_LEN;
 
 /// Default time to wait for an answer.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -83,7 +83,8 @@ pub fn load_key(path: &std::path::Path, id: Option<u32>) -> Result<Arc<Key>, Str
 }
 
 /// Writes a PROBE for `service` into `out` (512 bytes), sealed with `key` if any, and returns
-/// its length.
+/// its length. It asks for the drain progress (flag bit 1): agents that do not know the flag
+/// ignore it.
 pub(crate) fn build_probe(
     nonce: u64,
     service: &[u8],
@@ -91,12 +92,21 @@ pub(crate) fn build_probe(
     key: Option<&Key>,
     out: &mut [u8],
 ) -> usize {
+    let ask_drain = |out: &mut [u8]| {
+        let flags = u16::from_be_bytes([out[6], out[7]]) | wire::FLAG_DRAIN;
+        out[6..8].copy_from_slice(&flags.to_be_bytes());
+    };
     match key {
-        None => wire::encode_probe(nonce, service, probe_len, out),
+        None => {
+            let len = wire::encode_probe(nonce, service, probe_len, out);
+            ask_drain(out);
+            len
+        }
         Some(key) => {
             let body_len =
                 probe_len.clamp(MIN_SEALED_PROBE_LEN, wire::PROBE_MAX_LEN) - wire::AUTH_TRAILER_LEN;
             let body = wire::encode_probe(nonce, service, body_len, out);
+            ask_drain(out);
             auth::seal(key, out, body, auth::unix_ms())
         }
     }

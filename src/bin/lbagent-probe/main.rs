@@ -40,9 +40,9 @@ Exit status, by mode:
                         line with performance data on stdout.
   --watch               a live view: probes every TARGET each --interval and prints a line
                         with a timestamp for each target's first answer and for every change
-                        (state, reason, weight, message, restart, kind of failure), with the
-                        time since that target's previous line. JSON lines with --json. Runs
-                        until interrupted.
+                        (state, reason, weight, message, restart, drain progress, kind of
+                        failure), with the time since that target's previous line. JSON
+                        lines with --json. Runs until interrupted.
 
 Every failure says what happened, on stderr (on stdout with --nagios). Keep --timeout below
 the checker's own timeout (keepalived misc_timeout, ldirectord checktimeout, the monitoring

@@ -153,6 +153,7 @@ mod tests {
             since_ms: 0,
             instance_id: 1,
             message: String::new(),
+            drain: None,
             rtt: Duration::ZERO,
         })
     }
