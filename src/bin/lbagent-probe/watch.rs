@@ -47,9 +47,10 @@ impl Key {
                 weight_pct: a.weight_pct,
                 message: a.message.clone(),
                 instance_id: a.instance_id,
-                drain: a.drain.filter(|d| d.draining).map(|d| {
-                    (d.complete, d.probers_told, d.probers_pending, d.untracked)
-                }),
+                drain: a
+                    .drain
+                    .filter(|d| d.draining)
+                    .map(|d| (d.complete, d.probers_told, d.probers_pending, d.untracked)),
             },
             Err(e) => Key::Failure(e.kind()),
         }
