@@ -110,6 +110,15 @@ impl Host {
         assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
     }
 
+    /// Probes `agent` until an answer says its drain is complete, or the program has exited
+    /// (it saw the drain complete first, between two probes); false after `PATIENCE`.
+    fn drain_completes(&mut self, agent: SocketAddr) -> bool {
+        eventually(PATIENCE, || {
+            probe(agent).is_ok_and(|a| a.drain.is_some_and(|d| d.complete))
+                || matches!(self.child.try_wait(), Ok(Some(_)))
+        })
+    }
+
     /// Waits (bounded) for the program to exit: its status, all its stdout lines, its stderr.
     fn finish(mut self) -> (ExitStatus, Vec<String>, String) {
         let deadline = Instant::now() + PATIENCE;
@@ -234,6 +243,9 @@ fn dlopen_host_monitored(mut host: Host, library: &Path) {
     host.signal(libc::SIGTERM);
     let draining = wait_for(agent, State::Drain, "shutting down");
     assert!(!draining.is_serving());
+    // It echoes on until its one director (this test) has been told twice.
+    assert_eq!(udp_echo(echo, "still there?"), "still there?");
+    assert!(host.drain_completes(agent));
     let (status, stdout, stderr) = host.finish();
     assert!(status.success(), "{status}: {stdout:?} {stderr}");
     assert_eq!(stderr, "", "a monitored host logs nothing");
@@ -243,7 +255,7 @@ fn dlopen_host_monitored(mut host: Host, library: &Path) {
             .any(|l| l.contains("still mapped after dlclose: yes (nodelete)")),
         "{stdout:?}"
     );
-    assert!(stdout.iter().any(|l| l.contains("stopped after 1 echoes")));
+    assert!(stdout.iter().any(|l| l.contains("stopped after 2 echoes")));
     // Stopped and freed before dlclose: nothing answers any more.
     assert!(probe(agent).is_err());
 }
@@ -356,12 +368,17 @@ fn cpp_server_walkthrough(under_valgrind: bool) {
 
     host.signal(libc::SIGTERM);
     wait_for(agent, State::Drain, "shutting down");
+    // Draining, it still serves, until its one client leaves and its one director (this
+    // test) was told twice.
+    assert_eq!(ask("still there?"), "still there?\n");
+    tcp.shutdown(std::net::Shutdown::Both).unwrap();
+    assert!(host.drain_completes(agent));
     let (status, stdout, stderr) = host.finish();
     assert!(status.success(), "{status}: {stdout:?} {stderr}");
     assert!(
         stdout
             .iter()
-            .any(|l| l == "cpp_server: stopped after 1 lines")
+            .any(|l| l == "cpp_server: stopped after 2 lines")
     );
     assert!(probe(agent).is_err(), "the destructor stopped the agent");
 }

@@ -83,6 +83,8 @@ struct Slot {
     file_ok: Option<bool>,
     /// The last write of the file failed (logged once until a write succeeds).
     write_failed: bool,
+    /// What the weight file says (`weight=N` targets), when known.
+    weight_file: Option<i64>,
 }
 
 #[derive(Default)]
@@ -150,6 +152,40 @@ fn sync_file(track: &TrackDir, log: &Log, slot: &mut Slot) {
                 );
             }
         }
+    }
+}
+
+/// What a weight file says for an agent at `pct` percent of a real server of weight
+/// `weight`: the difference keepalived adds (0 at 100 %; a serving percent keeps weight 1).
+pub fn weight_offset(weight: u32, pct: u8) -> i64 {
+    let scaled = (u64::from(weight) * u64::from(pct.min(100)) + 50) / 100;
+    scaled.max(1) as i64 - i64::from(weight)
+}
+
+/// Makes a `weight=N` target's weight file follow the agent's percent while it serves (while it
+/// does not, the verdict file takes it out and the weight file keeps its last value).
+fn sync_weight(track: &TrackDir, log: &Log, slot: &mut Slot, answer: &Answer) {
+    let Some(weight) = slot.target.weight else {
+        return;
+    };
+    if !answer.is_serving() {
+        return;
+    }
+    let offset = weight_offset(weight, answer.weight_pct);
+    if slot.weight_file == Some(offset) {
+        return;
+    }
+    let name = format!("{}{}", slot.target.name, targets::WEIGHT_SUFFIX);
+    match track.write_number(&name, offset) {
+        Ok(()) => slot.weight_file = Some(offset),
+        Err(e) => log.line(
+            Level::Error,
+            format_args!(
+                "{}: cannot write weight file {}: {e} (retried at each check)",
+                slot.target.name,
+                track.path(&name).display()
+            ),
+        ),
     }
 }
 
@@ -263,6 +299,7 @@ impl Poller {
             since: now,
             file_ok,
             write_failed: false,
+            weight_file: None,
         };
         sync_file(&self.track, &self.log, &mut slot);
         slot
@@ -413,6 +450,9 @@ impl Poller {
             );
         }
         sync_file(&self.track, &self.log, slot);
+        if let Ok(answer) = &result {
+            sync_weight(&self.track, &self.log, slot, answer);
+        }
     }
 
     fn reload(&mut self) {
@@ -445,6 +485,9 @@ impl Poller {
                 Some(mut slot) if slot.target.same_check(&target) => {
                     // The same file, perhaps with a new key in it (read again at reload).
                     slot.key = self.key_of(&target);
+                    if slot.target.weight != target.weight {
+                        slot.weight_file = None;
+                    }
                     slot.target = target;
                     unchanged += 1;
                     slots.push(slot);
@@ -523,5 +566,24 @@ impl Poller {
                 self.started.elapsed().as_secs_f64()
             ),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::weight_offset;
+
+    #[test]
+    fn weight_offsets_give_the_percent_of_the_weight() {
+        assert_eq!(weight_offset(100, 100), 0);
+        assert_eq!(weight_offset(100, 50), -50);
+        assert_eq!(weight_offset(100, 10), -90);
+        assert_eq!(
+            weight_offset(100, 0),
+            -99,
+            "a serving server keeps weight 1"
+        );
+        assert_eq!(weight_offset(3, 50), -1);
+        assert_eq!(weight_offset(65_535, 1), 655 - 65_535);
     }
 }

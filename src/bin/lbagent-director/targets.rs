@@ -5,6 +5,7 @@
 //! rs5      10.0.0.5                                  # port 4950, the whole server
 //! rs6      10.0.0.6:4950        service=game
 //! rs7      [fd00::7]:4950       service=game key=/etc/lbagent/director.key
+//! rs8      10.0.0.8             weight=100           # also writes rs8.weight
 //! ```
 //!
 //! Fields are separated by spaces or tabs; `#` at the start of a field comments out the rest
@@ -21,6 +22,11 @@ use std::sync::Arc;
 use lbagent::client;
 use lbagent::config::{MAX_SERVICE_NAME, is_service_name_byte};
 use lbagent::keys::Key;
+
+/// The suffix of a target's weight file (`weight=N`).
+pub const WEIGHT_SUFFIX: &str = ".weight";
+/// keepalived's (and IPVS's) largest weight.
+pub const MAX_WEIGHT: u32 = 65_535;
 
 /// Most targets one file may hold (memory stays bounded whatever the file says).
 pub const MAX_TARGETS: usize = 100_000;
@@ -39,6 +45,9 @@ pub struct Target {
     /// A key file for authenticated probes (`key=PATH`): its first key seals this target's
     /// probes (see [`load_keys`]).
     pub key: Option<PathBuf>,
+    /// The real server's weight in keepalived (`weight=N`): the poller then also writes
+    /// `NAME.weight`, the amount keepalived adds to that weight for the agent's percent.
+    pub weight: Option<u32>,
     /// The line it was read from.
     pub line: usize,
 }
@@ -109,6 +118,7 @@ fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_NAME
         && !name.starts_with(['.', '-'])
+        && !name.ends_with(WEIGHT_SUFFIX)
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
@@ -138,7 +148,7 @@ pub fn parse(origin: &str, text: &str) -> Result<Vec<Target>, TargetsError> {
                 1,
                 "name",
                 name,
-                "a name is 1..=64 letters, digits, '_', '.' or '-', not starting with '.' or '-' (it names the track file)",
+                "a name is 1..=64 letters, digits, '_', '.' or '-', not starting with '.' or '-' nor ending in \".weight\" (it names the track file)",
             ));
         }
         if let Some(first) = names.get(name) {
@@ -170,6 +180,7 @@ pub fn parse(origin: &str, text: &str) -> Result<Vec<Target>, TargetsError> {
             addr,
             service: String::new(),
             key: None,
+            weight: None,
             line: number,
         };
         let mut seen: Vec<&str> = Vec::new();
@@ -180,7 +191,7 @@ pub fn parse(origin: &str, text: &str) -> Result<Vec<Target>, TargetsError> {
                     position,
                     "option",
                     field,
-                    "expected service=NAME or key=PATH",
+                    "expected service=NAME, key=PATH or weight=N",
                 ));
             };
             if seen.contains(&key) {
@@ -213,12 +224,27 @@ pub fn parse(origin: &str, text: &str) -> Result<Vec<Target>, TargetsError> {
                     }
                     target.key = Some(PathBuf::from(value));
                 }
+                "weight" => {
+                    let weight = value
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|w| (1..=MAX_WEIGHT).contains(w))
+                        .ok_or_else(|| {
+                            err(
+                                position,
+                                "weight",
+                                value,
+                                "expected the real server's weight in keepalived, 1..=65535",
+                            )
+                        })?;
+                    target.weight = Some(weight);
+                }
                 _ => {
                     return Err(err(
                         position,
                         "option",
                         field,
-                        "unknown option; expected service=NAME or key=PATH",
+                        "unknown option; expected service=NAME, key=PATH or weight=N",
                     ));
                 }
             }
@@ -246,7 +272,7 @@ rs5 10.0.0.5
 rs6\t10.0.0.6:7000   service=game   # trailing comment
 rs7 [fd00::7]:4950 service=game key=/etc/lbagent/director.key
 
-rs8 fd00::8 key=/k service=a.b
+rs8 fd00::8 key=/k service=a.b weight=250
 ";
         let t = parse("t.conf", text).unwrap();
         assert_eq!(t.len(), 4);
@@ -261,6 +287,7 @@ rs8 fd00::8 key=/k service=a.b
         assert_eq!(t[2].key, Some(PathBuf::from("/etc/lbagent/director.key")));
         assert_eq!(t[3].addr, "[fd00::8]:4950".parse().unwrap());
         assert_eq!(t[3].service, "a.b");
+        assert_eq!((t[0].weight, t[3].weight), (None, Some(250)));
         assert_eq!(t[2].to_string(), "rs7 [fd00::7]:4950 service game");
     }
 
@@ -281,9 +308,13 @@ rs8 fd00::8 key=/k service=a.b
             ("rs5 10.0.0.5 service=a|b", "field 3 (service) \"a|b\""),
             ("rs5 10.0.0.5 key=relative", "field 3 (key) \"relative\""),
             (
-                "rs5 10.0.0.5 weight=3",
-                "field 3 (option) \"weight=3\": unknown option",
+                "rs5 10.0.0.5 weigth=3",
+                "field 3 (option) \"weigth=3\": unknown option",
             ),
+            ("rs5 10.0.0.5 weight=0", "field 3 (weight) \"0\""),
+            ("rs5 10.0.0.5 weight=65536", "field 3 (weight) \"65536\""),
+            ("rs5 10.0.0.5 weight=lots", "field 3 (weight) \"lots\""),
+            ("rs5.weight 10.0.0.5", "field 1 (name) \"rs5.weight\""),
             ("rs5 10.0.0.5 game", "field 3 (option) \"game\""),
             (
                 "rs5 10.0.0.5 service=a service=b",
