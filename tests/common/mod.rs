@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod c_build;
+pub mod haproxy;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
