@@ -182,7 +182,8 @@ impl LoadFilter {
 #[derive(Zeroable)]
 #[repr(C)]
 pub(crate) struct ShapeCell {
-    /// Bit 63: serving when last seen; the rest: clock time when that was first seen.
+    /// Bit 63: serving when last seen; bit 62: seen at all; the rest: clock time when that
+    /// was first seen.
     transition: AtomicU64,
     /// The load filter, packed (0: not started).
     filter: AtomicU64,
@@ -192,6 +193,8 @@ pub(crate) struct ShapeCell {
 }
 
 const SERVING: u64 = 1 << 63;
+const SEEN: u64 = 1 << 62;
+const TIME: u64 = SEEN - 1;
 
 impl ShapeCell {
     /// Records whether the target is serving at `now`; returns the clock time from which it
@@ -200,17 +203,17 @@ impl ShapeCell {
     pub(crate) fn observe(&self, serving: bool, now: u64) -> u64 {
         let mut bits = self.transition.load(Ordering::Acquire);
         loop {
-            if (bits & SERVING != 0) == serving {
-                return bits & !SERVING;
+            if bits & SEEN != 0 && (bits & SERVING != 0) == serving {
+                return bits & TIME;
             }
-            let next = if serving { SERVING } else { 0 } | (now & !SERVING);
+            let next = if serving { SERVING } else { 0 } | SEEN | (now & TIME);
             match self.transition.compare_exchange_weak(
                 bits,
                 next,
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return now & !SERVING,
+                Ok(_) => return now & TIME,
                 Err(actual) => bits = actual,
             }
         }
@@ -348,6 +351,8 @@ mod tests {
     #[test]
     fn cell_observes_transitions_and_counts_weight_changes() {
         let c = ShapeCell::zeroed();
+        // The first reading, serving or not, is a change.
+        assert_eq!(ShapeCell::zeroed().observe(false, 50), 50);
         assert_eq!(c.observe(true, 100), 100);
         assert_eq!(c.observe(true, 200), 100);
         assert_eq!(c.observe(false, 300), 300);

@@ -7,14 +7,18 @@
  *     port is not open meanwhile), then opens its port and reports UP;
  *   - each connection sends one line and gets "ok NAME MS\n" after ROLLING_SERVICE_MS (the
  *     service's own time; MS is how long this process has been serving), then the server
- *     closes it; the load it reports is its open connections;
+ *     closes it; a connection that sends no line within REQUEST_TIMEOUT_MS is closed; the
+ *     load it reports is its open connections;
  *   - on SIGTERM (waited for by the main thread with sigwait: no handler at all) it reports
  *     DRAIN and keeps serving, new connections too, while the main thread waits in
  *     lbagent_wait_drained (at most ROLLING_DRAIN_LIMIT_MS) until every director that asks
  *     was told and no connection is open; then it closes its port, reports STOPPING, stops
  *     the agent and exits.
  *
- * Usage: rolling_server NAME ADDRESS PORT    (the agent: LBAGENT_CONFIG)
+ * Without LBAGENT_CONFIG it runs without an agent, as the baseline: on SIGTERM it closes its
+ * port at once, finishes the requests in progress and exits (a usual graceful shutdown).
+ *
+ * Usage: rolling_server NAME ADDRESS PORT    (the agent: LBAGENT_CONFIG; none without it)
  * Prints "rolling_server NAME: up" once serving, and "rolling_server NAME: drained ..." and
  * "rolling_server NAME: stopped after N requests" at the end.
  */
@@ -38,9 +42,11 @@
 #include "lbagent.h"
 
 #define CAPACITY 512
+#define REQUEST_TIMEOUT_MS 2000
 
 struct connection {
     int fd;
+    long long opened_at;
     size_t received;
     long long answer_at; /* 0 while the request line is not complete */
     char line[128];
@@ -50,7 +56,7 @@ static lbagent *agent;
 static const char *name;
 static struct sockaddr_in address;
 static long startup_ms, service_ms, drain_limit_ms;
-static atomic_int stopping;
+static atomic_int closing; /* close the port, finish what is open, return */
 static atomic_long served;
 static int wake[2]; /* the main thread wakes the serving thread through this pipe */
 
@@ -99,8 +105,10 @@ static void *serve(void *unused) {
     (void)unused;
 
     /* Loading data: heart-beating, port closed. */
-    while (now_ms() < loaded_at && !atomic_load(&stopping)) {
-        (void)lbagent_heartbeat(agent);
+    while (now_ms() < loaded_at && !atomic_load(&closing)) {
+        if (agent != NULL) {
+            (void)lbagent_heartbeat(agent);
+        }
         poll(NULL, 0, 20);
     }
     listener = open_port();
@@ -112,13 +120,21 @@ static void *serve(void *unused) {
         conns[i].fd = -1;
     }
     ready_at = now_ms();
-    (void)lbagent_set_state(agent, NULL, LBAGENT_STATE_UP, "ready");
+    if (agent != NULL) {
+        (void)lbagent_set_state(agent, NULL, LBAGENT_STATE_UP, "ready");
+    }
     say("up");
 
-    while (!atomic_load(&stopping)) {
+    for (;;) {
         long long now = now_ms(), next = now + 100;
         int nfds = 2, open = 0, n;
-        (void)lbagent_heartbeat(agent);
+        if (atomic_load(&closing) && listener >= 0) {
+            close(listener); /* new connections are refused from now on */
+            listener = -1;
+        }
+        if (agent != NULL) {
+            (void)lbagent_heartbeat(agent);
+        }
         fds[0].fd = wake[0];
         fds[0].events = POLLIN;
         fds[1].fd = listener;
@@ -126,6 +142,10 @@ static void *serve(void *unused) {
         for (i = 0; i < CAPACITY; i++) {
             struct connection *c = &conns[i];
             if (c->fd < 0) {
+                continue;
+            }
+            if (c->answer_at == 0 && now - c->opened_at >= REQUEST_TIMEOUT_MS) {
+                finish(c); /* no request: a client (or a proxy) that went quiet */
                 continue;
             }
             if (c->answer_at != 0 && now >= c->answer_at) {
@@ -146,13 +166,22 @@ static void *serve(void *unused) {
             owner[nfds] = i;
             nfds++;
         }
-        (void)lbagent_set_load(agent, NULL, (uint32_t)open, CAPACITY);
+        if (agent != NULL) {
+            (void)lbagent_set_load(agent, NULL, (uint32_t)open, CAPACITY);
+        }
+        if (listener < 0 && open == 0) {
+            break; /* closing, and every request answered */
+        }
         n = poll(fds, (nfds_t)nfds, (int)(next > now ? next - now : 0));
         if (n < 0 && errno != EINTR) {
             perror("rolling_server: poll");
             exit(1);
         }
         now = now_ms();
+        if (fds[0].revents & POLLIN) {
+            char byte;
+            (void)!read(wake[0], &byte, 1);
+        }
         if (fds[1].revents & POLLIN) {
             int k, fd;
             for (k = 0; k < 64 && (fd = accept(listener, NULL, NULL)) >= 0; k++) {
@@ -163,6 +192,7 @@ static void *serve(void *unused) {
                     continue;
                 }
                 conns[i].fd = fd;
+                conns[i].opened_at = now;
                 conns[i].received = 0;
                 conns[i].answer_at = 0;
             }
@@ -182,12 +212,6 @@ static void *serve(void *unused) {
             if (memchr(c->line, '\n', c->received) != NULL || c->received == sizeof c->line - 1) {
                 c->answer_at = now + service_ms;
             }
-        }
-    }
-    close(listener);
-    for (i = 0; i < CAPACITY; i++) {
-        if (conns[i].fd >= 0) {
-            finish(&conns[i]);
         }
     }
     return NULL;
@@ -224,12 +248,14 @@ int main(int argc, char **argv) {
     sigaddset(&signals, SIGINT);
     pthread_sigmask(SIG_BLOCK, &signals, NULL);
 
-    if (lbagent_start(NULL, &agent) != LBAGENT_OK) {
-        lbagent_last_error(text, sizeof text);
-        fprintf(stderr, "rolling_server: %s\n", text);
-        return 1;
+    if (getenv("LBAGENT_CONFIG") != NULL) {
+        if (lbagent_start(NULL, &agent) != LBAGENT_OK) {
+            lbagent_last_error(text, sizeof text);
+            fprintf(stderr, "rolling_server: %s\n", text);
+            return 1;
+        }
+        (void)lbagent_set_state(agent, NULL, LBAGENT_STATE_STARTING, "loading data");
     }
-    (void)lbagent_set_state(agent, NULL, LBAGENT_STATE_STARTING, "loading data");
     if (pipe(wake) != 0 || pthread_create(&server, NULL, serve, NULL) != 0) {
         perror("rolling_server: start");
         return 1;
@@ -237,23 +263,29 @@ int main(int argc, char **argv) {
     say("starting");
 
     sigwait(&signals, &sig);
-    /* Drain: directors stop sending; keep serving what they still send until each knows. */
-    (void)lbagent_set_state(agent, NULL, LBAGENT_STATE_DRAIN, "restarting");
-    r = lbagent_wait_drained(agent, NULL, (uint32_t)drain_limit_ms);
-    if (lbagent_drain_status(agent, NULL, &drain) == LBAGENT_OK) {
-        snprintf(text, sizeof text, "%s after %u ms: %u prober(s) told, %u pending, %llu open",
-                 r == LBAGENT_OK ? "drained" : "drain timed out", drain.drain_ms,
-                 drain.probers_told, drain.probers_pending, (unsigned long long)drain.in_use);
-        say(text);
+    if (agent != NULL) {
+        /* Drain: directors stop sending; serve what they still send until each knows. */
+        (void)lbagent_set_state(agent, NULL, LBAGENT_STATE_DRAIN, "restarting");
+        r = lbagent_wait_drained(agent, NULL, (uint32_t)drain_limit_ms);
+        if (lbagent_drain_status(agent, NULL, &drain) == LBAGENT_OK) {
+            snprintf(text, sizeof text,
+                     "%s after %u ms: %u prober(s) told, %u pending, %llu open",
+                     r == LBAGENT_OK ? "drained" : "drain timed out", drain.drain_ms,
+                     drain.probers_told, drain.probers_pending,
+                     (unsigned long long)drain.in_use);
+            say(text);
+        }
     }
-    atomic_store(&stopping, 1);
+    atomic_store(&closing, 1);
     if (write(wake[1], "x", 1) != 1) {
         perror("rolling_server: wake");
     }
     pthread_join(server, NULL);
-    (void)lbagent_set_state(agent, NULL, LBAGENT_STATE_STOPPING, "exiting");
-    (void)lbagent_stop(agent, 1000);
-    lbagent_free(agent);
+    if (agent != NULL) {
+        (void)lbagent_set_state(agent, NULL, LBAGENT_STATE_STOPPING, "exiting");
+        (void)lbagent_stop(agent, 1000);
+        lbagent_free(agent);
+    }
     snprintf(text, sizeof text, "stopped after %ld requests", atomic_load(&served));
     say(text);
     return 0;
