@@ -105,6 +105,14 @@ impl Answer {
     pub fn is_serving(&self) -> bool {
         self.state == State::Up && self.weight_pct > 0
     }
+
+    /// The drain progress worth showing: while the host takes the server out on purpose
+    /// (drain, maintenance, stopping, or up at weight 0), not while it starts or is down.
+    pub fn drain_shown(&self) -> Option<DrainProgress> {
+        let taken_out = matches!(self.state, State::Drain | State::Maint | State::Stopping)
+            || (self.state == State::Up && self.weight_pct == 0);
+        self.drain.filter(|d| d.draining && taken_out)
+    }
 }
 
 impl fmt::Display for Answer {
@@ -122,7 +130,7 @@ impl fmt::Display for Answer {
         if !self.message.is_empty() {
             write!(f, ": \"{}\"", self.message)?;
         }
-        if let Some(d) = self.drain.filter(|d| d.draining) {
+        if let Some(d) = self.drain_shown() {
             write!(f, " [{d}]")?;
         }
         Ok(())

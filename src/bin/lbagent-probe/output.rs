@@ -51,7 +51,7 @@ pub fn answer_line(subject: &Subject<'_>, a: &Answer) -> String {
     if !a.message.is_empty() {
         line.push_str(&format!(": \"{}\"", a.message));
     }
-    if let Some(d) = a.drain.filter(|d| d.draining) {
+    if let Some(d) = a.drain_shown() {
         line.push_str(&format!(" [{d}, told you {} times]", d.told_you));
     }
     line
