@@ -147,13 +147,13 @@ pub struct Config {
     /// default off).
     pub weight_from_load: bool,
     /// Time constant of the smoothing of the spare capacity (`weight_load_smoothing_ms=`,
-    /// default 5000).
+    /// default 15000).
     pub weight_load_smoothing_ms: u32,
     /// The weight moves only when the smoothed spare capacity is further than this from it
     /// (`weight_load_dead_band_pct=`, default 5).
     pub weight_load_dead_band_pct: u8,
     /// The weight moves at most this many percent per second (`weight_load_rate_pct=`,
-    /// default 10).
+    /// default 5).
     pub weight_load_rate_pct: u32,
 }
 
@@ -184,9 +184,9 @@ impl Default for Config {
             slow_start_ms: 0,
             slow_start_min_pct: 10,
             weight_from_load: false,
-            weight_load_smoothing_ms: 5_000,
+            weight_load_smoothing_ms: 15_000,
             weight_load_dead_band_pct: 5,
-            weight_load_rate_pct: 10,
+            weight_load_rate_pct: 5,
         }
     }
 }

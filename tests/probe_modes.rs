@@ -601,8 +601,7 @@ fn watch_shows_drain_progress() {
     drop(watch);
 
     let json = Watch::start(&["--json", "--interval", "100", &t]);
-    let line: serde_json::Value =
-        serde_json::from_str(&json.expect("\"complete\":true")).unwrap();
+    let line: serde_json::Value = serde_json::from_str(&json.expect("\"complete\":true")).unwrap();
     assert_eq!(line["drain"]["draining"], true);
     assert_eq!(line["drain"]["probers_pending"], 0);
     assert!(line["drain"]["told_you"].as_u64().unwrap() >= 2);
