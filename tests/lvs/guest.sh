@@ -35,7 +35,8 @@
 #                               stopped after
 #   checker_ipvs_weight PERCENT optional: the IPVS weight for a host weight in percent;
 #                               defining it says that the checker conveys weights: it adds the
-#                               weight steps, and a draining server stays in the table at
+#                               weight steps
+#   checker_drain_kept          optional: defined when a draining server stays in the table at
 #                               weight `checker_ipvs_weight 0` instead of going out
 #   checker_forks               optional: "per-check" when keepalived forks for every check;
 #                               otherwise no fork of keepalived or the poller is allowed
@@ -188,14 +189,14 @@ observed() {
 
 # What the table must show for server NAME in STATE: in (serving, host weight 100 %),
 # in@PERCENT (serving at that host weight), out (not to get new connections), drained (the
-# host drains: out, or kept at weight 0 by a checker that conveys weights).
+# host drains: out, or kept at weight 0 by a checker that says so).
 expected() {
     local name=$1 state=$2
     case $state in
         out) [ "${RS_INHIBIT[$name]}" = yes ] && echo weight=0 || echo absent ;;
         in) expected "$name" in@100 ;;
         drained)
-            if declare -F checker_ipvs_weight >/dev/null; then
+            if declare -F checker_drain_kept >/dev/null; then
                 echo "weight=$(checker_ipvs_weight 0)"
             else
                 expected "$name" out
@@ -366,7 +367,7 @@ EOF
 run_checker() {
     local conf=/run/lvs/$checker.conf keepalived_pid status=0 name
     unset -f checker_snippet checker_agent_config checker_start checker_stop \
-        checker_ipvs_weight checker_forks
+        checker_ipvs_weight checker_drain_kept checker_forks
     # shellcheck source=/dev/null
     if ! . "$lvs/checkers/$checker.sh" || ! declare -F checker_snippet >/dev/null; then
         result config - - - fail
