@@ -459,6 +459,49 @@ fn rolling_restart_behind_haproxy_loses_nothing_with_lbagent() {
     );
 }
 
+/// The keepalived configurations of the IPVS rolling restart (run by tests/lvs/rolling.sh in
+/// the VM) are valid: `keepalived -t` accepts them (with the track files' directory here), and
+/// lbagent-director accepts the targets file.
+#[test]
+fn ipvs_rolling_restart_configurations_are_valid() {
+    let dir = scratch_dir("rolling-keepalived");
+    for name in ["rolling-lbagent", "rolling-plain"] {
+        let conf = doc_block("docs/LIFECYCLE.md", "keepalived", name)
+            .replace("/run/lbagent/", &format!("{}/", dir.display()));
+        let path = dir.join(format!("{name}.conf"));
+        std::fs::write(&path, conf).unwrap();
+        let out = Command::new("keepalived")
+            .args(["-t", "-f"])
+            .arg(&path)
+            .output()
+            .expect("keepalived (make test installs it)");
+        assert!(
+            out.status.success(),
+            "keepalived -t rejects {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let targets = dir.join("targets.conf");
+    std::fs::write(
+        &targets,
+        doc_block("docs/LIFECYCLE.md", "targets", "rolling-lvs"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lbagent-director"))
+        .args(["--check", "--targets"])
+        .arg(&targets)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let agent = doc_block("docs/LIFECYCLE.md", "sh", "rolling-agent-lvs");
+    let config = agent
+        .trim()
+        .trim_start_matches("LBAGENT_CONFIG=\"")
+        .trim_end_matches('"');
+    let config = lbagent::Config::parse(config).unwrap();
+    assert_eq!((config.drain_confirm, config.slow_start_ms), (3, 5000));
+}
+
 /// Every block of docs/LIFECYCLE.md is one a test reads (or plain prose output).
 #[test]
 fn every_block_of_the_lifecycle_doc_is_tested() {
@@ -477,6 +520,10 @@ fn every_block_of_the_lifecycle_doc_is_tested() {
             "```haproxy rolling-lbagent",
             "```haproxy rolling-plain",
             "```haproxy rolling-redispatch",
+            "```sh rolling-agent-lvs",
+            "```keepalived rolling-lbagent",
+            "```targets rolling-lvs",
+            "```keepalived rolling-plain",
         ],
         "a block was added to docs/LIFECYCLE.md: give it a tag and a test"
     );

@@ -19,12 +19,15 @@
 # SECONDS is the measured detection time: from the change on the server to the table showing
 # it. And one line per checker for the forks:
 #   LVS-FORKS CHECKER SECONDS COUNT EXPECTED pass|fail     (COUNT forks in SECONDS of steps)
+# And the rolling restart under load (rolling.sh), one line per way of doing it:
+#   LVS-ROLLING MODE REQUESTS FAILED SLOW P50_MS P99_MS MAX_MS FIRST_SECONDS pass|fail|report
 # Other lines (LVS-INFO, keepalived's, the poller's and the servers' logs) are for debugging.
 #
 # Environment (from run.sh, through init): LVS_REPO (the repository), LVS_DEMO_SERVER,
 # LVS_BIN (lbagent-probe and lbagent-director, copied to LVS_BIN_DIR at start), LVS_CHECKERS
 # (names of files in checkers/, default all), LVS_BOUND (seconds allowed per transition),
-# LVS_HANG_MS (length of the simulated hang).
+# LVS_HANG_MS (length of the simulated hang), LVS_ROLLING (1: run the rolling restart too),
+# LVS_ROLLING_SERVER and LVS_ROLLING_CLIENT (its programs).
 #
 # A checker file says how keepalived checks the servers:
 #   checker_snippet             required: NAME of the ```keepalived NAME block of
@@ -58,6 +61,8 @@ TRACE=/sys/kernel/tracing # tracefs, mounted by init
 
 # shellcheck source=keepalived_conf.sh
 . "$lvs/keepalived_conf.sh"
+# shellcheck source=rolling.sh
+. "$lvs/rolling.sh"
 
 checker= # the checker being run
 hang_ends=0 # when the event loops of hang_all come back (microseconds)
@@ -428,10 +433,14 @@ main() {
     if [ -z "$checkers" ]; then
         checkers=$(cd "$lvs/checkers" && ls ./*.sh | sed 's|^\./||; s|\.sh$||')
     fi
+    [ "$checkers" = none ] && checkers=
     for checker in $checkers; do
         info "=== checker $checker"
         run_checker || failures=$((failures + 1))
     done
+    if [ "${LVS_ROLLING:-1}" = 1 ]; then
+        rolling_main || failures=$((failures + 1))
+    fi
     info "guest done"
     return $((failures > 0))
 }
