@@ -502,6 +502,35 @@ fn ipvs_rolling_restart_configurations_are_valid() {
     assert_eq!((config.drain_confirm, config.slow_start_ms), (3, 5000));
 }
 
+/// docs/LIFECYCLE.md's shutdown sequence compiles as C11 with warnings as errors.
+#[test]
+fn the_documented_shutdown_compiles() {
+    let dir = scratch_dir("lifecycle-c");
+    let source = dir.join("drain.c");
+    std::fs::write(
+        &source,
+        format!(
+            "#include \"lbagent.h\"\nstatic void close_listening_socket(void) {{}}\n\
+             void shut_down(lbagent *agent);\nvoid shut_down(lbagent *agent) {{\n{}}}\n",
+            doc_block("docs/LIFECYCLE.md", "c", "drain")
+        ),
+    )
+    .unwrap();
+    let out = Command::new("gcc")
+        .args(common::c_build::C_FLAGS)
+        .arg("-fsyntax-only")
+        .arg("-I")
+        .arg(repo().join("include"))
+        .arg(&source)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Every block of docs/LIFECYCLE.md is one a test reads (or plain prose output).
 #[test]
 fn every_block_of_the_lifecycle_doc_is_tested() {
@@ -514,7 +543,7 @@ fn every_block_of_the_lifecycle_doc_is_tested() {
     assert_eq!(
         openings,
         [
-            "```c",
+            "```c drain",
             "```",
             "```sh rolling-agent",
             "```haproxy rolling-lbagent",
