@@ -223,8 +223,7 @@ fn simulate(scheduler: Scheduler, control: Control, configured: [u32; 3]) -> Out
             }
         }
         now += STEP_MS;
-        for half in 0..2 {
-            let end = if half == 0 { CHANGE_AT_MS } else { DURATION_MS };
+        for (half, end) in [CHANGE_AT_MS, DURATION_MS].into_iter().enumerate() {
             if now == end {
                 // Both windows are half of a half (the halves are equally long).
                 let span = (CHANGE_AT_MS / 2) as f64;
