@@ -26,6 +26,7 @@ ROLL_SLOW_MS=1000 # a lost SYN is sent again after 1 s: anything slower waited
 declare -A ROLL_PID=()
 
 roll_block() { DOC=$ROLL_DOC doc_block "$@"; }
+roll_ms() { echo $((${EPOCHREALTIME/./} / 1000)); }
 
 roll_net() {
     local n
@@ -137,20 +138,32 @@ roll_run() {
     for n in "${ROLL_SERVERS[@]}"; do roll_wait_weight "$n" || status=1; done
 
     if [ $status -eq 0 ]; then
+        local t0
+        t0=$(roll_ms)
         ip netns exec client "$LVS_ROLLING_CLIENT" "$ROLL_VIP" "$ROLL_PORT" "$ROLL_RATE" >"$out" &
         client_pid=$!
         sleep 3
         for n in "${ROLL_SERVERS[@]}"; do
+            info "rolling: $(($(roll_ms) - t0)) ms: SIGTERM to server $n"
             kill -TERM "${ROLL_PID[$n]}"
             wait_exit "${ROLL_PID[$n]}" "$LVS_BOUND" || { info "server $n did not stop"; status=1; }
+            info "rolling: $(($(roll_ms) - t0)) ms: server $n exited"
             sleep 0.5
             roll_server "$n" 2 "$mode"
-            roll_wait_log "$n" "s$n#2: up" && roll_wait_weight "$n" || status=1
+            roll_wait_log "$n" "s$n#2: up" || status=1
+            info "rolling: $(($(roll_ms) - t0)) ms: server $n#2 up"
+            roll_wait_weight "$n" || status=1
+            info "rolling: $(($(roll_ms) - t0)) ms: server $n#2 at weight 100"
             sleep 2
         done
         kill -TERM "$client_pid"
         wait "$client_pid"
         roll_summary "$mode" "$out"
+        # The requests that failed or waited, for the record (the client's clock starts at
+        # about the first time above).
+        awk -v limit=$((ROLL_SERVICE_MS + ROLL_SLOW_MS)) '$3 ~ /^error/ || $2 > limit' "$out" |
+            head -n 20 | sed 's/^/LVS-INFO rolling: due ms, latency ms, outcome: /'
+        ipvsadm -Ln --stats | sed 's/^/LVS-INFO rolling: /' 
         grep -h 'drain' /run/lvs/rolling-rs*.log | sed 's/^/LVS-INFO rolling: /'
     fi
     [ $status -eq 0 ] || echo "LVS-ROLLING $mode - - - - - - - fail"

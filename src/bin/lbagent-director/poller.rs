@@ -449,10 +449,12 @@ impl Poller {
                 ),
             );
         }
-        sync_file(&self.track, &self.log, slot);
+        // The weight first: a server that comes back is let in at the weight it asks for,
+        // never at the full weight its weight file last said.
         if let Ok(answer) = &result {
             sync_weight(&self.track, &self.log, slot, answer);
         }
+        sync_file(&self.track, &self.log, slot);
     }
 
     fn reload(&mut self) {
