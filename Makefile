@@ -51,7 +51,7 @@ demo: demo-tools build
 	scripts/demo.sh
 
 ## test: every test (unit, loopback UDP, TCP and HTTP, protocol vectors, header, symbols, C
-## and C++ hosts under valgrind, HAProxy, amplification, soak), make demo's walk-through, the
+## and C++ hosts under valgrind, HAProxy, a rolling restart behind HAProxy, amplification, soak), make demo's walk-through, the
 ## Python package in a fresh virtual environment, the fuzzers for a bounded time, then the LVS
 ## director test.
 test: tools lint
@@ -100,8 +100,8 @@ fuzz:
 	done
 
 ## lvs-test: real keepalived driving the kernel's IPVS table in a VM with UDP_CHECK, MISC_CHECK
-## and lbagent-director's track files (about 2 min 30 s; installs qemu, keepalived, ipvsadm,
-## busybox-static and fetches a Debian kernel on first use).
+## and lbagent-director's track files, then a rolling restart under load (about 4 min;
+## installs qemu, keepalived, ipvsadm, busybox-static and fetches a Debian kernel on first use).
 lvs-test: tools
 	$(CARGO) build
 	tests/lvs/run.sh
