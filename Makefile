@@ -51,9 +51,9 @@ demo: demo-tools build
 	scripts/demo.sh
 
 ## test: every test (unit, loopback UDP, TCP and HTTP, protocol vectors, header, symbols, C
-## and C++ hosts under valgrind, HAProxy, a rolling restart behind HAProxy, amplification, soak), make demo's walk-through, the
-## Python package in a fresh virtual environment, the fuzzers for a bounded time, then the LVS
-## director test.
+## and C++ hosts under valgrind, HAProxy and a rolling restart behind it, amplification,
+## soak), make demo's walk-through, the Python package in a fresh virtual environment, the
+## fuzzers for a bounded time, then the LVS director test.
 test: tools lint
 	$(CARGO) build --all-targets
 	$(CARGO) test --all-targets -- --test-threads=2
