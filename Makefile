@@ -81,10 +81,10 @@ demo: demo-tools build
 	scripts/demo.sh
 
 ## test: every test (scripts/test-all.sh runs the LVS VM beside the rest): unit, loopback
-## UDP, TCP and HTTP, protocol vectors, header,
-## symbols, the C and C++ hosts under valgrind, HAProxy, the install,
-## amplification, soak; make demo's walk-through; the Python package in a
-## fresh virtual environment; the fuzzers for a bounded time; the LVS VM.
+## UDP, TCP and HTTP, protocol vectors, header, symbols, the C and C++ hosts under valgrind,
+## HAProxy and a rolling restart behind it, the install, amplification, soak; make demo's
+## walk-through; the Python package in a fresh virtual environment; the fuzzers for a bounded
+## time; the LVS VM.
 test: tools lint
 	$(CARGO) build --all-targets
 	MAKE="$(MAKE)" scripts/test-all.sh
@@ -126,10 +126,10 @@ fuzz:
 		test $${PIPESTATUS[0]} -eq 0 || exit 1; \
 	done
 
-## lvs-test: real keepalived driving the kernel's IPVS table in a VM, with
-## UDP_CHECK, MISC_CHECK and lbagent-director's track files (about 2 min
-## 30 s; installs qemu, keepalived, ipvsadm, busybox-static and fetches a
-## Debian kernel on first use).
+## lvs-test: real keepalived driving the kernel's IPVS table in a VM with UDP_CHECK, MISC_CHECK
+## and lbagent-director's track files (polled and pushed), then a rolling restart under load
+## (about 4 min; installs qemu, keepalived, ipvsadm, busybox-static and fetches a Debian kernel
+## on first use).
 lvs-test: tools
 	$(CARGO) build
 	tests/lvs/run.sh

@@ -4,8 +4,9 @@
 // poll() loop heart-beats once per iteration and reports its load (clients out of capacity).
 // The agent lives in an lbagentpp::Agent: a bad configuration is an exception with the
 // library's text; the destructor stops and frees the agent. SIGTERM drains from the signal
-// handler (Agent::set_state without a reason is async-signal-safe), the loop lingers for the
-// clients still connected, then reports STOPPING and returns.
+// handler (Agent::set_state without a reason is async-signal-safe); the loop keeps serving,
+// new connections too, until Agent::drain_status says the drain is complete (every director
+// that asks was told, no client left; at most kDrainLimit), then reports STOPPING and returns.
 //
 // Usage: cpp_server [TCP_PORT]   (default 7072; 0 lets the system choose)
 // The agent is configured by LBAGENT_CONFIG, e.g. "listen=127.0.0.1:4950 watchdog_ms=1500".
@@ -29,7 +30,7 @@
 namespace {
 
 const std::uint32_t kCapacity = 32;
-const std::chrono::milliseconds kLinger(800);
+const std::chrono::milliseconds kDrainLimit(15000);
 
 lbagentpp::Agent *agent_for_signals = nullptr;  // set before the handler is installed
 volatile sig_atomic_t terminate_requested = 0;
@@ -153,11 +154,14 @@ int run(int port) {
         if (terminate_requested && !draining) {
             draining = true;  // the handler already drained; add the reason text
             agent.set_state(lbagentpp::State::Drain, "shutting down");
-            stop_at = std::chrono::steady_clock::now() + kLinger;
+            stop_at = std::chrono::steady_clock::now() + kDrainLimit;
+        }
+        if (draining && agent.drain_status().complete) {
+            break;  // every director knows, and no client is left
         }
 
         std::vector<pollfd> fds;
-        fds.push_back(pollfd{draining ? -1 : listener.fd(), POLLIN, 0});
+        fds.push_back(pollfd{listener.fd(), POLLIN, 0});
         for (const Client &c : clients) {
             fds.push_back(pollfd{c.socket.fd(), POLLIN, 0});
         }

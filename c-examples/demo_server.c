@@ -6,8 +6,10 @@
  *   - starts the agent before accepting traffic (state STARTING), warms up, then goes UP;
  *   - heart-beats once per loop iteration, so a stuck loop is caught by the watchdog;
  *   - reports its load (connected clients out of its capacity);
- *   - on SIGTERM drains from the signal handler (async-signal-safe call), keeps serving
- *     existing clients for a moment, then reports STOPPING and stops the agent.
+ *   - on SIGTERM drains from the signal handler (async-signal-safe call), keeps serving (new
+ *     connections too: a director may send some until it has heard of the drain) until
+ *     lbagent_drain_status says the drain is complete: every director that asks was told,
+ *     and no client is connected (at most DRAIN_LIMIT_MS); then reports STOPPING and stops.
  *
  * Protocol, one request per line:
  *   PING            -> PONG
@@ -38,7 +40,7 @@
 
 #define MAX_CLIENTS 64
 #define WARMUP_MS 1500
-#define LINGER_MS 1500
+#define DRAIN_LIMIT_MS 15000
 
 struct client {
     int fd;
@@ -155,7 +157,8 @@ int main(int argc, char **argv) {
     struct pollfd fds[MAX_CLIENTS + 1];
     struct sigaction sa;
     long counter = 0;
-    long long started, stop_at = 0;
+    long long started, drain_until = 0;
+    uint32_t told = 0, pending = 0;
     int listener, i, ready = 0;
     uint16_t agent_port = 0;
 
@@ -210,18 +213,39 @@ int main(int argc, char **argv) {
             ready = 1;
             check(lbagent_set_state(agent, NULL, LBAGENT_STATE_UP, "ready"), "up");
         }
-        if (terminate_requested && stop_at == 0) {
-            /* The handler already drained; finish existing work, then stop. */
+        if (terminate_requested && drain_until == 0) {
+            /* The handler already drained; add the reason. Keep accepting: a director sends
+             * new connections until it has heard of the drain. */
             check(lbagent_set_state(agent, NULL, LBAGENT_STATE_DRAIN, "shutting down"), "drain");
-            stop_at = now + LINGER_MS;
-            printf("demo_server: SIGTERM: draining for %d ms\n", LINGER_MS);
+            drain_until = now + DRAIN_LIMIT_MS;
+            printf("demo_server: SIGTERM: draining (at most %d ms)\n", DRAIN_LIMIT_MS);
             fflush(stdout);
         }
-        if (stop_at != 0 && now >= stop_at) {
-            break;
+        if (drain_until != 0) {
+            /* Done when every director that asks was told, and no client is connected. */
+            lbagent_drain drain;
+            if (lbagent_drain_status(agent, NULL, &drain) == LBAGENT_OK) {
+                if (drain.complete) {
+                    printf("demo_server: drain complete after %u ms: %u prober(s) told\n",
+                           drain.drain_ms, drain.probers_told);
+                    break;
+                }
+                if (drain.probers_told != told || drain.probers_pending != pending) {
+                    told = drain.probers_told;
+                    pending = drain.probers_pending;
+                    printf("demo_server: draining: %u of %u prober(s) told, %llu client(s)\n",
+                           told, told + pending, (unsigned long long)drain.in_use);
+                    fflush(stdout);
+                }
+            }
+            if (now >= drain_until) {
+                printf("demo_server: drain not complete after %d ms: stopping anyway\n",
+                       DRAIN_LIMIT_MS);
+                break;
+            }
         }
 
-        fds[nfds].fd = stop_at ? -1 : listener; /* draining: accept nothing new */
+        fds[nfds].fd = listener;
         fds[nfds].events = POLLIN;
         nfds++;
         for (i = 0; i < MAX_CLIENTS; i++) {

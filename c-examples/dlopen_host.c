@@ -9,7 +9,8 @@
  *
  * The service is a UDP echo on 127.0.0.1 with a poll() loop that heart-beats once per
  * iteration. SIGTERM drains from the signal handler (through the table: the call is
- * async-signal-safe), the loop lingers a moment, then reports STOPPING and exits.
+ * async-signal-safe); the loop keeps echoing until lbagent_drain_status says every director
+ * that asks has been told (at most DRAIN_LIMIT_MS), then reports STOPPING and exits.
  *
  * Usage: dlopen_host [UDP_PORT]           (default 7071; 0 lets the system choose)
  *   LBAGENT_LIBRARY  the library to load (default: the soname liblbagent.so.0, found through
@@ -41,7 +42,7 @@
 #include "lbagent.h"
 
 #define DEFAULT_LIBRARY "liblbagent.so.0"
-#define LINGER_MS 500
+#define DRAIN_LIMIT_MS 10000
 
 /* The functions this host uses, resolved at run time. All set, or the agent is not used. */
 struct lbagent_api {
@@ -51,6 +52,7 @@ struct lbagent_api {
                                 const char *reason);
     lbagent_result (*heartbeat)(lbagent *agent);
     lbagent_result (*local_port)(const lbagent *agent, size_t index, uint16_t *out);
+    lbagent_result (*drain_status)(const lbagent *agent, const char *service, lbagent_drain *out);
     lbagent_result (*stop)(lbagent *agent, uint32_t timeout_ms);
     void (*free)(lbagent *agent);
     size_t (*last_error)(char *buf, size_t len);
@@ -70,6 +72,7 @@ static void check_table_types(void) {
     (void)sizeof(t.set_state = lbagent_set_state);
     (void)sizeof(t.heartbeat = lbagent_heartbeat);
     (void)sizeof(t.local_port = lbagent_local_port);
+    (void)sizeof(t.drain_status = lbagent_drain_status);
     (void)sizeof(t.stop = lbagent_stop);
     (void)sizeof(t.free = lbagent_free);
     (void)sizeof(t.last_error = lbagent_last_error);
@@ -103,6 +106,7 @@ static int load_lbagent(const char *path, char *why, size_t why_len) {
     }
     if (RESOLVE(start, "lbagent_start") && RESOLVE(set_state, "lbagent_set_state") &&
         RESOLVE(heartbeat, "lbagent_heartbeat") && RESOLVE(local_port, "lbagent_local_port") &&
+        RESOLVE(drain_status, "lbagent_drain_status") &&
         RESOLVE(stop, "lbagent_stop") && RESOLVE(free, "lbagent_free") &&
         RESOLVE(last_error, "lbagent_last_error") && RESOLVE(version, "lbagent_version")) {
         return 1;
@@ -246,10 +250,18 @@ int main(int argc, char **argv) {
             if (agent != NULL) {
                 (void)api.set_state(agent, NULL, LBAGENT_STATE_DRAIN, "shutting down");
             }
-            stop_at = now_ms() + LINGER_MS;
+            stop_at = now_ms() + DRAIN_LIMIT_MS;
         }
-        if (stop_at != 0 && now_ms() >= stop_at) {
-            break;
+        if (stop_at != 0) {
+            /* Unmonitored, nobody needs telling; monitored, every director that asks. */
+            lbagent_drain drain;
+            if (agent == NULL || (api.drain_status(agent, NULL, &drain) == LBAGENT_OK &&
+                                  drain.complete)) {
+                break;
+            }
+            if (now_ms() >= stop_at) {
+                break;
+            }
         }
         if (poll(&pfd, 1, 100) <= 0) {
             continue; /* timeout, or EINTR from SIGTERM */

@@ -389,6 +389,39 @@ typedef uint8_t lbagent_reason;
 #endif // __cplusplus
 
 /**
+ * How a prober asked.
+ */
+enum ProberKind
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint8_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * A protocol v1 PROBE over UDP.
+   */
+  PROBER_KIND_UDP_V1 = 1,
+  /**
+   * A text line over UDP (keepalived `UDP_CHECK`, ldirectord).
+   */
+  PROBER_KIND_TEXT = 2,
+  /**
+   * HAProxy's agent-check over TCP.
+   */
+  PROBER_KIND_AGENT_CHECK = 3,
+  /**
+   * An HTTP health check.
+   */
+  PROBER_KIND_HTTP = 4,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum ProberKind ProberKind;
+#else
+typedef uint8_t ProberKind;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * How important a line is. Exported to C as `lbagent_log_level` (`LBAGENT_LOG_LEVEL_*`).
  */
 enum lbagent_log_level
@@ -416,6 +449,11 @@ typedef enum lbagent_log_level lbagent_log_level;
 typedef uint8_t lbagent_log_level;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
+
+/**
+ * How the weight is shaped (from the configuration).
+ */
+typedef struct ShapingConfig ShapingConfig;
 
 /**
  * A running agent, created by `lbagent_start` and released by `lbagent_free`. Opaque.
@@ -488,6 +526,52 @@ typedef void (*lbagent_free_fn)(void *userdata);
  * UTF-8 line valid during the call only. Called on the agent's logger thread.
  */
 typedef void (*lbagent_log_fn)(void *userdata, int level, const char *message);
+
+/**
+ * How far a drain of the whole server or of one service has come, as filled in by
+ * `lbagent_drain_status` and `lbagent_wait_drained`.
+ *
+ * A drain is complete when the answer says "no new connections" (`draining`), every prober
+ * (a director's source address and kind of check: UDP protocol v1, text line, HAProxy
+ * agent-check, HTTP) seen within `drain_window_ms` has been told so at least `drain_confirm`
+ * times in a row, and the work in progress reported with `lbagent_set_load` is 0.
+ */
+typedef struct lbagent_drain {
+  /**
+   * 1 when complete, 0 otherwise.
+   */
+  int complete;
+  /**
+   * 1 while the answer says "no new connections" (any state but UP, or UP at weight 0).
+   */
+  int draining;
+  /**
+   * Probers seen within `drain_window_ms` that were told at least `drain_confirm` times.
+   */
+  uint32_t probers_told;
+  /**
+   * Probers seen within `drain_window_ms` that were not (yet).
+   */
+  uint32_t probers_pending;
+  /**
+   * 1 when more probers asked within the window than the agent tracks (256): the drain
+   * cannot be complete until the window passes without that.
+   */
+  int probers_untracked;
+  /**
+   * Milliseconds since the answer stopped saying "serving" (0 while serving).
+   */
+  uint32_t drain_ms;
+  /**
+   * Work in progress reported with `lbagent_set_load` (for the whole server, the sum over
+   * the server and its services).
+   */
+  uint64_t in_use;
+  /**
+   * The state answered (`LBAGENT_STATE_*`).
+   */
+  int state;
+} lbagent_drain;
 
 /**
  * One finished probe, as filled in by `lbagent_prober_receive`.
@@ -775,6 +859,39 @@ enum lbagent_result lbagent_remove_check(struct lbagent *agent, const char *name
 enum lbagent_result lbagent_set_log_callback(struct lbagent *agent,
                                              lbagent_log_fn callback,
                                              void *userdata);
+
+/**
+ * Fills `*out` with how far a drain of `service` (NULL or "" = the whole server) has come.
+ * To drain: set `LBAGENT_STATE_DRAIN` (or weight 0), keep serving, and stop once `complete`
+ * is 1 (or use `lbagent_wait_drained`).
+ *
+ * Returns `LBAGENT_OK`; `LBAGENT_ERR_UNKNOWN_SERVICE`; `LBAGENT_ERR_WRONG_PROCESS` in a
+ * process that does not answer probes (a forked worker: ask the master);
+ * `LBAGENT_ERR_NULL_ARGUMENT` / `LBAGENT_ERR_BAD_HANDLE`. On error `*out` is untouched and
+ * the last error is set.
+ *
+ * Thread-safe; no lock, no allocation, never waits. Not async-signal-safe.
+ */
+LBAGENT_MUST_USE
+enum lbagent_result lbagent_drain_status(const struct lbagent *agent,
+                                         const char *service,
+                                         struct lbagent_drain *out);
+
+/**
+ * Waits until the drain of `service` (NULL or "" = the whole server) is complete (see
+ * `lbagent_drain`), for at most `timeout_ms` milliseconds (0: checks once, does not wait).
+ * Looks every 10 ms; the agent keeps answering probes meanwhile on its own thread.
+ *
+ * Returns `LBAGENT_OK` when complete, `LBAGENT_ERR_TIMEOUT` otherwise (the last error says
+ * how far the drain came: probers told, pending, in_use; or that the answer still says
+ * serving), or the errors of `lbagent_drain_status`.
+ *
+ * Thread-safe. Blocks the calling thread: not for signal handlers nor for a single-threaded
+ * event loop that must keep serving (use `lbagent_drain_status` from the loop instead).
+ */
+enum lbagent_result lbagent_wait_drained(struct lbagent *agent,
+                                         const char *service,
+                                         uint32_t timeout_ms);
 
 /**
  * Returns a static, NUL-terminated English description of a result code (an unknown code

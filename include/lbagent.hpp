@@ -327,6 +327,32 @@ struct Status {
     }
 };
 
+// How far a drain has come (Agent::drain_status).
+struct Drain {
+    bool complete = false;          // draining, every recent prober told, nothing in use
+    bool draining = false;          // the answer says "no new connections"
+    std::uint32_t probers_told = 0;    // probers seen within drain_window_ms, told enough
+    std::uint32_t probers_pending = 0; // and those not told enough yet
+    bool probers_untracked = false;    // more probers than the agent tracks asked
+    std::uint32_t drain_ms = 0;        // since the answer stopped saying "serving"
+    std::uint64_t in_use = 0;          // work in progress reported with set_load
+    State state = State::Unknown;      // the state answered
+
+    // The C structure, converted.
+    static Drain from_c(const lbagent_drain &raw) {
+        Drain d;
+        d.complete = raw.complete != 0;
+        d.draining = raw.draining != 0;
+        d.probers_told = raw.probers_told;
+        d.probers_pending = raw.probers_pending;
+        d.probers_untracked = raw.probers_untracked != 0;
+        d.drain_ms = raw.drain_ms;
+        d.in_use = raw.in_use;
+        d.state = static_cast<State>(raw.state);
+        return d;
+    }
+};
+
 // A running agent, owned: started by the constructor, stopped and freed by the destructor.
 class Agent {
 public:
@@ -439,6 +465,31 @@ public:
             throw Error::from_call(r, "lbagent_get_status");
         }
         return Status::from_c(raw);
+    }
+
+    // How far a drain of `service` (nullptr: the whole server) has come. Throws Error
+    // (LBAGENT_ERR_WRONG_PROCESS in a forked worker, LBAGENT_ERR_UNKNOWN_SERVICE).
+    LBAGENT_NODISCARD Drain drain_status(Text service = nullptr) const {
+        lbagent_drain raw;
+        lbagent_result r = lbagent_drain_status(agent_, service.c_str(), &raw);
+        if (r != LBAGENT_OK) {
+            throw Error::from_call(r, "lbagent_drain_status");
+        }
+        return Drain::from_c(raw);
+    }
+
+    // Waits until the drain of `service` (nullptr: the whole server) is complete, at most
+    // `timeout_ms` (0: checks once). Returns true when complete, false on time-out (the
+    // drain as it stood is drain_status()). Blocks this thread; the agent keeps answering.
+    LBAGENT_NODISCARD bool wait_drained(std::uint32_t timeout_ms, Text service = nullptr) {
+        lbagent_result r = lbagent_wait_drained(agent_, service.c_str(), timeout_ms);
+        if (r == LBAGENT_ERR_TIMEOUT) {
+            return false;
+        }
+        if (r != LBAGENT_OK) {
+            throw Error::from_call(r, "lbagent_wait_drained");
+        }
+        return true;
     }
 
     // One of the agent's counters.

@@ -112,9 +112,13 @@ keepalived_view
 step "The loop recovers: the next heartbeat restores the host's state"
 wait_probe 0 8
 
-step "SIGTERM: the signal handler drains; the server finishes its work, then stops"
+step "SIGTERM: the server drains, and serves on until every director has been told"
 kill -TERM "$server_pid"
 wait_probe 1 2
+echo "  (each director must hear \"not serving\" twice: keepalived acts after its retry)"
+keepalived_view
+keepalived_view
+probe 1
 wait "$server_pid"
 echo "  demo_server exited with status $?"
 server_pid=

@@ -12,6 +12,7 @@ use crate::keys::KeySet;
 use crate::log::LogTarget;
 use crate::state::State;
 use crate::status::WorkerPolicy;
+use crate::status::shaping::{LoadConfig, ShapingConfig};
 
 /// The agent's UDP port when `listen` is not given (also `lbagent-probe`'s default).
 pub const DEFAULT_PORT: u16 = 4950;
@@ -52,6 +53,14 @@ pub const KEYS: &[&str] = &[
     "http",
     "subscribe",
     "max_subscribers",
+    "drain_window_ms",
+    "drain_confirm",
+    "slow_start_ms",
+    "slow_start_min_pct",
+    "weight_from_load",
+    "weight_load_smoothing_ms",
+    "weight_load_dead_band_pct",
+    "weight_load_rate_pct",
 ];
 
 /// Most worker watchdog slots.
@@ -166,6 +175,29 @@ pub struct Config {
     pub subscribe: SubscribeMode,
     /// Most live subscriptions at once (`max_subscribers=`, default 64).
     pub max_subscribers: u32,
+    /// A drain is complete once every prober seen within this many milliseconds has been
+    /// told (`drain_window_ms=`, default 10000).
+    pub drain_window_ms: u32,
+    /// Non-serving answers in a row each of those probers must have had
+    /// (`drain_confirm=`, default 2: keepalived acts after its retry).
+    pub drain_confirm: u32,
+    /// Slow start after a return to service, in milliseconds; 0 = off (`slow_start_ms=`).
+    pub slow_start_ms: u32,
+    /// Where slow start begins, in percent of the host's weight (`slow_start_min_pct=`,
+    /// default 10).
+    pub slow_start_min_pct: u8,
+    /// Whether the weight follows the spare capacity the host reports (`weight_from_load=`,
+    /// default off).
+    pub weight_from_load: bool,
+    /// Time constant of the smoothing of the spare capacity (`weight_load_smoothing_ms=`,
+    /// default 15000).
+    pub weight_load_smoothing_ms: u32,
+    /// The weight moves only when the smoothed spare capacity is further than this from it
+    /// (`weight_load_dead_band_pct=`, default 5).
+    pub weight_load_dead_band_pct: u8,
+    /// The weight moves at most this many percent per second (`weight_load_rate_pct=`,
+    /// default 5).
+    pub weight_load_rate_pct: u32,
 }
 
 impl Default for Config {
@@ -196,6 +228,14 @@ impl Default for Config {
             http: Vec::new(),
             subscribe: SubscribeMode::Auth,
             max_subscribers: 64,
+            drain_window_ms: 10_000,
+            drain_confirm: 2,
+            slow_start_ms: 0,
+            slow_start_min_pct: 10,
+            weight_from_load: false,
+            weight_load_smoothing_ms: 15_000,
+            weight_load_dead_band_pct: 5,
+            weight_load_rate_pct: 5,
         }
     }
 }
@@ -272,7 +312,40 @@ impl Config {
             }
         }
         config.check_tcp_addresses()?;
+        if let Some(pct) = given("slow_start_min_pct").filter(|_| config.slow_start_ms == 0) {
+            return Err(ConfigError::bad_value(
+                "slow_start_min_pct",
+                pct,
+                "the ramp's start needs a ramp: set slow_start_ms too",
+            ));
+        }
+        for key in [
+            "weight_load_smoothing_ms",
+            "weight_load_dead_band_pct",
+            "weight_load_rate_pct",
+        ] {
+            if let Some(value) = given(key).filter(|_| !config.weight_from_load) {
+                return Err(ConfigError::bad_value(
+                    key,
+                    value,
+                    "tunes weight_from_load: set weight_from_load=on too",
+                ));
+            }
+        }
         Ok(config)
+    }
+
+    /// How the weight directors see is shaped (slow start, weight from load).
+    pub fn shaping(&self) -> ShapingConfig {
+        ShapingConfig {
+            slow_start_ms: self.slow_start_ms,
+            slow_start_min_pct: self.slow_start_min_pct,
+            load: self.weight_from_load.then_some(LoadConfig {
+                smoothing_ms: self.weight_load_smoothing_ms,
+                dead_band_pct: self.weight_load_dead_band_pct,
+                max_rate_pct: self.weight_load_rate_pct,
+            }),
+        }
     }
 
     /// True when unauthenticated probes get only ERROR 2.
@@ -434,6 +507,27 @@ impl Config {
                         format_args!("at most {MAX_SUBSCRIBERS}"),
                     ));
                 }
+            }
+            "drain_window_ms" => {
+                self.drain_window_ms = parse_number(key, value, 1, "milliseconds")?
+            }
+            "drain_confirm" => {
+                self.drain_confirm = parse_number(key, value, 1, "a number of answers")?
+            }
+            "slow_start_ms" => {
+                self.slow_start_ms = parse_number(key, value, 0, "milliseconds (0 = off)")?
+            }
+            "slow_start_min_pct" => self.slow_start_min_pct = parse_percent(key, value, 0, 100)?,
+            "weight_from_load" => self.weight_from_load = parse_switch(key, value)?,
+            "weight_load_smoothing_ms" => {
+                self.weight_load_smoothing_ms =
+                    parse_number(key, value, 0, "milliseconds (0 = no smoothing)")?
+            }
+            "weight_load_dead_band_pct" => {
+                self.weight_load_dead_band_pct = parse_percent(key, value, 0, 50)?
+            }
+            "weight_load_rate_pct" => {
+                self.weight_load_rate_pct = u32::from(parse_percent(key, value, 1, 100)?)
             }
             _ => {
                 let hint = match nearest(key, KEYS) {
@@ -644,6 +738,17 @@ fn parse_number(key: &str, value: &str, min: u32, unit: &str) -> Result<u32, Con
     }
 }
 
+fn parse_percent(key: &str, value: &str, min: u8, max: u8) -> Result<u8, ConfigError> {
+    match value.parse::<u8>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(ConfigError::bad_value(
+            key,
+            value,
+            format_args!("expected percent, {min}..={max}"),
+        )),
+    }
+}
+
 fn parse_switch(key: &str, value: &str) -> Result<bool, ConfigError> {
     match value.to_ascii_lowercase().as_str() {
         "on" | "yes" | "true" | "1" => Ok(true),
@@ -847,6 +952,77 @@ mod tests {
         assert!(e.contains("\"auth_window_ms\""), "{e}");
         let e = err("log=loud");
         assert!(e.contains("\"log\"") && e.contains("stderr"), "{e}");
+        let e = err("drain_window_ms=0");
+        assert!(
+            e.contains("\"drain_window_ms\"") && e.contains("\"0\""),
+            "{e}"
+        );
+        let e = err("drain_confirm=twice");
+        assert!(
+            e.contains("\"drain_confirm\"") && e.contains("\"twice\""),
+            "{e}"
+        );
+        let e = err("slow_start_ms=5s");
+        assert!(
+            e.contains("\"slow_start_ms\"") && e.contains("\"5s\""),
+            "{e}"
+        );
+        let e = err("slow_start_ms=5000 slow_start_min_pct=101");
+        assert!(
+            e.contains("\"slow_start_min_pct\"") && e.contains("\"101\"") && e.contains("0..=100"),
+            "{e}"
+        );
+        let e = err("slow_start_min_pct=20");
+        assert!(
+            e.contains("\"slow_start_min_pct\"") && e.contains("slow_start_ms"),
+            "{e}"
+        );
+        let e = err("weight_from_load=sometimes");
+        assert!(
+            e.contains("\"weight_from_load\"") && e.contains("on or off"),
+            "{e}"
+        );
+        let e = err("weight_load_dead_band_pct=5");
+        assert!(
+            e.contains("\"weight_load_dead_band_pct\"") && e.contains("weight_from_load=on"),
+            "{e}"
+        );
+        let e = err("weight_from_load=on weight_load_dead_band_pct=60");
+        assert!(e.contains("\"60\"") && e.contains("0..=50"), "{e}");
+        let e = err("weight_from_load=on weight_load_rate_pct=0");
+        assert!(
+            e.contains("\"weight_load_rate_pct\"") && e.contains("1..=100"),
+            "{e}"
+        );
+        let e = err("weight_from_load=on weight_load_smoothing_ms=-1");
+        assert!(
+            e.contains("\"weight_load_smoothing_ms\"") && e.contains("\"-1\""),
+            "{e}"
+        );
+        let c = Config::parse(
+            "drain_window_ms=3000 drain_confirm=3 slow_start_ms=8000 slow_start_min_pct=5 \
+             weight_from_load=on weight_load_smoothing_ms=0 weight_load_dead_band_pct=0 \
+             weight_load_rate_pct=100",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                c.drain_window_ms,
+                c.drain_confirm,
+                c.slow_start_ms,
+                c.slow_start_min_pct
+            ),
+            (3000, 3, 8000, 5)
+        );
+        assert!(c.weight_from_load);
+        assert_eq!(
+            (
+                c.weight_load_smoothing_ms,
+                c.weight_load_dead_band_pct,
+                c.weight_load_rate_pct
+            ),
+            (0, 0, 100)
+        );
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub enum Error {
     /// The call does not fit this process: `after_fork_*` in the process that started the
     /// agent, or `stop` in a forked child that did not take the agent over.
     WrongProcess,
+    /// `wait_drained` timed out: the drain as it stood then.
+    NotDrained(crate::status::Drain),
 }
 
 impl fmt::Display for Error {
@@ -85,7 +87,25 @@ impl fmt::Display for Error {
                 f.write_str("no free worker slot (set workers=N, or release slots of gone workers)")
             }
             Error::WrongProcess => f.write_str(
-                "wrong process: after_fork_* belongs in a forked child, stop in the process that owns the agent",
+                "wrong process: after_fork_* belongs in a forked child, stop and drain questions in the process that owns the agent",
+            ),
+            Error::NotDrained(d) if !d.draining => write!(
+                f,
+                "timed out: not draining (the answer is {}, serving: set drain first)",
+                d.state
+            ),
+            Error::NotDrained(d) => write!(
+                f,
+                "timed out: drain not complete after {} ms ({} of {} probers told{}, in_use {})",
+                d.drain_ms,
+                d.probers_told,
+                d.probers_told + d.probers_pending,
+                if d.probers_untracked {
+                    ", more probers than the table holds"
+                } else {
+                    ""
+                },
+                d.in_use
             ),
         }
     }

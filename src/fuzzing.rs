@@ -34,6 +34,8 @@ fn fixture() -> &'static Fixture {
                 workers: 0,
                 worker_timeout_ms: 1000,
                 worker_policy: crate::status::WorkerPolicy::Any,
+                shaping: crate::status::shaping::ShapingConfig::OFF,
+                drain: crate::status::DrainConfig::DEFAULT,
             },
             0,
         )

@@ -170,12 +170,23 @@ fn demo_walkthrough(under_valgrind: bool) {
     assert_eq!(&rest, b"recovered\n");
     let back = demo.wait_for(State::Up);
     assert_eq!(back.reason, Some(Reason::Host));
-    // SIGTERM drains (from the signal handler), then the server stops by itself.
+    // SIGTERM drains (from the signal handler); the server keeps serving until the drain is
+    // complete: its one director (this test) told twice, its one client gone. Then it stops.
     let pid = demo.child.id() as i32;
     // SAFETY: sending a signal to our own child process.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     let draining = demo.wait_for(State::Drain);
     assert!(!draining.is_serving());
+    let progress = draining.drain.expect("drain progress");
+    assert!(progress.draining && !progress.complete, "{progress:?}");
+    assert_eq!(demo.request("PING"), "PONG", "still serving while draining");
+    demo.tcp.shutdown(std::net::Shutdown::Both).unwrap();
+    // The answer says complete, or the server saw it first (between two probes) and left.
+    assert!(eventually(Duration::from_secs(60), || {
+        client::probe(demo.agent, &ProbeOptions::default())
+            .is_ok_and(|a| a.drain.is_some_and(|d| d.complete))
+            || matches!(demo.child.try_wait(), Ok(Some(_)))
+    }));
     let status = demo.child.wait().unwrap();
     assert!(status.success(), "demo_server exited with {status}");
 }

@@ -242,12 +242,24 @@ fn track_file_poller_configuration() {
     let unit = snippet("systemd", "lbagent-director.service");
 
     // The names and the directory agree across the three snippets.
-    let files: Vec<PathBuf> = keepalived
+    let all_files: Vec<PathBuf> = keepalived
         .lines()
         .filter_map(|l| l.trim().strip_prefix("file "))
         .map(PathBuf::from)
         .collect();
-    assert_eq!(files.len(), 2);
+    // A verdict file and a weight file (NAME.weight, for weight=N) per real server.
+    let (weight_files, files): (Vec<PathBuf>, Vec<PathBuf>) = all_files
+        .into_iter()
+        .partition(|f| f.extension().is_some_and(|e| e == "weight"));
+    assert_eq!((files.len(), weight_files.len()), (2, 2));
+    for (file, weight_file) in files.iter().zip(&weight_files) {
+        assert_eq!(weight_file, &file.with_extension("weight"));
+    }
+    // The targets' weight= is the real servers' weight in keepalived.
+    for line in targets.lines().filter(|l| !l.starts_with('#')) {
+        assert!(line.contains(" weight=100"), "{line}");
+    }
+    assert_eq!(keepalived.matches("        weight 100\n").count(), 2);
     let exec_start = unit
         .lines()
         .find_map(|l| l.strip_prefix("ExecStart="))
@@ -333,6 +345,16 @@ fn track_file_poller_configuration() {
         })
     };
     assert!(both("0\n", "0\n"));
+    // The weight files follow the agents' percent: 0 added at 100 %, -50 at 50 %.
+    let weights = |w5: &str, w6: &str| {
+        eventually(Duration::from_secs(20), || {
+            file("rs5.weight") == w5 && file("rs6.weight") == w6
+        })
+    };
+    assert!(weights("0\n", "0\n"));
+    a5.set_weight("", 50).unwrap();
+    assert!(weights("-50\n", "0\n"));
+    a5.set_weight("", 100).unwrap();
     a6.set_state("game", State::Drain, Some("deploy")).unwrap();
     assert!(both("0\n", "1\n"), "rs6 asks about service game");
     a5.set_state("", State::Down, None).unwrap();

@@ -156,6 +156,7 @@ fn rule(function: &str, p: &Param) -> Rule {
         ("struct lbagent_status *", "out") => {
             r("&status", &[("NULL", "LBAGENT_ERR_NULL_ARGUMENT")])
         }
+        ("struct lbagent_drain *", "out") => r("&drain", &[("NULL", "LBAGENT_ERR_NULL_ARGUMENT")]),
         ("uint64_t *", "out") => r("&u64", &[("NULL", "LBAGENT_ERR_NULL_ARGUMENT")]),
         ("uint16_t *", "out") => r("&u16", &[("NULL", "LBAGENT_ERR_NULL_ARGUMENT")]),
         ("unsigned int *", "slot") => r("&uint", &[("NULL", "LBAGENT_ERR_NULL_ARGUMENT")]),
@@ -295,6 +296,7 @@ int main(void) {{
     struct lbagent *agent = NULL, *freed_agent = NULL, *out_agent = NULL;
     struct lbagent_prober *prober = NULL, *freed_prober = NULL, *out_prober = NULL;
     struct lbagent_status status;
+    struct lbagent_drain drain;
     struct lbagent_probe_result results[4];
     uint64_t u64 = 0;
     uint16_t u16 = 0;
@@ -312,7 +314,7 @@ int main(void) {{
     lbagent_prober_free(freed_prober);
 
 {cases}
-    (void)out_agent; (void)out_prober; (void)status; (void)results; (void)u64; (void)u16;
+    (void)out_agent; (void)out_prober; (void)status; (void)drain; (void)results; (void)u64; (void)u16;
     (void)uint; (void)size;
     lbagent_prober_free(prober);
     lbagent_free(agent);

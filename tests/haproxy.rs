@@ -19,12 +19,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use common::haproxy::{Haproxy, WAIT};
+use common::haproxy::{Haproxy, WAIT, free_port, substitute};
 use common::*;
 use lbagent::{Agent, State};
 
 const S1: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 const S2: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
+
 /// A small TCP service that answers each connection with its name and closes.
 struct NameServer {
     addr: SocketAddr,
@@ -95,27 +96,6 @@ fn agent_pair() -> (Agent, Agent) {
         }
     }
     panic!("no agent ports free on both {S1} and {S2}");
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Replaces each documented address or port by the test's; each must occur in the snippet.
-fn substitute(snippet: &str, replacements: &[(&str, String)]) -> String {
-    let mut out = snippet.to_string();
-    for (from, to) in replacements {
-        assert!(
-            out.contains(from),
-            "the snippet no longer contains {from:?}"
-        );
-        out = out.replace(from, to);
-    }
-    out
 }
 
 /// Opens `n` connections through HAProxy; counts which server answered each.

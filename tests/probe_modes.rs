@@ -583,3 +583,29 @@ fn watch_json_lines() {
     assert!(change["after_ms"].as_u64().is_some());
     assert_eq!(change["target"], t.as_str());
 }
+
+/// --watch shows a drain's progress: a line when the drain begins, and one when every prober
+/// (here the watcher itself, told twice) has been told; --json carries it as an object.
+#[test]
+fn watch_shows_drain_progress() {
+    let (a, addr) = agent("initial_state=up drain_confirm=2");
+    let t = addr.to_string();
+    let watch = Watch::start(&["--interval", "100", &t]);
+    watch.expect(&format!("{t}: up (set by host)"));
+    a.set_load("", 1, 10).unwrap();
+    a.set_state("", State::Drain, Some("deploy")).unwrap();
+    let line = watch.expect(&format!("{t}: up -> drain (set by host)"));
+    assert!(line.contains("[draining: "), "{line}");
+    // Told twice, but work in progress: not complete until it is done.
+    let line = watch.expect("[draining: 1 of 1 probers told");
+    assert!(line.contains("load 1/10"), "{line}");
+    a.set_load("", 0, 10).unwrap();
+    watch.expect("[drain complete: 1 of 1 probers told");
+    drop(watch);
+
+    let json = Watch::start(&["--json", "--interval", "100", &t]);
+    let line: serde_json::Value = serde_json::from_str(&json.expect("\"complete\":true")).unwrap();
+    assert_eq!(line["drain"]["draining"], true);
+    assert_eq!(line["drain"]["probers_pending"], 0);
+    assert!(line["drain"]["told_you"].as_u64().unwrap() >= 2);
+}

@@ -174,6 +174,74 @@ fn subscription_vectors() {
 }
 
 #[test]
+fn drain_vectors() {
+    let probe = v("probe-drain");
+    assert_eq!(probe.len(), 64);
+    match wire::decode_request(&probe).unwrap() {
+        Request::Probe(p) => assert_eq!((p.flags, p.len), (wire::FLAG_DRAIN, 64)),
+        other => panic!("{other:?}"),
+    }
+    let fields = StatusFields {
+        flags: 0,
+        nonce: 0x0102030405060708,
+        instance_id: INSTANCE,
+        generation: 5,
+        state: State::Drain as u8,
+        reason: Reason::Host as u8,
+        weight_pct: 100,
+        since_ms: 400,
+        in_use: 0,
+        capacity: 64,
+        message: b"deploy",
+    };
+    let drain = wire::DrainFields {
+        flags: wire::DRAIN_DRAINING | wire::DRAIN_COMPLETE,
+        told_you: 2,
+        probers_told: 2,
+        probers_pending: 0,
+        drain_ms: 400,
+    };
+    let mut out = [0u8; wire::PROBE_MAX_LEN];
+    let n = wire::encode_status(&fields, 64 - wire::DRAIN_LEN, &mut out).unwrap();
+    let n = wire::append_drain(&drain, &mut out, n);
+    let bytes = v("status-drain");
+    assert_eq!(bytes.len(), 61);
+    assert_eq!(bytes, out[..n]);
+    match wire::decode_reply(&bytes).unwrap() {
+        Reply::Status(s) => {
+            assert_eq!(s.flags, wire::FLAG_DRAIN);
+            assert_eq!(wire::decode_drain(&bytes, &s), Some(drain));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Sent to a real agent that drains: the answer carries the progress, within 64 bytes;
+    // the same PROBE without the flag gets none.
+    let (agent, addr) = common::agent("initial_state=drain");
+    let reply = common::ask(addr, &probe);
+    assert!(reply.len() <= 64);
+    let Ok(Reply::Status(s)) = wire::decode_reply(&reply) else {
+        panic!("{reply:?}")
+    };
+    let progress = wire::decode_drain(&reply, &s).expect("drain progress");
+    assert_eq!(progress.flags & wire::DRAIN_DRAINING, wire::DRAIN_DRAINING);
+    assert_eq!(progress.told_you, 1);
+    let plain = common::ask(addr, &v("probe-whole-server"));
+    let Ok(Reply::Status(s)) = wire::decode_reply(&plain) else {
+        panic!("{plain:?}")
+    };
+    assert_eq!((s.flags, wire::decode_drain(&plain, &s)), (0, None));
+    // A 48-byte PROBE with the flag has no room for it: a plain STATUS.
+    let mut short = probe.clone();
+    short.truncate(48);
+    let reply = common::ask(addr, &short);
+    let Ok(Reply::Status(s)) = wire::decode_reply(&reply) else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(s.flags & wire::FLAG_DRAIN, 0);
+    drop(agent);
+}
+
+#[test]
 fn error_vector() {
     let bytes = v("error-unsupported-version");
     let mut out = [0u8; 18];

@@ -329,3 +329,42 @@ fn watchdog_expiry_and_recovery_are_pushed_and_logged() {
         lines.lock().unwrap()
     );
 }
+
+#[test]
+fn a_slow_start_is_pushed_step_by_step_without_probing_again() {
+    // The ramp moves with time alone (no host call rings the bell): the agent still pushes
+    // its steps, at most 50 a second, and the last one is the host's full weight.
+    let (agent, addr) = common::agent(
+        "initial_state=down subscribe=allow allow=127.0.0.0/8 slow_start_ms=2000 \
+         slow_start_min_pct=10",
+    );
+    let mut prober = subscribing_prober(None, Duration::from_secs(30));
+    let answer = probe(&mut prober, addr, "", 1);
+    assert!(
+        answer.subscribed && answer.state == State::Down,
+        "{answer:?}"
+    );
+    agent.set_state("", State::Up, Some("warm")).unwrap();
+    let out = receive_until(&mut prober, |out| {
+        out.iter()
+            .any(|c| c.result.as_ref().is_ok_and(|a| a.weight_pct == 100))
+    });
+    let weights: Vec<u8> = out
+        .iter()
+        .map(|c| {
+            let a = c.result.as_ref().unwrap();
+            assert!(a.pushed && a.state == State::Up, "{a:?}");
+            a.weight_pct
+        })
+        .collect();
+    assert_eq!(prober.stats().sent, 1, "pushed, not probed: {weights:?}");
+    assert_eq!(weights.last(), Some(&100), "{weights:?}");
+    assert!(weights[0] < 50, "the ramp starts low: {weights:?}");
+    assert!(weights.len() >= 3, "steps, not one jump: {weights:?}");
+    assert!(weights.windows(2).all(|w| w[0] < w[1]), "{weights:?}");
+    // 2 s of ramp: the burst of 5 and 50 a second bound what one subscriber is sent.
+    assert!(weights.len() <= 5 + 2 * 50 + 10, "{weights:?}");
+    // Once the ramp is over nothing moves, and nothing more is pushed.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(receive_until(&mut prober, |_| true).is_empty());
+}

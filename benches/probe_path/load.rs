@@ -11,7 +11,7 @@
 //! - [`first_answer`]: probes back to back until an answer says what is awaited.
 //!
 //! Every UDP request is the PROBE `lbagent-probe` sends (protocol v1, padded to
-//! `DEFAULT_PROBE_LEN`, 328 bytes, so that the longest answer fits); an echo answers it with
+//! `DEFAULT_PROBE_LEN`, 338 bytes, so that the longest answer fits); an echo answers it with
 //! the same bytes, lbagent with a STATUS (45 bytes here).
 
 use std::io::{Read, Write};

@@ -7,8 +7,11 @@ task stops too, and the watchdog reports the server DOWN until the loop runs aga
 - The agent starts first (directors see STARTING), and goes UP once the port is open.
 - A periodic task on the event loop heart-beats: it only runs when the loop does.
 - The load is the number of connected clients out of a capacity.
-- SIGTERM, through loop.add_signal_handler, drains at once; the server stops accepting,
-  gives its clients a moment, reports STOPPING, and the Agent is closed by its `with`.
+- SIGTERM, through loop.add_signal_handler, drains at once; the server keeps serving (new
+  connections too: a director sends some until it has heard of the drain) while
+  Agent.wait_drained, on a worker thread, waits until every director that asks has been
+  told and no client is left (at most DRAIN_LIMIT_MS); then it closes what is left, reports
+  STOPPING, and the Agent is closed by its `with`.
 
 Usage: python asyncio_server.py [TCP_PORT]   (default 7073; 0 lets the system choose)
 The agent is configured by LBAGENT_CONFIG, e.g. "listen=127.0.0.1:4950 watchdog_ms=1500".
@@ -23,7 +26,7 @@ import lbagent
 
 HEARTBEAT_SECONDS = 0.2  # well within watchdog_ms
 CAPACITY = 100
-LINGER_SECONDS = 1.0
+DRAIN_LIMIT_MS = 15000
 
 
 class EchoServer:
@@ -89,10 +92,12 @@ async def serve(port: int) -> None:
               f" (lbagent {lbagent.version()})", flush=True)
 
         await stop.wait()
-        server.close()  # no new connections; existing ones get LINGER_SECONDS
-        deadline = loop.time() + LINGER_SECONDS
-        while app.clients and loop.time() < deadline:
-            await asyncio.sleep(0.05)
+        # The loop keeps serving while a worker thread waits for the drain to complete.
+        try:
+            await loop.run_in_executor(None, agent.wait_drained, DRAIN_LIMIT_MS)
+        except lbagent.TimedOutError as e:
+            print(f"asyncio_server: {e}; stopping anyway", flush=True)
+        server.close()
         for writer in app.clients.values():
             writer.close()  # the client's handler reads the end and finishes
         await asyncio.gather(*app.clients, return_exceptions=True)

@@ -16,8 +16,8 @@ The library is loaded on first use (see _native.candidates for where it is looke
 ``import lbagent`` works without it, and Agent() then raises LibraryNotFoundError.
 """
 
-from .agent import (Agent, Status, Worker, library_path, reason_name, state_name, strerror,
-                    version)
+from .agent import (Agent, Drain, Status, Worker, library_path, reason_name, state_name,
+                    strerror, version)
 from .enums import Counter, LogLevel, Reason, Result, State
 from .errors import (
     AuthRequiredError,
@@ -59,6 +59,7 @@ __all__ = [
     "Completion",
     "ConfigError",
     "Counter",
+    "Drain",
     "Error",
     "ExistsError",
     "FullError",

@@ -44,6 +44,21 @@ class lbagent_status(ctypes.Structure):
     ]
 
 
+class lbagent_drain(ctypes.Structure):
+    """`struct lbagent_drain`, filled in by lbagent_drain_status."""
+
+    _fields_ = [
+        ("complete", c_int),
+        ("draining", c_int),
+        ("probers_told", c_uint32),
+        ("probers_pending", c_uint32),
+        ("probers_untracked", c_int),
+        ("drain_ms", c_uint32),
+        ("in_use", c_uint64),
+        ("state", c_int),
+    ]
+
+
 class lbagent_prober(ctypes.Structure):
     """`struct lbagent_prober`: the opaque prober handle (only pointers to it exist)."""
 
@@ -77,6 +92,8 @@ PROTOTYPES: Dict[str, Tuple[object, List[object]]] = {
     "lbagent_set_load": (c_int, [AGENT_P, c_char_p, c_uint32, c_uint32]),
     "lbagent_heartbeat": (c_int, [AGENT_P]),
     "lbagent_get_status": (c_int, [AGENT_P, c_char_p, POINTER(lbagent_status)]),
+    "lbagent_drain_status": (c_int, [AGENT_P, c_char_p, POINTER(lbagent_drain)]),
+    "lbagent_wait_drained": (c_int, [AGENT_P, c_char_p, c_uint32]),
     "lbagent_get_counter": (c_int, [AGENT_P, c_int, POINTER(c_uint64)]),
     "lbagent_local_port": (c_int, [AGENT_P, c_size_t, POINTER(c_uint16)]),
     "lbagent_tcp_agent_port": (c_int, [AGENT_P, c_size_t, POINTER(c_uint16)]),

@@ -71,6 +71,41 @@ class Status:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class Drain:
+    """How far a drain has come (:meth:`Agent.drain_status`)."""
+
+    #: Draining, every prober seen within ``drain_window_ms`` told so ``drain_confirm`` times
+    #: in a row, no prober untracked, and no work in progress.
+    complete: bool
+    #: The answer says "no new connections" (any state but UP, or UP at weight 0).
+    draining: bool
+    #: Probers seen within the window that were told often enough, and those not yet.
+    probers_told: int
+    probers_pending: int
+    #: More probers asked within the window than the agent tracks.
+    probers_untracked: bool
+    #: Milliseconds since the answer stopped saying "serving".
+    drain_ms: int
+    #: Work in progress reported with set_load (the whole server: with its services').
+    in_use: int
+    #: The state answered.
+    state: Union[State, int]
+
+    @classmethod
+    def _from_c(cls, raw: "_native.lbagent_drain") -> "Drain":
+        return cls(
+            complete=bool(raw.complete),
+            draining=bool(raw.draining),
+            probers_told=raw.probers_told,
+            probers_pending=raw.probers_pending,
+            probers_untracked=bool(raw.probers_untracked),
+            drain_ms=raw.drain_ms,
+            in_use=raw.in_use,
+            state=_known(State, raw.state),
+        )
+
+
 _UNSAFE_VALUE = re.compile(r"[\s;#]")
 
 
@@ -242,6 +277,23 @@ class Agent(HandleOwner):
         raw = _native.lbagent_status()
         self._call("lbagent_get_status", _text("service", service), ctypes.byref(raw))
         return Status._from_c(raw)
+
+    def drain_status(self, service: Optional[str] = None) -> Drain:
+        """How far a drain of `service` (None: the whole server) has come: whether every
+        director that asked within ``drain_window_ms`` was told "no new connections"
+        ``drain_confirm`` times, and no work is in progress. Raises UnknownServiceError, or
+        WrongProcessError in a forked worker (ask the master)."""
+        raw = _native.lbagent_drain()
+        self._call("lbagent_drain_status", _text("service", service), ctypes.byref(raw))
+        return Drain._from_c(raw)
+
+    def wait_drained(self, timeout_ms: int, service: Optional[str] = None) -> None:
+        """Waits until the drain of `service` (None: the whole server) is complete, at most
+        `timeout_ms` (0: checks once). Raises TimedOutError, whose message says how far it
+        came. Blocks this thread (not the agent's, which keeps answering): drain first
+        (``set_state(State.DRAIN)``), keep serving, wait, then stop."""
+        self._call_blocking("lbagent_wait_drained", _text("service", service),
+                            _int("timeout_ms", timeout_ms, 32))
 
     def counter(self, which: Union[Counter, int]) -> int:
         """One of the agent's counters (received, answered, dropped by reason)."""

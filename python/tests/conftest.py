@@ -29,6 +29,22 @@ def probe_binary() -> Path:
 
 
 @dataclass
+class DrainProgress:
+    """The drain progress that follows a STATUS's message (flag bit 1)."""
+
+    draining: bool
+    complete: bool
+    untracked: bool
+    told_you: int
+    probers_told: int
+    probers_pending: int
+    drain_ms: int
+
+
+DRAIN = struct.Struct(">BBHHI")  # 10 bytes
+
+
+@dataclass
 class Answer:
     """A decoded STATUS."""
 
@@ -41,17 +57,20 @@ class Answer:
     in_use: int
     capacity: int
     message: str
+    drain: Optional[DrainProgress] = None
 
 
 STATUS_HEAD = struct.Struct(">4sBBH8sQIBBHIIIB")  # 45 bytes, then the message
 
 
-def probe(port: int, service: str = "", length: int = 328, timeout: float = 2.0,
-          host: str = "127.0.0.1") -> Optional[Answer]:
-    """Sends a PROBE and returns the STATUS, or None when nothing valid came back in time."""
+def probe(port: int, service: str = "", length: int = 338, timeout: float = 2.0,
+          host: str = "127.0.0.1", drain: bool = True) -> Optional[Answer]:
+    """Sends a PROBE (asking for the drain progress unless `drain` is False) and returns the
+    STATUS, or None when nothing valid came back in time."""
     nonce = os.urandom(8)
     name = service.encode("ascii")
-    request = b"LBAP" + bytes([1, 1]) + b"\0\0" + nonce + bytes([len(name)]) + name
+    flags = b"\0\2" if drain else b"\0\0"
+    request = b"LBAP" + bytes([1, 1]) + flags + nonce + bytes([len(name)]) + name
     request += bytes(length - len(request))
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(timeout)
@@ -63,12 +82,23 @@ def probe(port: int, service: str = "", length: int = 328, timeout: float = 2.0,
             return None
     assert len(data) <= len(request), "an answer is never longer than its request"
     head = STATUS_HEAD.unpack_from(data)
-    magic, version, kind, _flags, echoed, instance, generation, state, reason, weight, since, \
+    magic, version, kind, flags, echoed, instance, generation, state, reason, weight, since, \
         in_use, capacity, mlen = head
     assert (magic, version, kind, echoed) == (b"LBAP", 1, 2, nonce), head
-    assert len(data) == STATUS_HEAD.size + mlen
-    message = data[STATUS_HEAD.size:].decode("utf-8")
-    return Answer(instance, generation, state, reason, weight, since, in_use, capacity, message)
+    end = STATUS_HEAD.size + mlen
+    message = data[STATUS_HEAD.size:end].decode("utf-8")
+    progress = None
+    if drain:
+        assert flags & 2, "the agent sends the drain progress when asked"
+        dflags, told_you, told, pending, drain_ms = DRAIN.unpack_from(data, end)
+        progress = DrainProgress(bool(dflags & 1), bool(dflags & 2), bool(dflags & 4),
+                                 told_you, told, pending, drain_ms)
+        end += DRAIN.size
+    else:
+        assert not flags & 2, "no drain progress unless asked"
+    assert len(data) == end
+    return Answer(instance, generation, state, reason, weight, since, in_use, capacity, message,
+                  progress)
 
 
 def ask_text(port: int, payload: bytes = b"keepalived check - keepalived ch",

@@ -285,3 +285,32 @@ def test_the_readme_snippet(capsys):
     exec(snippet.replace('"0.0.0.0:4950"', '"127.0.0.1:0"'), {})
     printed = capsys.readouterr().out
     assert printed.startswith("Status(state=<State.UP: 2>, reason=<Reason.HOST: 0>, "), printed
+
+
+def test_a_drain_completes_once_the_director_was_told_and_the_work_is_done(make_agent):
+    agent = make_agent("initial_state=up drain_confirm=2")
+    port = agent.port
+    before = probe(port)
+    assert before.drain is not None and not before.drain.draining
+    assert not agent.drain_status().draining
+    agent.set_load(1, 10)
+    agent.set_state(State.DRAIN, "deploy")
+    drain = agent.drain_status()
+    assert isinstance(drain, lbagent.Drain)
+    assert (drain.draining, drain.complete, drain.probers_pending, drain.in_use) == \
+        (True, False, 1, 1)
+    assert drain.state == State.DRAIN
+    # Told once, then twice (this test's prober is the only director).
+    assert probe(port).drain.told_you == 1
+    told = probe(port).drain
+    assert (told.told_you, told.probers_told, told.complete) == (2, 1, False)
+    with pytest.raises(lbagent.TimedOutError) as caught:
+        agent.wait_drained(50)
+    assert caught.value.code == Result.ERR_TIMEOUT
+    assert "1 of 1 probers told" in str(caught.value) and "in_use 1" in str(caught.value)
+    agent.set_load(0, 10)
+    agent.wait_drained(5000)
+    assert agent.drain_status().complete
+    assert probe(port).drain.complete
+    with pytest.raises(lbagent.UnknownServiceError):
+        agent.drain_status("nope")

@@ -39,6 +39,7 @@ C_TYPES = {
     "const struct lbagent *": _native.AGENT_P,
     "struct lbagent **": POINTER(_native.AGENT_P),
     "struct lbagent_status *": POINTER(_native.lbagent_status),
+    "struct lbagent_drain *": POINTER(_native.lbagent_drain),
     "struct lbagent_status": _native.lbagent_status,
     "struct lbagent_prober *": _native.PROBER_P,
     "const struct lbagent_prober *": _native.PROBER_P,

@@ -21,12 +21,14 @@ use crate::shared::Shared;
 use crate::state::{Reason, State};
 use crate::status::checks::AddError;
 use crate::status::runner::{CheckFn, Runner};
-use crate::status::{Board, BoardConfig, Status, Target, Text};
+use crate::status::{Board, BoardConfig, Drain, DrainConfig, Status, Target, Text};
 use crate::sys::{clock, process};
 use lifecycle::Lifecycle;
 
 /// How long dropping an agent waits for its threads before leaving them to finish alone.
 const DROP_WAIT: Duration = Duration::from_secs(5);
+/// How often `wait_drained` looks.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
 
 /// A running agent: one monitor thread answering probes on the configured sockets.
 ///
@@ -75,6 +77,11 @@ impl Agent {
                 workers: config.workers,
                 worker_timeout_ms: config.worker_timeout_ms,
                 worker_policy: config.worker_policy,
+                shaping: config.shaping(),
+                drain: DrainConfig {
+                    window_ms: config.drain_window_ms,
+                    confirm: config.drain_confirm,
+                },
             },
             clock::now_ms(),
         )
@@ -243,6 +250,53 @@ impl Agent {
     pub(crate) fn status_bytes(&self, service: &[u8]) -> Status {
         let board = &self.shared.board;
         board.status(board.target(service), clock::now_ms())
+    }
+
+    /// How far a drain of `service` ("" = whole server) has come: whether the answer says
+    /// "no new connections", how many of the probers seen within `drain_window_ms` were told
+    /// so `drain_confirm` times in a row, the work in progress, and whether that makes the
+    /// drain complete. Only in the process that answers probes (not in a forked worker, whose
+    /// copy of the prober table is frozen: `Error::WrongProcess`).
+    pub fn drain_status(&self, service: &str) -> Result<Drain, Error> {
+        self.drain_status_bytes(service.as_bytes())
+    }
+
+    pub(crate) fn drain_status_bytes(&self, service: &[u8]) -> Result<Drain, Error> {
+        let board = &self.shared.board;
+        if !board.answers_here() {
+            return Err(Error::WrongProcess);
+        }
+        match board.target(service) {
+            Target::Unknown => Err(Error::UnknownService),
+            target => Ok(board.drain(target, clock::now_ms())),
+        }
+    }
+
+    /// Waits until the drain of `service` is complete (see [`Agent::drain_status`]), checking
+    /// every 10 ms, for at most `timeout` (zero: checks once). Returns the last reading, or
+    /// `Error::NotDrained` with it when the time is up. Blocks the calling thread: call it
+    /// from a thread that may wait (never from a signal handler).
+    pub fn wait_drained(&self, service: &str, timeout: Duration) -> Result<Drain, Error> {
+        self.wait_drained_bytes(service.as_bytes(), timeout)
+    }
+
+    pub(crate) fn wait_drained_bytes(
+        &self,
+        service: &[u8],
+        timeout: Duration,
+    ) -> Result<Drain, Error> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let drain = self.drain_status_bytes(service)?;
+            if drain.complete {
+                return Ok(drain);
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(Error::NotDrained(drain));
+            }
+            std::thread::sleep(left.min(DRAIN_POLL));
+        }
     }
 
     /// Random at each start; sent in every STATUS so that a restart is visible.

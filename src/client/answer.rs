@@ -34,6 +34,9 @@ pub struct Answer {
     pub instance_id: u64,
     /// The host's reason text.
     pub message: String,
+    /// How far a drain has come, when the agent sends it (agents since the drain extension
+    /// of protocol v1; `None` from older ones).
+    pub drain: Option<DrainProgress>,
     /// Round-trip time of this probe (zero for a pushed answer).
     pub rtt: Duration,
     /// The agent granted the probe's subscription: it pushes changes until the lease ends.
@@ -42,10 +45,78 @@ pub struct Answer {
     pub pushed: bool,
 }
 
+/// How far a drain has come, as the agent told this prober.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DrainProgress {
+    /// The answer says "no new connections".
+    pub draining: bool,
+    /// Every prober seen within the agent's drain window was told so often enough, and the
+    /// host reports no work in progress.
+    pub complete: bool,
+    /// More probers asked than the agent can track: the drain cannot be complete yet.
+    pub untracked: bool,
+    /// Non-serving answers this prober has had in a row, this one included.
+    pub told_you: u8,
+    /// Probers seen within the drain window that were told often enough.
+    pub probers_told: u16,
+    /// Probers seen within the drain window that were not (yet).
+    pub probers_pending: u16,
+    /// Milliseconds since the answer stopped saying "serving".
+    pub drain_ms: u32,
+}
+
+impl DrainProgress {
+    fn from_wire(d: &wire::DrainFields) -> DrainProgress {
+        DrainProgress {
+            draining: d.flags & wire::DRAIN_DRAINING != 0,
+            complete: d.flags & wire::DRAIN_COMPLETE != 0,
+            untracked: d.flags & wire::DRAIN_UNTRACKED != 0,
+            told_you: d.told_you,
+            probers_told: d.probers_told,
+            probers_pending: d.probers_pending,
+            drain_ms: d.drain_ms,
+        }
+    }
+}
+
+impl fmt::Display for DrainProgress {
+    /// `drain complete: 2 of 2 probers told, 4.1 s` or `draining: 1 of 3 probers told, ...`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.draining {
+            return f.write_str("not draining");
+        }
+        write!(
+            f,
+            "{}: {} of {} probers told{}, {:.1} s",
+            if self.complete {
+                "drain complete"
+            } else {
+                "draining"
+            },
+            self.probers_told,
+            u32::from(self.probers_told) + u32::from(self.probers_pending),
+            if self.untracked {
+                " (more probers than tracked)"
+            } else {
+                ""
+            },
+            f64::from(self.drain_ms) / 1000.0
+        )
+    }
+}
+
 impl Answer {
     /// True when the server should receive new connections: up, with a weight above zero.
     pub fn is_serving(&self) -> bool {
         self.state == State::Up && self.weight_pct > 0
+    }
+
+    /// The drain progress worth showing: while the host takes the server out on purpose
+    /// (drain, maintenance, stopping, or up at weight 0), not while it starts or is down.
+    pub fn drain_shown(&self) -> Option<DrainProgress> {
+        let taken_out = matches!(self.state, State::Drain | State::Maint | State::Stopping)
+            || (self.state == State::Up && self.weight_pct == 0);
+        self.drain.filter(|d| d.draining && taken_out)
     }
 }
 
@@ -63,6 +134,9 @@ impl fmt::Display for Answer {
         }
         if !self.message.is_empty() {
             write!(f, ": \"{}\"", self.message)?;
+        }
+        if let Some(d) = self.drain_shown() {
+            write!(f, " [{d}]")?;
         }
         Ok(())
     }
@@ -290,6 +364,7 @@ pub(crate) fn decode(datagram: &[u8], nonce: u64, rtt: Duration, key: Option<&Ke
                 since_ms: s.since_ms,
                 instance_id: s.instance_id,
                 message: String::from_utf8_lossy(s.message).into_owned(),
+                drain: wire::decode_drain(datagram, &s).map(|d| DrainProgress::from_wire(&d)),
                 rtt,
                 subscribed: s.flags & wire::FLAG_SUBSCRIBED != 0
                     && s.flags & wire::FLAG_PUSHED == 0,

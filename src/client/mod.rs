@@ -24,7 +24,7 @@ mod keyed;
 mod prober;
 mod push;
 
-pub use answer::{Answer, ProbeError, read_answer, read_answer_keyed};
+pub use answer::{Answer, DrainProgress, ProbeError, read_answer, read_answer_keyed};
 pub use blocking::probe;
 pub use keyed::Hints;
 pub use prober::{Completion, Prober, ProberStats};
@@ -36,10 +36,10 @@ use std::time::Duration;
 use crate::keys::{Key, KeySet};
 use crate::proto::{auth, wire};
 
-/// Default length of a PROBE: room for the longest STATUS (45 + 255 bytes) and an
-/// authentication trailer, so that the answer is never cut.
+/// Default length of a PROBE: room for the longest STATUS (45 + 255 bytes), its drain
+/// progress and an authentication trailer, so that the answer is never cut.
 pub const DEFAULT_PROBE_LEN: usize =
-    wire::STATUS_HEADER_LEN + wire::MAX_MESSAGE_LEN + wire::AUTH_TRAILER_LEN;
+    wire::STATUS_HEADER_LEN + wire::MAX_MESSAGE_LEN + wire::DRAIN_LEN + wire::AUTH_TRAILER_LEN;
 
 /// Default time to wait for an answer.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -93,7 +93,8 @@ pub fn load_key(path: &std::path::Path, id: Option<u32>) -> Result<Arc<Key>, Str
 }
 
 /// Writes a PROBE for `service` into `out` (512 bytes), subscribing for `lease_ms` if given,
-/// sealed with `key` if any, and returns its length.
+/// sealed with `key` if any, and returns its length. It asks for the drain progress (flag bit
+/// 3): agents that do not know the flag ignore it.
 pub(crate) fn build_probe(
     nonce: u64,
     service: &[u8],
@@ -102,12 +103,21 @@ pub(crate) fn build_probe(
     key: Option<&Key>,
     out: &mut [u8],
 ) -> usize {
+    let ask_drain = |out: &mut [u8]| {
+        let flags = u16::from_be_bytes([out[6], out[7]]) | wire::FLAG_DRAIN;
+        out[6..8].copy_from_slice(&flags.to_be_bytes());
+    };
     match key {
-        None => wire::encode_probe_with(nonce, service, lease_ms, probe_len, out),
+        None => {
+            let len = wire::encode_probe_with(nonce, service, lease_ms, probe_len, out);
+            ask_drain(out);
+            len
+        }
         Some(key) => {
             let body_len =
                 probe_len.clamp(MIN_SEALED_PROBE_LEN, wire::PROBE_MAX_LEN) - wire::AUTH_TRAILER_LEN;
             let body = wire::encode_probe_with(nonce, service, lease_ms, body_len, out);
+            ask_drain(out);
             auth::seal(key, out, body, auth::unix_ms())
         }
     }

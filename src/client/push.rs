@@ -177,6 +177,7 @@ mod tests {
             rtt: Duration::ZERO,
             subscribed: true,
             pushed: false,
+            drain: None,
         }
     }
 

@@ -141,7 +141,7 @@ impl From<&Error> for lbagent_result {
             Error::WrongProcess => LBAGENT_ERR_WRONG_PROCESS,
             Error::UnknownService => LBAGENT_ERR_UNKNOWN_SERVICE,
             Error::Stopped => LBAGENT_ERR_STOPPED,
-            Error::Timeout => LBAGENT_ERR_TIMEOUT,
+            Error::Timeout | Error::NotDrained(_) => LBAGENT_ERR_TIMEOUT,
         }
     }
 }

@@ -77,6 +77,7 @@ macro_rules! infallible {
 
 mod agent;
 mod callbacks;
+mod drain;
 mod error;
 mod handle;
 mod probe;

@@ -282,6 +282,8 @@ mod tests {
             workers: 0,
             worker_timeout_ms: 1000,
             worker_policy: crate::status::WorkerPolicy::Any,
+            shaping: crate::status::shaping::ShapingConfig::OFF,
+            drain: crate::status::DrainConfig::DEFAULT,
         };
         Board::new(&config, 1000).unwrap()
     }

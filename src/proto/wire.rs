@@ -26,6 +26,11 @@ pub const FLAG_SUBSCRIBED: u16 = 0x0002;
 pub const FLAG_PUSHED: u16 = 0x0004;
 /// The longest lease an agent grants, in milliseconds: a subscriber renews it by probing again.
 pub const MAX_LEASE_MS: u32 = 60_000;
+/// Flag bit 3: in a PROBE, asks for the drain progress; in a STATUS, the drain progress
+/// ([`DrainFields`], `DRAIN_LEN` bytes) follows the message.
+pub const FLAG_DRAIN: u16 = 0x0008;
+/// Size of the drain progress that follows a STATUS's message.
+pub const DRAIN_LEN: usize = 10;
 
 /// Shortest valid PROBE (the prober pads it to make room for the answer).
 pub const PROBE_MIN_LEN: usize = 48;
@@ -277,6 +282,66 @@ pub fn encode_status(status: &StatusFields<'_>, max_len: usize, out: &mut [u8]) 
     Some(STATUS_HEADER_LEN + message.len())
 }
 
+/// How far a drain has come, as a STATUS with flag bit 3 carries it after its message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DrainFields {
+    /// Bit 0: draining (this answer says "no new connections"); bit 1: the drain is complete;
+    /// bit 2: more probers asked than the agent can track (the drain cannot be complete).
+    pub flags: u8,
+    /// Non-serving answers this prober has had in a row, this one included (saturating).
+    pub told_you: u8,
+    /// Probers seen within the drain window that were told often enough (saturating).
+    pub probers_told: u16,
+    /// Probers seen within the drain window that were not (yet) (saturating).
+    pub probers_pending: u16,
+    /// Milliseconds since the answer stopped saying "serving"; 0 while serving.
+    pub drain_ms: u32,
+}
+
+/// `DrainFields::flags` bit 0: draining.
+pub const DRAIN_DRAINING: u8 = 0x01;
+/// `DrainFields::flags` bit 1: complete.
+pub const DRAIN_COMPLETE: u8 = 0x02;
+/// `DrainFields::flags` bit 2: probers untracked.
+pub const DRAIN_UNTRACKED: u8 = 0x04;
+
+/// Appends the drain progress to the STATUS in `out[..len]` (sets flag bit 3) and returns the
+/// new length. `out` must have `DRAIN_LEN` bytes of room after `len`.
+pub fn append_drain(drain: &DrainFields, out: &mut [u8], len: usize) -> usize {
+    let flags = u16_at(out, 6) | FLAG_DRAIN;
+    out[6..8].copy_from_slice(&flags.to_be_bytes());
+    out[len] = drain.flags;
+    out[len + 1] = drain.told_you;
+    out[len + 2..len + 4].copy_from_slice(&drain.probers_told.to_be_bytes());
+    out[len + 4..len + 6].copy_from_slice(&drain.probers_pending.to_be_bytes());
+    out[len + 6..len + 10].copy_from_slice(&drain.drain_ms.to_be_bytes());
+    len + DRAIN_LEN
+}
+
+/// The drain progress of a STATUS decoded by `decode_reply` from `datagram`: present when
+/// flag bit 3 is set and the datagram holds it between the message and the trailer.
+pub fn decode_drain(datagram: &[u8], status: &StatusFields<'_>) -> Option<DrainFields> {
+    if status.flags & FLAG_DRAIN == 0 {
+        return None;
+    }
+    let at = STATUS_HEADER_LEN + status.message.len();
+    let trailer = if status.flags & FLAG_AUTH != 0 {
+        AUTH_TRAILER_LEN
+    } else {
+        0
+    };
+    if at + DRAIN_LEN + trailer > datagram.len() {
+        return None;
+    }
+    Some(DrainFields {
+        flags: datagram[at],
+        told_you: datagram[at + 1],
+        probers_told: u16_at(datagram, at + 2),
+        probers_pending: u16_at(datagram, at + 4),
+        drain_ms: u32_at(datagram, at + 6),
+    })
+}
+
 /// Writes an ERROR (18 bytes) into `out` and returns its length.
 pub fn encode_error(nonce: u64, code: u16, out: &mut [u8]) -> usize {
     out[0..4].copy_from_slice(&MAGIC);
@@ -478,6 +543,49 @@ mod tests {
             }
         }
         assert_eq!(encode_status(&fields, 44, &mut out), None);
+    }
+
+    #[test]
+    fn drain_progress_follows_the_message() {
+        let fields = StatusFields {
+            flags: 0,
+            nonce: 9,
+            instance_id: 1,
+            generation: 2,
+            state: 3,
+            reason: 0,
+            weight_pct: 100,
+            since_ms: 5,
+            in_use: 0,
+            capacity: 10,
+            message: b"deploy",
+        };
+        let drain = DrainFields {
+            flags: DRAIN_DRAINING | DRAIN_COMPLETE,
+            told_you: 3,
+            probers_told: 2,
+            probers_pending: 0,
+            drain_ms: 4100,
+        };
+        let mut out = [0u8; PROBE_MAX_LEN];
+        let n = encode_status(&fields, 100 - DRAIN_LEN, &mut out).unwrap();
+        let n = append_drain(&drain, &mut out, n);
+        assert_eq!(n, STATUS_HEADER_LEN + 6 + DRAIN_LEN);
+        let Ok(Reply::Status(s)) = decode_reply(&out[..n]) else {
+            panic!()
+        };
+        assert_eq!(s.message, b"deploy");
+        assert_eq!(decode_drain(&out[..n], &s), Some(drain));
+        // Cut short, or without the flag: no drain progress.
+        let Ok(Reply::Status(s)) = decode_reply(&out[..n - 1]) else {
+            panic!()
+        };
+        assert_eq!(decode_drain(&out[..n - 1], &s), None);
+        let plain = encode_status(&fields, 100, &mut out).unwrap();
+        let Ok(Reply::Status(s)) = decode_reply(&out[..plain]) else {
+            panic!()
+        };
+        assert_eq!(decode_drain(&out[..plain], &s), None);
     }
 
     #[test]

@@ -16,9 +16,10 @@ use crate::keys::Key;
 use crate::proto::auth;
 use crate::proto::text;
 use crate::proto::wire::{
-    self, DecodeError, FLAG_AUTH, FLAG_SUBSCRIBED, Probe, Request, StatusFields,
+    self, DecodeError, DrainFields, FLAG_AUTH, FLAG_DRAIN, FLAG_SUBSCRIBED, Probe, Request,
+    StatusFields,
 };
-use crate::status::{Board, Status, Target};
+use crate::status::{Board, ProberKind, Status, Target};
 
 /// What the agent does with a datagram.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,7 +85,7 @@ impl Responder<'_> {
             if !self.policy.text {
                 return Outcome::Drop(Counter::DroppedTextOff);
             }
-            return self.respond_text(request, out, now);
+            return self.respond_text(source, request, out, now);
         }
         let decoded = wire::decode_request(request);
         // A sealed probe: its key pays for it, not its source address (anyone can forge that).
@@ -140,8 +141,10 @@ impl Responder<'_> {
         }
     }
 
-    /// A STATUS answering `probe`, sealed with `key` if given; a subscribing PROBE also
-    /// takes, renews or ends its subscription (granted: the answer says so).
+    /// A STATUS answering `probe`, sealed with `key` if given, with the drain progress when
+    /// asked for; the prober is recorded (drain completion counts who was told); a
+    /// subscribing PROBE also takes, renews or ends its subscription (granted: the answer says
+    /// so).
     fn status(
         &self,
         probe: &Probe<'_>,
@@ -151,7 +154,16 @@ impl Responder<'_> {
         now: u64,
     ) -> Outcome {
         let target = self.board.target(probe.service);
-        let status = self.board.status(target, now);
+        let (status, since) = self.board.answer(target, now);
+        let told = self.board.record_prober(
+            envelope.source.ip(),
+            ProberKind::UdpV1,
+            target,
+            &status,
+            now,
+        );
+        let drain = (probe.flags & FLAG_DRAIN != 0)
+            .then(|| drain_fields(self.board, target, &status, since, told, now));
         let mut flags = 0;
         if let Some(lease_ms) = probe.lease_ms {
             let offer = Subscription {
@@ -176,13 +188,26 @@ impl Responder<'_> {
             }
         }
         let sent = (probe.nonce, flags);
-        match write_status(&status, sent, self.instance_id, probe.len, key, out) {
+        match write_status(
+            &status,
+            sent,
+            self.instance_id,
+            (probe.len, drain),
+            key,
+            out,
+        ) {
             Some(len) => Outcome::Reply(len, Counter::AnsweredStatus),
             None => Outcome::Drop(Counter::DroppedMalformed),
         }
     }
 
-    fn respond_text(&self, request: &[u8], out: &mut [u8], now: u64) -> Outcome {
+    fn respond_text(
+        &self,
+        source: SocketAddr,
+        request: &[u8],
+        out: &mut [u8],
+        now: u64,
+    ) -> Outcome {
         let service = match text::parse_request(request) {
             text::Request::Empty => return Outcome::Drop(Counter::DroppedMalformed),
             text::Request::LooksLikeReply => {
@@ -191,19 +216,23 @@ impl Responder<'_> {
             text::Request::Server => &b""[..],
             text::Request::Service(name) => name,
         };
-        let status = self.board.status(self.board.target(service), now);
+        let target = self.board.target(service);
+        let status = self.board.status(target, now);
+        self.board
+            .record_prober(source.ip(), ProberKind::Text, target, &status, now);
         let len = text::write_reply(&status, request.len(), out);
         Outcome::Reply(len, Counter::AnsweredText)
     }
 }
 
-/// Writes a STATUS for `status` answering `nonce` with `flags`, at most `max_len` bytes,
-/// sealed with `key` if given (the answer to a PROBE, or a push). `None` when it does not fit.
+/// Writes a STATUS for `status` answering `nonce` with `flags`, at most `max_len` bytes, with
+/// the drain progress when given and there is room (the message is cut to make room), sealed
+/// with `key` if given (the answer to a PROBE, or a push). `None` when it does not fit.
 pub(crate) fn write_status(
     status: &Status,
     (nonce, flags): (u64, u16),
     instance_id: u64,
-    max_len: usize,
+    (max_len, drain): (usize, Option<DrainFields>),
     key: Option<&Key>,
     out: &mut [u8],
 ) -> Option<usize> {
@@ -211,12 +240,56 @@ pub(crate) fn write_status(
         flags,
         ..status_fields(status, nonce, instance_id)
     };
-    match key {
-        Some(key) => {
-            let len = wire::encode_status(&fields, auth::room_for_sealed(max_len), out)?;
-            Some(auth::seal(key, out, len, auth::unix_ms()))
-        }
-        None => wire::encode_status(&fields, max_len, out),
+    let mut room = match key {
+        Some(_) => auth::room_for_sealed(max_len),
+        None => max_len,
+    };
+    let drain = drain.filter(|_| room >= wire::STATUS_HEADER_LEN + wire::DRAIN_LEN);
+    if drain.is_some() {
+        room -= wire::DRAIN_LEN;
+    }
+    let mut len = wire::encode_status(&fields, room, out)?;
+    if let Some(d) = &drain {
+        len = wire::append_drain(d, out, len);
+    }
+    Some(match key {
+        Some(key) => auth::seal(key, out, len, auth::unix_ms()),
+        None => len,
+    })
+}
+
+/// The drain progress told to a prober that has had `told` non-serving answers in a row. The
+/// probers are only counted while the answer says "no new connections" (a serving answer
+/// costs no look at the prober table).
+pub(crate) fn drain_fields(
+    board: &Board,
+    target: Target,
+    status: &Status,
+    since: u64,
+    told: u32,
+    now: u64,
+) -> DrainFields {
+    if status.is_serving() {
+        return DrainFields::default();
+    }
+    let drain = board.drain_of(target, status, since, now);
+    let saturate = |n: u32| u16::try_from(n).unwrap_or(u16::MAX);
+    DrainFields {
+        flags: wire::DRAIN_DRAINING
+            | if drain.complete {
+                wire::DRAIN_COMPLETE
+            } else {
+                0
+            }
+            | if drain.probers_untracked {
+                wire::DRAIN_UNTRACKED
+            } else {
+                0
+            },
+        told_you: u8::try_from(told).unwrap_or(u8::MAX),
+        probers_told: saturate(drain.probers_told),
+        probers_pending: saturate(drain.probers_pending),
+        drain_ms: drain.drain_ms,
     }
 }
 
@@ -254,6 +327,8 @@ mod tests {
                 workers: 0,
                 worker_timeout_ms: 1000,
                 worker_policy: crate::status::WorkerPolicy::Any,
+                shaping: crate::status::shaping::ShapingConfig::OFF,
+                drain: crate::status::DrainConfig::DEFAULT,
             },
             0,
         )

@@ -33,7 +33,7 @@
 //! where the thread that owns them does not exist, can close its copies too.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -46,7 +46,7 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::status::Target;
+use crate::status::{ProberKind, Target};
 
 use super::Sockets;
 use crate::config::{
@@ -183,6 +183,8 @@ enum Phase {
 
 struct Connection {
     stream: TcpStream,
+    /// Who asked (recorded as a prober when answered).
+    peer: IpAddr,
     kind: Kind,
     /// Its source (`guard::limit::source_key`), for the per-source share.
     source: u128,
@@ -389,6 +391,7 @@ impl Streams {
         };
         self.slots[index].connection = Some(Connection {
             stream,
+            peer: peer.ip(),
             kind,
             source,
             phase: Phase::Reading,
@@ -501,10 +504,22 @@ impl Streams {
                         }
                         Kind::Http => {
                             let board = &shared.board;
+                            let peer = conn.peer;
                             let answer = http::respond(
                                 &slot.buf[..conn.received],
                                 full,
-                                |name| board.status(board.target(name), clock::now_ms()),
+                                |name| {
+                                    let (target, now) = (board.target(name), clock::now_ms());
+                                    let status = board.status(target, now);
+                                    board.record_prober(
+                                        peer,
+                                        ProberKind::Http,
+                                        target,
+                                        &status,
+                                        now,
+                                    );
+                                    status
+                                },
                                 shared.instance_id,
                                 &mut self.scratch,
                             );
@@ -589,7 +604,9 @@ impl Streams {
             // A name that is not configured gets the unknown-service answer.
             agent_check::Request::Service(name) => board.target(name),
         };
-        let status = board.status(target, clock::now_ms());
+        let clock_ms = clock::now_ms();
+        let status = board.status(target, clock_ms);
+        board.record_prober(conn.peer, ProberKind::AgentCheck, target, &status, clock_ms);
         // TCP has no request-length limit: the whole line, ending in "\n" (HAProxy ignores a
         // line without an end).
         let len =

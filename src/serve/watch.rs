@@ -120,7 +120,7 @@ impl Watch {
                 &status,
                 sent,
                 shared.instance_id,
-                sub.max_len,
+                (sub.max_len, None),
                 key,
                 &mut self.buf,
             ) else {

@@ -23,7 +23,9 @@
 pub(crate) mod bell;
 mod cell;
 pub(crate) mod checks;
+pub(crate) mod probers;
 pub(crate) mod runner;
+pub mod shaping;
 pub(crate) mod workers;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +39,9 @@ use crate::sys::shm::{ShmSlice, Zeroable};
 use crate::sys::{clock, process};
 use bell::Bell;
 use checks::Checks;
+pub use probers::ProberKind;
+use probers::Probers;
+use shaping::{ShapeCell, ShapingConfig};
 use workers::{Workers, WorkersEffect};
 
 /// Exactly what a director is told about the whole server or one service.
@@ -126,6 +131,48 @@ pub(crate) struct BoardConfig<'a> {
     pub workers: usize,
     pub worker_timeout_ms: u32,
     pub worker_policy: WorkerPolicy,
+    pub shaping: ShapingConfig,
+    pub drain: DrainConfig,
+}
+
+/// When a drain is complete (from the configuration: `drain_window_ms`, `drain_confirm`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DrainConfig {
+    /// Probers seen within this many milliseconds must have been told.
+    pub window_ms: u32,
+    /// Non-serving answers in a row each of them must have had.
+    pub confirm: u32,
+}
+
+impl DrainConfig {
+    pub(crate) const DEFAULT: DrainConfig = DrainConfig {
+        window_ms: 10_000,
+        confirm: 2,
+    };
+}
+
+/// How far a drain has come: what `lbagent_drain_status` reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Drain {
+    /// The target's answer says: no new connections (any state but UP, or UP at weight 0).
+    pub draining: bool,
+    /// Draining, every prober seen within `drain_window_ms` was told so at least
+    /// `drain_confirm` times in a row, no prober went unrecorded, and `in_use` is 0.
+    pub complete: bool,
+    /// Probers seen within the window that were told at least `drain_confirm` times.
+    pub probers_told: u32,
+    /// Probers seen within the window that were not (yet).
+    pub probers_pending: u32,
+    /// A prober could not be recorded within the window (more probers than the table holds):
+    /// the drain cannot be complete until the window has passed without that.
+    pub probers_untracked: bool,
+    /// Work in progress the host reports (`set_load`); for the whole server, the sum over
+    /// the server and its services.
+    pub in_use: u64,
+    /// Milliseconds since the answer stopped saying "serving" (0 while serving).
+    pub drain_ms: u32,
+    /// The state answered.
+    pub state: State,
 }
 
 /// Everything the host reports and the agent's own conditions, readable by the monitor.
@@ -140,6 +187,12 @@ pub(crate) struct Board {
     pub(crate) checks: Checks,
     /// Rung on every change of what directors are told, for the monitor's listeners.
     pub(crate) bell: Bell,
+    /// Cell i's slow start and load filter (shared memory, like the cells).
+    shapes: ShmSlice<ShapeCell>,
+    shaping: ShapingConfig,
+    /// The probers answered recently (this process's monitor thread writes it).
+    pub(crate) probers: Probers,
+    drain_confirm: u32,
 }
 
 impl Board {
@@ -161,6 +214,10 @@ impl Board {
             )?,
             checks: Checks::new()?,
             bell: Bell::new()?,
+            shapes: ShmSlice::new(config.services.len() + 1)?,
+            shaping: config.shaping,
+            probers: Probers::new(config.drain.window_ms),
+            drain_confirm: config.drain.confirm,
         };
         board.cells[0].init(config.initial, Reason::Host, None, now);
         // A service starts up: it follows the whole server until the host sets it.
@@ -345,10 +402,22 @@ impl Board {
             start,
             self.workers.next_stall(now),
             self.checks.next_overdue(now),
+            self.next_shaping_look(now),
         ]
         .into_iter()
         .flatten()
         .min()
+    }
+
+    /// The earliest time a target's shaped weight should be read again to be seen moving.
+    fn next_shaping_look(&self, now: u64) -> Option<u64> {
+        if !self.shaping.is_on() {
+            return None;
+        }
+        self.shapes
+            .iter()
+            .filter_map(|shape| shape.next_look(&self.shaping, now))
+            .min()
     }
 
     /// Marks the board stopped, if the calling process owns it; returns whether it does.
@@ -366,6 +435,12 @@ impl Board {
             }
             Err(current) => current == mine | 1,
         }
+    }
+
+    /// True in the process whose monitor thread answers for this board (not in a forked
+    /// worker, nor in a parent whose child took the agent over).
+    pub(crate) fn answers_here(&self) -> bool {
+        self.header().ownership.load(Ordering::Acquire) >> 1 == u64::from(process::pid())
     }
 
     pub(crate) fn is_stopping(&self) -> bool {
@@ -481,6 +556,109 @@ impl Board {
 
     /// Exactly what a director is told about `target` at clock time `now`.
     pub(crate) fn status(&self, target: Target, now: u64) -> Status {
+        self.answer(target, now).0
+    }
+
+    /// `status`, with the clock time since which the answer has been seen serving, or not
+    /// serving (the start of a slow start, or of a drain).
+    pub(crate) fn answer(&self, target: Target, now: u64) -> (Status, u64) {
+        let status = self.unshaped(target, now);
+        let Some(index) = target.cell() else {
+            return (status, now);
+        };
+        let shape = &self.shapes[index];
+        let serving = status.is_serving();
+        let since = shape.observe(serving, now);
+        if !self.shaping.is_on() {
+            return (status, since);
+        }
+        let mut status = status;
+        if serving {
+            let ramp = shaping::ramp_permille(
+                self.shaping.slow_start_ms,
+                self.shaping.slow_start_min_pct,
+                now.saturating_sub(since),
+            );
+            let load = match &self.shaping.load {
+                Some(config) => {
+                    shape.load_factor(config, shaping::spare(status.in_use, status.capacity), now)
+                }
+                None => 1.0,
+            };
+            status.weight_pct = shaping::shaped_weight(status.weight_pct, ramp, load);
+        }
+        let changes = shape.weight_changes(status.weight_pct);
+        status.generation = status.generation.wrapping_add(changes as u32);
+        (status, since)
+    }
+
+    /// How far a drain of `target` has come at `now`.
+    pub(crate) fn drain(&self, target: Target, now: u64) -> Drain {
+        let (status, since) = self.answer(target, now);
+        self.drain_of(target, &status, since, now)
+    }
+
+    /// `drain`, from the answer `answer` just gave (`status`, and the time since which it
+    /// has been seen serving or not).
+    pub(crate) fn drain_of(&self, target: Target, status: &Status, since: u64, now: u64) -> Drain {
+        let draining = !status.is_serving();
+        let mut drain = Drain {
+            draining,
+            complete: false,
+            probers_told: 0,
+            probers_pending: 0,
+            probers_untracked: false,
+            in_use: u64::from(status.in_use),
+            drain_ms: 0,
+            state: status.state,
+        };
+        let Some(cell) = target.cell() else {
+            return drain;
+        };
+        let tally = self
+            .probers
+            .tally((cell != 0).then_some(cell), self.drain_confirm, now);
+        if cell == 0 {
+            // The whole server: its own load and every service's.
+            drain.in_use = self.cells.iter().map(|c| u64::from(c.read().in_use)).sum();
+        }
+        drain.probers_told = tally.told;
+        drain.probers_pending = tally.pending;
+        drain.probers_untracked = tally.overflowed;
+        drain.complete = draining && tally.pending == 0 && !tally.overflowed && drain.in_use == 0;
+        if draining {
+            // The answer stopped saying "serving" when first seen so, or when its state
+            // changed, whichever came first (a drain nobody looked at began when it was set).
+            let began = if status.state == State::Up {
+                since
+            } else {
+                since.min(now.saturating_sub(u64::from(status.since_ms)))
+            };
+            drain.drain_ms = u32::try_from(now.saturating_sub(began)).unwrap_or(u32::MAX);
+        }
+        drain
+    }
+
+    /// Records the answer `status` given to a prober about `target` (monitor thread only);
+    /// returns the non-serving answers it has had in a row.
+    pub(crate) fn record_prober(
+        &self,
+        addr: std::net::IpAddr,
+        kind: ProberKind,
+        target: Target,
+        status: &Status,
+        now: u64,
+    ) -> u32 {
+        match target.cell() {
+            Some(cell) => self
+                .probers
+                .record(addr, kind, cell, status.is_serving(), now),
+            None => 0,
+        }
+    }
+
+    /// What the host's state, weight and checks make of `target`, before shaping.
+    fn unshaped(&self, target: Target, now: u64) -> Status {
         let since = |at: u64| u32::try_from(now.saturating_sub(at)).unwrap_or(u32::MAX);
         let server = self.cells[0].read();
         let own = match target {
@@ -623,6 +801,8 @@ mod tests {
             workers,
             worker_timeout_ms: 1000,
             worker_policy: policy,
+            shaping: ShapingConfig::OFF,
+            drain: DrainConfig::DEFAULT,
         };
         Board::new(&config, 1000).unwrap()
     }
@@ -810,6 +990,8 @@ mod tests {
             workers: 0,
             worker_timeout_ms: 1000,
             worker_policy: WorkerPolicy::Any,
+            shaping: ShapingConfig::OFF,
+            drain: DrainConfig::DEFAULT,
         };
         let b = Board::new(&config, 1000).unwrap().with_start_timeout(500);
         assert!(b.status(Target::Server, 4000).is_serving());

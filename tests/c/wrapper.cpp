@@ -608,6 +608,31 @@ void probing() {
 
 }  // namespace
 
+// A drain: its progress, waiting for it, and its errors.
+void draining() {
+    Agent agent("listen=127.0.0.1:0 initial_state=up services=game");
+    lbagentpp::Drain d = agent.drain_status();
+    CHECK(!d.draining && !d.complete && d.state == lbagentpp::State::Up);
+    CHECK(!agent.wait_drained(0));  // serving: not drained
+    CHECK(agent.set_load(2, 10) == LBAGENT_OK);
+    CHECK(agent.set_state(lbagentpp::State::Drain) == LBAGENT_OK);
+    d = agent.drain_status();
+    CHECK(d.draining && !d.complete && d.in_use == 2 && d.probers_pending == 0);
+    CHECK(!agent.wait_drained(30));
+    CHECK(agent.set_load(0, 10) == LBAGENT_OK);
+    CHECK(agent.wait_drained(1000));  // no prober seen: only the work counted
+    CHECK(agent.drain_status().complete);
+    CHECK(agent.drain_status("game").draining);  // a service follows the whole server
+    bool thrown = false;
+    try {
+        (void)agent.drain_status("nope");
+    } catch (const lbagentpp::Error &e) {
+        thrown = e.code() == LBAGENT_ERR_UNKNOWN_SERVICE &&
+                 starts_with(e.what(), "lbagent_drain_status: ");
+    }
+    CHECK(thrown);
+}
+
 int main() {
     CHECK(std::strcmp(lbagentpp::version(), LBAGENT_VERSION) == 0);
     CHECK(std::strcmp(lbagentpp::strerror(LBAGENT_ERR_STOPPED), lbagent_strerror(8)) == 0);
@@ -626,6 +651,7 @@ int main() {
     checks_workers_and_log();
     tcp_listener_ports();
     probing();
+    draining();
     std::printf("wrapper.cpp (C++%ld): %d checks, %d failed\n", __cplusplus / 100 % 100, checks,
                 failures);
     return failures == 0 ? 0 : 1;

@@ -1,9 +1,10 @@
-//! A real HAProxy (Debian's package; `make test` installs it) run in the foreground for a
-//! test, with its stats socket: commands, `show stat` rows, `show servers state` fields, and
-//! waiting for a server to show a status.
+//! A real HAProxy (Debian's package; `make test` installs it) on loopback, for the tests that
+//! run one (tests/haproxy.rs, tests/director.rs, tests/rolling_restart.rs): started with a configuration checked
+//! by `haproxy -c`, watched through its stats socket, killed on drop.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,14 +12,15 @@ use std::time::{Duration, Instant};
 
 use super::eventually;
 
-/// Generous bound for HAProxy to show a change (agent-inter is 200 ms; the HTTP check needs
-/// `inter x fall` = 2 s).
+/// Generous bound for HAProxy to show a change (agent-inter is 200 ms; a regular check needs
+/// `inter x fall`, a few seconds).
 pub const WAIT: Duration = Duration::from_secs(15);
 
 /// A running HAProxy, killed (and its files removed) on drop.
 pub struct Haproxy {
     child: Child,
     dir: PathBuf,
+    /// The stats socket.
     pub socket: PathBuf,
 }
 
@@ -174,4 +176,26 @@ impl Drop for Haproxy {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A TCP port free on 127.0.0.1 now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Replaces each documented address or port by the test's; each must occur in the snippet.
+pub fn substitute(snippet: &str, replacements: &[(&str, String)]) -> String {
+    let mut out = snippet.to_string();
+    for (from, to) in replacements {
+        assert!(
+            out.contains(from),
+            "the snippet no longer contains {from:?}"
+        );
+        out = out.replace(from, to);
+    }
+    out
 }

@@ -19,12 +19,15 @@
 # SECONDS is the measured detection time: from the change on the server to the table showing
 # it. And one line per checker for the forks:
 #   LVS-FORKS CHECKER SECONDS COUNT EXPECTED pass|fail     (COUNT forks in SECONDS of steps)
+# And the rolling restart under load (rolling.sh), one line per way of doing it:
+#   LVS-ROLLING MODE REQUESTS FAILED SLOW P50_MS P99_MS MAX_MS FIRST_SECONDS pass|fail|report
 # Other lines (LVS-INFO, keepalived's, the poller's and the servers' logs) are for debugging.
 #
 # Environment (from run.sh, through init): LVS_REPO (the repository), LVS_DEMO_SERVER,
 # LVS_BIN (lbagent-probe and lbagent-director, copied to LVS_BIN_DIR at start), LVS_CHECKERS
 # (names of files in checkers/, default all), LVS_BOUND (seconds allowed per transition),
-# LVS_HANG_MS (length of the simulated hang).
+# LVS_HANG_MS (length of the simulated hang), LVS_ROLLING (1: run the rolling restart too),
+# LVS_ROLLING_SERVER and LVS_ROLLING_CLIENT (its programs).
 #
 # A checker file says how keepalived checks the servers:
 #   checker_snippet             required: NAME of the ```keepalived NAME block of
@@ -35,7 +38,8 @@
 #                               stopped after
 #   checker_ipvs_weight PERCENT optional: the IPVS weight for a host weight in percent;
 #                               defining it says that the checker conveys weights: it adds the
-#                               weight steps, and a draining server stays in the table at
+#                               weight steps
+#   checker_drain_kept          optional: defined when a draining server stays in the table at
 #                               weight `checker_ipvs_weight 0` instead of going out
 #   checker_forks               optional: "per-check" when keepalived forks for every check;
 #                               otherwise no fork of keepalived or the poller is allowed
@@ -60,6 +64,8 @@ TRACE=/sys/kernel/tracing # tracefs, mounted by init
 
 # shellcheck source=keepalived_conf.sh
 . "$lvs/keepalived_conf.sh"
+# shellcheck source=rolling.sh
+. "$lvs/rolling.sh"
 
 checker= # the checker being run
 hang_ends=0 # when the event loops of hang_all come back (microseconds)
@@ -191,14 +197,14 @@ observed() {
 
 # What the table must show for server NAME in STATE: in (serving, host weight 100 %),
 # in@PERCENT (serving at that host weight), out (not to get new connections), drained (the
-# host drains: out, or kept at weight 0 by a checker that conveys weights).
+# host drains: out, or kept at weight 0 by a checker that says so).
 expected() {
     local name=$1 state=$2
     case $state in
         out) [ "${RS_INHIBIT[$name]}" = yes ] && echo weight=0 || echo absent ;;
         in) expected "$name" in@100 ;;
         drained)
-            if declare -F checker_ipvs_weight >/dev/null; then
+            if declare -F checker_drain_kept >/dev/null; then
                 echo "weight=$(checker_ipvs_weight 0)"
             else
                 expected "$name" out
@@ -465,7 +471,7 @@ EOF
 run_checker() {
     local conf=/run/lvs/$checker.conf keepalived_pid status=0 name
     unset -f checker_snippet checker_agent_config checker_start checker_stop \
-        checker_ipvs_weight checker_forks checker_latency
+        checker_ipvs_weight checker_drain_kept checker_forks checker_latency
     # shellcheck source=/dev/null
     if ! . "$lvs/checkers/$checker.sh" || ! declare -F checker_snippet >/dev/null; then
         result config - - - fail
@@ -529,10 +535,14 @@ main() {
     if [ -z "$checkers" ]; then
         checkers=$(cd "$lvs/checkers" && ls ./*.sh | sed 's|^\./||; s|\.sh$||')
     fi
+    [ "$checkers" = none ] && checkers=
     for checker in $checkers; do
         info "=== checker $checker"
         run_checker || failures=$((failures + 1))
     done
+    if [ "${LVS_ROLLING:-1}" = 1 ]; then
+        rolling_main || failures=$((failures + 1))
+    fi
     info "guest done"
     return $((failures > 0))
 }

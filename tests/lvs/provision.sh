@@ -19,6 +19,9 @@ LVS_PACKAGES=(qemu-system-x86 busybox-static keepalived ipvsadm xz-utils)
 # Kept to the directories they live in, so that unpacking stays small.
 KERNEL_MODULE_DIRS=(drivers/virtio fs/9p fs/netfs fs/fscache net/9p net/netfilter
     net/ipv4/netfilter net/ipv6/netfilter lib crypto)
+# Single modules from directories too large to unpack whole: veth, which links the network
+# namespaces of the rolling restart (a client, the director, the real servers).
+KERNEL_MODULE_FILES=(drivers/net/veth.ko)
 
 provision_packages() {
     local pkg missing=()
@@ -72,7 +75,7 @@ provision_kernel() {
     fi
     KERNEL_DIR=$cache/$pkg
     # .complete records what was unpacked: a changed module list unpacks again.
-    if [ "$(cat "$KERNEL_DIR/.complete" 2>/dev/null)" != "${KERNEL_MODULE_DIRS[*]}" ]; then
+    if [ "$(cat "$KERNEL_DIR/.complete" 2>/dev/null)" != "${KERNEL_MODULE_DIRS[*]} ${KERNEL_MODULE_FILES[*]}" ]; then
         unpack_kernel "$pkg" "$KERNEL_DIR" || return 1
         # A kernel that linux-image-amd64 no longer points to is not needed any more.
         find "$cache" -mindepth 1 -maxdepth 1 -name 'linux-image-*' ! -name "$pkg" \
@@ -82,7 +85,7 @@ provision_kernel() {
 }
 
 unpack_kernel() {
-    local pkg=$1 dest=$2 work deb image dir patterns=()
+    local pkg=$1 dest=$2 work deb image dir file patterns=()
     echo "lvs-test: fetching $pkg (kernel with IPVS modules for the VM)"
     rm -rf "${dest:?}" && mkdir -p "$dest"
     work=$(mktemp -d "$dest/.fetch.XXXXXX")
@@ -94,6 +97,9 @@ unpack_kernel() {
     for dir in "${KERNEL_MODULE_DIRS[@]}"; do
         patterns+=("./lib/modules/*/kernel/$dir/*")
     done
+    for file in "${KERNEL_MODULE_FILES[@]}"; do
+        patterns+=("./lib/modules/*/kernel/$file*")
+    done
     dpkg-deb --fsys-tarfile "$deb" |
         tar -x -C "$dest" --wildcards './boot/vmlinuz-*' './lib/modules/*/modules.*' \
             "${patterns[@]}"
@@ -102,7 +108,7 @@ unpack_kernel() {
     rm -rf "$work" "${dest:?}/boot"
     # modules.dep is written by the package's postinst, not shipped: make it for this subset.
     busybox depmod -b "$dest" "$(basename "$(ls -d "$dest"/lib/modules/*)")"
-    echo "${KERNEL_MODULE_DIRS[*]}" >"$dest/.complete"
+    echo "${KERNEL_MODULE_DIRS[*]} ${KERNEL_MODULE_FILES[*]}" >"$dest/.complete"
 }
 
 # The uncompressed kernel (an ELF that qemu boots through its PVH entry point) out of a

@@ -13,8 +13,9 @@
 # way out. A hard time limit (timeout, which kills qemu's whole process group) bounds the run;
 # every process started here is ended and waited for on exit, failure or interrupt.
 #
-# Environment: LVS_TIME_LIMIT (seconds, default 360), LVS_CHECKERS (default: every file in
-# tests/lvs/checkers/), LVS_BOUND (seconds allowed per transition, default 30),
+# Environment: LVS_TIME_LIMIT (seconds, default 600), LVS_CHECKERS (default: every file in
+# tests/lvs/checkers/; none: only the rolling restart), LVS_BOUND (seconds allowed per
+# transition, default 30),
 # LVS_HANG_MS (how long the event loop hangs in the watchdog step, default 8000; a machine
 # too slow to see the hang in that time gets a hang of LVS_BOUND seconds),
 # LVS_VERBOSE=1 (print the whole console, not only the results).
@@ -31,7 +32,7 @@ started=$SECONDS
 # Modules loaded by the guest's init: the 9p transport for the host root, IPVS and the
 # schedulers keepalived may ask for. crc32c_generic is a soft dependency of libcrc32c (which
 # ip_vs needs) that modules.dep does not list.
-GUEST_MODULES="virtio_pci 9pnet_virtio 9p crc32c_generic ip_vs ip_vs_wrr ip_vs_rr"
+GUEST_MODULES="virtio_pci 9pnet_virtio 9p crc32c_generic ip_vs ip_vs_wrr ip_vs_rr veth"
 
 say() { echo "lvs-test: $*"; }
 die() {
@@ -55,6 +56,11 @@ for file in "$target_dir/liblbagent.a" "$target_dir/lbagent-probe" "$target_dir/
 done
 gcc -std=c11 -Wall -Wextra -Werror -pedantic -O1 -g -Iinclude c-examples/demo_server.c \
     "$target_dir/liblbagent.a" -lpthread -ldl -lm -o "$lvs_dir/demo_server"
+# The rolling restart's server and load generator (tests/lvs/rolling.sh).
+gcc -std=c11 -Wall -Wextra -Werror -pedantic -O1 -g -Iinclude tests/c/rolling_server.c \
+    "$target_dir/liblbagent.a" -lpthread -ldl -lm -o "$lvs_dir/rolling_server"
+gcc -std=c11 -Wall -Wextra -Werror -pedantic -O1 -g tests/c/rolling_client.c -lpthread \
+    -o "$lvs_dir/rolling_client"
 mkdir -p "$lvs_dir/bin"
 for file in lbagent-probe lbagent-director; do
     strip --strip-debug -o "$lvs_dir/bin/$file" "$target_dir/$file"
@@ -91,6 +97,9 @@ build_initramfs() {
 LVS_MODULES="$GUEST_MODULES"
 LVS_REPO="$repo"
 LVS_DEMO_SERVER="$lvs_dir/demo_server"
+LVS_ROLLING="${LVS_ROLLING:-1}"
+LVS_ROLLING_SERVER="$lvs_dir/rolling_server"
+LVS_ROLLING_CLIENT="$lvs_dir/rolling_client"
 LVS_BIN="$lvs_dir/bin"
 LVS_CHECKERS="${LVS_CHECKERS:-}"
 LVS_BOUND="${LVS_BOUND:-30}"
@@ -139,6 +148,9 @@ tail -n +1 -s 0.3 -F --pid="$vm" "$console" 2>/dev/null |
         $1 == "LVS-FORKS" { printf "  %-12s %-15s %-2s %-11s %7s  %s  (%d forks by keepalived and the poller in %s s)\n",
                                    $2, "forks", "-", $5, "-", $6, $4, $3
                               fflush() }
+        $1 == "LVS-ROLLING" { printf "  rolling %-8s %s requests, %s failed, %s slow, p50 %s ms, p99 %s ms, max %s ms, first second %s  %s\n",
+                                     $2, $3, $4, $5, $6, $7, $8, $9, $10
+                              fflush() }
         $1 == "LVS-ABORT" { print "  " $0; fflush() }' &
 
 vm_status=0
@@ -148,8 +160,8 @@ wait # the console reader
 elapsed=$((SECONDS - started))
 
 results=$(tr -d '\r' <"$console" | grep '^LVS-' || true)
-passed=$(grep -Ec '^LVS-(RESULT|FORKS) .* pass$' <<<"$results" || true)
-failed=$(grep -Ec '^LVS-(RESULT|FORKS) .* fail$' <<<"$results" || true)
+passed=$(grep -Ec '^LVS-(RESULT|FORKS|ROLLING) .* pass$' <<<"$results" || true)
+failed=$(grep -Ec '^LVS-(RESULT|FORKS|ROLLING) .* fail$' <<<"$results" || true)
 problem=
 if [ "$vm_status" -eq 124 ] || [ "$vm_status" -eq 137 ]; then
     problem="the VM did not finish within ${time_limit} s"
@@ -235,6 +247,10 @@ if grep -q '^LVS-LATENCY' <<<"$results"; then
         problem=${problem:-"latency: $why"}
         failed=$((failed + 1))
     fi
+fi
+if grep -q '^LVS-ROLLING' <<<"$results"; then
+    say "rolling restart behind IPVS (3 servers, wrr, requests each on a new connection):"
+    awk '$1 == "LVS-ROLLING" { printf "  %-8s requests %6s  failed %5s  slow %5s  p50 %5s ms  p99 %5s ms  max %6s ms  first second %-12s %s\n", $2, $3, $4, $5, $6, $7, $8, $9, $10 }' <<<"$results"
 fi
 say "the VM ran $((SECONDS - vm_started)) s, ${elapsed} s in all (console: ${console#"$repo"/})"
 if [ "$failed" -ne 0 ] || [ -n "$problem" ]; then

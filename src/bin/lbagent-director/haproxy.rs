@@ -204,6 +204,7 @@ mod tests {
             rtt: Duration::ZERO,
             subscribed: false,
             pushed: false,
+            drain: None,
         }
     }
 

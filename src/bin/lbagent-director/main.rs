@@ -23,13 +23,15 @@ use track::TrackDir;
 
 const AFTER_HELP: &str = "\
 Targets file: one real server per line, fields separated by spaces:
-  NAME  ADDRESS  [service=NAME]  [key=PATH]  [haproxy=BACKEND/SERVER@SOCKET ...]  # comment
+  NAME  ADDRESS  [service=NAME]  [key=PATH]  [weight=N]  [haproxy=BACKEND/SERVER@SOCKET ...]
 NAME names the track file DIR/NAME (letters, digits, _ . -); ADDRESS is numeric,
-IPv4[:PORT] or [IPv6]:PORT, port 4950 by default; service= asks about one service instead
-of the whole server; key= names a key file for authenticated probes (its first key seals every
-probe, and only answers sealed with it count); each haproxy= names an HAProxy server that the
-director sets through that HAProxy's runtime API (stats socket, level admin): state ready,
-drain or maint, health up or down, and weight, whenever the verdict or the answer changes.
+IPv4[:PORT] or [IPv6]:PORT, port 4950 by default; # starts a comment; service= asks about one
+service instead of the whole server; key= names a key file for authenticated probes (its first
+key seals every probe, and only answers sealed with it count); weight= is the real server's
+weight in keepalived: DIR/NAME.weight then follows the agent's weight percent (slow start,
+load); each haproxy= names an HAProxy server that the director sets through that HAProxy's
+runtime API (stats socket, level admin): state ready, drain or maint, health up or down, and
+weight, whenever the verdict or the answer changes.
 
 Push: every probe also subscribes to the agent's changes (unless --no-subscribe); an agent
 that grants it (a key= target, or an agent with subscribe=allow) pushes each change at once,
@@ -42,7 +44,9 @@ weight above 0) and 1 otherwise: at once when the agent says it must not get tra
 --rise successful checks in a row to come back, after --fall probes without an answer in a
 row to go.
 Each change replaces the file atomically (a temporary file renamed over it). At start a
-target's verdict is what its file says; a missing file is written as 1 at once.
+target's verdict is what its file says; a missing file is written as 1 at once. With
+weight=N, DIR/NAME.weight holds round(N x percent / 100) - N (at least 1 - N) while the
+server serves: keepalived adds it to the weight (track_file ... weight 1).
 
 Signals: SIGHUP reloads the targets file (unchanged targets keep their state; a removed
 target's file is set to 1; a file with an error is rejected whole and logged). SIGTERM or

@@ -99,6 +99,8 @@ struct Slot {
     answer: Option<Answer>,
     /// What the HAProxy servers were last told (`None`: nothing yet).
     sinks_told: Option<Desired>,
+    /// What the weight file says (`weight=N` targets), when known.
+    weight_file: Option<i64>,
 }
 
 #[derive(Default)]
@@ -198,6 +200,40 @@ fn sync_sinks(haproxy: &mut Option<Writer>, log: &Log, slot: &mut Slot) {
             writer.send(sink, desired);
         }
         slot.sinks_told = Some(desired);
+    }
+}
+
+/// What a weight file says for an agent at `pct` percent of a real server of weight
+/// `weight`: the difference keepalived adds (0 at 100 %; a serving percent keeps weight 1).
+pub fn weight_offset(weight: u32, pct: u8) -> i64 {
+    let scaled = (u64::from(weight) * u64::from(pct.min(100)) + 50) / 100;
+    scaled.max(1) as i64 - i64::from(weight)
+}
+
+/// Makes a `weight=N` target's weight file follow the agent's percent while it serves (while it
+/// does not, the verdict file takes it out and the weight file keeps its last value).
+fn sync_weight(track: &TrackDir, log: &Log, slot: &mut Slot, answer: &Answer) {
+    let Some(weight) = slot.target.weight else {
+        return;
+    };
+    if !answer.is_serving() {
+        return;
+    }
+    let offset = weight_offset(weight, answer.weight_pct);
+    if slot.weight_file == Some(offset) {
+        return;
+    }
+    let name = format!("{}{}", slot.target.name, targets::WEIGHT_SUFFIX);
+    match track.write_number(&name, offset) {
+        Ok(()) => slot.weight_file = Some(offset),
+        Err(e) => log.line(
+            Level::Error,
+            format_args!(
+                "{}: cannot write weight file {}: {e} (retried at each check)",
+                slot.target.name,
+                track.path(&name).display()
+            ),
+        ),
     }
 }
 
@@ -318,6 +354,7 @@ impl Poller {
             write_failed: false,
             answer: None,
             sinks_told: None,
+            weight_file: None,
         };
         sync_file(&self.track, &self.log, &mut slot);
         sync_sinks(&mut self.haproxy, &self.log, &mut slot);
@@ -487,6 +524,11 @@ impl Poller {
                 ),
             );
         }
+        // The weight first: a server that comes back is let in at the weight it asks for,
+        // never at the full weight its weight file last said.
+        if let Ok(answer) = &result {
+            sync_weight(&self.track, &self.log, slot, answer);
+        }
         sync_file(&self.track, &self.log, slot);
         sync_sinks(&mut self.haproxy, &self.log, slot);
     }
@@ -524,6 +566,9 @@ impl Poller {
                     if slot.target.haproxy != target.haproxy {
                         // New HAProxy servers are told where this one stands.
                         slot.sinks_told = None;
+                    }
+                    if slot.target.weight != target.weight {
+                        slot.weight_file = None;
                     }
                     slot.target = target;
                     sync_sinks(&mut self.haproxy, &self.log, &mut slot);
@@ -616,5 +661,24 @@ impl Poller {
                 self.started.elapsed().as_secs_f64()
             ),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::weight_offset;
+
+    #[test]
+    fn weight_offsets_give_the_percent_of_the_weight() {
+        assert_eq!(weight_offset(100, 100), 0);
+        assert_eq!(weight_offset(100, 50), -50);
+        assert_eq!(weight_offset(100, 10), -90);
+        assert_eq!(
+            weight_offset(100, 0),
+            -99,
+            "a serving server keeps weight 1"
+        );
+        assert_eq!(weight_offset(3, 50), -1);
+        assert_eq!(weight_offset(65_535, 1), 655 - 65_535);
     }
 }

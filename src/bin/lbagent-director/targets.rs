@@ -5,7 +5,8 @@
 //! rs5      10.0.0.5                                  # port 4950, the whole server
 //! rs6      10.0.0.6:4950        service=game
 //! rs7      [fd00::7]:4950       service=game key=/etc/lbagent/director.key
-//! rs8      10.0.0.8             haproxy=be_app/rs8@/run/haproxy/admin.sock
+//! rs8      10.0.0.8             weight=100           # also writes rs8.weight
+//! rs9      10.0.0.8             haproxy=be_app/rs9@/run/haproxy/admin.sock
 //! ```
 //!
 //! Fields are separated by spaces or tabs; `#` at the start of a field comments out the rest
@@ -24,6 +25,10 @@ use lbagent::config::{MAX_SERVICE_NAME, is_service_name_byte};
 use lbagent::keys::Key;
 
 use crate::haproxy::Sink;
+/// The suffix of a target's weight file (`weight=N`).
+pub const WEIGHT_SUFFIX: &str = ".weight";
+/// keepalived's (and IPVS's) largest weight.
+pub const MAX_WEIGHT: u32 = 65_535;
 
 /// Most targets one file may hold (memory stays bounded whatever the file says).
 pub const MAX_TARGETS: usize = 100_000;
@@ -45,6 +50,9 @@ pub struct Target {
     /// HAProxy servers fed through the runtime API (`haproxy=BACKEND/SERVER@SOCKET`, any
     /// number).
     pub haproxy: Vec<Sink>,
+    /// The real server's weight in keepalived (`weight=N`): the poller then also writes
+    /// `NAME.weight`, the amount keepalived adds to that weight for the agent's percent.
+    pub weight: Option<u32>,
     /// The line it was read from.
     pub line: usize,
 }
@@ -115,6 +123,7 @@ fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_NAME
         && !name.starts_with(['.', '-'])
+        && !name.ends_with(WEIGHT_SUFFIX)
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
@@ -144,7 +153,7 @@ pub fn parse(origin: &str, text: &str) -> Result<Vec<Target>, TargetsError> {
                 1,
                 "name",
                 name,
-                "a name is 1..=64 letters, digits, '_', '.' or '-', not starting with '.' or '-' (it names the track file)",
+                "a name is 1..=64 letters, digits, '_', '.' or '-', not starting with '.' or '-' nor ending in \".weight\" (it names the track file)",
             ));
         }
         if let Some(first) = names.get(name) {
@@ -177,6 +186,7 @@ pub fn parse(origin: &str, text: &str) -> Result<Vec<Target>, TargetsError> {
             service: String::new(),
             key: None,
             haproxy: Vec::new(),
+            weight: None,
             line: number,
         };
         let mut seen: Vec<&str> = Vec::new();
@@ -187,7 +197,7 @@ pub fn parse(origin: &str, text: &str) -> Result<Vec<Target>, TargetsError> {
                     position,
                     "option",
                     field,
-                    "expected service=NAME, key=PATH or haproxy=BACKEND/SERVER@SOCKET",
+                    "expected service=NAME, key=PATH, weight=N or haproxy=BACKEND/SERVER@SOCKET",
                 ));
             };
             if seen.contains(&key) && key != "haproxy" {
@@ -247,12 +257,27 @@ pub fn parse(origin: &str, text: &str) -> Result<Vec<Target>, TargetsError> {
                     }
                     target.haproxy.push(sink);
                 }
+                "weight" => {
+                    let weight = value
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|w| (1..=MAX_WEIGHT).contains(w))
+                        .ok_or_else(|| {
+                            err(
+                                position,
+                                "weight",
+                                value,
+                                "expected the real server's weight in keepalived, 1..=65535",
+                            )
+                        })?;
+                    target.weight = Some(weight);
+                }
                 _ => {
                     return Err(err(
                         position,
                         "option",
                         field,
-                        "unknown option; expected service=NAME, key=PATH or haproxy=BACKEND/SERVER@SOCKET",
+                        "unknown option; expected service=NAME, key=PATH, weight=N or haproxy=BACKEND/SERVER@SOCKET",
                     ));
                 }
             }
@@ -280,7 +305,7 @@ rs5 10.0.0.5
 rs6\t10.0.0.6:7000   service=game   # trailing comment
 rs7 [fd00::7]:4950 service=game key=/etc/lbagent/director.key
 
-rs8 fd00::8 key=/k service=a.b
+rs8 fd00::8 key=/k service=a.b weight=250
 rs9 10.0.0.9 haproxy=be/rs9@/run/a.sock haproxy=be2/rs9@/run/b.sock
 ";
         let t = parse("t.conf", text).unwrap();
@@ -309,6 +334,7 @@ rs9 10.0.0.9 haproxy=be/rs9@/run/a.sock haproxy=be2/rs9@/run/b.sock
         assert_eq!(t[2].key, Some(PathBuf::from("/etc/lbagent/director.key")));
         assert_eq!(t[3].addr, "[fd00::8]:4950".parse().unwrap());
         assert_eq!(t[3].service, "a.b");
+        assert_eq!((t[0].weight, t[3].weight), (None, Some(250)));
         assert_eq!(t[2].to_string(), "rs7 [fd00::7]:4950 service game");
     }
 
@@ -329,9 +355,13 @@ rs9 10.0.0.9 haproxy=be/rs9@/run/a.sock haproxy=be2/rs9@/run/b.sock
             ("rs5 10.0.0.5 service=a|b", "field 3 (service) \"a|b\""),
             ("rs5 10.0.0.5 key=relative", "field 3 (key) \"relative\""),
             (
-                "rs5 10.0.0.5 weight=3",
-                "field 3 (option) \"weight=3\": unknown option",
+                "rs5 10.0.0.5 weigth=3",
+                "field 3 (option) \"weigth=3\": unknown option",
             ),
+            ("rs5 10.0.0.5 weight=0", "field 3 (weight) \"0\""),
+            ("rs5 10.0.0.5 weight=65536", "field 3 (weight) \"65536\""),
+            ("rs5 10.0.0.5 weight=lots", "field 3 (weight) \"lots\""),
+            ("rs5.weight 10.0.0.5", "field 1 (name) \"rs5.weight\""),
             ("rs5 10.0.0.5 game", "field 3 (option) \"game\""),
             ("rs5 10.0.0.5 haproxy=be/s1", "field 3 (haproxy) \"be/s1\""),
             (

@@ -1,6 +1,8 @@
 //! keepalived track files: `TRACK_DIR/NAME` holds `0` while the real server should receive
 //! traffic and `1` while it should not (`track_file NAME { file ... weight 0 }` with
-//! `FILE_CHECK`: 0 is OK, anything else a failure).
+//! `FILE_CHECK`: 0 is OK, anything else a failure). For a target with `weight=N`,
+//! `TRACK_DIR/NAME.weight` holds what keepalived adds to the real server's weight N so that
+//! IPVS gets the agent's percent of it (`track_file ... weight 1`): 0 at 100 %, -N/2 at 50 %.
 //!
 //! keepalived re-reads a file when it is closed after writing or renamed into place, and
 //! reads a missing or empty file as 0, that is OK. So a file is never written in place: the
@@ -89,6 +91,16 @@ impl TrackDir {
 
     /// Replaces the file atomically with `0` (ok) or `1`.
     pub fn write(&self, name: &str, ok: bool) -> io::Result<()> {
+        self.write_bytes(name, if ok { OK } else { FAILED })
+    }
+
+    /// Replaces the file atomically with a number (a weight file: keepalived adds it to the
+    /// real server's weight, `track_file ... weight 1`).
+    pub fn write_number(&self, name: &str, value: i64) -> io::Result<()> {
+        self.write_bytes(name, format!("{value}\n").as_bytes())
+    }
+
+    fn write_bytes(&self, name: &str, content: &[u8]) -> io::Result<()> {
         let tmp = self.dir.join(format!(".{name}.tmp"));
         let mut file = OpenOptions::new()
             .write(true)
@@ -96,7 +108,7 @@ impl TrackDir {
             .truncate(true)
             .mode(0o644)
             .open(&tmp)?;
-        file.write_all(if ok { OK } else { FAILED })?;
+        file.write_all(content)?;
         if self.sync {
             file.sync_data()?;
         }
@@ -123,6 +135,8 @@ mod tests {
         assert_eq!(track.read("rs5"), Some(false));
         track.write("rs5", true).unwrap();
         assert_eq!(track.read("rs5"), Some(true));
+        track.write_number("rs5.weight", -45).unwrap();
+        assert_eq!(std::fs::read(dir.join("rs5.weight")).unwrap(), b"-45\n");
         std::fs::write(dir.join("rs6"), "").unwrap();
         assert_eq!(track.read("rs6"), None, "empty: unknown");
         std::fs::write(dir.join("rs6"), "  7 and more").unwrap();

@@ -40,9 +40,9 @@ Exit status, by mode:
                         error. One status line with performance data on stdout.
   --watch               a live view: probes every TARGET each --interval and prints a line
                         with a timestamp for each target's first answer and for every change
-                        (state, reason, weight, message, restart, kind of failure), with the
-                        time since that target's previous line. JSON lines with --json. Runs
-                        until interrupted.
+                        (state, reason, weight, message, restart, drain progress, kind of
+                        failure), with the time since that target's previous line. JSON
+                        lines with --json. Runs until interrupted.
 
 With --key-file only an answer sealed with the key counts, and nothing else (junk, unsealed
 or wrongly sealed answers, ICMP errors: anyone may forge them) ends the probe before

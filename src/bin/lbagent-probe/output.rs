@@ -51,7 +51,26 @@ pub fn answer_line(subject: &Subject<'_>, a: &Answer) -> String {
     if !a.message.is_empty() {
         line.push_str(&format!(": \"{}\"", a.message));
     }
+    if let Some(d) = a.drain_shown() {
+        line.push_str(&format!(" [{d}, told you {} times]", d.told_you));
+    }
     line
+}
+
+/// The drain progress as JSON (null from an agent that does not send it).
+fn drain_json(a: &Answer) -> Value {
+    match a.drain {
+        None => Value::Null,
+        Some(d) => json!({
+            "draining": d.draining,
+            "complete": d.complete,
+            "probers_told": d.probers_told,
+            "probers_pending": d.probers_pending,
+            "probers_untracked": d.untracked,
+            "told_you": d.told_you,
+            "drain_ms": d.drain_ms,
+        }),
+    }
 }
 
 /// The answer's fields as JSON.
@@ -68,6 +87,7 @@ pub fn answer_fields(a: &Answer) -> serde_json::Map<String, Value> {
         "since_ms": a.since_ms,
         "instance_id": format!("{:016x}", a.instance_id),
         "message": a.message,
+        "drain": drain_json(a),
         "rtt_us": a.rtt.as_micros() as u64,
     }) else {
         unreachable!("json! of an object literal is an object")

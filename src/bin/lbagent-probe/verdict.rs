@@ -157,6 +157,7 @@ mod tests {
             since_ms: 0,
             instance_id: 1,
             message: String::new(),
+            drain: None,
             rtt: Duration::ZERO,
             subscribed: false,
             pushed: false,

@@ -1,8 +1,8 @@
 //! `--watch`: a live view of many targets during a deploy. Every interval all targets are
 //! probed at once through one non-blocking `Prober`; a line is printed for each target's first
-//! answer and then only when something changes (state, reason, weight, message, a restart, or
-//! the kind of failure), with a timestamp and the time since that target's previous line.
-//! Runs until interrupted.
+//! answer and then only when something changes (state, reason, weight, message, a restart,
+//! the progress of a drain, or the kind of failure), with a timestamp and the time since that
+//! target's previous line. Runs until interrupted.
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -31,6 +31,9 @@ enum Key {
         weight_pct: u8,
         message: String,
         instance_id: u64,
+        /// Drain progress: complete, probers told, pending, untracked (not the counters
+        /// that move at every probe).
+        drain: Option<(bool, u16, u16, bool)>,
     },
     Failure(&'static str),
 }
@@ -44,6 +47,10 @@ impl Key {
                 weight_pct: a.weight_pct,
                 message: a.message.clone(),
                 instance_id: a.instance_id,
+                drain: a
+                    .drain
+                    .filter(|d| d.draining)
+                    .map(|d| (d.complete, d.probers_told, d.probers_pending, d.untracked)),
             },
             Err(e) => Key::Failure(e.kind()),
         }

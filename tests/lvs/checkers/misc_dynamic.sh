@@ -19,4 +19,7 @@ checker_ipvs_weight() {
     echo $weight
 }
 
+# A drain is exit 2: weight 0, kept in the table.
+checker_drain_kept() { :; }
+
 checker_forks() { echo per-check; }

@@ -2,8 +2,10 @@
 # lbagent-director, the fork-free poller, writing keepalived track files that FILE_CHECK
 # watches: docs/DIRECTORS.md's ```keepalived track-file block, its ```targets lbagent-director
 # file, and the command line of its ```systemd lbagent-director.service unit (ExecStart).
-# Verdicts are in or out (no weights); a drain takes the server out like DOWN. Neither
-# keepalived nor the poller may fork while the servers go through their transitions.
+# Verdicts are in or out (a drain takes the server out like DOWN); the weight files
+# (weight=N targets, FILE_CHECK with track_file weight 1) carry the agent's percent, so the
+# weight steps apply. Neither keepalived nor the poller may fork while the servers go through
+# their transitions.
 # The functions a checker defines are described at the top of guest.sh.
 
 checker_snippet() { echo track-file; }
@@ -27,6 +29,14 @@ checker_agent_config() {
     done < <(director_targets | sed 's/#.*//')
     [ -n "$services" ] && echo "services=$services"
     return 0
+}
+
+# The IPVS weight for a reported percent: what the weight file adds to the real server's
+# weight N (N x PERCENT / 100, rounded, at least 1 while serving).
+checker_ipvs_weight() {
+    local weight=$((($1 * RS_WEIGHT + 50) / 100))
+    [ "$1" -gt 0 ] && [ $weight -lt 1 ] && weight=1
+    echo $weight
 }
 
 director_pid=
