@@ -103,6 +103,7 @@ enum class Reason : int {
     CheckTimedOut = LBAGENT_REASON_CHECK_TIMED_OUT,
     WorkerStalled = LBAGENT_REASON_WORKER_STALLED,
     StartTimedOut = LBAGENT_REASON_START_TIMED_OUT,
+    Operator = LBAGENT_REASON_OPERATOR,
 };
 
 // The level of a line given to a log callback (LBAGENT_LOG_LEVEL_*).
@@ -141,6 +142,9 @@ enum class Counter : int {
     HostUnknownService = LBAGENT_COUNTER_HOST_UNKNOWN_SERVICE,
     Pushed = LBAGENT_COUNTER_PUSHED,
     PushFailed = LBAGENT_COUNTER_PUSH_FAILED,
+    ControlAnswered = LBAGENT_COUNTER_CONTROL_ANSWERED,
+    ControlRefused = LBAGENT_COUNTER_CONTROL_REFUSED,
+    ControlFailed = LBAGENT_COUNTER_CONTROL_FAILED,
 };
 
 // The lower-case name of a state ("up", "drain", ...). Async-signal-safe.

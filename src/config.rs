@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::guard::allow::{AllowList, Cidr};
@@ -49,6 +50,10 @@ pub const KEYS: &[&str] = &[
     "http",
     "subscribe",
     "max_subscribers",
+    "control",
+    "state_file",
+    "systemd",
+    "metrics",
 ];
 
 /// Most worker watchdog slots.
@@ -150,6 +155,18 @@ pub struct Config {
     pub subscribe: SubscribeMode,
     /// Most live subscriptions at once (`max_subscribers=`, default 64).
     pub max_subscribers: u32,
+    /// The operator's control socket (`control=PATH`, a Unix socket; `lbagent-ctl`); off by
+    /// default.
+    pub control: Option<PathBuf>,
+    /// Where the operator's override is kept across restarts (`state_file=PATH`, with
+    /// `control=`); off by default.
+    pub state_file: Option<PathBuf>,
+    /// Tell systemd about the server (`systemd=on`: READY=1, STATUS=, WATCHDOG=1, STOPPING=1
+    /// through `NOTIFY_SOCKET`); off by default.
+    pub systemd: bool,
+    /// Answer `GET /metrics` on the `http=` listener in Prometheus' text format
+    /// (`metrics=on`); off by default.
+    pub metrics: bool,
 }
 
 impl Default for Config {
@@ -177,6 +194,10 @@ impl Default for Config {
             http: Vec::new(),
             subscribe: SubscribeMode::Auth,
             max_subscribers: 64,
+            control: None,
+            state_file: None,
+            systemd: false,
+            metrics: false,
         }
     }
 }
@@ -192,7 +213,7 @@ impl ConfigError {
         ConfigError { message }
     }
 
-    fn bad_value(key: &str, value: &str, expected: impl fmt::Display) -> ConfigError {
+    pub(crate) fn bad_value(key: &str, value: &str, expected: impl fmt::Display) -> ConfigError {
         ConfigError::new(format!(
             "config: invalid value \"{value}\" for key \"{key}\": {expected}"
         ))
@@ -251,6 +272,20 @@ impl Config {
                     "unsealed subscriptions are taken only from sources in allow=: set allow=CIDR",
                 ));
             }
+        }
+        if let Some(on) = given("metrics").filter(|_| config.metrics && config.http.is_empty()) {
+            return Err(ConfigError::bad_value(
+                "metrics",
+                on,
+                "GET /metrics is served on the HTTP endpoint: it needs http=ADDR:PORT",
+            ));
+        }
+        if let Some(path) = given("state_file").filter(|_| config.control.is_none()) {
+            return Err(ConfigError::bad_value(
+                "state_file",
+                path,
+                "it keeps what operators set through the control socket: it needs control=PATH",
+            ));
         }
         config.check_tcp_addresses()?;
         Ok(config)
@@ -386,6 +421,10 @@ impl Config {
                     ));
                 }
             }
+            "control" => self.control = Some(parse_path(key, value)?),
+            "state_file" => self.state_file = Some(parse_path(key, value)?),
+            "systemd" => self.systemd = parse_switch(key, value)?,
+            "metrics" => self.metrics = parse_switch(key, value)?,
             _ => {
                 let hint = match nearest(key, KEYS) {
                     Some(known) => format!("did you mean \"{known}\"? "),
@@ -486,6 +525,19 @@ fn edit_distance(a: &str, b: &str) -> usize {
         }
     }
     row[b.len()]
+}
+
+/// An absolute path (`control=`, `state_file=`).
+fn parse_path(key: &str, value: &str) -> Result<PathBuf, ConfigError> {
+    let path = PathBuf::from(value);
+    if !path.is_absolute() || value.ends_with('/') {
+        return Err(ConfigError::bad_value(
+            key,
+            value,
+            "expected the absolute path of a file, such as /run/myserver/lbagent.sock",
+        ));
+    }
+    Ok(path)
 }
 
 fn list(value: &str) -> impl Iterator<Item = &str> {

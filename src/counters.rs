@@ -76,11 +76,17 @@ pub enum Counter {
     Pushed = 25,
     /// Pushes that could not be sent.
     PushFailed = 26,
+    /// Control socket connections (`control=`) answered (`ok` or `error=`).
+    ControlAnswered = 27,
+    /// Control socket connections refused: the peer's credentials do not allow it.
+    ControlRefused = 28,
+    /// Control socket connections closed without a whole reply (timed out, or failed).
+    ControlFailed = 29,
 }
 
 impl Counter {
     /// Every counter, in numeric order.
-    pub const ALL: [Counter; 27] = [
+    pub const ALL: [Counter; 30] = [
         Counter::Received,
         Counter::AnsweredStatus,
         Counter::AnsweredText,
@@ -108,6 +114,9 @@ impl Counter {
         Counter::HostUnknownService,
         Counter::Pushed,
         Counter::PushFailed,
+        Counter::ControlAnswered,
+        Counter::ControlRefused,
+        Counter::ControlFailed,
     ];
 
     /// The outcomes of datagrams: each received datagram adds one to exactly one of them.
@@ -178,6 +187,9 @@ impl Counter {
             Counter::HostUnknownService => "host_unknown_service",
             Counter::Pushed => "pushed",
             Counter::PushFailed => "push_failed",
+            Counter::ControlAnswered => "control_answered",
+            Counter::ControlRefused => "control_refused",
+            Counter::ControlFailed => "control_failed",
         }
     }
 

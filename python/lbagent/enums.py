@@ -37,6 +37,8 @@ class Reason(enum.IntEnum):
     WORKER_STALLED = 7
     #: The start did not end within ``start_timeout_ms`` (no heartbeat, still STARTING).
     START_TIMED_OUT = 8
+    #: An operator took the server out (``control=``, ``lbagent-ctl drain|maint``).
+    OPERATOR = 9
 
 
 class Counter(enum.IntEnum):
@@ -73,6 +75,9 @@ class Counter(enum.IntEnum):
     HOST_UNKNOWN_SERVICE = 24
     PUSHED = 25
     PUSH_FAILED = 26
+    CONTROL_ANSWERED = 27
+    CONTROL_REFUSED = 28
+    CONTROL_FAILED = 29
 
 
 class Result(enum.IntEnum):

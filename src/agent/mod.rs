@@ -16,7 +16,7 @@ use crate::counters::{Counter, Counters};
 use crate::error::Error;
 use crate::guard::Policy;
 use crate::log::{Level, LogCallback, Logger, log_line};
-use crate::serve::{ServeOptions, Sockets};
+use crate::serve::{ServeExtras, ServeOptions, Sockets};
 use crate::shared::Shared;
 use crate::state::{Reason, State};
 use crate::status::checks::AddError;
@@ -55,6 +55,14 @@ impl Agent {
     /// Starts an agent from a parsed configuration.
     pub fn start_with(config: &Config) -> Result<Agent, Error> {
         let io = |what| move |source| Error::Io { what, source };
+        // The operator's override kept across restarts: a file that cannot be read stops the
+        // start (before anything is bound), so that a server taken out never comes back UP.
+        let saved = config
+            .state_file
+            .as_deref()
+            .map(crate::serve::control::read_state_file)
+            .transpose()?
+            .flatten();
         // Bind everything first: a failure drops (closes) the sockets already bound.
         let sockets = Sockets::bind(config)?;
         let (local_addrs, tcp_agent_addrs, http_addrs) = (
@@ -92,10 +100,16 @@ impl Agent {
             inject_fault: AtomicBool::new(false),
             exit_delay_ms: AtomicU32::new(0),
         });
+        if let (Some(path), Some(saved)) = (&config.state_file, saved) {
+            crate::serve::control::restore(&shared, path, &saved);
+        }
         let lifecycle = Lifecycle::start(
             &shared,
             sockets,
             ServeOptions::from_config(config),
+            ServeExtras {
+                state_file: config.state_file.clone(),
+            },
             log_thread,
         )?;
         let agent = Agent {

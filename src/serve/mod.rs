@@ -16,6 +16,7 @@
 //! thread has gone).
 
 pub(crate) mod answer;
+pub(crate) mod control;
 pub(crate) mod subscribe;
 pub(crate) mod tcp;
 pub(crate) mod udp;
@@ -40,6 +41,7 @@ use crate::error::Error;
 use crate::guard::limit::RateLimiter;
 use crate::shared::Shared;
 use crate::sys::fd;
+use control::{CONTROL_LISTENER, CONTROL_TOKENS, Control, ControlListener, MAX_CONTROL};
 use subscribe::Subscriptions;
 use tcp::{AgentCheckOptions, ConnectionFds, Kind, LISTENER_TOKENS, StreamListener, Streams};
 use udp::{Datagrams, Listener};
@@ -59,6 +61,8 @@ const MAX_LOOP_FAULTS: u32 = 8;
 pub(crate) struct Sockets {
     udp: Vec<Listener>,
     tcp: Vec<StreamListener>,
+    /// The operator's control socket (`control=`).
+    control: Option<ControlListener>,
     /// The addresses bound (with the system's port where 0 was asked), in config order.
     pub udp_addrs: Vec<SocketAddr>,
     pub tcp_agent_addrs: Vec<SocketAddr>,
@@ -98,9 +102,15 @@ impl Sockets {
                 Kind::Http => http_addrs.push(addr),
             }
         }
+        let control = config
+            .control
+            .as_deref()
+            .map(ControlListener::bind)
+            .transpose()?;
         Ok(Sockets {
             udp,
             tcp,
+            control,
             udp_addrs,
             tcp_agent_addrs,
             http_addrs,
@@ -116,8 +126,16 @@ impl Sockets {
         for l in &sockets.tcp {
             fd::close_inherited(l.raw_fd());
         }
+        if let Some(c) = &sockets.control {
+            fd::close_inherited(c.raw_fd());
+        }
         // Closed by number above: dropping the objects would close the numbers again.
         std::mem::forget(sockets);
+    }
+
+    /// The control socket's path, if there is one (the owner removes it when it stops).
+    pub(crate) fn control_path(&self) -> Option<&std::path::Path> {
+        self.control.as_ref().map(ControlListener::path)
     }
 }
 
@@ -130,6 +148,13 @@ pub(crate) struct ServeOptions {
     pub log_drops_ms: u32,
     pub subscribe: crate::config::SubscribeMode,
     pub max_subscribers: usize,
+}
+
+/// How the monitor thread serves, beyond what is `Copy` (from the configuration).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ServeExtras {
+    /// Where operator overrides are kept (`state_file=`).
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 impl ServeOptions {
@@ -165,6 +190,7 @@ pub(crate) fn spawn(
     shared: Arc<Shared>,
     sockets: Arc<Sockets>,
     options: ServeOptions,
+    extras: ServeExtras,
 ) -> Result<MonitorThread, Error> {
     let io_error = |what| move |source| Error::Io { what, source };
     let poll = Poll::new().map_err(io_error("create the poller"))?;
@@ -194,6 +220,11 @@ pub(crate) fn spawn(
     streams
         .register(registry)
         .map_err(io_error("register a socket with the poller"))?;
+    if let Some(c) = &sockets.control {
+        registry
+            .register(&mut SourceFd(&c.raw_fd()), CONTROL_LISTENER, Interest::READABLE)
+            .map_err(io_error("register the control socket"))?;
+    }
     let thread_fds = [poll.as_raw_fd(), receiver.as_raw_fd()];
     let connection_fds = streams.connection_fds();
     let limiter = RateLimiter::new(options.rate_per_source, options.rate_global);
@@ -204,6 +235,7 @@ pub(crate) fn spawn(
         sockets,
         datagrams: Datagrams::new(limiter, options.log_drops_ms),
         streams,
+        control: Control::new(extras.state_file),
         watch: Watch::new(Subscriptions::new(
             options.max_subscribers,
             options.subscribe,
@@ -270,6 +302,7 @@ struct Monitor {
     sockets: Arc<Sockets>,
     datagrams: Datagrams,
     streams: Streams,
+    control: Control,
     watch: Watch,
 }
 
@@ -314,10 +347,15 @@ impl Monitor {
         loop {
             // No timeout (no wake-ups) unless a TCP connection is open or someone listens for
             // changes that a deadline can bring.
-            let timeout = [self.streams.timeout(Instant::now()), self.watch.timeout()]
-                .into_iter()
-                .flatten()
-                .min();
+            let now = Instant::now();
+            let timeout = [
+                self.streams.timeout(now),
+                self.control.timeout(now),
+                self.watch.timeout(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -332,6 +370,10 @@ impl Monitor {
                         while self.wake.recv(&mut sink).is_ok() {}
                     }
                     BELL => rang = true,
+                    CONTROL_LISTENER => self.accept_control(),
+                    Token(t) if (CONTROL_TOKENS..CONTROL_TOKENS + MAX_CONTROL).contains(&t) => {
+                        self.control.ready(Token(t), &self.shared);
+                    }
                     Token(t) if t < LISTENER_TOKENS => self.drain(t),
                     token => self
                         .streams
@@ -340,6 +382,10 @@ impl Monitor {
             }
             self.streams
                 .after_events(&self.shared, self.poll.registry());
+            if self.control.expire(Instant::now(), &self.shared) || self.control.pending() {
+                // Connections wait in the listen queue for a free slot.
+                self.accept_control();
+            }
             self.watch
                 .after_events(&self.shared, &self.sockets.udp, rang);
             if self.shared.quit.load(Ordering::Acquire) || self.shared.board.is_stopping() {
@@ -349,6 +395,13 @@ impl Monitor {
                 }
                 return Ok(());
             }
+        }
+    }
+
+    fn accept_control(&mut self) {
+        if let Some(listener) = &self.sockets.control {
+            self.control
+                .accept(listener, &self.shared, self.poll.registry());
         }
     }
 
