@@ -256,6 +256,18 @@ enum lbagent_counter
    * Pushes that could not be sent.
    */
   LBAGENT_COUNTER_PUSH_FAILED = 26,
+  /**
+   * Control socket connections (`control=`) answered (`ok` or `error=`).
+   */
+  LBAGENT_COUNTER_CONTROL_ANSWERED = 27,
+  /**
+   * Control socket connections refused: the peer's credentials do not allow it.
+   */
+  LBAGENT_COUNTER_CONTROL_REFUSED = 28,
+  /**
+   * Control socket connections closed without a whole reply (timed out, or failed).
+   */
+  LBAGENT_COUNTER_CONTROL_FAILED = 29,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -357,6 +369,10 @@ enum lbagent_reason
    * `start_timeout_ms`.
    */
   LBAGENT_REASON_START_TIMED_OUT = 8,
+  /**
+   * An operator took the server out (`lbagent-ctl drain|maint`, through `control=PATH`).
+   */
+  LBAGENT_REASON_OPERATOR = 9,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -394,6 +410,16 @@ typedef enum lbagent_log_level lbagent_log_level;
 typedef uint8_t lbagent_log_level;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
+
+/**
+ * What a state file holds.
+ */
+typedef struct Saved Saved;
+
+/**
+ * A short UTF-8 text held inline (no allocation): a host's reason, cleaned up.
+ */
+typedef struct Text Text;
 
 /**
  * A running agent, created by `lbagent_start` and released by `lbagent_free`. Opaque.

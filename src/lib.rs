@@ -52,5 +52,11 @@ pub use log::{Level as LogLevel, LogCallback};
 pub use state::{Reason, State};
 pub use status::{Status, WorkerPolicy};
 
+/// systemd's notification protocol (`NOTIFY_SOCKET`), as the agent's `systemd=on` uses it;
+/// public for the command-line tools (lbagent-director runs as `Type=notify`).
+pub mod systemd {
+    pub use crate::sys::notify::{Notifier, NotifyTarget};
+}
+
 /// The library version (also `lbagent_version()` and the header's `LBAGENT_VERSION`).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

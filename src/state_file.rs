@@ -205,8 +205,14 @@ mod tests {
         for (bad, says) in [
             (&b""[..], "no state= line"),
             (b"state=up\n", "expected none, drain or maint"),
-            (b"state=drain\nuntil_unix_ms=soon\n", "line 2: until_unix_ms"),
-            (b"state=drain\ncolour=red\n", "line 2: unknown key \"colour\""),
+            (
+                b"state=drain\nuntil_unix_ms=soon\n",
+                "line 2: until_unix_ms",
+            ),
+            (
+                b"state=drain\ncolour=red\n",
+                "line 2: unknown key \"colour\"",
+            ),
             (b"drain\n", "line 1: expected key=value"),
             (b"\xff\xfe", "not UTF-8"),
         ] {

@@ -51,10 +51,8 @@ fn controlled_agent(name: &str, extra: &str) -> (Agent, SocketAddr, PathBuf) {
 
 #[test]
 fn drain_for_a_while_wins_over_up_is_pushed_at_once_and_ends_by_itself() {
-    let (agent, addr, socket) = controlled_agent(
-        "drain",
-        "subscribe=allow allow=127.0.0.0/8 services=game",
-    );
+    let (agent, addr, socket) =
+        controlled_agent("drain", "subscribe=allow allow=127.0.0.0/8 services=game");
     // The socket is the host's, mode 0660.
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o660, "{mode:o}");
@@ -182,7 +180,11 @@ fn the_state_file_keeps_an_override_across_a_restart_and_a_bad_one_stops_the_sta
     );
     assert!(ctl(&socket, &["up"]).status.success());
     assert!(ask(addr).is_serving());
-    assert!(std::fs::read_to_string(&state).unwrap().contains("state=none"));
+    assert!(
+        std::fs::read_to_string(&state)
+            .unwrap()
+            .contains("state=none")
+    );
     drop(agent);
 
     // An override that ended while the server was down is not applied.
@@ -218,11 +220,17 @@ fn the_state_file_keeps_an_override_across_a_restart_and_a_bad_one_stops_the_sta
         .to_string();
     assert!(e.contains("no state= line"), "{e}");
     // state_file needs control=.
-    let e = Agent::start(&format!("listen=127.0.0.1:0 state_file={}", state.display()))
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(e.contains("\"state_file\"") && e.contains("control="), "{e}");
+    let e = Agent::start(&format!(
+        "listen=127.0.0.1:0 state_file={}",
+        state.display()
+    ))
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        e.contains("\"state_file\"") && e.contains("control="),
+        "{e}"
+    );
 }
 
 #[test]
@@ -233,10 +241,7 @@ fn only_allowed_peers_may_control_and_bad_requests_get_errors() {
     std::fs::create_dir(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let socket = dir.join("ctl.sock");
-    let (agent, addr) = common::agent(&format!(
-        "initial_state=up control={}",
-        socket.display()
-    ));
+    let (agent, addr) = common::agent(&format!("initial_state=up control={}", socket.display()));
     let as_nobody = |args: &[&str]| {
         Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups", CTL])
@@ -253,7 +258,11 @@ fn only_allowed_peers_may_control_and_bad_requests_get_errors() {
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
     let out = as_nobody(&["drain"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert!(stderr(&out).contains("permission denied"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("permission denied"),
+        "{}",
+        stderr(&out)
+    );
     assert!(ask(addr).is_serving());
     assert_eq!(agent.counter(Counter::ControlRefused), 1);
 
@@ -286,13 +295,21 @@ fn only_allowed_peers_may_control_and_bad_requests_get_errors() {
         == 1));
 
     // Usage errors of lbagent-ctl.
-    for args in [&["halt"][..], &["up", "--for", "1m"], &["drain", "--for", "soon"]] {
+    for args in [
+        &["halt"][..],
+        &["up", "--for", "1m"],
+        &["drain", "--for", "soon"],
+    ] {
         let out = ctl(&socket, args);
         assert_eq!(out.status.code(), Some(64), "{args:?}: {out:?}");
     }
     let out = ctl(&dir.join("missing.sock"), &["status"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
-    assert!(stderr(&out).contains("no agent serves it"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no agent serves it"),
+        "{}",
+        stderr(&out)
+    );
 
     // A second agent cannot take a socket that is served; a stale one is replaced.
     let e = Agent::start(&format!("listen=127.0.0.1:0 control={}", socket.display()))

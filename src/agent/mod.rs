@@ -63,6 +63,18 @@ impl Agent {
             .map(crate::serve::control::read_state_file)
             .transpose()?
             .flatten();
+        // systemd=on: where to tell systemd (nothing when not run by systemd).
+        let systemd = if config.systemd {
+            crate::sys::notify::NotifyTarget::from_env().map_err(|why| {
+                Error::Config(crate::config::ConfigError::bad_value(
+                    "systemd",
+                    "on",
+                    format_args!("{why}"),
+                ))
+            })?
+        } else {
+            None
+        };
         // Bind everything first: a failure drops (closes) the sockets already bound.
         let sockets = Sockets::bind(config)?;
         let (local_addrs, tcp_agent_addrs, http_addrs) = (
@@ -109,9 +121,13 @@ impl Agent {
             ServeOptions::from_config(config),
             ServeExtras {
                 state_file: config.state_file.clone(),
+                systemd: systemd.clone(),
             },
             log_thread,
         )?;
+        if config.systemd {
+            log_systemd(&shared, systemd.as_ref());
+        }
         let agent = Agent {
             shared,
             lifecycle,
@@ -493,6 +509,31 @@ impl Drop for Agent {
         // If the threads do not finish in time they are left to finish on their own: they
         // only hold their own references to the shared state, so nothing dangles.
         let _ = self.stop(Some(DROP_WAIT));
+    }
+}
+
+/// Says at start what `systemd=on` does in this process.
+fn log_systemd(shared: &Shared, target: Option<&crate::sys::notify::NotifyTarget>) {
+    match target {
+        Some(target) => log_line!(
+            shared.logger,
+            Level::Info,
+            "systemd: notifying {} (READY at the first UP, STATUS on changes{})",
+            target.name,
+            match target.watchdog {
+                Some(period) => format!(
+                    ", WATCHDOG every {} ms while heartbeats are fresh",
+                    period.as_millis() / 2
+                ),
+                None => String::new(),
+            }
+        ),
+        None => log_line!(
+            shared.logger,
+            Level::Info,
+            "systemd=on, but NOTIFY_SOCKET is not set (not run by systemd as Type=notify): \
+             nothing is sent"
+        ),
     }
 }
 

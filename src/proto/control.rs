@@ -249,7 +249,11 @@ mod tests {
             b"drain 99999999999999999",
             b"drain 1\nup",
         ] {
-            assert!(parse_request(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                parse_request(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         for request in [
             Request::Status,

@@ -157,7 +157,12 @@ impl Control {
     }
 
     /// Accepts what waits on the listener (up to the free slots).
-    pub(crate) fn accept(&mut self, listener: &ControlListener, shared: &Shared, registry: &Registry) {
+    pub(crate) fn accept(
+        &mut self,
+        listener: &ControlListener,
+        shared: &Shared,
+        registry: &Registry,
+    ) {
         loop {
             let Some(index) = self.free_slot() else {
                 // Full: the rest waits in the queue until a connection closes.
@@ -175,10 +180,7 @@ impl Control {
             let credentials = getsockopt(&stream, PeerCredentials);
             let slot = &mut self.slots[index];
             let (peer, admitted) = match credentials {
-                Ok(c) => (
-                    (c.pid(), c.uid()),
-                    listener.admits(c.uid(), c.gid()),
-                ),
+                Ok(c) => ((c.pid(), c.uid()), listener.admits(c.uid(), c.gid())),
                 Err(_) => ((0, u32::MAX), false),
             };
             let now = Instant::now();
@@ -204,7 +206,11 @@ impl Control {
             let token = Token(CONTROL_TOKENS + index);
             let registered = self.slots[index].connection.as_mut().is_some_and(|c| {
                 registry
-                    .register(&mut c.stream, token, Interest::READABLE | Interest::WRITABLE)
+                    .register(
+                        &mut c.stream,
+                        token,
+                        Interest::READABLE | Interest::WRITABLE,
+                    )
                     .is_ok()
             });
             if !registered {
@@ -339,7 +345,12 @@ impl Control {
                         });
                     }
                     Ok(0) => return Some(Counter::ControlFailed),
-                    Ok(n) => conn.phase = Phase::Writing { sent: sent + n, len },
+                    Ok(n) => {
+                        conn.phase = Phase::Writing {
+                            sent: sent + n,
+                            len,
+                        }
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(_) => return Some(Counter::ControlFailed),
@@ -407,8 +418,7 @@ fn execute(
             if let Some(path) = state_file {
                 let saved = Saved {
                     state: (state != State::Up).then_some(state),
-                    until: (for_ms > 0)
-                        .then(|| SystemTime::now() + Duration::from_millis(for_ms)),
+                    until: (for_ms > 0).then(|| SystemTime::now() + Duration::from_millis(for_ms)),
                     reason: text,
                 };
                 note = match state_file::store(path, &saved) {

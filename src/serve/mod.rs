@@ -18,6 +18,7 @@
 pub(crate) mod answer;
 pub(crate) mod control;
 pub(crate) mod subscribe;
+mod systemd;
 pub(crate) mod tcp;
 pub(crate) mod udp;
 mod watch;
@@ -155,6 +156,8 @@ pub(crate) struct ServeOptions {
 pub(crate) struct ServeExtras {
     /// Where operator overrides are kept (`state_file=`).
     pub state_file: Option<std::path::PathBuf>,
+    /// systemd's notification socket (`systemd=on` and `NOTIFY_SOCKET`).
+    pub systemd: Option<crate::sys::notify::NotifyTarget>,
 }
 
 impl ServeOptions {
@@ -222,7 +225,11 @@ pub(crate) fn spawn(
         .map_err(io_error("register a socket with the poller"))?;
     if let Some(c) = &sockets.control {
         registry
-            .register(&mut SourceFd(&c.raw_fd()), CONTROL_LISTENER, Interest::READABLE)
+            .register(
+                &mut SourceFd(&c.raw_fd()),
+                CONTROL_LISTENER,
+                Interest::READABLE,
+            )
             .map_err(io_error("register the control socket"))?;
     }
     let thread_fds = [poll.as_raw_fd(), receiver.as_raw_fd()];
@@ -236,10 +243,14 @@ pub(crate) fn spawn(
         datagrams: Datagrams::new(limiter, options.log_drops_ms),
         streams,
         control: Control::new(extras.state_file),
-        watch: Watch::new(Subscriptions::new(
-            options.max_subscribers,
-            options.subscribe,
-        )),
+        watch: Watch::new(
+            Subscriptions::new(options.max_subscribers, options.subscribe),
+            extras
+                .systemd
+                .map(systemd::SystemdListener::open)
+                .transpose()
+                .map_err(io_error("open systemd's notification socket"))?,
+        ),
     };
     let (done_tx, done) = crossbeam_channel::bounded(1);
     let thread = std::thread::Builder::new()
@@ -344,6 +355,10 @@ impl Monitor {
 
     fn serve_until_stopped(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(EVENTS);
+        // The listeners that listen from the start (systemd, the log) take a first look now,
+        // not at the first socket event.
+        self.watch
+            .after_events(&self.shared, &self.sockets.udp, false);
         loop {
             // No timeout (no wake-ups) unless a TCP connection is open or someone listens for
             // changes that a deadline can bring.
@@ -389,6 +404,7 @@ impl Monitor {
             self.watch
                 .after_events(&self.shared, &self.sockets.udp, rang);
             if self.shared.quit.load(Ordering::Acquire) || self.shared.board.is_stopping() {
+                self.watch.at_stop(&self.shared);
                 // Answer what is already queued (with STOPPING), then leave.
                 for i in 0..self.sockets.udp.len() {
                     self.drain(i);

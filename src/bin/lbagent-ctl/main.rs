@@ -64,7 +64,8 @@ struct Cli {
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(text).map_err(|e| format!("{e} (such as 90s, 10m, 1h30m)"))?;
+    let d =
+        humantime::parse_duration(text).map_err(|e| format!("{e} (such as 90s, 10m, 1h30m)"))?;
     if d.is_zero() || d.as_millis() > u128::from(MAX_FOR_MS) {
         return Err("expected more than 0 and at most 366 days".into());
     }
@@ -125,7 +126,10 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     if pairs.first() != Some(&("ok", "")) {
-        eprintln!("lbagent-ctl: {}: not an lbagent control socket", cli.socket.display());
+        eprintln!(
+            "lbagent-ctl: {}: not an lbagent control socket",
+            cli.socket.display()
+        );
         return ExitCode::from(2);
     }
     let view = |prefix: &str| {
@@ -155,9 +159,7 @@ fn main() -> ExitCode {
                 (Ok(left), Ok(until)) => format!(
                     " for {} more (until {})",
                     humantime::format_duration(Duration::from_secs(left.div_ceil(1000))),
-                    humantime::format_rfc3339_seconds(
-                        UNIX_EPOCH + Duration::from_millis(until)
-                    )
+                    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(until))
                 ),
                 _ => " until `lbagent-ctl ... up`".to_string(),
             };
