@@ -21,7 +21,7 @@ BUILD    := build
 TEST_TOOLS := gcc:gcc g++:g++ valgrind:valgrind nm:binutils readelf:binutils pkg-config:pkg-config \
               haproxy:haproxy curl:curl python3:python3 \
               keepalived:keepalived ldirectord:ldirectord systemd-analyze:systemd perl:perl \
-              ip:iproute2
+              ip:iproute2 promtool:prometheus prometheus:prometheus setpriv:util-linux
 
 # What `make demo` needs: a C and a C++ compiler for the examples (bash talks to the agent).
 DEMO_TOOLS := gcc:gcc g++:g++

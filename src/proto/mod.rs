@@ -13,5 +13,6 @@ pub mod agent_check;
 pub mod auth;
 pub mod control;
 pub mod http;
+pub mod metrics;
 pub mod text;
 pub mod wire;

@@ -17,6 +17,7 @@
 
 pub(crate) mod answer;
 pub(crate) mod control;
+mod metrics;
 pub(crate) mod subscribe;
 mod systemd;
 pub(crate) mod tcp;
@@ -149,6 +150,8 @@ pub(crate) struct ServeOptions {
     pub log_drops_ms: u32,
     pub subscribe: crate::config::SubscribeMode,
     pub max_subscribers: usize,
+    /// Answer `GET /metrics` (`metrics=on`).
+    pub metrics: bool,
 }
 
 /// How the monitor thread serves, beyond what is `Copy` (from the configuration).
@@ -172,6 +175,7 @@ impl ServeOptions {
             log_drops_ms: config.log_drops_ms,
             subscribe: config.subscribe,
             max_subscribers: config.max_subscribers as usize,
+            metrics: config.metrics,
         }
     }
 }
@@ -219,7 +223,7 @@ pub(crate) fn spawn(
             Interest::READABLE,
         )
         .map_err(io_error("register the change bell"))?;
-    let streams = Streams::new(sockets.clone(), options.agent_check);
+    let streams = Streams::new(sockets.clone(), options.agent_check, options.metrics);
     streams
         .register(registry)
         .map_err(io_error("register a socket with the poller"))?;
