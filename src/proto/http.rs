@@ -337,7 +337,7 @@ mod tests {
         let answer = respond_from(board, 0xa1b2, request.as_bytes(), false, &mut out);
         let text = match answer {
             Answer::Reply { len, .. } => String::from_utf8(out[..len].to_vec()).unwrap(),
-            Answer::Incomplete => String::new(),
+            Answer::Incomplete | Answer::Metrics { .. } => String::new(),
         };
         (answer, text)
     }
@@ -402,7 +402,17 @@ mod tests {
         assert_eq!(code(&r), 200);
         let (_, r) = ask(&b, "GET /health/ HTTP/1.1\r\n\r\n");
         assert_eq!(code(&r), 200, "empty name: the whole server");
-        for path in ["/", "/healthz", "/health/game/x", "/healthgame"] {
+        assert_eq!(
+            ask(&b, "HEAD /metrics?x=1 HTTP/1.1\r\n\r\n").0,
+            Answer::Metrics { head: true }
+        );
+        for path in [
+            "/",
+            "/healthz",
+            "/health/game/x",
+            "/healthgame",
+            "/metrics/x",
+        ] {
             let (_, r) = ask(&b, &format!("GET {path} HTTP/1.1\r\n\r\n"));
             assert_eq!(code(&r), 404, "{path}");
         }

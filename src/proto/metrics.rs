@@ -157,12 +157,19 @@ pub fn max_len(targets: usize) -> usize {
     FIXED + targets * TARGET_LINES * MAX_TARGET_LINE
 }
 
+/// Calls its argument with each target's name and status, in order (one pass per family).
+pub type Targets<'a> =
+    dyn Fn(&mut dyn FnMut(&str, &Status) -> io::Result<()>) -> io::Result<()> + 'a;
+
+/// A per-target gauge: its name, its help, and its value.
+type Gauge = (&'static str, &'static str, fn(&Status) -> u64);
+
 /// Writes the exposition: `targets` yields each target's name ("" for the whole server) and
 /// status, as many times as asked (one pass per family); `counter` reads a counter.
 pub fn write<W: Write>(
     w: &mut W,
     facts: &Facts<'_>,
-    targets: &dyn Fn(&mut dyn FnMut(&str, &Status) -> io::Result<()>) -> io::Result<()>,
+    targets: &Targets<'_>,
     counter: &dyn Fn(Counter) -> u64,
 ) -> io::Result<()> {
     head(
@@ -182,7 +189,7 @@ pub fn write<W: Write>(
         }
         Ok(())
     })?;
-    let per_target: [(&str, &str, fn(&Status) -> u64); 5] = [
+    let per_target: [Gauge; 5] = [
         (
             "lbagent_serving",
             "1 while new connections should come: state up with a weight above 0.",
