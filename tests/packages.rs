@@ -15,13 +15,13 @@ fn repo() -> PathBuf {
 }
 
 fn section(said: &str, name: &str) -> String {
-    said.split(&format!("--- {name}\n"))
-        .nth(1)
-        .unwrap_or_else(|| panic!("no {name} in:\n{said}"))
-        .split("\n--- ")
-        .next()
-        .unwrap()
-        .to_string()
+    let header = format!("--- {name}");
+    let mut lines = said.lines();
+    assert!(lines.by_ref().any(|l| l == header), "no {name} in:\n{said}");
+    lines
+        .take_while(|l| !l.starts_with("--- "))
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 #[test]
