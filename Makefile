@@ -159,7 +159,7 @@ bench-director:
 
 ## install: make build (skipped where cargo is not found, as under sudo), then
 ## the libraries with their soname links, the headers, lbagent.pc,
-## lbagent-probe and lbagent-director into PREFIX (default /usr/local;
+## lbagent-probe, lbagent-director and lbagent-ctl into PREFIX (default /usr/local;
 ## DESTDIR=DIR stages them), stripped (DEBUG_INFO=separate puts the debug
 ## information in .debug/, DEBUG_INFO=keep leaves it in). As root, into a
 ## directory the dynamic linker searches, runs ldconfig; otherwise says

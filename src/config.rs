@@ -849,6 +849,37 @@ mod tests {
     }
 
     #[test]
+    fn operations_keys() {
+        let c = Config::parse(
+            "http=127.0.0.1:0 metrics=on systemd=on control=/run/x/ctl.sock state_file=/var/lib/x/s",
+        )
+        .unwrap();
+        assert!(c.metrics && c.systemd);
+        assert_eq!(
+            c.control.as_deref(),
+            Some(std::path::Path::new("/run/x/ctl.sock"))
+        );
+        assert_eq!(Config::default().control, None);
+        let e = err("control=run/ctl.sock");
+        assert!(
+            e.contains("\"control\"") && e.contains("absolute path"),
+            "{e}"
+        );
+        let e = err("control=/run/x/");
+        assert!(e.contains("\"/run/x/\""), "{e}");
+        let e = err("metrics=on");
+        assert!(e.contains("\"metrics\"") && e.contains("http="), "{e}");
+        assert!(Config::parse("metrics=off").is_ok());
+        let e = err("systemd=maybe");
+        assert!(e.contains("\"systemd\"") && e.contains("on or off"), "{e}");
+        let e = err("state_file=/var/lib/x/s");
+        assert!(
+            e.contains("\"state_file\"") && e.contains("control="),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn start_timeout() {
         assert_eq!(Config::default().start_timeout_ms, 0);
         let c = Config::parse("start_timeout_ms=30000 watchdog_ms=3000").unwrap();
