@@ -10,7 +10,9 @@
 //!
 //! One request line, one reply, then close (`proto/control.rs`). A change of the override
 //! rings the bell (subscribers hear it at once) and is written to `state_file=` when set,
-//! which the reply reports. Commands are logged with the peer's pid and uid.
+//! which the reply reports. Commands are logged with the peer's pid and uid. Buffers are
+//! fixed per connection slot; a command may allocate (its log line, the state file), which is
+//! acceptable for what an operator does by hand, never for what a probe does.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
