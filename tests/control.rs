@@ -51,8 +51,10 @@ fn controlled_agent(name: &str, extra: &str) -> (Agent, SocketAddr, PathBuf) {
 
 #[test]
 fn drain_for_a_while_wins_over_up_is_pushed_at_once_and_ends_by_itself() {
-    let (agent, addr, socket) =
-        controlled_agent("drain", "subscribe=allow allow=127.0.0.0/8 services=game");
+    let (agent, addr, socket) = controlled_agent(
+        "drain",
+        "subscribe=allow allow=127.0.0.0/8 services=game tcp_agent=127.0.0.1:0 http=127.0.0.1:0",
+    );
     // The socket is the host's, mode 0660.
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o660, "{mode:o}");
@@ -88,8 +90,20 @@ fn drain_for_a_while_wins_over_up_is_pushed_at_once_and_ends_by_itself() {
     );
     assert_eq!(ask(addr).state, State::Drain);
     assert_eq!(agent.status("game").reason, Reason::Operator);
-    // The text line too (what keepalived's UDP_CHECK reads).
+    // The text line too (what keepalived's UDP_CHECK reads), HAProxy's agent-check and HTTP.
     assert!(common::ask_text(addr, &"x".repeat(32)).starts_with("drain"));
+    let tcp_answer = |to: SocketAddr, request: &[u8]| {
+        let mut s = std::net::TcpStream::connect(to).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(request).unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    };
+    let line = tcp_answer(agent.tcp_agent_addrs()[0], b"\n");
+    assert!(line.starts_with("drain up 100% #kernel update"), "{line}");
+    let http = tcp_answer(agent.http_addrs()[0], b"GET /health HTTP/1.0\r\n\r\n");
+    assert!(http.starts_with("HTTP/1.1 503 "), "{http}");
 
     // The host's DOWN is further from serving: it wins while it lasts.
     agent.set_state("", State::Down, Some("disk full")).unwrap();
