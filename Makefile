@@ -173,7 +173,7 @@ install:
 	DESTDIR="$(DESTDIR)" DEBUG_INFO="$(DEBUG_INFO)" scripts/install.sh $(PREFIX) $(RELEASE)
 
 # What make deb needs (debhelper, help2man for the man pages, lintian to check them).
-DEB_TOOLS := dh:debhelper dpkg-architecture:dpkg-dev help2man:help2man lintian:lintian
+DEB_TOOLS := dh:debhelper dpkg-architecture:dpkg-dev help2man:help2man lintian:lintian man:man-db
 
 ## deb: Debian packages into build/deb/ with debhelper: liblbagent0 (the shared
 ## library), liblbagent-dev (headers, C++ wrapper, static library, lbagent.pc),
