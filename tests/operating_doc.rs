@@ -60,6 +60,12 @@ fn every_block_is_tested() {
 fn the_example_server_unit_verifies_and_its_configuration_starts() {
     let dir = scratch_dir("operating-unit");
     let unit = doc_block(DOC, "systemd", "my-server.service");
+    // The package ships this block as its example.
+    assert_eq!(
+        std::fs::read_to_string(common::repo().join("systemd/example-server.service")).unwrap(),
+        unit,
+        "systemd/example-server.service differs from the block of {DOC}"
+    );
     let path = dir.join("my-server.service");
     // The example's server is a stand-in: any program that exists.
     std::fs::write(
