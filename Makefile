@@ -21,12 +21,12 @@ BUILD    := build
 TEST_TOOLS := gcc:gcc g++:g++ valgrind:valgrind nm:binutils readelf:binutils pkg-config:pkg-config \
               haproxy:haproxy curl:curl python3:python3 \
               keepalived:keepalived ldirectord:ldirectord systemd-analyze:systemd perl:perl \
-              ip:iproute2
+              ip:iproute2 promtool:prometheus prometheus:prometheus setpriv:util-linux
 
 # What `make demo` needs: a C and a C++ compiler for the examples (bash talks to the agent).
 DEMO_TOOLS := gcc:gcc g++:g++
 
-.PHONY: all help build libs examples demo test lint lvs-test fuzz bench bench-director header install uninstall tools demo-tools demo-check clean
+.PHONY: all help build libs examples demo test lint lvs-test fuzz bench bench-director header install uninstall deb deb-tools tools demo-tools demo-check clean
 
 all: build
 
@@ -157,7 +157,7 @@ bench-director:
 
 ## install: make build (skipped where cargo is not found, as under sudo), then
 ## the libraries with their soname links, the headers, lbagent.pc,
-## lbagent-probe and lbagent-director into PREFIX (default /usr/local;
+## lbagent-probe, lbagent-director and lbagent-ctl into PREFIX (default /usr/local;
 ## DESTDIR=DIR stages them), stripped (DEBUG_INFO=separate puts the debug
 ## information in .debug/, DEBUG_INFO=keep leaves it in). As root, into a
 ## directory the dynamic linker searches, runs ldconfig; otherwise says
@@ -169,6 +169,23 @@ install:
 		echo "install: $(CARGO) not found (under sudo?): installing what make build left in $(RELEASE)"; \
 	fi
 	DESTDIR="$(DESTDIR)" DEBUG_INFO="$(DEBUG_INFO)" scripts/install.sh $(PREFIX) $(RELEASE)
+
+# What make deb needs (debhelper, help2man for the man pages, lintian to check them).
+DEB_TOOLS := dh:debhelper dpkg-architecture:dpkg-dev help2man:help2man lintian:lintian man:man-db
+
+## deb: Debian packages into build/deb/ with debhelper: liblbagent0 (the shared
+## library), liblbagent-dev (headers, C++ wrapper, static library, lbagent.pc),
+## lbagent-tools (lbagent-probe, lbagent-director, lbagent-ctl, man pages from
+## --help, the director's unit); then lintian checks them.
+deb: deb-tools
+	rm -rf $(BUILD)/deb
+	@mkdir -p $(BUILD)/deb
+	debian/rules binary
+	debian/rules clean
+	lintian --fail-on error --suppress-tags no-manual-page $(BUILD)/deb/*.deb
+
+deb-tools:
+	@scripts/ensure-tools.sh $(DEB_TOOLS)
 
 ## uninstall: removes what make install put into PREFIX (same PREFIX, DESTDIR).
 uninstall:

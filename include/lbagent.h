@@ -274,10 +274,22 @@ enum lbagent_counter
    */
   LBAGENT_COUNTER_DROPPED_KEY_LIMIT = 28,
   /**
-   * Closed at once: its source (an IPv4 address, an IPv6 prefix of `rate_ipv6_prefix`
+   * Closed at once: its source (an IPv4 address, an IPv6 prefix of `ipv6_source_prefix`
    * bits) already holds `conn_per_source` open connections of that listener kind.
    */
   LBAGENT_COUNTER_CONN_DROPPED_SOURCE_LIMIT = 29,
+  /**
+   * Control socket connections (`control=`) answered (`ok` or `error=`).
+   */
+  LBAGENT_COUNTER_CONTROL_ANSWERED = 30,
+  /**
+   * Control socket connections refused: the peer's credentials do not allow it.
+   */
+  LBAGENT_COUNTER_CONTROL_REFUSED = 31,
+  /**
+   * Control socket connections closed without a whole reply (timed out, or failed).
+   */
+  LBAGENT_COUNTER_CONTROL_FAILED = 32,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -379,6 +391,10 @@ enum lbagent_reason
    * `start_timeout_ms`.
    */
   LBAGENT_REASON_START_TIMED_OUT = 8,
+  /**
+   * An operator took the server out (`lbagent-ctl drain|maint`, through `control=PATH`).
+   */
+  LBAGENT_REASON_OPERATOR = 9,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -451,9 +467,19 @@ typedef uint8_t lbagent_log_level;
 #endif // __cplusplus
 
 /**
+ * What a state file holds.
+ */
+typedef struct Saved Saved;
+
+/**
  * How the weight is shaped (from the configuration).
  */
 typedef struct ShapingConfig ShapingConfig;
+
+/**
+ * A short UTF-8 text held inline (no allocation): a host's reason, cleaned up.
+ */
+typedef struct Text Text;
 
 /**
  * A running agent, created by `lbagent_start` and released by `lbagent_free`. Opaque.

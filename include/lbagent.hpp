@@ -103,6 +103,7 @@ enum class Reason : int {
     CheckTimedOut = LBAGENT_REASON_CHECK_TIMED_OUT,
     WorkerStalled = LBAGENT_REASON_WORKER_STALLED,
     StartTimedOut = LBAGENT_REASON_START_TIMED_OUT,
+    Operator = LBAGENT_REASON_OPERATOR,
 };
 
 // The level of a line given to a log callback (LBAGENT_LOG_LEVEL_*).
@@ -144,6 +145,9 @@ enum class Counter : int {
     DroppedReplay = LBAGENT_COUNTER_DROPPED_REPLAY,
     DroppedKeyLimit = LBAGENT_COUNTER_DROPPED_KEY_LIMIT,
     ConnDroppedSourceLimit = LBAGENT_COUNTER_CONN_DROPPED_SOURCE_LIMIT,
+    ControlAnswered = LBAGENT_COUNTER_CONTROL_ANSWERED,
+    ControlRefused = LBAGENT_COUNTER_CONTROL_REFUSED,
+    ControlFailed = LBAGENT_COUNTER_CONTROL_FAILED,
 };
 
 // The lower-case name of a state ("up", "drain", ...). Async-signal-safe.

@@ -10,12 +10,15 @@
 #                information in .debug/NAME.debug beside each program and the shared library
 #                (gdb finds it through the .gnu_debuglink section); keep: as built
 #   STRIP, OBJCOPY   the binutils programs (default strip, objcopy)
+#   LIBDIR       where the libraries go (default PREFIX/lib; the Debian packages use
+#                /usr/lib/<multiarch triplet>)
+#   TOOLS        the programs installed (default: lbagent-probe lbagent-director lbagent-ctl)
 #
 # What goes where (LIB = PREFIX/lib):
 #   LIB/liblbagent.so.VERSION, LIB/liblbagent.so.MAJOR -> it, LIB/liblbagent.so -> .MAJOR
 #   LIB/liblbagent.a, LIB/pkgconfig/lbagent.pc
 #   PREFIX/include/lbagent.h, PREFIX/include/lbagent.hpp
-#   PREFIX/bin/lbagent-probe, PREFIX/bin/lbagent-director
+#   PREFIX/bin/lbagent-probe, PREFIX/bin/lbagent-director, PREFIX/bin/lbagent-ctl
 #
 # Run as root with no DESTDIR into a directory the dynamic linker searches (/usr/lib,
 # /usr/local/lib, ...: ldconfig's configuration), it runs ldconfig. Otherwise it says what a
@@ -46,19 +49,24 @@ case $debug_info in
     *) echo "install: DEBUG_INFO=$debug_info: expected strip, separate or keep" >&2; exit 64 ;;
 esac
 
-lib=$prefix/lib
+lib=${LIBDIR:-$prefix/lib}
+case $lib in
+    /*) ;;
+    *) echo "install: LIBDIR must be an absolute path, not \"$lib\"" >&2; exit 64 ;;
+esac
+read -r -a tools <<<"${TOOLS:-lbagent-probe lbagent-director lbagent-ctl}"
 stage=$destdir$prefix
 slib=$destdir$lib
 installed=(
     "$lib/liblbagent.so.$version" "$lib/liblbagent.so.$major" "$lib/liblbagent.so"
     "$lib/liblbagent.a" "$lib/pkgconfig/lbagent.pc"
     "$prefix/include/lbagent.h" "$prefix/include/lbagent.hpp"
-    "$prefix/bin/lbagent-probe" "$prefix/bin/lbagent-director"
 )
-debug_files=(
-    "$lib/.debug/liblbagent.so.$version.debug"
-    "$prefix/bin/.debug/lbagent-probe.debug" "$prefix/bin/.debug/lbagent-director.debug"
-)
+debug_files=("$lib/.debug/liblbagent.so.$version.debug")
+for tool in "${tools[@]}"; do
+    installed+=("$prefix/bin/$tool")
+    debug_files+=("$prefix/bin/.debug/$tool.debug")
+done
 
 if [ "$uninstall" -eq 1 ]; then
     for f in "${installed[@]}" "${debug_files[@]}"; do
@@ -71,7 +79,7 @@ if [ "$uninstall" -eq 1 ]; then
     exit 0
 fi
 
-for f in liblbagent.so liblbagent.a lbagent-probe lbagent-director; do
+for f in liblbagent.so liblbagent.a "${tools[@]}"; do
     [ -f "$src/$f" ] || { echo "install: $src/$f is missing: run make build first" >&2; exit 1; }
 done
 if [ "$debug_info" != keep ]; then
@@ -111,11 +119,17 @@ install -m 0644 "$src/liblbagent.a" "$slib/liblbagent.a"
 # Separate debug information does not apply to an archive: it keeps its own only with keep.
 [ "$debug_info" = keep ] || "$strip_cmd" --strip-debug "$slib/liblbagent.a"
 install -m 0644 include/lbagent.h include/lbagent.hpp "$stage/include/"
-for tool in lbagent-probe lbagent-director; do
+for tool in "${tools[@]}"; do
     install -m 0755 "$src/$tool" "$stage/bin/$tool"
     strip_file "$stage/bin/$tool"
 done
-sed -e "s|@PREFIX@|$prefix|" -e "s|@VERSION@|$version|" lbagent.pc.in >"$slib/pkgconfig/lbagent.pc"
+if [ "$lib" = "$prefix/lib" ]; then
+    pc_libdir='${exec_prefix}/lib'
+else
+    pc_libdir=$lib
+fi
+sed -e "s|@PREFIX@|$prefix|" -e "s|@VERSION@|$version|" -e "s|@LIBDIR@|$pc_libdir|" \
+    lbagent.pc.in >"$slib/pkgconfig/lbagent.pc"
 chmod 0644 "$slib/pkgconfig/lbagent.pc"
 
 echo "installed lbagent $version into $stage:"

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # make test's Python part: a fresh virtual environment, `pip install ./python pytest` (from
-# PyPI), then the pytest suite against the library and lbagent-probe of this build.
+# PyPI; python/setup.py builds the library with cargo and bundles it in the package), then the
+# pytest suite against the library and lbagent-probe of this build (LBAGENT_LIBRARY), and
+# python/tests/test_bundle.py against the bundled one.
 # Usage: scripts/python-test.sh [CARGO_OUT_DIR]   (default target/debug)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::guard::allow::{AllowList, Cidr};
@@ -61,6 +62,10 @@ pub const KEYS: &[&str] = &[
     "weight_load_smoothing_ms",
     "weight_load_dead_band_pct",
     "weight_load_rate_pct",
+    "control",
+    "state_file",
+    "systemd",
+    "metrics",
 ];
 
 /// Most worker watchdog slots.
@@ -198,6 +203,18 @@ pub struct Config {
     /// The weight moves at most this many percent per second (`weight_load_rate_pct=`,
     /// default 5).
     pub weight_load_rate_pct: u32,
+    /// The operator's control socket (`control=PATH`, a Unix socket; `lbagent-ctl`); off by
+    /// default.
+    pub control: Option<PathBuf>,
+    /// Where the operator's override is kept across restarts (`state_file=PATH`, with
+    /// `control=`); off by default.
+    pub state_file: Option<PathBuf>,
+    /// Tell systemd about the server (`systemd=on`: READY=1, STATUS=, WATCHDOG=1, STOPPING=1
+    /// through `NOTIFY_SOCKET`); off by default.
+    pub systemd: bool,
+    /// Answer `GET /metrics` on the `http=` listener in Prometheus' text format
+    /// (`metrics=on`); off by default.
+    pub metrics: bool,
 }
 
 impl Default for Config {
@@ -236,6 +253,10 @@ impl Default for Config {
             weight_load_smoothing_ms: 15_000,
             weight_load_dead_band_pct: 5,
             weight_load_rate_pct: 5,
+            control: None,
+            state_file: None,
+            systemd: false,
+            metrics: false,
         }
     }
 }
@@ -251,7 +272,7 @@ impl ConfigError {
         ConfigError { message }
     }
 
-    fn bad_value(key: &str, value: &str, expected: impl fmt::Display) -> ConfigError {
+    pub(crate) fn bad_value(key: &str, value: &str, expected: impl fmt::Display) -> ConfigError {
         ConfigError::new(format!(
             "config: invalid value \"{value}\" for key \"{key}\": {expected}"
         ))
@@ -310,6 +331,20 @@ impl Config {
                     "unsealed subscriptions are taken only from sources in allow=: set allow=CIDR",
                 ));
             }
+        }
+        if let Some(on) = given("metrics").filter(|_| config.metrics && config.http.is_empty()) {
+            return Err(ConfigError::bad_value(
+                "metrics",
+                on,
+                "GET /metrics is served on the HTTP endpoint: it needs http=ADDR:PORT",
+            ));
+        }
+        if let Some(path) = given("state_file").filter(|_| config.control.is_none()) {
+            return Err(ConfigError::bad_value(
+                "state_file",
+                path,
+                "it keeps what operators set through the control socket: it needs control=PATH",
+            ));
         }
         config.check_tcp_addresses()?;
         if let Some(pct) = given("slow_start_min_pct").filter(|_| config.slow_start_ms == 0) {
@@ -529,6 +564,10 @@ impl Config {
             "weight_load_rate_pct" => {
                 self.weight_load_rate_pct = u32::from(parse_percent(key, value, 1, 100)?)
             }
+            "control" => self.control = Some(parse_path(key, value)?),
+            "state_file" => self.state_file = Some(parse_path(key, value)?),
+            "systemd" => self.systemd = parse_switch(key, value)?,
+            "metrics" => self.metrics = parse_switch(key, value)?,
             _ => {
                 let hint = match nearest(key, KEYS) {
                     Some(known) => format!("did you mean \"{known}\"? "),
@@ -629,6 +668,19 @@ fn edit_distance(a: &str, b: &str) -> usize {
         }
     }
     row[b.len()]
+}
+
+/// An absolute path (`control=`, `state_file=`).
+fn parse_path(key: &str, value: &str) -> Result<PathBuf, ConfigError> {
+    let path = PathBuf::from(value);
+    if !path.is_absolute() || value.ends_with('/') {
+        return Err(ConfigError::bad_value(
+            key,
+            value,
+            "expected the absolute path of a file, such as /run/myserver/lbagent.sock",
+        ));
+    }
+    Ok(path)
 }
 
 fn list(value: &str) -> impl Iterator<Item = &str> {
@@ -1039,6 +1091,37 @@ mod tests {
         assert_eq!(nearest("start_timeout", KEYS), Some("start_timeout_ms"));
         // "auth" is a key itself; "work" begins two keys: no single guess.
         assert_eq!(nearest("work", KEYS), None);
+    }
+
+    #[test]
+    fn operations_keys() {
+        let c = Config::parse(
+            "http=127.0.0.1:0 metrics=on systemd=on control=/run/x/ctl.sock state_file=/var/lib/x/s",
+        )
+        .unwrap();
+        assert!(c.metrics && c.systemd);
+        assert_eq!(
+            c.control.as_deref(),
+            Some(std::path::Path::new("/run/x/ctl.sock"))
+        );
+        assert_eq!(Config::default().control, None);
+        let e = err("control=run/ctl.sock");
+        assert!(
+            e.contains("\"control\"") && e.contains("absolute path"),
+            "{e}"
+        );
+        let e = err("control=/run/x/");
+        assert!(e.contains("\"/run/x/\""), "{e}");
+        let e = err("metrics=on");
+        assert!(e.contains("\"metrics\"") && e.contains("http="), "{e}");
+        assert!(Config::parse("metrics=off").is_ok());
+        let e = err("systemd=maybe");
+        assert!(e.contains("\"systemd\"") && e.contains("on or off"), "{e}");
+        let e = err("state_file=/var/lib/x/s");
+        assert!(
+            e.contains("\"state_file\"") && e.contains("control="),
+            "{e}"
+        );
     }
 
     #[test]

@@ -82,14 +82,20 @@ pub enum Counter {
     DroppedReplay = 27,
     /// Dropped: a sealed probe with a valid MAC over its key's budget (`rate_per_key`).
     DroppedKeyLimit = 28,
-    /// Closed at once: its source (an IPv4 address, an IPv6 prefix of `rate_ipv6_prefix`
+    /// Closed at once: its source (an IPv4 address, an IPv6 prefix of `ipv6_source_prefix`
     /// bits) already holds `conn_per_source` open connections of that listener kind.
     ConnDroppedSourceLimit = 29,
+    /// Control socket connections (`control=`) answered (`ok` or `error=`).
+    ControlAnswered = 30,
+    /// Control socket connections refused: the peer's credentials do not allow it.
+    ControlRefused = 31,
+    /// Control socket connections closed without a whole reply (timed out, or failed).
+    ControlFailed = 32,
 }
 
 impl Counter {
     /// Every counter, in numeric order.
-    pub const ALL: [Counter; 30] = [
+    pub const ALL: [Counter; 33] = [
         Counter::Received,
         Counter::AnsweredStatus,
         Counter::AnsweredText,
@@ -120,6 +126,9 @@ impl Counter {
         Counter::DroppedReplay,
         Counter::DroppedKeyLimit,
         Counter::ConnDroppedSourceLimit,
+        Counter::ControlAnswered,
+        Counter::ControlRefused,
+        Counter::ControlFailed,
     ];
 
     /// The outcomes of datagrams: each received datagram adds one to exactly one of them.
@@ -196,6 +205,9 @@ impl Counter {
             Counter::DroppedReplay => "dropped_replay",
             Counter::DroppedKeyLimit => "dropped_key_limit",
             Counter::ConnDroppedSourceLimit => "conn_dropped_source_limit",
+            Counter::ControlAnswered => "control_answered",
+            Counter::ControlRefused => "control_refused",
+            Counter::ControlFailed => "control_failed",
         }
     }
 

@@ -155,6 +155,8 @@ pub fn answer_http(request: &[u8], full: bool) -> Option<u16> {
             );
             None
         }
+        // The monitor thread answers /metrics itself (`proto/metrics.rs`, fuzzed by its tests).
+        http::Answer::Metrics { .. } => Some(200),
         http::Answer::Reply { len, .. } => {
             let answer = &out[..len];
             let mut headers = [httparse::EMPTY_HEADER; 16];

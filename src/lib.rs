@@ -15,6 +15,7 @@
 //! - [`guard`]: who gets an answer: allow-list, source checks, rate limits;
 //! - [`client`]: the prober side: blocking probe and non-blocking `Prober`;
 //! - [`config`], [`keys`], [`state`], [`counters`], [`error`], [`log`]: what the rest shares;
+//!   [`state_file`]: the operator's override kept across restarts;
 //! - `ffi`: the C ABI (one file per C object) and `sys`: the OS calls, the only two places
 //!   where `unsafe` is allowed.
 
@@ -38,6 +39,7 @@ pub mod proto;
 mod serve;
 mod shared;
 pub mod state;
+pub mod state_file;
 pub mod status;
 #[allow(unsafe_code)]
 mod sys;
@@ -49,6 +51,12 @@ pub use error::Error;
 pub use log::{Level as LogLevel, LogCallback};
 pub use state::{Reason, State};
 pub use status::{Status, WorkerPolicy};
+
+/// systemd's notification protocol (`NOTIFY_SOCKET`), as the agent's `systemd=on` uses it;
+/// public for the command-line tools (lbagent-director runs as `Type=notify`).
+pub mod systemd {
+    pub use crate::sys::notify::{Notifier, NotifyTarget};
+}
 
 /// The library version (also `lbagent_version()` and the header's `LBAGENT_VERSION`).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

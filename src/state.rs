@@ -122,11 +122,13 @@ pub enum Reason {
     /// The start did not end (no heartbeat, and the whole server still STARTING) within
     /// `start_timeout_ms`.
     StartTimedOut = 8,
+    /// An operator took the server out (`lbagent-ctl drain|maint`, through `control=PATH`).
+    Operator = 9,
 }
 
 impl Reason {
     /// Every reason, in numeric order.
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::Host,
         Reason::WatchdogExpired,
         Reason::CheckFailed,
@@ -136,6 +138,7 @@ impl Reason {
         Reason::CheckTimedOut,
         Reason::WorkerStalled,
         Reason::StartTimedOut,
+        Reason::Operator,
     ];
 
     /// The reason with this wire value, if any.
@@ -160,6 +163,7 @@ impl Reason {
             Reason::CheckTimedOut => c"check-timed-out",
             Reason::WorkerStalled => c"worker-stalled",
             Reason::StartTimedOut => c"start-timed-out",
+            Reason::Operator => c"operator",
         }
     }
 
@@ -175,6 +179,7 @@ impl Reason {
             Reason::CheckTimedOut => "check timed out",
             Reason::WorkerStalled => "worker stalled",
             Reason::StartTimedOut => "start timed out",
+            Reason::Operator => "set by operator",
         }
     }
 }
@@ -203,6 +208,6 @@ mod tests {
         for r in Reason::ALL {
             assert_eq!(Reason::from_u8(r as u8), Some(r));
         }
-        assert_eq!(Reason::from_u8(9), None);
+        assert_eq!(Reason::from_u8(10), None);
     }
 }

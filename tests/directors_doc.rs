@@ -298,6 +298,16 @@ fn track_file_poller_configuration() {
         .map(String::from)
         .collect();
     assert!(out.status.success() && complaints.is_empty(), "{out:?}");
+    // The unit the package installs is this one, with the package's path.
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/lbagent-director.service"),
+    )
+    .unwrap();
+    assert_eq!(
+        shipped,
+        unit.replace("/usr/local/bin/", "/usr/bin/"),
+        "systemd/lbagent-director.service differs from the block of docs/DIRECTORS.md"
+    );
 
     // The targets file parses, and the unit's command line runs against two agents.
     let (a5, addr5) = agent("initial_state=up");
@@ -328,6 +338,8 @@ fn track_file_poller_configuration() {
             "/usr/local/bin/lbagent-director" => DIRECTOR.to_string(),
             "/etc/lbagent/targets.conf" => targets_path.to_str().unwrap().to_string(),
             "/run/lbagent" => track.to_str().unwrap().to_string(),
+            // Another run may hold the documented port: any free one.
+            "127.0.0.1:9792" => "127.0.0.1:0".to_string(),
             other => other.to_string(),
         })
         .collect();

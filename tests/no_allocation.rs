@@ -43,7 +43,9 @@ fn allocations() -> u64 {
 fn main() {
     host_calls_and_probe_answers_do_not_allocate();
     tcp_agent_and_http_answers_do_not_allocate();
-    println!("no_allocation: host calls, UDP, TCP agent and HTTP answers allocate nothing");
+    println!(
+        "no_allocation: host calls, UDP, TCP agent, HTTP and /metrics answers allocate nothing"
+    );
 }
 
 fn host_calls_and_probe_answers_do_not_allocate() {
@@ -97,7 +99,7 @@ fn host_calls_and_probe_answers_do_not_allocate() {
 }
 
 /// One TCP exchange with a fixed buffer (the client side allocates nothing either).
-fn tcp_exchange(to: SocketAddr, request: &[u8], answer: &mut [u8; 2048]) -> usize {
+fn tcp_exchange<const N: usize>(to: SocketAddr, request: &[u8], answer: &mut [u8; N]) -> usize {
     let mut s = TcpStream::connect(to).unwrap();
     s.write_all(request).unwrap();
     let mut n = 0;
@@ -114,7 +116,8 @@ const WARM_CONNECTIONS: usize = 8;
 
 fn tcp_agent_and_http_answers_do_not_allocate() {
     let agent = Agent::start(
-        "listen=127.0.0.1:0 tcp_agent=127.0.0.1:0 http=127.0.0.1:0 services=game initial_state=up",
+        "listen=127.0.0.1:0 tcp_agent=127.0.0.1:0 http=127.0.0.1:0 services=game initial_state=up \
+         metrics=on",
     )
     .unwrap();
     let (tcp, http) = (agent.tcp_agent_addrs()[0], agent.http_addrs()[0]);
@@ -135,9 +138,12 @@ fn tcp_agent_and_http_answers_do_not_allocate() {
         })
         .collect();
     drop(held);
+    let scrape = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut exposition = [0u8; 16384];
     for _ in 0..10 {
         tcp_exchange(tcp, b"service=game\n", &mut answer);
         tcp_exchange(http, get, &mut answer);
+        tcp_exchange(http, scrape, &mut exposition);
     }
     let before = allocations();
     for _ in 0..200 {
@@ -145,7 +151,16 @@ fn tcp_agent_and_http_answers_do_not_allocate() {
         assert_eq!(&answer[..n], b"up ready 100%\n");
         let n = tcp_exchange(http, get, &mut answer);
         assert!(answer[..n].starts_with(b"HTTP/1.1 200 OK\r\n"));
+        let n = tcp_exchange(http, scrape, &mut exposition);
+        assert!(
+            exposition[..n].ends_with(b"} 1\n"),
+            "a whole /metrics answer"
+        );
     }
-    assert_eq!(allocations() - before, 0, "TCP and HTTP answers allocated");
+    assert_eq!(
+        allocations() - before,
+        0,
+        "TCP, HTTP and /metrics answers allocated"
+    );
     drop(agent);
 }

@@ -37,6 +37,8 @@ class Reason(enum.IntEnum):
     WORKER_STALLED = 7
     #: The start did not end within ``start_timeout_ms`` (no heartbeat, still STARTING).
     START_TIMED_OUT = 8
+    #: An operator took the server out (``control=``, ``lbagent-ctl drain|maint``).
+    OPERATOR = 9
 
 
 class Counter(enum.IntEnum):
@@ -78,6 +80,10 @@ class Counter(enum.IntEnum):
     DROPPED_REPLAY = 27
     DROPPED_KEY_LIMIT = 28
     CONN_DROPPED_SOURCE_LIMIT = 29
+    # Operator control socket connections (control=).
+    CONTROL_ANSWERED = 30
+    CONTROL_REFUSED = 31
+    CONTROL_FAILED = 32
 
 
 class Result(enum.IntEnum):

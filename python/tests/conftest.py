@@ -139,6 +139,17 @@ def run_python(code: str, env: Dict[str, Optional[str]], cwd: Optional[Path] = N
                           capture_output=True, text=True)
 
 
+def unbundled_package(tmp_path: Path) -> str:
+    """A copy of the installed package without the library that `pip install ./python`
+    bundles (as LBAGENT_BUNDLE=never installs it); returns the PYTHONPATH that finds it."""
+    import shutil
+
+    root = tmp_path / "unbundled"
+    shutil.copytree(Path(lbagent.__file__).resolve().parent, root / "lbagent",
+                    ignore=shutil.ignore_patterns("*.so*", "__pycache__"))
+    return str(root)
+
+
 @pytest.fixture
 def make_agent():
     """Starts agents on 127.0.0.1 with a system-chosen port; closes them after the test."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import lbagent
 from lbagent import _native
-from conftest import HEADER, run_python
+from conftest import HEADER, run_python, unbundled_package
 
 
 def header_text() -> str:
@@ -263,13 +263,16 @@ def test_the_package_directory_is_searched(tmp_path):
 
 
 def test_the_soname_is_found_through_the_system_search_path(tmp_path):
+    # A package without a bundled library (test_bundle.py has the bundled one's order).
     (tmp_path / "liblbagent.so.0").symlink_to(LIBRARY)
-    out = run_python(REPORT, {"LBAGENT_LIBRARY": None, "LD_LIBRARY_PATH": str(tmp_path)})
+    out = run_python(REPORT, {"LBAGENT_LIBRARY": None, "LD_LIBRARY_PATH": str(tmp_path),
+                              "PYTHONPATH": unbundled_package(tmp_path)})
     assert out.stdout.split() == ["LOADED", "liblbagent.so.0", "True"], out
 
 
 def test_without_the_library_import_works_and_agent_says_where_it_looked(tmp_path):
-    out = run_python(REPORT, {"LBAGENT_LIBRARY": None, "LD_LIBRARY_PATH": str(tmp_path)})
+    out = run_python(REPORT, {"LBAGENT_LIBRARY": None, "LD_LIBRARY_PATH": str(tmp_path),
+                              "PYTHONPATH": unbundled_package(tmp_path)})
     assert out.returncode == 0, out
     assert out.stdout.startswith("UNMONITORED lbagent: cannot load the library; tried "), out
     assert "liblbagent.so.0 (system search path)" in out.stdout

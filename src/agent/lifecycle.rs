@@ -9,7 +9,7 @@ use parking_lot::{Mutex, MutexGuard};
 
 use crate::error::Error;
 use crate::log::{Level, LogThread, log_line};
-use crate::serve::{self, MonitorThread, ServeOptions, Sockets};
+use crate::serve::{self, MonitorThread, ServeExtras, ServeOptions, Sockets};
 use crate::shared::Shared;
 use crate::status::runner::Runner;
 use crate::sys::{clock, process};
@@ -18,6 +18,7 @@ use crate::sys::{clock, process};
 pub(crate) struct Lifecycle {
     control: Mutex<Control>,
     options: ServeOptions,
+    extras: ServeExtras,
 }
 
 pub(crate) struct Control {
@@ -37,6 +38,7 @@ impl Lifecycle {
         shared: &Arc<Shared>,
         sockets: Sockets,
         options: ServeOptions,
+        extras: ServeExtras,
         log_thread: LogThread,
     ) -> Result<Lifecycle, Error> {
         let lifecycle = Lifecycle {
@@ -48,6 +50,7 @@ impl Lifecycle {
                 checks: Vec::new(),
             }),
             options,
+            extras,
         };
         {
             let mut control = lifecycle.control.lock();
@@ -70,7 +73,12 @@ impl Lifecycle {
 
     fn start_monitor(&self, shared: &Arc<Shared>, control: &mut Control) -> Result<(), Error> {
         let sockets = control.sockets.clone().ok_or(Error::Stopped)?;
-        control.monitor = Some(serve::spawn(shared.clone(), sockets, self.options)?);
+        control.monitor = Some(serve::spawn(
+            shared.clone(),
+            sockets,
+            self.options,
+            self.extras.clone(),
+        )?);
         Ok(())
     }
 
@@ -153,8 +161,13 @@ impl Lifecycle {
                 return Err(Error::Timeout);
             }
         }
-        // The last reference to the sockets: closes them.
-        control.sockets = None;
+        // The last reference to the sockets: closes them. The owner also removes the control
+        // socket's file (a child that took the agent over owns it now, not its parent).
+        if let Some(sockets) = control.sockets.take() {
+            if let (true, Some(path)) = (owner, sockets.control_path()) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
         for runner in control.checks.drain(..) {
             // Only the owner takes checks off the shared board.
             if owner {

@@ -16,7 +16,7 @@ use crate::counters::{Counter, Counters};
 use crate::error::Error;
 use crate::guard::Policy;
 use crate::log::{Level, LogCallback, Logger, log_line};
-use crate::serve::{ServeOptions, Sockets};
+use crate::serve::{ServeExtras, ServeOptions, Sockets};
 use crate::shared::Shared;
 use crate::state::{Reason, State};
 use crate::status::checks::AddError;
@@ -57,6 +57,26 @@ impl Agent {
     /// Starts an agent from a parsed configuration.
     pub fn start_with(config: &Config) -> Result<Agent, Error> {
         let io = |what| move |source| Error::Io { what, source };
+        // The operator's override kept across restarts: a file that cannot be read stops the
+        // start (before anything is bound), so that a server taken out never comes back UP.
+        let saved = config
+            .state_file
+            .as_deref()
+            .map(crate::serve::control::read_state_file)
+            .transpose()?
+            .flatten();
+        // systemd=on: where to tell systemd (nothing when not run by systemd).
+        let systemd = if config.systemd {
+            crate::sys::notify::NotifyTarget::from_env().map_err(|why| {
+                Error::Config(crate::config::ConfigError::bad_value(
+                    "systemd",
+                    "on",
+                    format_args!("{why}"),
+                ))
+            })?
+        } else {
+            None
+        };
         // Bind everything first: a failure drops (closes) the sockets already bound.
         let sockets = Sockets::bind(config)?;
         let (local_addrs, tcp_agent_addrs, http_addrs) = (
@@ -99,12 +119,22 @@ impl Agent {
             inject_fault: AtomicBool::new(false),
             exit_delay_ms: AtomicU32::new(0),
         });
+        if let (Some(path), Some(saved)) = (&config.state_file, saved) {
+            crate::serve::control::restore(&shared, path, &saved);
+        }
         let lifecycle = Lifecycle::start(
             &shared,
             sockets,
             ServeOptions::from_config(config),
+            ServeExtras {
+                state_file: config.state_file.clone(),
+                systemd: systemd.clone(),
+            },
             log_thread,
         )?;
+        if config.systemd {
+            log_systemd(&shared, systemd.as_ref());
+        }
         let agent = Agent {
             shared,
             lifecycle,
@@ -533,6 +563,31 @@ impl Drop for Agent {
         // If the threads do not finish in time they are left to finish on their own: they
         // only hold their own references to the shared state, so nothing dangles.
         let _ = self.stop(Some(DROP_WAIT));
+    }
+}
+
+/// Says at start what `systemd=on` does in this process.
+fn log_systemd(shared: &Shared, target: Option<&crate::sys::notify::NotifyTarget>) {
+    match target {
+        Some(target) => log_line!(
+            shared.logger,
+            Level::Info,
+            "systemd: notifying {} (READY at the first UP, STATUS on changes{})",
+            target.name,
+            match target.watchdog {
+                Some(period) => format!(
+                    ", WATCHDOG every {} ms while heartbeats are fresh",
+                    period.as_millis() / 2
+                ),
+                None => String::new(),
+            }
+        ),
+        None => log_line!(
+            shared.logger,
+            Level::Info,
+            "systemd=on, but NOTIFY_SOCKET is not set (not run by systemd as Type=notify): \
+             nothing is sent"
+        ),
     }
 }
 

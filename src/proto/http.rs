@@ -35,6 +35,9 @@ pub(crate) enum Answer {
     Incomplete,
     /// Send the first `len` bytes of the output buffer, then close; count `counter` once sent.
     Reply { len: usize, counter: Counter },
+    /// `GET /metrics` (or HEAD: `head`): the caller answers with `metrics_head` and the
+    /// exposition of `proto/metrics.rs` when `metrics=on`, 404 otherwise (`not_found`).
+    Metrics { head: bool },
 }
 
 /// Decides the answer to `request` (everything received so far), asking `status_of` for the
@@ -76,6 +79,9 @@ pub(crate) fn respond(
     };
     let path = parsed.path.unwrap_or("");
     let path = path.split_once('?').map_or(path, |(p, _)| p);
+    if path == "/metrics" {
+        return Answer::Metrics { head };
+    }
     let service = match path.strip_prefix("/health") {
         Some("") => "",
         Some(rest) => match rest.strip_prefix('/') {
@@ -115,6 +121,42 @@ pub(crate) fn respond(
         Counter::AnsweredHttp,
     )
 }
+
+/// The 404 answer (`GET /metrics` while `metrics=off`).
+pub(crate) fn not_found(out: &mut [u8; MAX_RESPONSE], head: bool) -> Answer {
+    plain_head(out, 404, "not found\n", head)
+}
+
+/// The 503 answer when every metrics buffer is in use (scrapes at once beyond the bound).
+pub(crate) fn metrics_busy(out: &mut [u8; MAX_RESPONSE]) -> Answer {
+    let head = Head {
+        code: 503,
+        json: false,
+        extra: "Retry-After: 1\r\n",
+        omit_body: false,
+    };
+    write(
+        out,
+        head,
+        b"busy: too many scrapes at once\n",
+        Counter::AnsweredHttp,
+    )
+}
+
+/// The head of a `/metrics` answer whose body is `body_len` bytes long; returns its length
+/// (at most `METRICS_HEAD_ROOM`).
+pub(crate) fn metrics_head(body_len: usize, out: &mut [u8; METRICS_HEAD_ROOM]) -> usize {
+    let mut w = Cursor::new(&mut out[..]);
+    let _ = write!(
+        w,
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
+         Content-Length: {body_len}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
+    );
+    usize::try_from(w.position()).unwrap_or(0)
+}
+
+/// Room for the head of a `/metrics` answer.
+pub(crate) const METRICS_HEAD_ROOM: usize = 256;
 
 /// True when an `Accept` header lists `application/json` (without `q=0`).
 fn wants_json(headers: &[httparse::Header<'_>]) -> bool {
@@ -297,7 +339,7 @@ mod tests {
         let answer = respond_from(board, 0xa1b2, request.as_bytes(), false, &mut out);
         let text = match answer {
             Answer::Reply { len, .. } => String::from_utf8(out[..len].to_vec()).unwrap(),
-            Answer::Incomplete => String::new(),
+            Answer::Incomplete | Answer::Metrics { .. } => String::new(),
         };
         (answer, text)
     }
@@ -362,7 +404,17 @@ mod tests {
         assert_eq!(code(&r), 200);
         let (_, r) = ask(&b, "GET /health/ HTTP/1.1\r\n\r\n");
         assert_eq!(code(&r), 200, "empty name: the whole server");
-        for path in ["/", "/healthz", "/health/game/x", "/healthgame"] {
+        assert_eq!(
+            ask(&b, "HEAD /metrics?x=1 HTTP/1.1\r\n\r\n").0,
+            Answer::Metrics { head: true }
+        );
+        for path in [
+            "/",
+            "/healthz",
+            "/health/game/x",
+            "/healthgame",
+            "/metrics/x",
+        ] {
             let (_, r) = ask(&b, &format!("GET {path} HTTP/1.1\r\n\r\n"));
             assert_eq!(code(&r), 404, "{path}");
         }

@@ -5,10 +5,14 @@
 //! - [`auth`]: the authentication trailer that seals a PROBE or a STATUS;
 //! - [`text`]: the text line that keepalived, ldirectord and HAProxy understand;
 //! - [`agent_check`]: HAProxy's agent-check exchange over TCP (the request line and the answer);
-//! - [`http`]: the HTTP health endpoint's request and answer.
+//! - [`http`]: the HTTP health endpoint's request and answer;
+//! - [`control`]: the operator's control socket (`lbagent-ctl`): its request line and reply;
+//! - [`metrics`]: the Prometheus text exposition of `GET /metrics`.
 
 pub mod agent_check;
 pub mod auth;
+pub mod control;
 pub mod http;
+pub mod metrics;
 pub mod text;
 pub mod wire;

@@ -16,7 +16,10 @@
 //! thread has gone).
 
 pub(crate) mod answer;
+pub(crate) mod control;
+mod metrics;
 pub(crate) mod subscribe;
+mod systemd;
 pub(crate) mod tcp;
 pub(crate) mod udp;
 mod watch;
@@ -40,6 +43,7 @@ use crate::error::Error;
 use crate::guard::{Admission, AdmissionOptions};
 use crate::shared::Shared;
 use crate::sys::fd;
+use control::{CONTROL_LISTENER, CONTROL_TOKENS, Control, ControlListener, MAX_CONTROL};
 use subscribe::Subscriptions;
 use tcp::{
     AgentCheckOptions, ConnShares, ConnectionFds, Kind, LISTENER_TOKENS, StreamListener, Streams,
@@ -61,6 +65,8 @@ const MAX_LOOP_FAULTS: u32 = 8;
 pub(crate) struct Sockets {
     udp: Vec<Listener>,
     tcp: Vec<StreamListener>,
+    /// The operator's control socket (`control=`).
+    control: Option<ControlListener>,
     /// The addresses bound (with the system's port where 0 was asked), in config order.
     pub udp_addrs: Vec<SocketAddr>,
     pub tcp_agent_addrs: Vec<SocketAddr>,
@@ -100,9 +106,15 @@ impl Sockets {
                 Kind::Http => http_addrs.push(addr),
             }
         }
+        let control = config
+            .control
+            .as_deref()
+            .map(ControlListener::bind)
+            .transpose()?;
         Ok(Sockets {
             udp,
             tcp,
+            control,
             udp_addrs,
             tcp_agent_addrs,
             http_addrs,
@@ -118,8 +130,16 @@ impl Sockets {
         for l in &sockets.tcp {
             fd::close_inherited(l.raw_fd());
         }
+        if let Some(c) = &sockets.control {
+            fd::close_inherited(c.raw_fd());
+        }
         // Closed by number above: dropping the objects would close the numbers again.
         std::mem::forget(sockets);
+    }
+
+    /// The control socket's path, if there is one (the owner removes it when it stops).
+    pub(crate) fn control_path(&self) -> Option<&std::path::Path> {
+        self.control.as_ref().map(ControlListener::path)
     }
 }
 
@@ -133,6 +153,17 @@ pub(crate) struct ServeOptions {
     pub log_drops_ms: u32,
     pub subscribe: crate::config::SubscribeMode,
     pub max_subscribers: usize,
+    /// Answer `GET /metrics` (`metrics=on`).
+    pub metrics: bool,
+}
+
+/// How the monitor thread serves, beyond what is `Copy` (from the configuration).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ServeExtras {
+    /// Where operator overrides are kept (`state_file=`).
+    pub state_file: Option<std::path::PathBuf>,
+    /// systemd's notification socket (`systemd=on` and `NOTIFY_SOCKET`).
+    pub systemd: Option<crate::sys::notify::NotifyTarget>,
 }
 
 impl ServeOptions {
@@ -147,6 +178,7 @@ impl ServeOptions {
             log_drops_ms: config.log_drops_ms,
             subscribe: config.subscribe,
             max_subscribers: config.max_subscribers as usize,
+            metrics: config.metrics,
         }
     }
 }
@@ -168,6 +200,7 @@ pub(crate) fn spawn(
     shared: Arc<Shared>,
     sockets: Arc<Sockets>,
     options: ServeOptions,
+    extras: ServeExtras,
 ) -> Result<MonitorThread, Error> {
     let io_error = |what| move |source| Error::Io { what, source };
     let poll = Poll::new().map_err(io_error("create the poller"))?;
@@ -197,10 +230,24 @@ pub(crate) fn spawn(
         per_source: options.conn_per_source,
         ipv6_prefix: options.admission.rates.ipv6_prefix,
     };
-    let streams = Streams::new(sockets.clone(), options.agent_check, shares);
+    let streams = Streams::new(
+        sockets.clone(),
+        options.agent_check,
+        shares,
+        options.metrics,
+    );
     streams
         .register(registry)
         .map_err(io_error("register a socket with the poller"))?;
+    if let Some(c) = &sockets.control {
+        registry
+            .register(
+                &mut SourceFd(&c.raw_fd()),
+                CONTROL_LISTENER,
+                Interest::READABLE,
+            )
+            .map_err(io_error("register the control socket"))?;
+    }
     let thread_fds = [poll.as_raw_fd(), receiver.as_raw_fd()];
     let connection_fds = streams.connection_fds();
     let admission = Admission::new(options.admission);
@@ -211,10 +258,15 @@ pub(crate) fn spawn(
         sockets,
         datagrams: Datagrams::new(admission, options.log_drops_ms),
         streams,
-        watch: Watch::new(Subscriptions::new(
-            options.max_subscribers,
-            options.subscribe,
-        )),
+        control: Control::new(extras.state_file),
+        watch: Watch::new(
+            Subscriptions::new(options.max_subscribers, options.subscribe),
+            extras
+                .systemd
+                .map(systemd::SystemdListener::open)
+                .transpose()
+                .map_err(io_error("open systemd's notification socket"))?,
+        ),
     };
     let (done_tx, done) = crossbeam_channel::bounded(1);
     let thread = std::thread::Builder::new()
@@ -277,6 +329,7 @@ struct Monitor {
     sockets: Arc<Sockets>,
     datagrams: Datagrams,
     streams: Streams,
+    control: Control,
     watch: Watch,
 }
 
@@ -318,13 +371,22 @@ impl Monitor {
 
     fn serve_until_stopped(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(EVENTS);
+        // The listeners that listen from the start (systemd, the log) take a first look now,
+        // not at the first socket event.
+        self.watch
+            .after_events(&self.shared, &self.sockets.udp, false);
         loop {
             // No timeout (no wake-ups) unless a TCP connection is open or someone listens for
             // changes that a deadline can bring.
-            let timeout = [self.streams.timeout(Instant::now()), self.watch.timeout()]
-                .into_iter()
-                .flatten()
-                .min();
+            let now = Instant::now();
+            let timeout = [
+                self.streams.timeout(now),
+                self.control.timeout(now),
+                self.watch.timeout(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -339,6 +401,10 @@ impl Monitor {
                         while self.wake.recv(&mut sink).is_ok() {}
                     }
                     BELL => rang = true,
+                    CONTROL_LISTENER => self.accept_control(),
+                    Token(t) if (CONTROL_TOKENS..CONTROL_TOKENS + MAX_CONTROL).contains(&t) => {
+                        self.control.ready(Token(t), &self.shared);
+                    }
                     Token(t) if t < LISTENER_TOKENS => self.drain(t),
                     token => self
                         .streams
@@ -347,15 +413,27 @@ impl Monitor {
             }
             self.streams
                 .after_events(&self.shared, self.poll.registry());
+            if self.control.expire(Instant::now(), &self.shared) || self.control.pending() {
+                // Connections wait in the listen queue for a free slot.
+                self.accept_control();
+            }
             self.watch
                 .after_events(&self.shared, &self.sockets.udp, rang);
             if self.shared.quit.load(Ordering::Acquire) || self.shared.board.is_stopping() {
+                self.watch.at_stop(&self.shared);
                 // Answer what is already queued (with STOPPING), then leave.
                 for i in 0..self.sockets.udp.len() {
                     self.drain(i);
                 }
                 return Ok(());
             }
+        }
+    }
+
+    fn accept_control(&mut self) {
+        if let Some(listener) = &self.sockets.control {
+            self.control
+                .accept(listener, &self.shared, self.poll.registry());
         }
     }
 

@@ -49,6 +49,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::status::{ProberKind, Target};
 
 use super::Sockets;
+use super::metrics::Metrics;
 use crate::config::{
     AGENT_SEND_WAIT, LINGER, MAX_CONNECTIONS, REQUEST_TIMEOUT, SCARCE_WAIT, WRITE_TIMEOUT,
 };
@@ -59,6 +60,8 @@ use crate::proto::{agent_check, http};
 use crate::shared::Shared;
 use crate::sys::clock;
 
+/// How long a `/metrics` answer may take to be written.
+const METRICS_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections accepted per listener before the loop serves other sockets.
 const ACCEPT_BATCH: usize = 16;
 /// Bytes discarded per readiness event while lingering; a peer that sends more is reset.
@@ -195,6 +198,8 @@ struct Connection {
     peer_closed: bool,
     /// Agent-check: answer with what was read so far, without waiting for more.
     answer_now: bool,
+    /// Writing a `/metrics` answer from this buffer of `Streams::metrics`, not `Slot::buf`.
+    metrics: Option<usize>,
 }
 
 struct Slot {
@@ -222,6 +227,8 @@ pub(crate) struct Streams {
     agent_check: AgentCheckOptions,
     shares: ConnShares,
     fds: Arc<ConnectionFds>,
+    /// `GET /metrics` answers (`metrics=on`).
+    metrics: Metrics,
 }
 
 /// How connection slots are shared between sources (from the configuration).
@@ -247,6 +254,7 @@ impl Streams {
         sockets: Arc<Sockets>,
         agent_check: AgentCheckOptions,
         shares: ConnShares,
+        metrics_on: bool,
     ) -> Streams {
         Streams {
             pending_accept: vec![false; sockets.tcp.len()],
@@ -257,6 +265,7 @@ impl Streams {
             agent_check,
             shares,
             fds: Arc::new(ConnectionFds::new()),
+            metrics: Metrics::new(metrics_on),
         }
     }
 
@@ -398,6 +407,7 @@ impl Streams {
             deadline: now + wait,
             received: 0,
             peer_closed: false,
+            metrics: None,
             // Without services there is nothing an `agent-send` line could ask: answer now.
             answer_now: kind == Kind::Agent && !self.agent_check.wait_for_agent_send,
         });
@@ -531,12 +541,19 @@ impl Streams {
                                 http::Answer::Reply { len, counter } => {
                                     self.start_writing(index, len, counter, now);
                                 }
+                                http::Answer::Metrics { head } => {
+                                    self.answer_metrics(index, head, shared, now);
+                                }
                             }
                         }
                     }
                 }
                 Phase::Writing { sent, len, counter } => {
-                    match conn.stream.write(&slot.buf[sent..len]) {
+                    let data = match conn.metrics {
+                        Some(i) => self.metrics.bytes(i),
+                        None => &slot.buf[..],
+                    };
+                    match conn.stream.write(&data[sent..len]) {
                         Ok(0) => return Next::Close(Some(Counter::ConnFailed)),
                         Ok(n) if sent + n < len => {
                             conn.phase = Phase::Writing {
@@ -547,6 +564,9 @@ impl Streams {
                         }
                         Ok(_) => {
                             shared.counters.add(counter);
+                            if let Some(buffer) = conn.metrics.take() {
+                                self.metrics.release(buffer);
+                            }
                             if conn.peer_closed {
                                 return Next::Close(None);
                             }
@@ -614,6 +634,43 @@ impl Streams {
         self.start_writing(index, len, Counter::AnsweredAgent, now);
     }
 
+    /// Answers `GET /metrics` (HEAD: `head`): the exposition from a metrics buffer, 503 when
+    /// every one is in use, 404 with `metrics=off` (called only from `progress`).
+    fn answer_metrics(&mut self, index: usize, head: bool, shared: &Shared, now: Instant) {
+        let answer = if self.metrics.is_on() {
+            self.metrics.answer(head, shared)
+        } else {
+            let http::Answer::Reply { len, counter } = http::not_found(&mut self.scratch, head)
+            else {
+                return;
+            };
+            self.start_writing(index, len, counter, now);
+            return;
+        };
+        let Some((buffer, start, end)) = answer else {
+            if let http::Answer::Reply { len, counter } = http::metrics_busy(&mut self.scratch) {
+                self.start_writing(index, len, counter, now);
+            }
+            return;
+        };
+        let Some(conn) = self
+            .slots
+            .get_mut(index)
+            .and_then(|s| s.connection.as_mut())
+        else {
+            self.metrics.release(buffer);
+            return;
+        };
+        conn.metrics = Some(buffer);
+        conn.phase = Phase::Writing {
+            sent: start,
+            len: end,
+            counter: Counter::AnsweredHttp,
+        };
+        // A scrape is larger than a health answer: more time to write it.
+        conn.deadline = now + METRICS_WRITE_TIMEOUT;
+    }
+
     /// Copies `scratch[..len]` into the connection's buffer and switches it to writing.
     fn start_writing(&mut self, index: usize, len: usize, counter: Counter, now: Instant) {
         let Some(slot) = self.slots.get_mut(index) else {
@@ -657,6 +714,9 @@ impl Streams {
         // leaves the table first.
         self.fds.set(index, -1);
         if let Some(conn) = slot.connection.take() {
+            if let Some(buffer) = conn.metrics {
+                self.metrics.release(buffer);
+            }
             self.open[conn.kind.index()] -= 1;
             if let Some(counter) = counter {
                 shared.counters.add(counter);

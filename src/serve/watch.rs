@@ -2,9 +2,10 @@
 //! changed something) or a deadline of a condition judged lazily passes (the watchdog, a
 //! stalled worker, an overdue check, a push held back by its rate bound).
 //!
-//! Listeners: subscribed directors (a STATUS pushed at once, `subscribe.rs`) and the log, when
-//! `log=` or a callback is set: the watchdog's expiry and recovery, a start that outlasts
-//! `start_timeout_ms`, and host calls that name a service not in `services=`.
+//! Listeners: subscribed directors (a STATUS pushed at once, `subscribe.rs`), systemd with
+//! `systemd=on` (`systemd.rs`: READY, STATUS, WATCHDOG from a timer kept here, STOPPING) and
+//! the log, when `log=` or a callback is set: the watchdog's expiry and recovery, a start that
+//! outlasts `start_timeout_ms`, and host calls that name a service not in `services=`.
 //! While nobody listens the bell stays silent and no timer is set: an agent nobody subscribes
 //! to wakes only for probes.
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use super::answer::write_status;
 use super::subscribe::Subscriptions;
+use super::systemd::SystemdListener;
 use super::udp::Listener;
 use crate::counters::Counter;
 use crate::log::{Level, log_line};
@@ -24,6 +26,8 @@ use crate::sys::clock;
 /// The monitor thread's listeners and what they were last told.
 pub(crate) struct Watch {
     pub subscriptions: Subscriptions,
+    /// systemd, with `systemd=on` under a unit that listens.
+    systemd: Option<SystemdListener>,
     /// Whether the bell is wanted now (so that it is told only when that changes).
     listening: bool,
     /// The whole server's reason last seen by the log listener.
@@ -37,9 +41,10 @@ pub(crate) struct Watch {
 }
 
 impl Watch {
-    pub(crate) fn new(subscriptions: Subscriptions) -> Watch {
+    pub(crate) fn new(subscriptions: Subscriptions, systemd: Option<SystemdListener>) -> Watch {
         Watch {
             subscriptions,
+            systemd,
             listening: false,
             logged_reason: None,
             logged_unknown: (0, 0),
@@ -71,7 +76,7 @@ impl Watch {
         if logs {
             self.log_unknown_services(shared, now);
         }
-        let listening = logs || !self.subscriptions.is_empty();
+        let listening = logs || !self.subscriptions.is_empty() || self.systemd.is_some();
         if listening != self.listening {
             self.listening = listening;
             shared.board.bell.want(listening);
@@ -88,6 +93,9 @@ impl Watch {
             [
                 shared.board.next_deadline(now),
                 self.subscriptions.next_deadline(),
+                self.systemd
+                    .as_ref()
+                    .and_then(SystemdListener::next_deadline),
             ]
             .into_iter()
             .flatten()
@@ -99,9 +107,14 @@ impl Watch {
 
     fn look(&mut self, shared: &Shared, listeners: &[Listener], logs: bool, now: u64) {
         let board = &shared.board;
-        if logs {
+        if logs || self.systemd.is_some() {
             let server = board.status(Target::Server, now);
-            self.log_watchdog(shared, &server);
+            if logs {
+                self.log_watchdog(shared, &server);
+            }
+            if let Some(systemd) = &mut self.systemd {
+                systemd.look(shared, &server, now);
+            }
         }
         self.subscriptions.expire(now);
         for sub in self.subscriptions.iter_mut() {
@@ -135,6 +148,14 @@ impl Watch {
             }
             sub.told = status.generation;
             sub.due = false;
+        }
+    }
+
+    /// The agent stops (`lbagent_stop`): the listeners that must hear it now, before the thread
+    /// leaves.
+    pub(crate) fn at_stop(&mut self, shared: &Shared) {
+        if let Some(systemd) = &mut self.systemd {
+            systemd.stopping(shared, clock::now_ms());
         }
     }
 

@@ -18,11 +18,13 @@
 //! 1. the agent's own conditions: a caught fault (DOWN), `lbagent_stop` (STOPPING), the
 //!    host watchdog (DOWN), a start that timed out (DOWN);
 //! 2. the state furthest from serving among the host's whole-server state, the service's
-//!    state, stalled workers (DOWN) and failing checks (DOWN).
+//!    state, stalled workers (DOWN) and failing checks (DOWN);
+//! 3. an operator's override (`operator.rs`), only when it is further from serving than 2.
 
 pub(crate) mod bell;
 mod cell;
 pub(crate) mod checks;
+pub(crate) mod operator;
 pub(crate) mod probers;
 pub(crate) mod runner;
 pub mod shaping;
@@ -39,6 +41,8 @@ use crate::sys::shm::{ShmSlice, Zeroable};
 use crate::sys::{clock, process};
 use bell::Bell;
 use checks::Checks;
+use operator::Operator;
+pub use operator::Override;
 pub use probers::ProberKind;
 use probers::Probers;
 use shaping::{ShapeCell, ShapingConfig};
@@ -185,6 +189,8 @@ pub(crate) struct Board {
     start_timeout_ms: u64,
     pub(crate) workers: Workers,
     pub(crate) checks: Checks,
+    /// The operator's override (`control=`).
+    pub(crate) operator: Operator,
     /// Rung on every change of what directors are told, for the monitor's listeners.
     pub(crate) bell: Bell,
     /// Cell i's slow start and load filter (shared memory, like the cells).
@@ -213,6 +219,7 @@ impl Board {
                 config.worker_policy,
             )?,
             checks: Checks::new()?,
+            operator: Operator::new(now)?,
             bell: Bell::new()?,
             shapes: ShmSlice::new(config.services.len() + 1)?,
             shaping: config.shaping,
@@ -403,6 +410,7 @@ impl Board {
             self.workers.next_stall(now),
             self.checks.next_overdue(now),
             self.next_shaping_look(now),
+            self.operator.next_deadline(now),
         ]
         .into_iter()
         .flatten()
@@ -497,7 +505,7 @@ impl Board {
     /// `judge()` says whether it holds and since when (or, if not, since when not). Each
     /// change is counted once, by whoever sees it first, in `flips` (odd while it holds), so
     /// that it shows in the generation. Returns `(holds, changes so far, time of the last)`.
-    fn observe_condition(
+    pub(super) fn observe_condition(
         flips: &AtomicU64,
         changed_at: &AtomicU64,
         judge: impl Fn() -> (bool, u64),
@@ -559,10 +567,42 @@ impl Board {
         self.answer(target, now).0
     }
 
+    /// What a director would be told without the operator's override, before the slow start
+    /// and weight from load shape its weight (`lbagent-ctl status` shows both).
+    pub(crate) fn host_status(&self, target: Target, now: u64) -> Status {
+        self.judge(target, now, false)
+    }
+
+    /// Sets the operator's override (`state` drain or maint; up clears it), ending at `until`
+    /// (clock time) if given. Rings the bell when what is answered may have changed.
+    pub(crate) fn set_override(
+        &self,
+        state: State,
+        message: Option<&Text>,
+        until: Option<u64>,
+        now: u64,
+    ) -> bool {
+        let changed = self.operator.set(state, message, until, now);
+        if changed {
+            self.bell.ring();
+        }
+        changed
+    }
+
+    /// The operator's override as set (expired or not).
+    pub(crate) fn operator_override(&self) -> Option<Override> {
+        self.operator.get()
+    }
+
+    /// Clock time of the last heartbeat (0: none yet).
+    pub(crate) fn heartbeat_at(&self) -> u64 {
+        self.header().heartbeat_at.load(Ordering::Acquire)
+    }
+
     /// `status`, with the clock time since which the answer has been seen serving, or not
     /// serving (the start of a slow start, or of a drain).
     pub(crate) fn answer(&self, target: Target, now: u64) -> (Status, u64) {
-        let status = self.unshaped(target, now);
+        let status = self.judge(target, now, true);
         let Some(index) = target.cell() else {
             return (status, now);
         };
@@ -657,8 +697,9 @@ impl Board {
         }
     }
 
-    /// What the host's state, weight and checks make of `target`, before shaping.
-    fn unshaped(&self, target: Target, now: u64) -> Status {
+    /// What the host's state, weight and checks (and, `with_operator`, the operator's
+    /// override) make of `target`, before the weight is shaped.
+    fn judge(&self, target: Target, now: u64, with_operator: bool) -> Status {
         let since = |at: u64| u32::try_from(now.saturating_sub(at)).unwrap_or(u32::MAX);
         let server = self.cells[0].read();
         let own = match target {
@@ -732,7 +773,7 @@ impl Board {
         }
 
         // Every term only grows, so the sum grows on every change of what is answered.
-        let generation = server
+        let mut generation = server
             .generation
             .wrapping_add(own.map_or(0, |c| c.generation))
             .wrapping_add(watchdog_flips as u32)
@@ -741,6 +782,15 @@ impl Board {
             .wrapping_add(u32::from(faults > 0))
             .wrapping_add(worker_flips as u32)
             .wrapping_add(checks.generation);
+        let operator = if with_operator {
+            let (in_force, flips, cell_generation, at) = self.operator.observe(now);
+            generation = generation
+                .wrapping_add(flips as u32)
+                .wrapping_add(cell_generation);
+            in_force.map(|o| (o, at))
+        } else {
+            None
+        };
         let load = own.unwrap_or(server);
         let mut status = Status {
             state: decisive.0,
@@ -757,6 +807,19 @@ impl Board {
             ),
             message: decisive.2,
         };
+        // The operator's override: only toward less serving.
+        if let Some((o, at)) = operator {
+            if o.state.severity() > status.state.severity() {
+                status.state = o.state;
+                status.reason = Reason::Operator;
+                status.since_ms = since(at);
+                status.message = if o.message.as_bytes().is_empty() {
+                    Text::from_static(Reason::Operator.describe())
+                } else {
+                    o.message
+                };
+            }
+        }
         let overrides = if faults > 0 {
             Some((
                 State::Down,
@@ -1039,6 +1102,53 @@ mod tests {
             b.status(Target::Server, u64::MAX / 2).state,
             State::Starting
         );
+    }
+
+    #[test]
+    fn operator_override_wins_only_toward_less_serving_and_expires() {
+        let b = board(0);
+        b.set_state(Target::Server, State::Up, Reason::Host, None, 1000);
+        let g0 = b.status(Target::Server, 1000).generation;
+        assert!(b.set_override(
+            State::Drain,
+            Some(&Text::from_static("kernel update")),
+            Some(5000),
+            2000
+        ));
+        let s = b.status(Target::Service(0), 2500);
+        assert_eq!(
+            (s.state, s.reason, s.message.as_str(), s.since_ms),
+            (State::Drain, Reason::Operator, "kernel update", 500)
+        );
+        assert!(s.generation > g0);
+        // The host's own view is kept, and shown apart.
+        let h = b.host_status(Target::Server, 2500);
+        assert_eq!((h.state, h.reason), (State::Up, Reason::Host));
+        // The host's DOWN is further from serving: it wins.
+        b.set_state(Target::Server, State::Down, Reason::Host, None, 3000);
+        assert_eq!(b.status(Target::Server, 3000).state, State::Down);
+        b.set_state(Target::Server, State::Up, Reason::Host, None, 3100);
+        let before = b.status(Target::Server, 4999);
+        assert_eq!(before.state, State::Drain);
+        // It ends by itself, as a change (a new generation).
+        assert_eq!(b.next_deadline(4000), Some(5001));
+        let after = b.status(Target::Server, 5000);
+        assert_eq!((after.state, after.reason), (State::Up, Reason::Host));
+        assert!(after.generation > before.generation);
+        assert_eq!(b.next_deadline(5001), None);
+        // Maint until cleared; `up` clears it.
+        assert!(b.set_override(State::Maint, None, None, 6000));
+        let s = b.status(Target::Server, 9_000_000);
+        assert_eq!(
+            (s.state, s.reason, s.message.as_str()),
+            (State::Maint, Reason::Operator, "set by operator")
+        );
+        assert!(!b.set_override(State::Maint, None, None, 6000), "no change");
+        assert!(b.set_override(State::Up, None, None, 9_000_001));
+        assert!(b.operator_override().is_none());
+        let s = b.status(Target::Server, 9_000_002);
+        assert_eq!((s.state, s.reason), (State::Up, Reason::Host));
+        assert!(s.generation > before.generation);
     }
 
     #[test]

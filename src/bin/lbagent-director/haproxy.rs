@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -87,10 +87,14 @@ pub struct SinkCounts {
     pub failed: AtomicU64,
 }
 
+/// Whether each sink's last command succeeded (for `--metrics`).
+pub type SinkStates = Arc<Mutex<HashMap<Sink, bool>>>;
+
 /// The poll loop's handle on the writer thread.
 pub struct Writer {
     sender: Sender<(Sink, String)>,
     pub counts: Arc<SinkCounts>,
+    pub sinks: SinkStates,
 }
 
 impl Writer {
@@ -98,11 +102,16 @@ impl Writer {
     pub fn start() -> std::io::Result<Writer> {
         let (sender, receiver) = crossbeam_channel::unbounded();
         let counts = Arc::new(SinkCounts::default());
-        let thread_counts = counts.clone();
+        let sinks = SinkStates::default();
+        let (thread_counts, thread_sinks) = (counts.clone(), sinks.clone());
         std::thread::Builder::new()
             .name("haproxy-sink".into())
-            .spawn(move || write_commands(&receiver, &thread_counts))?;
-        Ok(Writer { sender, counts })
+            .spawn(move || write_commands(&receiver, &thread_counts, &thread_sinks))?;
+        Ok(Writer {
+            sender,
+            counts,
+            sinks,
+        })
     }
 
     /// Hands over the command for `sink` (never blocks).
@@ -113,7 +122,7 @@ impl Writer {
     }
 }
 
-fn write_commands(receiver: &Receiver<(Sink, String)>, counts: &SinkCounts) {
+fn write_commands(receiver: &Receiver<(Sink, String)>, counts: &SinkCounts, sinks: &SinkStates) {
     let log = Log::from_env();
     let mut failing: HashMap<Sink, bool> = HashMap::new();
     while let Ok(first) = receiver.recv() {
@@ -127,6 +136,9 @@ fn write_commands(receiver: &Receiver<(Sink, String)>, counts: &SinkCounts) {
         }
         for (sink, command) in latest {
             let result = exchange(&sink, &command);
+            if let Ok(mut states) = sinks.lock() {
+                states.insert(sink.clone(), result.is_ok());
+            }
             let was_failing = failing.get(&sink).copied().unwrap_or(false);
             match result {
                 Ok(()) => {

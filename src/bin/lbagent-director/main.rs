@@ -7,6 +7,7 @@
 mod haproxy;
 mod health;
 mod log;
+mod metrics;
 mod poller;
 mod targets;
 mod track;
@@ -51,6 +52,15 @@ server serves: keepalived adds it to the weight (track_file ... weight 1).
 Signals: SIGHUP reloads the targets file (unchanged targets keep their state; a removed
 target's file is set to 1; a file with an error is rejected whole and logged). SIGTERM or
 SIGINT stops; the files keep their last values.
+
+Metrics: --metrics ADDR:PORT serves GET /metrics in Prometheus' text format from the poll
+loop: each target's verdict, the agent's last state, the age of its last answer, its round
+trip, transitions, timeouts, whether its track file is written; round-trip and schedule-lag
+histograms; HAProxy commands and sinks.
+
+systemd: run as Type=notify (NOTIFY_SOCKET): READY=1 once the targets are loaded, STATUS=
+with the verdicts, RELOADING=1 on SIGHUP, STOPPING=1 on SIGTERM; with WatchdogSec=,
+WATCHDOG=1 at half of it while the poll loop keeps its schedule.
 
 Exit status: 0 stopped by a signal (or --check passed); 1 a bad targets file, track
 directory or socket; 64 usage error.
@@ -102,6 +112,11 @@ struct Cli {
     /// agents that grant it push each change at once).
     #[arg(long)]
     no_subscribe: bool,
+
+    /// Serve GET /metrics (Prometheus' text format) on this numeric address, such as
+    /// 127.0.0.1:9792.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<std::net::SocketAddr>,
 
     /// Check the targets file, print a summary and exit.
     #[arg(long)]
@@ -167,8 +182,31 @@ fn main() -> ExitCode {
         stats_every: Duration::from_secs(cli.stats_interval),
         subscribe: !cli.no_subscribe,
     };
-    let result =
-        Poller::new(settings, log, track, cli.targets.clone(), targets, keys).and_then(Poller::run);
+    let systemd = match lbagent::systemd::NotifyTarget::from_env() {
+        Ok(target) => target,
+        Err(e) => {
+            log.line(Level::Error, format_args!("{e}"));
+            return ExitCode::from(1);
+        }
+    };
+    let result = Poller::new(settings, log, track, cli.targets.clone(), targets, keys)
+        .and_then(|mut poller| {
+            if let Some(addr) = cli.metrics {
+                let bound = poller.serve_metrics(addr)?;
+                Log::from_env().line(
+                    Level::Info,
+                    format_args!("metrics: GET http://{bound}/metrics"),
+                );
+            }
+            if let Some(target) = systemd {
+                let watchdog = target.watchdog;
+                let notifier = lbagent::systemd::Notifier::open(target)
+                    .map_err(|e| format!("cannot open systemd's notification socket: {e}"))?;
+                poller.notify_systemd(notifier, watchdog);
+            }
+            Ok(poller)
+        })
+        .and_then(Poller::run);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -16,6 +16,12 @@
 //! what the poller finds out itself: answers that say serving after a failure, and probes
 //! that get no answer.
 //!
+//! `--metrics ADDR:PORT` serves the figures of `metrics.rs` from this loop. Under systemd
+//! (`Type=notify`), the loop says READY=1 once the targets are loaded, STATUS= when the
+//! verdicts change, RELOADING=1 around a reload, STOPPING=1 on SIGTERM, and WATCHDOG=1 at half
+//! of `WatchdogSec=` while it keeps its schedule (no probe sent later than a whole watchdog
+//! period behind it): a loop that hangs, or falls that far behind, is restarted by systemd.
+//!
 //! SIGHUP reloads the targets file: unchanged targets keep their verdict, streak and schedule;
 //! a target whose address, service or key changed starts its streak over from its current
 //! verdict; a removed target's file is set to 1 (failed), since keepalived reads a missing file
@@ -23,6 +29,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::fmt::Write as _;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use lbagent::client::{Answer, Completion, ProbeError, ProbeOptions, Prober};
 use lbagent::keys::Key;
+use lbagent::systemd::Notifier;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -38,11 +46,14 @@ use signal_hook_mio::v1_0::Signals;
 use crate::haproxy::{Desired, Writer};
 use crate::health::Health;
 use crate::log::{Level, Log};
+use crate::metrics::{LoopFigures, MetricsServer, counter, gauge, label};
 use crate::targets::{self, Target};
 use crate::track::TrackDir;
 
 const PROBER: Token = Token(0);
 const SIGNALS: Token = Token(1);
+/// `--metrics`: the listener, then its connections.
+const METRICS: usize = 2;
 /// Probes due this close to now are sent in the same wake-up: a few milliseconds early is
 /// nothing against a jittered interval, and each wake-up costs a context switch.
 const SLACK: Duration = Duration::from_millis(5);
@@ -101,6 +112,11 @@ struct Slot {
     sinks_told: Option<Desired>,
     /// What the weight file says (`weight=N` targets), when known.
     weight_file: Option<i64>,
+    /// When the last answer came (`--metrics`).
+    answered_at: Option<Instant>,
+    /// Verdict changes and probes that got no answer in time, since loaded.
+    transitions: u64,
+    timeouts: u64,
 }
 
 #[derive(Default)]
@@ -131,6 +147,11 @@ pub struct Poller {
     started: Instant,
     /// Taken first thing, so that a SIGHUP or SIGTERM during a long load is queued, not fatal.
     signals: Signals,
+    /// `--metrics`.
+    metrics: Option<MetricsServer>,
+    figures: LoopFigures,
+    /// systemd (`NOTIFY_SOCKET`), and half its watchdog period.
+    systemd: Option<(Notifier, Option<Duration>)>,
 }
 
 fn verdict_word(up: bool) -> &'static str {
@@ -138,7 +159,7 @@ fn verdict_word(up: bool) -> &'static str {
 }
 
 /// Makes the track file say the slot's verdict, if it does not already.
-fn sync_file(track: &TrackDir, log: &Log, slot: &mut Slot) {
+fn sync_file(track: &TrackDir, log: &Log, slot: &mut Slot, figures: &mut LoopFigures) {
     let up = slot.health.is_up();
     if slot.file_ok == Some(up) {
         return;
@@ -146,6 +167,7 @@ fn sync_file(track: &TrackDir, log: &Log, slot: &mut Slot) {
     let name = &slot.target.name;
     match track.write(name, up) {
         Ok(()) => {
+            figures.track_writes += 1;
             slot.file_ok = Some(up);
             if slot.write_failed {
                 slot.write_failed = false;
@@ -159,6 +181,7 @@ fn sync_file(track: &TrackDir, log: &Log, slot: &mut Slot) {
             }
         }
         Err(e) => {
+            figures.track_write_failures += 1;
             if !slot.write_failed {
                 slot.write_failed = true;
                 log.line(
@@ -282,6 +305,9 @@ impl Poller {
             counts: Counts::default(),
             started: Instant::now(),
             signals,
+            metrics: None,
+            figures: LoopFigures::new(),
+            systemd: None,
         };
         if poller.track.syncs() {
             poller.log.line(
@@ -355,8 +381,11 @@ impl Poller {
             answer: None,
             sinks_told: None,
             weight_file: None,
+            answered_at: None,
+            transitions: 0,
+            timeouts: 0,
         };
-        sync_file(&self.track, &self.log, &mut slot);
+        sync_file(&self.track, &self.log, &mut slot, &mut self.figures);
         sync_sinks(&mut self.haproxy, &self.log, &mut slot);
         slot
     }
@@ -376,6 +405,40 @@ impl Poller {
             .collect();
     }
 
+    /// Serves `--metrics` on `addr` from the loop; returns the address bound.
+    pub fn serve_metrics(
+        &mut self,
+        addr: std::net::SocketAddr,
+    ) -> Result<std::net::SocketAddr, String> {
+        let server = MetricsServer::bind(addr, METRICS)
+            .map_err(|e| format!("--metrics {addr}: cannot listen: {e}"))?;
+        let bound = server
+            .local_addr()
+            .map_err(|e| format!("--metrics {addr}: {e}"))?;
+        self.metrics = Some(server);
+        Ok(bound)
+    }
+
+    /// Tells systemd through `notifier` (`NOTIFY_SOCKET`), with its watchdog period if any.
+    pub fn notify_systemd(&mut self, notifier: Notifier, watchdog: Option<Duration>) {
+        self.systemd = Some((notifier, watchdog.map(|w| w / 2)));
+    }
+
+    fn notify(&self, message: &str) {
+        if let Some((n, _)) = &self.systemd {
+            let _ = n.send(message.as_bytes());
+        }
+    }
+
+    fn status_line(&self) -> String {
+        let up = self.slots.iter().filter(|s| s.health.is_up()).count();
+        format!(
+            "STATUS={} targets: {up} up, {} down",
+            self.slots.len(),
+            self.slots.len() - up
+        )
+    }
+
     /// Runs until SIGTERM or SIGINT.
     pub fn run(mut self) -> Result<(), String> {
         let mut poll = Poll::new().map_err(|e| format!("cannot create a poller: {e}"))?;
@@ -389,20 +452,47 @@ impl Poller {
         poll.registry()
             .register(&mut self.signals, SIGNALS, Interest::READABLE)
             .map_err(|e| format!("cannot watch signals: {e}"))?;
+        let mut metrics = self.metrics.take();
+        if let Some(m) = &mut metrics {
+            m.register(poll.registry())
+                .map_err(|e| format!("cannot watch the metrics socket: {e}"))?;
+        }
         let mut events = Events::with_capacity(64);
         let mut next_stats = Instant::now() + self.settings.stats_every;
+        self.notify(&format!("READY=1\n{}", self.status_line()));
+        let mut told_transitions = self.counts.transitions;
+        let mut next_watchdog = Instant::now();
         loop {
             let now = Instant::now();
-            self.send_due(now);
+            let lag = self.send_due(now);
             if !self.settings.stats_every.is_zero() && now >= next_stats {
                 self.log_stats("running");
                 next_stats = now + self.settings.stats_every;
+            }
+            if self.counts.transitions != told_transitions {
+                told_transitions = self.counts.transitions;
+                self.notify(&self.status_line());
+            }
+            let watchdog_every = self.systemd.as_ref().and_then(|(_, every)| *every);
+            if let Some(every) = watchdog_every {
+                if now >= next_watchdog {
+                    next_watchdog = now + every;
+                    // Progress: the loop turns, and keeps its schedule within a whole period.
+                    if lag < every * 2 {
+                        self.notify("WATCHDOG=1");
+                    }
+                }
             }
             let wait = [
                 self.schedule
                     .peek()
                     .map(|Reverse((due, _))| due.saturating_duration_since(now)),
                 self.prober.next_timeout(),
+                metrics
+                    .as_ref()
+                    .and_then(MetricsServer::next_deadline)
+                    .map(|d| d.saturating_duration_since(now)),
+                watchdog_every.map(|_| next_watchdog.saturating_duration_since(now)),
             ]
             .into_iter()
             .flatten()
@@ -413,34 +503,221 @@ impl Poller {
                 }
             }
             for event in events.iter() {
+                if let Some(m) = metrics.as_mut().filter(|m| m.owns(event.token())) {
+                    m.ready(event.token(), poll.registry(), &mut || {
+                        self.render_metrics()
+                    });
+                    continue;
+                }
                 if event.token() != SIGNALS {
                     continue;
                 }
                 let pending: Vec<i32> = self.signals.pending().collect();
                 for signal in pending {
                     if signal == SIGHUP {
+                        self.notify("RELOADING=1");
                         self.reload();
+                        self.notify(&format!("READY=1\n{}", self.status_line()));
                     } else {
                         let name = if signal == SIGTERM {
                             "SIGTERM"
                         } else {
                             "SIGINT"
                         };
+                        self.notify(&format!("STOPPING=1\nSTATUS=stopping on {name}"));
                         self.log_stats(&format!("stopping on {name}"));
                         return Ok(());
                     }
                 }
             }
+            if let Some(m) = &mut metrics {
+                m.after_turn(poll.registry(), &mut || self.render_metrics());
+            }
             self.collect();
         }
     }
 
-    fn send_due(&mut self, now: Instant) {
+    /// The `--metrics` exposition (`metrics.rs` says what is in it).
+    fn render_metrics(&self) -> String {
+        let now = Instant::now();
+        let mut out = String::with_capacity(256 + self.slots.len() * 600);
+        let names: Vec<String> = self.slots.iter().map(|s| label(&s.target.name)).collect();
+        let per_target = |out: &mut String,
+                          name: &str,
+                          help: &str,
+                          kind: &str,
+                          value: &dyn Fn(&Slot) -> Option<String>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (slot, target) in self.slots.iter().zip(&names) {
+                if let Some(v) = value(slot) {
+                    let _ = writeln!(out, "{name}{{target=\"{target}\"}} {v}");
+                }
+            }
+        };
+        let _ = writeln!(
+            out,
+            "# HELP lbagent_director_target_up The verdict: 1 while the track file says 0 (the real server gets traffic).\n\
+             # TYPE lbagent_director_target_up gauge"
+        );
+        for (slot, target) in self.slots.iter().zip(&names) {
+            let _ = writeln!(
+                out,
+                "lbagent_director_target_up{{target=\"{target}\",address=\"{}\",service=\"{}\"}} {}",
+                slot.target.addr,
+                label(&slot.target.service),
+                u8::from(slot.health.is_up())
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP lbagent_director_target_state The state in the agent's last answer (no_answer: the last check had none); one series per target, the current one.\n\
+             # TYPE lbagent_director_target_state gauge"
+        );
+        for (slot, target) in self.slots.iter().zip(&names) {
+            let state = slot.answer.as_ref().map_or("no_answer", |a| a.state.name());
+            let _ = writeln!(
+                out,
+                "lbagent_director_target_state{{target=\"{target}\",state=\"{state}\"}} 1"
+            );
+        }
+        per_target(
+            &mut out,
+            "lbagent_director_target_last_answer_age_seconds",
+            "Seconds since the target's agent last answered (no sample before its first answer).",
+            "gauge",
+            &|s| {
+                s.answered_at
+                    .map(|at| format!("{:.3}", now.duration_since(at).as_secs_f64()))
+            },
+        );
+        per_target(
+            &mut out,
+            "lbagent_director_target_rtt_seconds",
+            "The round trip of the target's last answer.",
+            "gauge",
+            &|s| {
+                s.answer
+                    .as_ref()
+                    .filter(|a| !a.pushed)
+                    .map(|a| format!("{:.6}", a.rtt.as_secs_f64()))
+            },
+        );
+        per_target(
+            &mut out,
+            "lbagent_director_target_transitions_total",
+            "Verdict changes of the target since it was loaded.",
+            "counter",
+            &|s| Some(s.transitions.to_string()),
+        );
+        per_target(
+            &mut out,
+            "lbagent_director_target_timeouts_total",
+            "Probes of the target that got no answer in time.",
+            "counter",
+            &|s| Some(s.timeouts.to_string()),
+        );
+        per_target(
+            &mut out,
+            "lbagent_director_target_track_file_written",
+            "1 when the target's track file says its verdict; 0 while writing it fails.",
+            "gauge",
+            &|s| Some(u8::from(s.file_ok == Some(s.health.is_up())).to_string()),
+        );
+        self.figures.render(&mut out);
+        let st = self.prober.stats();
+        counter(
+            &mut out,
+            "lbagent_director_probes_total",
+            "Probes by outcome (answered, timed_out, failed: refused, unreachable, not an agent, wrong key).",
+            &[
+                ("outcome=\"sent\"", st.sent),
+                ("outcome=\"answered\"", st.answered),
+                ("outcome=\"timed_out\"", st.timed_out),
+                ("outcome=\"failed\"", st.failed),
+            ],
+        );
+        counter(
+            &mut out,
+            "lbagent_director_pushed_total",
+            "Changes pushed by subscribed agents.",
+            &[("", st.pushed)],
+        );
+        counter(
+            &mut out,
+            "lbagent_director_checks_skipped_total",
+            "Checks not sent because the previous one of the target was still waiting for its answer.",
+            &[("", self.counts.skipped)],
+        );
+        counter(
+            &mut out,
+            "lbagent_director_transitions_total",
+            "Verdict changes, every target.",
+            &[("", self.counts.transitions)],
+        );
+        let up = self.slots.iter().filter(|s| s.health.is_up()).count() as u64;
+        gauge(
+            &mut out,
+            "lbagent_director_targets",
+            "Targets, by verdict.",
+            &[
+                ("verdict=\"up\"", up),
+                ("verdict=\"down\"", self.slots.len() as u64 - up),
+            ],
+        );
+        let (written, failed) = self.haproxy.as_ref().map_or((0, 0), |w| {
+            use std::sync::atomic::Ordering::Relaxed;
+            (
+                w.counts.written.load(Relaxed),
+                w.counts.failed.load(Relaxed),
+            )
+        });
+        counter(
+            &mut out,
+            "lbagent_director_haproxy_commands_total",
+            "Commands sent to HAProxy runtime APIs (haproxy= sinks), by result.",
+            &[
+                ("result=\"written\"", written),
+                ("result=\"failed\"", failed),
+            ],
+        );
+        let _ = writeln!(
+            out,
+            "# HELP lbagent_director_haproxy_sink_ok 1 when the sink's last command succeeded.\n\
+             # TYPE lbagent_director_haproxy_sink_ok gauge"
+        );
+        if let Some(states) = self.haproxy.as_ref().and_then(|w| w.sinks.lock().ok()) {
+            let mut sinks: Vec<_> = states.iter().collect();
+            sinks.sort_by(|a, b| (&a.0.socket, &a.0.server).cmp(&(&b.0.socket, &b.0.server)));
+            for (sink, ok) in sinks {
+                let _ = writeln!(
+                    out,
+                    "lbagent_director_haproxy_sink_ok{{socket=\"{}\",server=\"{}\"}} {}",
+                    label(&sink.socket.display().to_string()),
+                    label(&sink.server),
+                    u8::from(*ok)
+                );
+            }
+        }
+        gauge(
+            &mut out,
+            "lbagent_director_build_info",
+            "The director's version; value 1.",
+            &[(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION")), 1)],
+        );
+        out
+    }
+
+    /// Sends the probes that are due; returns how late the latest one went out.
+    fn send_due(&mut self, now: Instant) -> Duration {
+        let mut latest = Duration::ZERO;
         while let Some(&Reverse((due, id))) = self.schedule.peek() {
             if due > now + SLACK {
                 break;
             }
             self.schedule.pop();
+            let lag = now.saturating_duration_since(due);
+            self.figures.lag.observe(lag);
+            latest = latest.max(lag);
             let Some(&i) = self.index.get(&id) else {
                 continue; // removed by a reload
             };
@@ -464,6 +741,7 @@ impl Poller {
                 Err(e) => self.record(i, Err(e)),
             }
         }
+        latest
     }
 
     fn collect(&mut self) {
@@ -496,7 +774,18 @@ impl Poller {
             Err(_) => (slot.health.record(false, rise, fall), false),
         };
         slot.answer = result.as_ref().ok().cloned();
+        match &result {
+            Ok(a) => {
+                slot.answered_at = Some(Instant::now());
+                if !a.pushed {
+                    self.figures.rtt.observe(a.rtt);
+                }
+            }
+            Err(ProbeError::Timeout(_)) => slot.timeouts += 1,
+            Err(_) => {}
+        }
         if let Some(checks) = flipped {
+            slot.transitions += 1;
             let now = Instant::now();
             let up = slot.health.is_up();
             let held = now - slot.since;
@@ -529,7 +818,7 @@ impl Poller {
         if let Ok(answer) = &result {
             sync_weight(&self.track, &self.log, slot, answer);
         }
-        sync_file(&self.track, &self.log, slot);
+        sync_file(&self.track, &self.log, slot, &mut self.figures);
         sync_sinks(&mut self.haproxy, &self.log, slot);
     }
 
