@@ -30,7 +30,7 @@ def probe_binary() -> Path:
 
 @dataclass
 class DrainProgress:
-    """The drain progress that follows a STATUS's message (flag bit 1)."""
+    """The drain progress that follows a STATUS's message (flag bit 3, 0x0008)."""
 
     draining: bool
     complete: bool
@@ -69,7 +69,7 @@ def probe(port: int, service: str = "", length: int = 338, timeout: float = 2.0,
     STATUS, or None when nothing valid came back in time."""
     nonce = os.urandom(8)
     name = service.encode("ascii")
-    flags = b"\0\2" if drain else b"\0\0"
+    flags = b"\0\x08" if drain else b"\0\0"
     request = b"LBAP" + bytes([1, 1]) + flags + nonce + bytes([len(name)]) + name
     request += bytes(length - len(request))
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -89,13 +89,13 @@ def probe(port: int, service: str = "", length: int = 338, timeout: float = 2.0,
     message = data[STATUS_HEAD.size:end].decode("utf-8")
     progress = None
     if drain:
-        assert flags & 2, "the agent sends the drain progress when asked"
+        assert flags & 0x0008, "the agent sends the drain progress when asked"
         dflags, told_you, told, pending, drain_ms = DRAIN.unpack_from(data, end)
         progress = DrainProgress(bool(dflags & 1), bool(dflags & 2), bool(dflags & 4),
                                  told_you, told, pending, drain_ms)
         end += DRAIN.size
     else:
-        assert not flags & 2, "no drain progress unless asked"
+        assert not flags & 0x0008, "no drain progress unless asked"
     assert len(data) == end
     return Answer(instance, generation, state, reason, weight, since, in_use, capacity, message,
                   progress)
