@@ -6,9 +6,9 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::prometheus::{promtool_accepts, sample};
 use lbagent::{Agent, State};
 
 /// An answer: status code, head and body.
@@ -45,33 +45,6 @@ fn content_length(s: &Scrape) -> usize {
         .unwrap()
         .parse()
         .unwrap()
-}
-
-fn sample(body: &str, series: &str) -> Option<f64> {
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map(|v| v.parse().unwrap())
-}
-
-fn promtool_accepts(body: &str) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian's prometheus package) runs");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "promtool check metrics: {out:?}"
-    );
 }
 
 fn metrics_agent(extra: &str) -> (Agent, SocketAddr, SocketAddr) {

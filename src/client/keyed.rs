@@ -324,7 +324,7 @@ impl Exchange {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::auth;
+    use crate::client::test_datagrams;
 
     fn key(id: u32, byte: u8) -> Arc<Key> {
         Arc::new(Key::new(id, &[byte; 32]).unwrap())
@@ -332,24 +332,10 @@ mod tests {
 
     fn status(nonce: u64, state: crate::State, seal: Option<&Key>) -> Vec<u8> {
         let fields = wire::StatusFields {
-            flags: 0,
-            nonce,
-            instance_id: 1,
-            generation: 1,
             state: state as u8,
-            reason: 0,
-            weight_pct: 100,
-            since_ms: 0,
-            in_use: 0,
-            capacity: 0,
-            message: b"",
+            ..test_datagrams::up(nonce)
         };
-        let mut out = [0u8; 512];
-        let mut len = wire::encode_status(&fields, 200, &mut out).unwrap();
-        if let Some(k) = seal {
-            len = auth::seal(k, &mut out, len, auth::unix_ms());
-        }
-        out[..len].to_vec()
+        test_datagrams::status(&fields, seal)
     }
 
     fn forgeries(nonce: u64) -> Vec<Vec<u8>> {

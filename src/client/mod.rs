@@ -264,6 +264,40 @@ fn random_nonce() -> u64 {
     u64::from_ne_bytes(b)
 }
 
+/// What the client's unit tests send as an agent would: STATUS datagrams.
+#[cfg(test)]
+pub(crate) mod test_datagrams {
+    use crate::keys::Key;
+    use crate::proto::{auth, wire};
+
+    /// An UP answer for `nonce`: instance 1, generation 1, weight 100, nothing else.
+    pub(crate) fn up(nonce: u64) -> wire::StatusFields<'static> {
+        wire::StatusFields {
+            flags: 0,
+            nonce,
+            instance_id: 1,
+            generation: 1,
+            state: crate::State::Up as u8,
+            reason: 0,
+            weight_pct: 100,
+            since_ms: 0,
+            in_use: 0,
+            capacity: 0,
+            message: b"",
+        }
+    }
+
+    /// `fields` as a STATUS datagram, sealed with `key` when given.
+    pub(crate) fn status(fields: &wire::StatusFields, key: Option<&Key>) -> Vec<u8> {
+        let mut out = [0u8; wire::PROBE_MAX_LEN];
+        let mut len = wire::encode_status(fields, wire::PROBE_MAX_LEN, &mut out).unwrap();
+        if let Some(key) = key {
+            len = auth::seal(key, &mut out, len, auth::unix_ms());
+        }
+        out[..len].to_vec()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -675,25 +675,9 @@ mod tests {
 
     /// A STATUS (UP) for `nonce`, sealed with `key` if given, sent from `from` to `to`.
     fn answer(from: &UdpSocket, to: SocketAddr, nonce: u64, key: Option<&Key>) {
-        let fields = wire::StatusFields {
-            flags: 0,
-            nonce,
-            instance_id: 1,
-            generation: 1,
-            state: crate::State::Up as u8,
-            reason: 0,
-            weight_pct: 100,
-            since_ms: 0,
-            in_use: 0,
-            capacity: 0,
-            message: b"",
-        };
-        let mut out = [0u8; 512];
-        let mut len = wire::encode_status(&fields, 200, &mut out).unwrap();
-        if let Some(key) = key {
-            len = crate::proto::auth::seal(key, &mut out, len, crate::proto::auth::unix_ms());
-        }
-        from.send_to(&out[..len], to).unwrap();
+        let datagram =
+            crate::client::test_datagrams::status(&crate::client::test_datagrams::up(nonce), key);
+        from.send_to(&datagram, to).unwrap();
     }
 
     /// Receives (and drops) until `ignored` datagrams are counted, or 10 s have passed.

@@ -133,7 +133,7 @@ impl Pushes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::auth;
+    use crate::client::test_datagrams;
 
     const AGENT: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
         std::net::Ipv4Addr::new(127, 0, 0, 3),
@@ -143,23 +143,12 @@ mod tests {
     fn push(nonce: u64, generation: u32, instance_id: u64, key: Option<&Key>) -> Vec<u8> {
         let fields = wire::StatusFields {
             flags: wire::FLAG_PUSHED,
-            nonce,
             instance_id,
             generation,
             state: crate::State::Drain as u8,
-            reason: 0,
-            weight_pct: 100,
-            since_ms: 0,
-            in_use: 0,
-            capacity: 0,
-            message: b"",
+            ..test_datagrams::up(nonce)
         };
-        let mut out = [0u8; 512];
-        let mut len = wire::encode_status(&fields, 300, &mut out).unwrap();
-        if let Some(key) = key {
-            len = auth::seal(key, &mut out, len, auth::unix_ms());
-        }
-        out[..len].to_vec()
+        test_datagrams::status(&fields, key)
     }
 
     fn answer(generation: u32) -> Answer {

@@ -5,6 +5,7 @@
 pub mod c_build;
 pub mod director;
 pub mod haproxy;
+pub mod prometheus;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
