@@ -23,10 +23,14 @@ fn main() {
         host(&args[2]);
         return;
     }
-    let scenarios: [(&str, fn()); 3] = [
+    let scenarios: [(&str, fn()); 4] = [
         (
             "notify_protocol_through_a_host_life",
             notify_protocol_through_a_host_life,
+        ),
+        (
+            "ready_comes_when_the_host_is_up_even_under_an_operator_drain",
+            ready_comes_when_the_host_is_up_even_under_an_operator_drain,
         ),
         (
             "a_bad_notify_socket_is_a_config_error",
@@ -283,6 +287,47 @@ fn notify_protocol_through_a_host_life() {
     let at = systemd.messages.len();
     systemd.listen_for(Duration::from_millis(500));
     assert_eq!(systemd.messages.len(), at, "{:?}", &systemd.messages[at..]);
+    host.end();
+}
+
+fn ready_comes_when_the_host_is_up_even_under_an_operator_drain() {
+    // An operator drained the server (kept in state_file= across a restart, or set while it
+    // starts): directors are told DRAIN, but the start is over when the host says UP, and
+    // systemd must hear READY=1 then, or it kills the server at TimeoutStartSec=.
+    let mut systemd = Systemd::bind("override");
+    let control = systemd.path.with_file_name("control.sock");
+    let env = [("NOTIFY_SOCKET", systemd.path.display().to_string())];
+    let mut host = Host::start(
+        &format!(
+            "listen=127.0.0.1:0 systemd=on control={}",
+            control.display()
+        ),
+        &env,
+    );
+    systemd.until("the first STATUS", |m| !m.is_empty());
+    let out = Command::new(env!("CARGO_BIN_EXE_lbagent-ctl"))
+        .arg(&control)
+        .args(["drain", "--reason", "kernel update"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    systemd.listen_for(Duration::from_millis(300));
+    assert_eq!(systemd.count("READY=1"), 0, "{:?}", systemd.messages);
+    host.tell("beat");
+    host.tell("up");
+    systemd.until("READY=1", |m| m.iter().any(|(_, t)| t.contains("READY=1")));
+    let ready = systemd
+        .messages
+        .iter()
+        .find(|(_, t)| t.contains("READY=1"))
+        .unwrap();
+    assert!(
+        ready
+            .1
+            .starts_with("READY=1\nSTATUS=drain (set by operator)"),
+        "{:?}",
+        systemd.messages
+    );
     host.end();
 }
 

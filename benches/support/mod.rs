@@ -112,10 +112,18 @@ pub fn threads(pid: u32) -> Vec<u32> {
 
 /// The thread of `pid` named `name` (threads name themselves, e.g. "lbagent-monitor").
 pub fn thread_named(pid: u32, name: &str) -> Option<u32> {
-    threads(pid).into_iter().find(|tid| {
-        std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
-            .is_ok_and(|c| c.trim() == name)
-    })
+    threads_named(pid, name).into_iter().next()
+}
+
+/// Every thread of `pid` named `name` (one monitor thread per agent).
+pub fn threads_named(pid: u32, name: &str) -> Vec<u32> {
+    threads(pid)
+        .into_iter()
+        .filter(|tid| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+                .is_ok_and(|c| c.trim() == name)
+        })
+        .collect()
 }
 
 /// Voluntary plus involuntary context switches of one thread: how often it was woken.

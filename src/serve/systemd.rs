@@ -1,6 +1,8 @@
 //! systemd as a listener of the watch (`systemd=on`, under a unit with `Type=notify`):
 //!
-//! - `READY=1` when the whole server is first UP (the start is over);
+//! - `READY=1` when the host first reports the whole server UP (the start is over), whatever
+//!   the operator's override says (a drain kept in `state_file=` across a restart must not
+//!   hold the start back until systemd's start timeout kills the server);
 //! - `STATUS=` with the state, the reason, the weight and the message, on every change of what
 //!   directors are told about the whole server (the bell, and the deadlines the watch keeps);
 //! - `WATCHDOG=1` every half of `WatchdogSec=`, from a timer of the watch, only while the
@@ -61,7 +63,9 @@ impl SystemdListener {
         }
         if self.told != Some(server.generation) {
             self.told = Some(server.generation);
-            let ready = server.state == State::Up && !self.ready_sent;
+            let ready = !self.ready_sent
+                && (server.state == State::Up
+                    || shared.board.host_status(Target::Server, now).state == State::Up);
             self.ready_sent |= ready;
             let len = self.status_message(server, ready);
             let _ = self.notifier.send(&self.buf[..len]);

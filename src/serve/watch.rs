@@ -93,6 +93,10 @@ impl Watch {
             [
                 shared.board.next_deadline(now),
                 self.subscriptions.next_deadline(),
+                // The shaped weight moves with time alone: looked at only for subscribers.
+                (!self.subscriptions.is_empty())
+                    .then(|| shared.board.next_shaping_look(now))
+                    .flatten(),
                 self.systemd
                     .as_ref()
                     .and_then(SystemdListener::next_deadline),

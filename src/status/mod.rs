@@ -409,7 +409,6 @@ impl Board {
             start,
             self.workers.next_stall(now),
             self.checks.next_overdue(now),
-            self.next_shaping_look(now),
             self.operator.next_deadline(now),
         ]
         .into_iter()
@@ -417,8 +416,9 @@ impl Board {
         .min()
     }
 
-    /// The earliest time a target's shaped weight should be read again to be seen moving.
-    fn next_shaping_look(&self, now: u64) -> Option<u64> {
+    /// The earliest time a target's shaped weight should be read again to be seen moving (for
+    /// subscribers: the watch asks only while it has some).
+    pub(crate) fn next_shaping_look(&self, now: u64) -> Option<u64> {
         if !self.shaping.is_on() {
             return None;
         }

@@ -106,8 +106,11 @@ struct Slot {
     file_ok: Option<bool>,
     /// The last write of the file failed (logged once until a write succeeds).
     write_failed: bool,
-    /// The agent's last answer, if the last check had one.
+    /// The agent's last answer; kept through failed checks until `--fall` of them in a row
+    /// (a lost datagram must not reset an HAProxy server's weight or drain).
     answer: Option<Answer>,
+    /// Failed checks in a row since the last answer.
+    misses: u32,
     /// What the HAProxy servers were last told (`None`: nothing yet).
     sinks_told: Option<Desired>,
     /// What the weight file says (`weight=N` targets), when known.
@@ -200,6 +203,11 @@ fn sync_file(track: &TrackDir, log: &Log, slot: &mut Slot, figures: &mut LoopFig
 /// the writer thread the first time one is named).
 fn sync_sinks(haproxy: &mut Option<Writer>, log: &Log, slot: &mut Slot) {
     if slot.target.haproxy.is_empty() {
+        return;
+    }
+    if slot.health.is_up() && slot.answer.is_none() {
+        // Up from the track file, not yet from an answer: nothing to tell before the first
+        // answer says at what weight.
         return;
     }
     let desired = Desired::of(slot.health.is_up(), slot.answer.as_ref());
@@ -379,6 +387,7 @@ impl Poller {
             file_ok,
             write_failed: false,
             answer: None,
+            misses: 0,
             sinks_told: None,
             weight_file: None,
             answered_at: None,
@@ -773,7 +782,19 @@ impl Poller {
             Ok(_) => (slot.health.record(true, rise, fall), false),
             Err(_) => (slot.health.record(false, rise, fall), false),
         };
-        slot.answer = result.as_ref().ok().cloned();
+        match &result {
+            Ok(a) => {
+                slot.answer = Some(a.clone());
+                slot.misses = 0;
+            }
+            Err(_) => {
+                slot.misses += 1;
+                if slot.misses >= fall {
+                    // The agent is gone: the HAProxy servers are told DOWN.
+                    slot.answer = None;
+                }
+            }
+        }
         match &result {
             Ok(a) => {
                 slot.answered_at = Some(Instant::now());
