@@ -44,8 +44,8 @@ help:
 
 ## build: the release library in target/release (liblbagent.so, .a), a copy of
 ## the shared library with its soname links in build/lib (relative links:
-## a copy of the directory keeps working), lbagent-probe and
-## lbagent-director in target/release, the C and C++ examples in build/bin.
+## a copy of the directory keeps working), lbagent-probe, lbagent-director
+## and lbagent-ctl in target/release, the C and C++ examples in build/bin.
 build:
 	$(CARGO) build --release
 	$(MAKE) --no-print-directory libs examples
@@ -80,11 +80,12 @@ $(BUILD)/bin/%: c-examples/%.cpp include/lbagent.hpp include/lbagent.h $(BUILD)/
 demo: demo-tools build
 	scripts/demo.sh
 
-## test: every test (scripts/test-all.sh runs the LVS VM beside the rest): unit, loopback
-## UDP, TCP and HTTP, protocol vectors, header, symbols, the C and C++ hosts under valgrind,
-## HAProxy and a rolling restart behind it, the install, amplification, soak; make demo's
-## walk-through; the Python package in a fresh virtual environment; the fuzzers for a bounded
-## time; the LVS VM.
+## test: every test (scripts/test-all.sh runs the LVS VM beside the
+## rest): unit, loopback UDP, TCP and HTTP, protocol vectors, header,
+## symbols, the C and C++ hosts under valgrind, HAProxy and a rolling
+## restart behind it, metrics, systemd, packages, the install,
+## amplification, soak; make demo's walk-through; the Python package in a
+## fresh virtual environment; the fuzzers for a bounded time; the LVS VM.
 test: tools lint
 	$(CARGO) build --all-targets
 	MAKE="$(MAKE)" scripts/test-all.sh
@@ -126,10 +127,11 @@ fuzz:
 		test $${PIPESTATUS[0]} -eq 0 || exit 1; \
 	done
 
-## lvs-test: real keepalived driving the kernel's IPVS table in a VM with UDP_CHECK, MISC_CHECK
-## and lbagent-director's track files (polled and pushed), then a rolling restart under load
-## (about 4 min; installs qemu, keepalived, ipvsadm, busybox-static and fetches a Debian kernel
-## on first use).
+## lvs-test: real keepalived driving the kernel's IPVS table in a VM, with
+## UDP_CHECK, MISC_CHECK and lbagent-director's track files (polled and
+## pushed), then a rolling restart under load (about 5 min; installs qemu,
+## keepalived, ipvsadm, busybox-static and fetches a Debian kernel on first
+## use).
 lvs-test: tools
 	$(CARGO) build
 	tests/lvs/run.sh
@@ -157,8 +159,8 @@ bench-director:
 
 ## install: make build (skipped where cargo is not found, as under sudo), then
 ## the libraries with their soname links, the headers, lbagent.pc,
-## lbagent-probe, lbagent-director and lbagent-ctl into PREFIX (default /usr/local;
-## DESTDIR=DIR stages them), stripped (DEBUG_INFO=separate puts the debug
+## lbagent-probe, lbagent-director and lbagent-ctl into PREFIX (default
+## /usr/local; DESTDIR=DIR stages them), stripped (DEBUG_INFO=separate puts the debug
 ## information in .debug/, DEBUG_INFO=keep leaves it in). As root, into a
 ## directory the dynamic linker searches, runs ldconfig; otherwise says
 ## what a program needs to find the library.
