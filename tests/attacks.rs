@@ -207,90 +207,6 @@ fn probe_cli(args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// `lbagent_status`.
-#[repr(C)]
-struct CStatus {
-    state: std::ffi::c_int,
-    reason: std::ffi::c_int,
-    weight_pct: u32,
-    in_use: u32,
-    capacity: u32,
-    generation: u32,
-    since_ms: u32,
-    instance_id: u64,
-    message: [std::ffi::c_char; 256],
-}
-
-/// `lbagent_probe_result`.
-#[repr(C)]
-struct CProbeResult {
-    token: u64,
-    result: std::ffi::c_int,
-    rtt_us: u32,
-    status: CStatus,
-}
-
-/// Probes `targets` through the C prober (`lbagent_prober_*`) with `options`, in the event
-/// loop its documentation gives; returns (result code, state, weight) per token.
-fn c_prober(options: &str, targets: &[SocketAddr]) -> Vec<(std::ffi::c_int, i32, u32)> {
-    use std::ffi::{CString, c_char, c_int, c_void};
-    unsafe extern "C" {
-        fn lbagent_prober_new(options: *const c_char, out: *mut *mut c_void) -> c_int;
-        fn lbagent_prober_send(
-            prober: *mut c_void,
-            target: *const c_char,
-            service: *const c_char,
-            token: u64,
-        ) -> c_int;
-        fn lbagent_prober_receive(
-            prober: *mut c_void,
-            results: *mut CProbeResult,
-            capacity: usize,
-            count: *mut usize,
-        ) -> c_int;
-        fn lbagent_prober_timeout_ms(prober: *mut c_void) -> c_int;
-        fn lbagent_prober_pending(prober: *const c_void) -> usize;
-        fn lbagent_prober_fd(prober: *const c_void) -> c_int;
-        fn lbagent_prober_free(prober: *mut c_void);
-    }
-    let options = CString::new(options).unwrap();
-    let mut prober: *mut c_void = std::ptr::null_mut();
-    let mut done = Vec::new();
-    // SAFETY: valid strings and out pointers; the handle is used until freed below.
-    unsafe {
-        assert_eq!(lbagent_prober_new(options.as_ptr(), &mut prober), 0);
-        for (token, target) in targets.iter().enumerate() {
-            let target = CString::new(target.to_string()).unwrap();
-            let rc = lbagent_prober_send(prober, target.as_ptr(), std::ptr::null(), token as u64);
-            assert_eq!(rc, 0);
-        }
-        let give_up = Instant::now() + Duration::from_secs(20);
-        while lbagent_prober_pending(prober) > 0 && Instant::now() < give_up {
-            let mut fds = [libc::pollfd {
-                fd: lbagent_prober_fd(prober),
-                events: libc::POLLIN,
-                revents: 0,
-            }];
-            let ms = lbagent_prober_timeout_ms(prober).min(1000);
-            libc::poll(fds.as_mut_ptr(), 1, ms);
-            let mut results: [CProbeResult; 8] = std::mem::zeroed();
-            let mut count = 0usize;
-            assert_eq!(
-                lbagent_prober_receive(prober, results.as_mut_ptr(), 8, &mut count),
-                0
-            );
-            done.extend(
-                results[..count]
-                    .iter()
-                    .map(|r| (r.token, (r.result, r.status.state, r.status.weight_pct))),
-            );
-        }
-        lbagent_prober_free(prober);
-    }
-    done.sort_by_key(|(token, _)| *token);
-    done.into_iter().map(|(_, r)| r).collect()
-}
-
 /// An event loop around `prober` until nothing is in flight (at most 20 s).
 fn event_loop(prober: &mut Prober) -> Vec<Completion> {
     let mut out = Vec::new();
@@ -428,7 +344,7 @@ fn an_observer_answering_first_cannot_end_a_keyed_probe_in_any_mode() {
             assert_eq!(v["serving"].as_bool(), Some(true), "{v}");
         }
         // The C prober (lbagent_prober_*, what Python and C++ wrap).
-        let results = c_prober(
+        let results = common::c_prober::probe_all(
             &format!("key_file={} timeout_ms=1500", keys.display()),
             &[target; 4],
         );
@@ -531,7 +447,7 @@ fn keyed_probe_without_a_sealed_answer_fails_at_its_deadline_naming_what_came() 
         eprintln!("deadline: {text}");
         // The C prober: LBAGENT_ERR_UNAUTHENTICATED (21), at the deadline.
         let started = Instant::now();
-        let results = c_prober(
+        let results = common::c_prober::probe_all(
             &format!("key_file={} timeout_ms=600", keys.display()),
             &[target],
         );

@@ -458,47 +458,17 @@ fn lbagent_director_seals_each_targets_probes_with_its_key() {
     );
 }
 
-/// `lbagent_status`.
-#[repr(C)]
-struct Status {
-    state: std::ffi::c_int,
-    reason: std::ffi::c_int,
-    weight_pct: u32,
-    in_use: u32,
-    capacity: u32,
-    generation: u32,
-    since_ms: u32,
-    instance_id: u64,
-    message: [std::ffi::c_char; 256],
-}
-
-/// `lbagent_probe_result`.
-#[repr(C)]
-struct ProbeResult {
-    token: u64,
-    result: std::ffi::c_int,
-    rtt_us: u32,
-    status: Status,
-}
-
 #[test]
 fn c_probe_with_key_file_option() {
-    use std::ffi::{CString, c_char, c_int};
-    unsafe extern "C" {
-        fn lbagent_probe(
-            target: *const c_char,
-            service: *const c_char,
-            options: *const c_char,
-            out: *mut Status,
-        ) -> c_int;
-    }
+    use common::c_prober::{CStatus, lbagent_probe};
+    use std::ffi::{CString, c_int};
     let wrong = key_file("c-wrong", &format!("7 {OTHER}\n"));
     let (_agent, addr, agent_keys) = keyed_agent("c-agent");
     let target = CString::new(addr.to_string()).unwrap();
     let run = |options: String| {
         let options = CString::new(options).unwrap();
         // SAFETY: zeroed memory is a valid status; valid NUL-terminated strings.
-        let mut out: Status = unsafe { std::mem::zeroed() };
+        let mut out: CStatus = unsafe { std::mem::zeroed() };
         let rc = unsafe {
             lbagent_probe(
                 target.as_ptr(),
@@ -527,65 +497,16 @@ fn c_probe_with_key_file_option() {
 
 #[test]
 fn c_prober_with_key_file_option() {
-    use std::ffi::{CString, c_char, c_int, c_void};
-    unsafe extern "C" {
-        fn lbagent_prober_new(options: *const c_char, out: *mut *mut c_void) -> c_int;
-        fn lbagent_prober_send(
-            prober: *mut c_void,
-            target: *const c_char,
-            service: *const c_char,
-            token: u64,
-        ) -> c_int;
-        fn lbagent_prober_receive(
-            prober: *mut c_void,
-            results: *mut ProbeResult,
-            capacity: usize,
-            count: *mut usize,
-        ) -> c_int;
-        fn lbagent_prober_timeout_ms(prober: *mut c_void) -> c_int;
-        fn lbagent_prober_pending(prober: *const c_void) -> usize;
-        fn lbagent_prober_fd(prober: *const c_void) -> c_int;
-        fn lbagent_prober_free(prober: *mut c_void);
-    }
     let wrong = key_file("c-prober-wrong", &format!("7 {OTHER}\n"));
     let (_agent, addr, agent_keys) = keyed_agent("c-prober-agent");
     let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
-    // Probes each target (token = index) through a C prober with `options`, in the event loop
-    // of the header's documentation; returns each token's result code.
-    let run = |options: String, targets: &[SocketAddr]| -> Vec<(u64, c_int)> {
-        let options = CString::new(options).unwrap();
-        let mut prober: *mut c_void = std::ptr::null_mut();
-        // SAFETY: valid strings and out pointer; the handle is used until freed below.
-        unsafe {
-            assert_eq!(lbagent_prober_new(options.as_ptr(), &mut prober), 0);
-            for (token, target) in targets.iter().enumerate() {
-                let target = CString::new(target.to_string()).unwrap();
-                let rc =
-                    lbagent_prober_send(prober, target.as_ptr(), std::ptr::null(), token as u64);
-                assert_eq!(rc, 0);
-            }
-            let mut done = Vec::new();
-            let give_up = Instant::now() + Duration::from_secs(20);
-            while lbagent_prober_pending(prober) > 0 && Instant::now() < give_up {
-                let mut fds = [libc::pollfd {
-                    fd: lbagent_prober_fd(prober),
-                    events: libc::POLLIN,
-                    revents: 0,
-                }];
-                let ms = lbagent_prober_timeout_ms(prober).min(1000);
-                libc::poll(fds.as_mut_ptr(), 1, ms);
-                let mut results: [ProbeResult; 4] = std::mem::zeroed();
-                let mut count = 0usize;
-                assert_eq!(
-                    lbagent_prober_receive(prober, results.as_mut_ptr(), 4, &mut count),
-                    0
-                );
-                done.extend(results[..count].iter().map(|r| (r.token, r.result)));
-            }
-            lbagent_prober_free(prober);
-            done.sort();
-            done
-        }
+    // Each target's result code, through a C prober with `options`.
+    let run = |options: String, targets: &[SocketAddr]| -> Vec<(u64, std::ffi::c_int)> {
+        common::c_prober::probe_all(&options, targets)
+            .into_iter()
+            .enumerate()
+            .map(|(token, (rc, _, _))| (token as u64, rc))
+            .collect()
     };
     // The agent drops the probe sealed with another secret but answers the diagnostic:
     // LBAGENT_ERR_WRONG_KEY (20); a silent port: LBAGENT_ERR_TIMEOUT (9).

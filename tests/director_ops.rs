@@ -6,12 +6,12 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::notify::NotifySocket;
 use common::prometheus::{promtool_accepts, sample};
 use common::{eventually, scratch_dir};
 use lbagent::State;
@@ -200,49 +200,6 @@ fn metrics_show_each_target_and_the_loop() {
     run.stop();
 }
 
-/// systemd's side of the protocol: every message received, in order.
-struct Systemd {
-    socket: UnixDatagram,
-    path: std::path::PathBuf,
-    messages: Vec<(Instant, String)>,
-}
-
-impl Systemd {
-    fn bind(dir: &Path) -> Systemd {
-        let path = dir.join("notify");
-        let socket = UnixDatagram::bind(&path).unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        Systemd {
-            socket,
-            path,
-            messages: Vec::new(),
-        }
-    }
-
-    fn until(&mut self, what: &str, mut done: impl FnMut(&[(Instant, String)]) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let mut buf = [0u8; 4096];
-        while !done(&self.messages) {
-            assert!(Instant::now() < deadline, "no {what}: {:#?}", self.messages);
-            if let Ok(n) = self.socket.recv(&mut buf) {
-                self.messages.push((
-                    Instant::now(),
-                    String::from_utf8_lossy(&buf[..n]).into_owned(),
-                ));
-            }
-        }
-    }
-
-    fn watchdogs_since(&self, at: usize) -> usize {
-        self.messages[at..]
-            .iter()
-            .filter(|(_, m)| m == "WATCHDOG=1")
-            .count()
-    }
-}
-
 #[test]
 fn under_systemd_ready_status_watchdog_reload_and_stop() {
     let dir = scratch_dir("director-systemd");
@@ -251,7 +208,7 @@ fn under_systemd_ready_status_watchdog_reload_and_stop() {
     std::fs::write(&targets, format!("rs5 {addr}\n")).unwrap();
     let track = dir.join("track");
     std::fs::create_dir(&track).unwrap();
-    let mut systemd = Systemd::bind(&dir);
+    let mut systemd = NotifySocket::bind(&dir);
     let run = Run::start(
         &targets,
         &track,
@@ -282,16 +239,10 @@ fn under_systemd_ready_status_watchdog_reload_and_stop() {
     let frozen_at = systemd.messages.len();
     std::thread::sleep(Duration::from_millis(1500));
     systemd.until("the frozen time to pass", |_| true);
-    let mut buf = [0u8; 256];
-    while let Ok(n) = systemd.socket.recv(&mut buf) {
-        // Sent before the stop took effect.
-        systemd.messages.push((
-            Instant::now(),
-            String::from_utf8_lossy(&buf[..n]).into_owned(),
-        ));
-    }
+    // Sent before the stop took effect.
+    systemd.drain_queued();
     assert!(
-        systemd.watchdogs_since(frozen_at) <= 1,
+        systemd.since(frozen_at, "WATCHDOG=1") <= 1,
         "{:?}",
         &systemd.messages[frozen_at..]
     );

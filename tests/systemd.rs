@@ -7,14 +7,15 @@
 //! half the period only while heartbeats are fresh (none once the agent's watchdog expired,
 //! back with the heartbeats); never STOPPING=1 when the host drains, and STOPPING=1 at stop.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixDatagram;
-use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::notify::NotifySocket;
 use lbagent::{Agent, State};
 
 fn main() {
@@ -130,73 +131,13 @@ impl Host {
     }
 }
 
-/// systemd's side: the socket, and every message received so far with its arrival time.
-struct Systemd {
-    socket: UnixDatagram,
-    path: PathBuf,
-    messages: Vec<(Instant, String)>,
-}
-
-impl Systemd {
-    fn bind(name: &str) -> Systemd {
-        let dir =
-            std::env::temp_dir().join(format!("lbagent-systemd-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("notify");
-        let socket = UnixDatagram::bind(&path).unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        Systemd {
-            socket,
-            path,
-            messages: Vec::new(),
-        }
-    }
-
-    /// Receives until `done` holds for the messages so far (at most 10 s).
-    fn until(&mut self, what: &str, mut done: impl FnMut(&[(Instant, String)]) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut buf = [0u8; 4096];
-        while !done(&self.messages) {
-            assert!(
-                Instant::now() < deadline,
-                "waited 10 s for {what}; got {:#?}",
-                self.messages
-            );
-            if let Ok(n) = self.socket.recv(&mut buf) {
-                self.messages.push((
-                    Instant::now(),
-                    String::from_utf8_lossy(&buf[..n]).into_owned(),
-                ));
-            }
-        }
-    }
-
-    /// Receives for `d`.
-    fn listen_for(&mut self, d: Duration) {
-        let end = Instant::now() + d;
-        self.until("time to pass", |_| Instant::now() >= end);
-    }
-
-    fn count(&self, text: &str) -> usize {
-        self.messages
-            .iter()
-            .filter(|(_, m)| m.contains(text))
-            .count()
-    }
-
-    fn since(&self, index: usize, text: &str) -> usize {
-        self.messages[index..]
-            .iter()
-            .filter(|(_, m)| m.contains(text))
-            .count()
-    }
+/// systemd's side, bound in a scratch directory of its own.
+fn systemd(name: &str) -> NotifySocket {
+    NotifySocket::bind(&common::scratch_dir(&format!("systemd-{name}")))
 }
 
 fn notify_protocol_through_a_host_life() {
-    let mut systemd = Systemd::bind("life");
+    let mut systemd = systemd("life");
     let env = [
         ("NOTIFY_SOCKET", systemd.path.display().to_string()),
         // WatchdogSec=0.4: WATCHDOG=1 every 0.2 s while fresh.
@@ -294,7 +235,7 @@ fn ready_comes_when_the_host_is_up_even_under_an_operator_drain() {
     // An operator drained the server (kept in state_file= across a restart, or set while it
     // starts): directors are told DRAIN, but the start is over when the host says UP, and
     // systemd must hear READY=1 then, or it kills the server at TimeoutStartSec=.
-    let mut systemd = Systemd::bind("override");
+    let mut systemd = systemd("override");
     let control = systemd.path.with_file_name("control.sock");
     let env = [("NOTIFY_SOCKET", systemd.path.display().to_string())];
     let mut host = Host::start(

@@ -3,8 +3,10 @@
 #![allow(dead_code)]
 
 pub mod c_build;
+pub mod c_prober;
 pub mod director;
 pub mod haproxy;
+pub mod notify;
 pub mod prometheus;
 
 use std::net::{SocketAddr, UdpSocket};
